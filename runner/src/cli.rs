@@ -1,0 +1,200 @@
+//! The `migrate` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::host::image_cmd::{self, BuildOptions};
+use crate::host::launch::{self, RunOptions};
+use crate::host::render::OutputFormat;
+
+/// Upgrade a Linux host (or a root filesystem) to a new release from inside a
+/// migration container built from the target release.
+///
+/// The host keeps running while the migration container, started with the
+/// root bind-mounted at /system-root, upgrades it. Exit codes: 0 succeeded,
+/// 1 a step failed, 2 bad usage or input (incompatible root or image),
+/// 3 a check stopped the run, 4 environment problem (no podman, not root,
+/// another run holds the lock).
+#[derive(Debug, Parser)]
+#[command(name = "migrate", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options that every verb takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The root filesystem to migrate: `/` for this host, or a directory
+    /// holding another root.
+    #[arg(long, global = true, default_value = "/", value_name = "PATH")]
+    pub root: PathBuf,
+    /// Migration image to use (default: the built-in image for the root's
+    /// release, e.g. localhost/migrate/debian-13:latest for Debian 12).
+    #[arg(long, global = true, value_name = "REF")]
+    pub image: Option<String>,
+    /// Output format: `human` (live progress on a terminal, plain lines
+    /// otherwise) or `json` (one event per line).
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
+    pub output: OutputFormat,
+    /// More detail: show every line of tool output (-v), debug logs of the
+    /// agent (-vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate the root: start the migration container and run the plan.
+    Run,
+    /// Build, list and inspect migration images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `migrate image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a migration image from a built-in definition (e.g. debian-13).
+    ///
+    /// Sends the Containerfile, the definition and the static migrate-agent
+    /// binary to podman as the build context, and labels the image with the
+    /// release it upgrades to and the releases it accepts.
+    Build {
+        /// Name of the definition.
+        #[arg(value_name = "TARGET")]
+        target: String,
+        /// Base image built from the target release (the Containerfile's BASE).
+        #[arg(long, value_name = "REF")]
+        base: Option<String>,
+        /// Tag of the new image (default: the definition's default tag).
+        #[arg(long, value_name = "REF")]
+        tag: Option<String>,
+        /// The static migrate-agent binary (default: beside this executable,
+        /// or $MIGRATE_AGENT).
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+    },
+    /// List the migration images podman has.
+    List,
+    /// Show what a migration image's labels say.
+    Inspect {
+        /// Image reference.
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+}
+
+impl Cli {
+    /// Runs the chosen verb.
+    pub async fn exec(self) -> Result<()> {
+        let g = self.global;
+        match self.command.unwrap_or(Command::Run) {
+            Command::Run => {
+                launch::run(&RunOptions {
+                    root: g.root,
+                    image: g.image,
+                    output: g.output,
+                    verbose: g.verbose,
+                })
+                .await
+            }
+            Command::Image(ImageCommand::Build {
+                target,
+                base,
+                tag,
+                agent,
+            }) => {
+                image_cmd::build(&BuildOptions {
+                    target,
+                    base,
+                    tag,
+                    agent,
+                    output: g.output,
+                })
+                .await
+            }
+            Command::Image(ImageCommand::List) => image_cmd::list(g.output).await,
+            Command::Image(ImageCommand::Inspect { reference }) => {
+                image_cmd::inspect(&reference, g.output).await
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("migrate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default_verb_with_root_slash() {
+        let cli = parse(&[]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.global.root, PathBuf::from("/"));
+        assert_eq!(cli.global.output, OutputFormat::Human);
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_verb() {
+        let cli = parse(&["run", "--root", "/srv/r", "--image", "img", "--output", "json", "-vv"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Run)));
+        assert_eq!(cli.global.root, PathBuf::from("/srv/r"));
+        assert_eq!(cli.global.image.as_deref(), Some("img"));
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.verbose, 2);
+        let cli = parse(&["--root", "/srv/r", "run"]).unwrap();
+        assert_eq!(cli.global.root, PathBuf::from("/srv/r"));
+    }
+
+    #[test]
+    fn image_build_takes_target_base_and_tag() {
+        let cli = parse(&["image", "build", "debian-13", "--base", "localhost/debian:13", "--tag", "t:1"]).unwrap();
+        match cli.command {
+            Some(Command::Image(ImageCommand::Build { target, base, tag, agent })) => {
+                assert_eq!(target, "debian-13");
+                assert_eq!(base.as_deref(), Some("localhost/debian:13"));
+                assert_eq!(tag.as_deref(), Some("t:1"));
+                assert!(agent.is_none());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_usage_is_exit_code_2() {
+        for args in [
+            &["--output", "xml"][..],
+            &["frobnicate"],
+            &["image", "build"],
+            &["run", "--root"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn help_fits_in_100_columns() {
+        let mut cmd = Cli::command();
+        let help = cmd.render_long_help().to_string();
+        for line in help.lines() {
+            assert!(line.chars().count() <= 100, "too wide: {line:?}");
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Running external tools the same way everywhere: every command is logged
+//! before it runs, and a failure carries the command line and the tail of what
+//! the tool printed on stderr, never just "exit status 1".
+
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result, bail};
+
+/// How many trailing stderr lines a failure message keeps.
+const STDERR_TAIL_LINES: usize = 5;
+
+/// Extension trait for [`std::process::Command`].
+pub trait CommandExt {
+    /// Runs the command to completion with captured output; fails unless it
+    /// exits with status 0.
+    fn run_captured(&mut self) -> Result<Output>;
+
+    /// Runs the command and returns its standard output as a string.
+    fn run_get_string(&mut self) -> Result<String>;
+
+    /// The command line, for messages and logs.
+    fn display(&self) -> String;
+}
+
+impl CommandExt for Command {
+    fn run_captured(&mut self) -> Result<Output> {
+        let line = self.display();
+        tracing::debug!(command = %line, "running");
+        let out = self
+            .output()
+            .with_context(|| format!("starting `{line}`"))?;
+        if !out.status.success() {
+            bail!(
+                "`{line}` failed ({}){}",
+                out.status,
+                stderr_tail(&String::from_utf8_lossy(&out.stderr))
+            );
+        }
+        Ok(out)
+    }
+
+    fn run_get_string(&mut self) -> Result<String> {
+        let out = self.run_captured()?;
+        String::from_utf8(out.stdout).with_context(|| format!("output of `{}`", self.display()))
+    }
+
+    fn display(&self) -> String {
+        std::iter::once(self.get_program())
+            .chain(self.get_args())
+            .map(|a| quote(&a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `": last lines"` of a tool's stderr, joined into one line, or nothing.
+pub fn stderr_tail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
+    format!(": {}", lines[start..].join(" | "))
+}
+
+fn quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_the_command_and_its_stderr() {
+        let err = Command::new("sh")
+            .args(["-c", "echo one >&2; echo two >&2; exit 3"])
+            .run_captured()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("`sh -c 'echo one >&2; echo two >&2; exit 3'`"), "{msg}");
+        assert!(msg.contains("one | two"), "{msg}");
+        assert!(msg.contains("exit status: 3"), "{msg}");
+    }
+
+    #[test]
+    fn a_missing_program_is_a_clear_error() {
+        let err = Command::new("/nonexistent/tool").run_captured().unwrap_err();
+        assert!(format!("{err:#}").contains("starting `/nonexistent/tool`"));
+    }
+
+    #[test]
+    fn output_is_returned() {
+        let out = Command::new("echo").arg("hi").run_get_string().unwrap();
+        assert_eq!(out, "hi\n");
+    }
+}

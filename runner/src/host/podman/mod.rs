@@ -1,0 +1,427 @@
+//! The one place that talks to podman. Everything else in the host uses the
+//! small API below; the `podman-api` crate's gaps are handled here:
+//!
+//! - its `wait()` discards the exit code, so the code is read from an inspect
+//!   of the exited container;
+//! - it targets libpod API 4.x, so the server's version is checked on connect
+//!   and requests use the lower of the two versions;
+//! - its image build takes only a directory, so builds go through
+//!   [`build::build`] with a tar stream we assemble ourselves.
+
+pub mod build;
+pub mod service;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use podman_api::opts::{
+    ContainerAttachOpts, ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter,
+    ContainerListOpts, ContainerStopOpts, ImageListFilter, ImageListOpts,
+};
+use podman_api::{ApiVersion, conn::TtyChunk, models};
+
+use crate::event::OutputStream;
+use crate::exit::{ExitCode, WithExitCode, fail};
+pub use build::BuildRequest;
+
+/// Oldest libpod API this adapter works with.
+const MIN_API_MAJOR: usize = 4;
+
+/// A connection to podman, and the private service behind it if we started one.
+pub struct Podman {
+    api: podman_api::Podman,
+    endpoint: service::Endpoint,
+    api_version: String,
+}
+
+/// What `migrate` needs to know about an image.
+#[derive(Clone, Debug)]
+pub struct ImageDetails {
+    /// Full image id.
+    pub id: String,
+    /// Manifest digest.
+    pub digest: Option<String>,
+    /// Tags.
+    pub names: Vec<String>,
+    /// The OCI image configuration (labels among it).
+    pub config: oci_spec::image::Config,
+}
+
+/// A resource limit given to the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    /// OCI name, e.g. `RLIMIT_NOFILE`.
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit.
+    pub hard: u64,
+}
+
+/// The container to run.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    /// Container name.
+    pub name: String,
+    /// Image reference or id.
+    pub image: String,
+    /// Command (arguments to the image's entry point).
+    pub command: Vec<String>,
+    /// Environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Labels identifying the container.
+    pub labels: BTreeMap<String, String>,
+    /// Host directories recursively bind-mounted read-write: host path ->
+    /// container path.
+    pub binds: Vec<(PathBuf, String)>,
+    /// Resource limits.
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// How a container run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerOutcome {
+    /// Exit code of the container's process.
+    pub exit_code: i32,
+    /// Whether we stopped it because of `cancel`.
+    pub cancelled: bool,
+}
+
+impl Podman {
+    /// Connects to podman (see [`service::find_or_start`]) and checks its API
+    /// version.
+    pub async fn connect() -> Result<Self> {
+        let endpoint = service::find_or_start().await?;
+        let mut api = podman_api::Podman::unix(&endpoint.socket);
+        let version = api
+            .version()
+            .await
+            .with_context(|| format!("asking podman at {} for its version", endpoint.socket.display()))
+            .exit_code(ExitCode::Environment)?;
+        let server: Option<ApiVersion> = version.api_version.as_deref().and_then(|v| v.parse().ok());
+        let server_major = server.as_ref().map(ApiVersion::major).unwrap_or(0);
+        if server_major < MIN_API_MAJOR {
+            return Err(fail(
+                ExitCode::Environment,
+                format!(
+                    "podman at {} speaks API {:?}; migrate needs libpod API {MIN_API_MAJOR}.0 or newer",
+                    endpoint.socket.display(),
+                    version.api_version
+                ),
+            ));
+        }
+        api.adjust_api_version()
+            .await
+            .context("negotiating the API version")
+            .exit_code(ExitCode::Environment)?;
+        let api_version = podman_api::LATEST_API_VERSION.to_string();
+        let api_version = match server {
+            Some(s) if s < podman_api::LATEST_API_VERSION => s.to_string(),
+            _ => api_version,
+        };
+        tracing::debug!(socket = %endpoint.socket.display(), %api_version, "connected to podman");
+        Ok(Self {
+            api,
+            endpoint,
+            api_version,
+        })
+    }
+
+    /// The socket in use.
+    pub fn socket(&self) -> &Path {
+        &self.endpoint.socket
+    }
+
+    /// Whether we started a private service for this run.
+    pub fn is_private_service(&self) -> bool {
+        self.endpoint.service.is_some()
+    }
+
+    /// Disconnects, stopping the private service if we started one.
+    pub async fn shutdown(self) {
+        if let Some(service) = self.endpoint.service {
+            service.stop().await;
+        }
+    }
+
+    /// Looks an image up; `Ok(None)` if podman has no such image.
+    pub async fn image(&self, reference: &str) -> Result<Option<ImageDetails>> {
+        let image = self.api.images().get(reference);
+        let data = match image.inspect().await {
+            Ok(d) => d,
+            Err(podman_api::Error::Fault { code, .. }) if code.as_u16() == 404 => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("inspecting image {reference}")),
+        };
+        let config = match &data.config {
+            Some(c) => {
+                let json = serde_json::to_value(c).context("re-encoding the image config")?;
+                serde_json::from_value(json).context("reading the image config")?
+            }
+            None => oci_spec::image::Config::default(),
+        };
+        Ok(Some(ImageDetails {
+            id: data.id.unwrap_or_default(),
+            digest: data.digest,
+            names: data.repo_tags.unwrap_or_default(),
+            config,
+        }))
+    }
+
+    /// Images carrying `label` (any value).
+    pub async fn images_with_label(&self, label: &str) -> Result<Vec<ImageDetails>> {
+        let opts = ImageListOpts::builder()
+            .filter([ImageListFilter::LabelKey(label.to_string())])
+            .build();
+        let list = self.api.images().list(&opts).await.context("listing images")?;
+        let mut out = Vec::new();
+        for summary in list {
+            if let Some(id) = summary.id
+                && let Some(d) = self.image(&id).await?
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Builds an image; `progress` gets each line of build output.
+    pub async fn build(
+        &self,
+        req: &BuildRequest<'_>,
+        progress: impl FnMut(&str),
+    ) -> Result<Option<String>> {
+        build::build(&self.endpoint.socket, &self.api_version, req, progress).await
+    }
+
+    /// Names of containers carrying label `key=value`.
+    pub async fn containers_with_label(&self, key: &str, value: &str) -> Result<Vec<String>> {
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            .filter([ContainerListFilter::LabelKeyVal(key.into(), value.into())])
+            .build();
+        let list = self
+            .api
+            .containers()
+            .list(&opts)
+            .await
+            .context("listing containers")?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| c.names.and_then(|n| n.into_iter().next()).or(c.id))
+            .collect())
+    }
+
+    /// Creates the container, streams its output line by line to `output`
+    /// while it runs, reads its exit code and removes it. When `cancel`
+    /// completes first, the container is stopped (SIGTERM, then SIGKILL after
+    /// 10 s) and the outcome says so. The container is removed whatever
+    /// happens after it was created.
+    pub async fn run(
+        &self,
+        spec: &ContainerSpec,
+        mut output: impl FnMut(OutputStream, &str),
+        cancel: impl Future<Output = ()>,
+    ) -> Result<ContainerOutcome> {
+        let created = self
+            .api
+            .containers()
+            .create(&create_opts(spec))
+            .await
+            .with_context(|| format!("creating container {} from {}", spec.name, spec.image))?;
+        let container = self.api.containers().get(&created.id);
+        let result = async {
+            let attach = container
+                .attach(
+                    &ContainerAttachOpts::builder()
+                        .stdout(true)
+                        .stderr(true)
+                        .build(),
+                )
+                .await
+                .context("attaching to the container")?;
+            container.start(None).await.context("starting the container")?;
+            let (mut reader, _writer) = attach.split();
+            let mut lines = LineSplitter::default();
+            let mut cancelled = false;
+            tokio::pin!(cancel);
+            loop {
+                tokio::select! {
+                    chunk = reader.next() => match chunk {
+                        Some(Ok(TtyChunk::StdOut(b))) => lines.push(OutputStream::Stdout, &b, &mut output),
+                        Some(Ok(TtyChunk::StdErr(b))) => lines.push(OutputStream::Stderr, &b, &mut output),
+                        Some(Ok(TtyChunk::StdIn(_))) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!("reading container output: {e}");
+                            break;
+                        }
+                        None => break,
+                    },
+                    () = &mut cancel, if !cancelled => {
+                        cancelled = true;
+                        let _ = container
+                            .stop(&ContainerStopOpts::builder().timeout(10).build())
+                            .await;
+                    }
+                }
+            }
+            lines.flush(&mut output);
+            let exit_code = self.exit_code(&container).await?;
+            Ok(ContainerOutcome {
+                exit_code,
+                cancelled,
+            })
+        }
+        .await;
+        let removed = container
+            .delete(&ContainerDeleteOpts::builder().force(true).volumes(true).build())
+            .await
+            .with_context(|| format!("removing container {}", spec.name));
+        match (result, removed) {
+            (Ok(outcome), Ok(())) => Ok(outcome),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(r)) => Err(e.context(format!("also: {r:#}"))),
+        }
+    }
+
+    /// The exit code of a container whose output ended: waits (up to a minute)
+    /// for podman to record that it exited, then reads the code from inspect.
+    async fn exit_code(&self, container: &podman_api::api::Container) -> Result<i32> {
+        for _ in 0..600 {
+            let info = container.inspect().await.context("inspecting the container")?;
+            if let Some(state) = info.state {
+                let running = state.running.unwrap_or(false);
+                let status = state.status.unwrap_or_default();
+                if !running && status != "created" && status != "initialized" {
+                    return state
+                        .exit_code
+                        .context("podman reported no exit code for the container");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the container's output ended but it did not exit within a minute")
+    }
+}
+
+fn create_opts(spec: &ContainerSpec) -> ContainerCreateOpts {
+    let host = || models::Namespace {
+        nsmode: Some("host".into()),
+        value: None,
+    };
+    ContainerCreateOpts::builder()
+        .name(&spec.name)
+        .image(&spec.image)
+        .command(&spec.command)
+        .env(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .labels(spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .privileged(true)
+        .net_namespace(host())
+        .pid_namespace(host())
+        .terminal(false)
+        .stdin(false)
+        .mounts(spec.binds.iter().map(|(src, dst)| models::ContainerMount {
+            destination: Some(dst.clone()),
+            source: Some(src.display().to_string()),
+            _type: Some("bind".into()),
+            options: Some(vec!["rbind".into(), "rw".into()]),
+            uid_mappings: None,
+            gid_mappings: None,
+        }))
+        .r_limits(spec.rlimits.iter().map(|r| models::PosixRlimit {
+            type_: Some(r.name.clone()),
+            soft: Some(r.soft),
+            hard: Some(r.hard),
+        }))
+        .build()
+}
+
+/// Reassembles lines from the chunks of two output streams.
+#[derive(Default)]
+struct LineSplitter {
+    pending: HashMap<&'static str, Vec<u8>>,
+}
+
+impl LineSplitter {
+    fn key(stream: OutputStream) -> &'static str {
+        match stream {
+            OutputStream::Stdout => "out",
+            OutputStream::Stderr => "err",
+        }
+    }
+
+    fn push(&mut self, stream: OutputStream, bytes: &[u8], out: &mut impl FnMut(OutputStream, &str)) {
+        let buf = self.pending.entry(Self::key(stream)).or_default();
+        buf.extend_from_slice(bytes);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            out(stream, String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
+        }
+    }
+
+    fn flush(&mut self, out: &mut impl FnMut(OutputStream, &str)) {
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            if let Some(buf) = self.pending.remove(Self::key(stream))
+                && !buf.is_empty()
+            {
+                out(stream, &String::from_utf8_lossy(&buf));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_reassembled_across_chunks_per_stream() {
+        let mut s = LineSplitter::default();
+        let mut got = Vec::new();
+        let mut out = |st: OutputStream, l: &str| got.push((st, l.to_string()));
+        s.push(OutputStream::Stdout, b"hel", &mut out);
+        s.push(OutputStream::Stderr, b"err1\nerr", &mut out);
+        s.push(OutputStream::Stdout, b"lo\nwor", &mut out);
+        s.flush(&mut out);
+        assert_eq!(
+            got,
+            vec![
+                (OutputStream::Stderr, "err1".to_string()),
+                (OutputStream::Stdout, "hello".to_string()),
+                (OutputStream::Stdout, "wor".to_string()),
+                (OutputStream::Stderr, "err".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_container_is_privileged_with_host_namespaces_and_our_limits() {
+        let spec = ContainerSpec {
+            name: "migrate-x".into(),
+            image: "img".into(),
+            command: vec!["run".into()],
+            env: BTreeMap::new(),
+            labels: BTreeMap::from([("io.migrate.run-id".into(), "x".into())]),
+            binds: vec![(PathBuf::from("/srv/root"), "/system-root".into())],
+            rlimits: vec![Rlimit {
+                name: "RLIMIT_NOFILE".into(),
+                soft: 1024,
+                hard: 4096,
+            }],
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(&create_opts(&spec).serialize_vec().unwrap()).unwrap();
+        assert_eq!(json["privileged"], true);
+        assert_eq!(json["netns"]["nsmode"], "host");
+        assert_eq!(json["pidns"]["nsmode"], "host");
+        assert_eq!(json["mounts"][0]["destination"], "/system-root");
+        assert_eq!(json["mounts"][0]["options"][0], "rbind");
+        assert_eq!(json["r_limits"][0]["type"], "RLIMIT_NOFILE");
+        assert_eq!(json["r_limits"][0]["soft"], 1024);
+        assert_eq!(json["labels"]["io.migrate.run-id"], "x");
+    }
+}

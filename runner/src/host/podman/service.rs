@@ -1,0 +1,185 @@
+//! Finding podman's REST socket, or starting a private `podman system service`
+//! for the duration of a run when none is listening.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use crate::exit::{ExitCode, WithExitCode, fail};
+
+/// The system-wide rootful socket.
+pub const SYSTEM_SOCKET: &str = "/run/podman/podman.sock";
+
+/// How long a private service may take to start accepting connections.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `podman system service` started by us; stopped by [`PrivateService::stop`].
+#[derive(Debug)]
+pub struct PrivateService {
+    child: Child,
+    dir: PathBuf,
+}
+
+/// Where to talk to podman.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The socket path.
+    pub socket: PathBuf,
+    /// The private service behind it, if we started one.
+    pub service: Option<PrivateService>,
+}
+
+/// Finds a listening socket: `CONTAINER_HOST` (unix:// only), then the system
+/// socket; starts a private service if neither listens.
+pub async fn find_or_start() -> Result<Endpoint> {
+    let mut tried = Vec::new();
+    if let Some(host) = std::env::var_os("CONTAINER_HOST") {
+        let host = host.to_string_lossy().into_owned();
+        let path = parse_container_host(&host).exit_code(ExitCode::Environment)?;
+        if listening(&path).await {
+            return Ok(Endpoint {
+                socket: path,
+                service: None,
+            });
+        }
+        tried.push(format!("CONTAINER_HOST={host}"));
+    }
+    let system = PathBuf::from(SYSTEM_SOCKET);
+    if listening(&system).await {
+        return Ok(Endpoint {
+            socket: system,
+            service: None,
+        });
+    }
+    tried.push(SYSTEM_SOCKET.to_string());
+    tracing::info!(
+        "no podman socket is listening ({}); starting a private podman system service",
+        tried.join(", ")
+    );
+    let service = PrivateService::start().await?;
+    Ok(Endpoint {
+        socket: service.socket(),
+        service: Some(service),
+    })
+}
+
+/// The socket path of a `CONTAINER_HOST` value.
+pub fn parse_container_host(value: &str) -> Result<PathBuf> {
+    match value.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
+        _ => bail!(
+            "CONTAINER_HOST={value:?} is not supported: migrate talks to a local podman over a unix:///path socket"
+        ),
+    }
+}
+
+async fn listening(path: &Path) -> bool {
+    UnixStream::connect(path).await.is_ok()
+}
+
+impl PrivateService {
+    async fn start() -> Result<Self> {
+        let dir = PathBuf::from(format!("/run/migrate/podman-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating {}", dir.display()))
+            .exit_code(ExitCode::Environment)?;
+        let socket = dir.join("podman.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut child = Command::new("podman")
+            .args(["system", "service", "--time=0"])
+            .arg(format!("unix://{}", socket.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    fail(
+                        ExitCode::Environment,
+                        "podman is not installed (no `podman` in PATH) and no podman socket is listening",
+                    )
+                } else {
+                    fail(
+                        ExitCode::Environment,
+                        format!("starting `podman system service`: {e}"),
+                    )
+                }
+            })?;
+        let started = Instant::now();
+        loop {
+            if listening(&socket).await {
+                tracing::debug!(socket = %socket.display(), "private podman service is up");
+                return Ok(Self { child, dir });
+            }
+            if let Some(status) = child.try_wait().context("polling podman system service")? {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr).await;
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(fail(
+                    ExitCode::Environment,
+                    format!(
+                        "`podman system service` exited ({status}){}",
+                        crate::cmd::stderr_tail(&stderr)
+                    ),
+                ));
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(fail(
+                    ExitCode::Environment,
+                    format!(
+                        "`podman system service` did not listen on {} within {}s",
+                        socket.display(),
+                        START_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("podman.sock")
+    }
+
+    /// Stops the service (SIGTERM, then SIGKILL after 10 s) and removes its
+    /// socket directory.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_host_must_be_a_unix_socket() {
+        assert_eq!(
+            parse_container_host("unix:///run/podman/podman.sock").unwrap(),
+            PathBuf::from("/run/podman/podman.sock")
+        );
+        for bad in ["tcp://localhost:8080", "ssh://x/run/podman.sock", "unix://relative", "/run/x.sock"] {
+            assert!(parse_container_host(bad).is_err(), "{bad}");
+        }
+    }
+}

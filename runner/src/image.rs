@@ -1,0 +1,292 @@
+//! Migration images: their definition (`images/<name>/image.toml`) and the OCI
+//! labels generated from it at build time.
+//!
+//! The labels are the contract between `migrate` and an image: before any
+//! container is created, the host reads them to learn which release the image
+//! upgrades to, which source releases it accepts and which event protocol its
+//! agent speaks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result, bail};
+use oci_spec::image::{ANNOTATION_DESCRIPTION, ANNOTATION_TITLE, ANNOTATION_VERSION};
+use serde::Deserialize;
+
+use crate::event::PROTOCOL_VERSION;
+use crate::release::{Release, ReleasePattern};
+
+/// Label: name of the image definition the image was built from.
+pub const LABEL_IMAGE: &str = "io.migrate.image";
+/// Label: the release the image upgrades to (`ID:VERSION_ID`).
+pub const LABEL_TARGET: &str = "io.migrate.target";
+/// Label: the target release's codename, if it has one.
+pub const LABEL_TARGET_CODENAME: &str = "io.migrate.target.codename";
+/// Label: comma-separated release patterns the image accepts as sources.
+pub const LABEL_ACCEPTS: &str = "io.migrate.accepts";
+/// Label: the event protocol version of the agent in the image.
+pub const LABEL_PROTOCOL: &str = "io.migrate.protocol";
+
+/// Path of the image definition inside a built image.
+pub const IMAGE_DATA_DIR: &str = "/usr/share/migrate";
+
+/// An image definition, `images/<name>/image.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageDefinition {
+    /// One line saying what the image does.
+    pub description: String,
+    /// Tag given to the image when `--tag` is not passed.
+    pub default_tag: String,
+    /// Source releases this image can upgrade (`ID:VERSION`, VERSION may end in `*`).
+    pub accepts: Vec<String>,
+    /// The release the image upgrades to.
+    pub target: TargetRelease,
+}
+
+/// The target release of an image definition.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRelease {
+    /// os-release `ID`.
+    pub id: String,
+    /// os-release `VERSION_ID`.
+    pub version_id: String,
+    /// os-release `VERSION_CODENAME`, where the distribution has one.
+    #[serde(default)]
+    pub codename: Option<String>,
+}
+
+impl ImageDefinition {
+    /// Parses and validates `image.toml` text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let def: Self = toml::from_str(text).with_context(|| format!("parsing {origin}"))?;
+        def.accepted()
+            .with_context(|| format!("{origin}: key `accepts`"))?;
+        def.target_release()
+            .with_context(|| format!("{origin}: table `target`"))?;
+        if def.accepts.is_empty() {
+            bail!("{origin}: `accepts` lists no source release");
+        }
+        Ok(def)
+    }
+
+    /// The target release.
+    pub fn target_release(&self) -> Result<Release> {
+        format!("{}:{}", self.target.id, self.target.version_id).parse()
+    }
+
+    /// The accepted source releases.
+    pub fn accepted(&self) -> Result<Vec<ReleasePattern>> {
+        self.accepts.iter().map(|a| a.parse()).collect()
+    }
+
+    /// The labels an image built from this definition carries.
+    pub fn labels(&self, name: &str) -> Result<BTreeMap<String, String>> {
+        let mut labels = BTreeMap::new();
+        labels.insert(LABEL_IMAGE.to_string(), name.to_string());
+        labels.insert(LABEL_TARGET.to_string(), self.target_release()?.to_string());
+        if let Some(codename) = &self.target.codename {
+            labels.insert(LABEL_TARGET_CODENAME.to_string(), codename.clone());
+        }
+        labels.insert(LABEL_ACCEPTS.to_string(), self.accepts.join(","));
+        labels.insert(LABEL_PROTOCOL.to_string(), PROTOCOL_VERSION.to_string());
+        labels.insert(ANNOTATION_TITLE.to_string(), format!("migrate {name}"));
+        labels.insert(ANNOTATION_DESCRIPTION.to_string(), self.description.clone());
+        labels.insert(
+            ANNOTATION_VERSION.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
+        Ok(labels)
+    }
+}
+
+/// What the labels of a migration image say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageLabels {
+    /// Name of the image definition.
+    pub image: String,
+    /// The release the image upgrades to.
+    pub target: Release,
+    /// The source releases it accepts.
+    pub accepts: Vec<ReleasePattern>,
+    /// Event protocol version of its agent.
+    pub protocol: u32,
+}
+
+impl ImageLabels {
+    /// Reads the labels of an image configuration. `Ok(None)` means the image
+    /// carries no migration labels at all (it is not a migration image); an
+    /// error means it claims to be one but its labels are broken.
+    pub fn from_config(config: &oci_spec::image::Config) -> Result<Option<Self>> {
+        match config.labels() {
+            Some(labels) => Self::from_labels(labels),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a label map; see [`ImageLabels::from_config`].
+    pub fn from_labels(labels: &HashMap<String, String>) -> Result<Option<Self>> {
+        let Some(protocol) = labels.get(LABEL_PROTOCOL) else {
+            return Ok(None);
+        };
+        let get = |key: &str| {
+            labels
+                .get(key)
+                .map(String::as_str)
+                .with_context(|| format!("label {key} is missing"))
+        };
+        let protocol = protocol
+            .parse()
+            .with_context(|| format!("label {LABEL_PROTOCOL}={protocol:?} is not a number"))?;
+        let target = get(LABEL_TARGET)?
+            .parse()
+            .with_context(|| format!("label {LABEL_TARGET}"))?;
+        let accepts = get(LABEL_ACCEPTS)?
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<ReleasePattern>>>()
+            .with_context(|| format!("label {LABEL_ACCEPTS}"))?;
+        if accepts.is_empty() {
+            bail!("label {LABEL_ACCEPTS} lists no source release");
+        }
+        Ok(Some(Self {
+            image: get(LABEL_IMAGE)?.to_string(),
+            target,
+            accepts,
+            protocol,
+        }))
+    }
+
+    /// Whether the image can upgrade `source`.
+    pub fn accepts(&self, source: &Release) -> bool {
+        self.accepts.iter().any(|p| p.matches(source))
+    }
+
+    /// The accepted releases as a human list.
+    pub fn accepts_list(&self) -> String {
+        self.accepts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// An image definition compiled into the binary.
+#[derive(Debug)]
+pub struct EmbeddedImage {
+    /// Name of the definition (directory name under `images/`).
+    pub name: &'static str,
+    /// The Containerfile.
+    pub containerfile: &'static [u8],
+    /// Files of `images/<name>/`, by path relative to that directory.
+    pub files: &'static [(&'static str, &'static [u8])],
+}
+
+include!(concat!(env!("OUT_DIR"), "/embedded_images.rs"));
+
+impl EmbeddedImage {
+    /// Looks an embedded definition up by name.
+    pub fn find(name: &str) -> Option<&'static EmbeddedImage> {
+        EMBEDDED.iter().find(|i| i.name == name)
+    }
+
+    /// Names of all embedded definitions.
+    pub fn names() -> Vec<&'static str> {
+        EMBEDDED.iter().map(|i| i.name).collect()
+    }
+
+    /// The parsed `image.toml`.
+    pub fn definition(&self) -> Result<ImageDefinition> {
+        let (_, bytes) = self
+            .files
+            .iter()
+            .find(|(p, _)| *p == "image.toml")
+            .with_context(|| format!("image definition {} has no image.toml", self.name))?;
+        let text = std::str::from_utf8(bytes).context("image.toml is not UTF-8")?;
+        ImageDefinition::parse(text, &format!("images/{}/image.toml", self.name))
+    }
+}
+
+/// The embedded image definition whose image accepts `source`, if any.
+pub fn default_image_for(source: &Release) -> Option<(&'static EmbeddedImage, ImageDefinition)> {
+    EMBEDDED.iter().find_map(|img| {
+        let def = img.definition().ok()?;
+        let accepted = def.accepted().ok()?;
+        accepted
+            .iter()
+            .any(|p| p.matches(source))
+            .then_some((img, def))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEF: &str = r#"
+description = "Upgrades Debian 12 to 13"
+default_tag = "localhost/migrate/debian-13:latest"
+accepts = ["debian:12"]
+[target]
+id = "debian"
+version_id = "13"
+codename = "trixie"
+"#;
+
+    #[test]
+    fn labels_roundtrip_through_an_oci_config() {
+        let def = ImageDefinition::parse(DEF, "image.toml").unwrap();
+        let labels: HashMap<String, String> = def.labels("debian-13").unwrap().into_iter().collect();
+        let config: oci_spec::image::Config =
+            serde_json::from_value(serde_json::json!({ "Labels": labels })).unwrap();
+        let parsed = ImageLabels::from_config(&config).unwrap().unwrap();
+        assert_eq!(parsed.image, "debian-13");
+        assert_eq!(parsed.target.to_string(), "debian:13");
+        assert_eq!(parsed.protocol, PROTOCOL_VERSION);
+        assert!(parsed.accepts(&"debian:12".parse().unwrap()));
+        assert!(!parsed.accepts(&"debian:11".parse().unwrap()));
+        assert!(!parsed.accepts(&"ubuntu:12".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_image_without_labels_is_not_a_migration_image() {
+        let config: oci_spec::image::Config = serde_json::from_str("{}").unwrap();
+        assert!(ImageLabels::from_config(&config).unwrap().is_none());
+        let labels = HashMap::from([("maintainer".to_string(), "x".to_string())]);
+        assert!(ImageLabels::from_labels(&labels).unwrap().is_none());
+    }
+
+    #[test]
+    fn broken_labels_are_an_error() {
+        let mut labels = HashMap::from([
+            (LABEL_PROTOCOL.to_string(), "1".to_string()),
+            (LABEL_IMAGE.to_string(), "x".to_string()),
+            (LABEL_TARGET.to_string(), "debian:13".to_string()),
+        ]);
+        let err = ImageLabels::from_labels(&labels).unwrap_err();
+        assert!(format!("{err:#}").contains(LABEL_ACCEPTS), "{err:#}");
+        labels.insert(LABEL_ACCEPTS.to_string(), "debian".to_string());
+        assert!(ImageLabels::from_labels(&labels).is_err());
+        labels.insert(LABEL_ACCEPTS.to_string(), "debian:12".to_string());
+        labels.insert(LABEL_PROTOCOL.to_string(), "one".to_string());
+        assert!(ImageLabels::from_labels(&labels).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_in_image_toml_are_rejected() {
+        let err = ImageDefinition::parse(&format!("{DEF}\nfoo = 1\n"), "image.toml").unwrap_err();
+        assert!(format!("{err:#}").contains("foo"), "{err:#}");
+    }
+
+    #[test]
+    fn the_embedded_debian_13_definition_accepts_debian_12() {
+        let img = EmbeddedImage::find("debian-13").expect("debian-13 is embedded");
+        let def = img.definition().unwrap();
+        assert_eq!(def.target_release().unwrap().to_string(), "debian:13");
+        let (found, _) = default_image_for(&"debian:12".parse().unwrap()).unwrap();
+        assert_eq!(found.name, "debian-13");
+        assert!(default_image_for(&"ubuntu:22.04".parse().unwrap()).is_none());
+    }
+}

@@ -1,0 +1,298 @@
+//! Operating system releases: `os-release` parsing and release patterns.
+//!
+//! A release is identified the way `os-release(5)` does it, by `ID` and
+//! `VERSION_ID`. Images name the releases they accept as patterns such as
+//! `debian:12` or `sles:12.*`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::rootfs;
+
+/// The parsed contents of an `os-release` file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OsRelease {
+    fields: BTreeMap<String, String>,
+}
+
+impl OsRelease {
+    /// Parses `os-release(5)` text: `KEY=value` lines, values optionally quoted
+    /// with shell-style escapes. Lines that are not assignments are ignored, as
+    /// the format asks.
+    pub fn parse(text: &str) -> Self {
+        let mut fields = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, raw)) = line.split_once('=') else {
+                continue;
+            };
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            fields.insert(key.to_string(), unquote(raw));
+        }
+        Self { fields }
+    }
+
+    /// Reads the `os-release` of the root filesystem at `root`
+    /// (`etc/os-release`, falling back to `usr/lib/os-release`), resolving
+    /// symlinks inside that root.
+    pub fn read_from_root(root: &Path) -> Result<Self> {
+        for candidate in ["etc/os-release", "usr/lib/os-release"] {
+            let path = rootfs::resolve(root, candidate)?;
+            match std::fs::read_to_string(&path) {
+                Ok(text) => return Ok(Self::parse(&text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", path.display()));
+                }
+            }
+        }
+        bail!(
+            "{} has no etc/os-release or usr/lib/os-release",
+            root.display()
+        )
+    }
+
+    /// A field by its key, if present and not empty.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// `ID`, lower-case operating system identifier (`linux` when missing, as
+    /// the specification says).
+    pub fn id(&self) -> &str {
+        self.get("ID").unwrap_or("linux")
+    }
+
+    /// `ID_LIKE`: identifiers of related distributions, closest first.
+    pub fn id_like(&self) -> Vec<&str> {
+        self.get("ID_LIKE")
+            .map(|v| v.split_whitespace().collect())
+            .unwrap_or_default()
+    }
+
+    /// `VERSION_ID`, if present.
+    pub fn version_id(&self) -> Option<&str> {
+        self.get("VERSION_ID")
+    }
+
+    /// `VERSION_CODENAME`, if present.
+    pub fn codename(&self) -> Option<&str> {
+        self.get("VERSION_CODENAME")
+    }
+
+    /// `PRETTY_NAME`, or a name built from `ID` and `VERSION_ID`.
+    pub fn pretty_name(&self) -> String {
+        match self.get("PRETTY_NAME") {
+            Some(p) => p.to_string(),
+            None => self.release().to_string(),
+        }
+    }
+
+    /// The release this file describes.
+    pub fn release(&self) -> Release {
+        Release {
+            id: self.id().to_string(),
+            version_id: self.version_id().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+fn unquote(raw: &str) -> String {
+    let raw = raw.trim();
+    let mut chars = raw.chars();
+    match chars.next() {
+        Some(q @ ('"' | '\'')) => {
+            let mut out = String::new();
+            let mut escaped = false;
+            for c in chars {
+                if escaped {
+                    out.push(c);
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    break;
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        _ => raw.to_string(),
+    }
+}
+
+/// A release: `ID` and `VERSION_ID` from os-release.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Release {
+    /// os-release `ID`, e.g. `debian`.
+    pub id: String,
+    /// os-release `VERSION_ID`, e.g. `12`; empty for rolling releases.
+    pub version_id: String,
+}
+
+impl fmt::Display for Release {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.id, self.version_id)
+    }
+}
+
+impl std::str::FromStr for Release {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (id, version_id) = split_spec(s)?;
+        if version_id.contains('*') {
+            bail!("release {s:?} must not contain a wildcard");
+        }
+        Ok(Self {
+            id: id.to_string(),
+            version_id: version_id.to_string(),
+        })
+    }
+}
+
+/// A pattern that matches releases: `ID:VERSION`, where VERSION may end in `*`
+/// (`sles:12.*` matches 12.4 and 12.5; `debian:12` matches only 12).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleasePattern {
+    id: String,
+    version: String,
+}
+
+impl ReleasePattern {
+    /// Whether `release` matches this pattern.
+    pub fn matches(&self, release: &Release) -> bool {
+        if release.id != self.id {
+            return false;
+        }
+        match self.version.strip_suffix('*') {
+            Some(prefix) => release.version_id.starts_with(prefix),
+            None => release.version_id == self.version,
+        }
+    }
+}
+
+impl fmt::Display for ReleasePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.id, self.version)
+    }
+}
+
+impl std::str::FromStr for ReleasePattern {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (id, version) = split_spec(s)?;
+        if version.is_empty() || version[..version.len() - 1].contains('*') {
+            bail!("release pattern {s:?}: the version must be non-empty and may only end in '*'");
+        }
+        Ok(Self {
+            id: id.to_string(),
+            version: version.to_string(),
+        })
+    }
+}
+
+fn split_spec(s: &str) -> Result<(&str, &str)> {
+    let Some((id, version)) = s.trim().split_once(':') else {
+        bail!("release {s:?} is not of the form ID:VERSION (e.g. debian:12)");
+    };
+    let id_ok = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+    if !id_ok {
+        bail!("release {s:?}: ID must be lower-case letters, digits, '.', '_' or '-'");
+    }
+    Ok((id, version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOKWORM: &str = r#"PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
+NAME="Debian GNU/Linux"
+VERSION_ID="12"
+VERSION="12 (bookworm)"
+VERSION_CODENAME=bookworm
+ID=debian
+HOME_URL="https://www.debian.org/"
+"#;
+
+    #[test]
+    fn parses_debian_os_release() {
+        let os = OsRelease::parse(BOOKWORM);
+        assert_eq!(os.id(), "debian");
+        assert_eq!(os.version_id(), Some("12"));
+        assert_eq!(os.codename(), Some("bookworm"));
+        assert_eq!(os.pretty_name(), "Debian GNU/Linux 12 (bookworm)");
+        assert_eq!(os.release().to_string(), "debian:12");
+    }
+
+    #[test]
+    fn handles_quotes_escapes_comments_and_junk() {
+        let os = OsRelease::parse(
+            "# comment\nID='opensuse-leap'\nID_LIKE=\"suse opensuse\"\nNAME=\"A \\\"quoted\\\" name\"\nnot an assignment\n=novalue\nVERSION_ID=\"15.6\"\n",
+        );
+        assert_eq!(os.id(), "opensuse-leap");
+        assert_eq!(os.id_like(), vec!["suse", "opensuse"]);
+        assert_eq!(os.get("NAME"), Some("A \"quoted\" name"));
+        assert_eq!(os.version_id(), Some("15.6"));
+    }
+
+    #[test]
+    fn missing_id_defaults_to_linux() {
+        let os = OsRelease::parse("NAME=Something\n");
+        assert_eq!(os.id(), "linux");
+        assert_eq!(os.version_id(), None);
+    }
+
+    #[test]
+    fn reads_through_an_absolute_symlink_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("usr/lib")).unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("usr/lib/os-release"), BOOKWORM).unwrap();
+        std::os::unix::fs::symlink("/usr/lib/os-release", root.path().join("etc/os-release"))
+            .unwrap();
+        let os = OsRelease::read_from_root(root.path()).unwrap();
+        assert_eq!(os.codename(), Some("bookworm"));
+    }
+
+    #[test]
+    fn a_root_without_os_release_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let err = OsRelease::read_from_root(root.path()).unwrap_err();
+        assert!(err.to_string().contains("has no etc/os-release"), "{err}");
+    }
+
+    #[test]
+    fn release_patterns_match_exactly_or_by_prefix() {
+        let p: ReleasePattern = "debian:12".parse().unwrap();
+        assert!(p.matches(&"debian:12".parse().unwrap()));
+        assert!(!p.matches(&"debian:12.1".parse().unwrap()));
+        assert!(!p.matches(&"ubuntu:12".parse().unwrap()));
+        let p: ReleasePattern = "sles:12.*".parse().unwrap();
+        assert!(p.matches(&"sles:12.5".parse().unwrap()));
+        assert!(!p.matches(&"sles:15.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_release_specs_are_rejected() {
+        for bad in ["debian", "Debian:12", ":12", "debian:", "debian:1*2"] {
+            assert!(bad.parse::<ReleasePattern>().is_err(), "{bad}");
+        }
+        assert!("debian:12*".parse::<Release>().is_err());
+    }
+}

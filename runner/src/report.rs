@@ -1,0 +1,368 @@
+//! The run report, `ROOT/var/log/migrate/report.json`: what was run with which
+//! image, each step with its status and duration, and the overall result. The
+//! host builds it from the agent's events and writes it after every change of a
+//! step, so that a crash leaves a report that says how far the run got.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Envelope, Event, PlannedStep, RunStatus, StepStatus};
+use crate::release::Release;
+
+/// Report location relative to the migrated root.
+pub const REPORT_PATH: &str = "var/log/migrate/report.json";
+/// Log location relative to the migrated root.
+pub const LOG_PATH: &str = "var/log/migrate/migrate.log";
+
+/// Overall result of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    /// The run is in progress (or the host died while it was).
+    Running,
+    /// Every step succeeded.
+    Succeeded,
+    /// A step failed, or the agent did not finish.
+    Failed,
+    /// The run was interrupted by a signal.
+    Interrupted,
+}
+
+/// State of one step in the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Not reached (yet).
+    Pending,
+    /// Started, not finished.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Failed.
+    Failed,
+    /// Nothing to do.
+    Skipped,
+}
+
+impl From<StepStatus> for StepState {
+    fn from(s: StepStatus) -> Self {
+        match s {
+            StepStatus::Succeeded => Self::Succeeded,
+            StepStatus::Failed => Self::Failed,
+            StepStatus::Skipped => Self::Skipped,
+        }
+    }
+}
+
+/// The image a run used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The reference the user gave (or the default).
+    pub reference: String,
+    /// Image id.
+    pub id: String,
+    /// Manifest digest, when podman knows one.
+    pub digest: Option<String>,
+}
+
+/// The source release as found in the root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `ID:VERSION_ID`.
+    #[serde(flatten)]
+    pub release: Release,
+    /// `PRETTY_NAME`.
+    pub pretty_name: String,
+}
+
+/// One step of the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Step id.
+    pub id: String,
+    /// Step kind.
+    pub kind: String,
+    /// What the step does.
+    pub description: String,
+    /// Where it got to.
+    pub status: StepState,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// How long it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Failure message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The report of one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Version of `migrate` that wrote the report.
+    pub migrate_version: String,
+    /// Run id.
+    pub run_id: String,
+    /// Overall result.
+    pub result: RunResult,
+    /// The exit code `migrate` ended with (absent while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why the run failed, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The migrated root, as given on the command line.
+    pub root: PathBuf,
+    /// The migration image.
+    pub image: ImageInfo,
+    /// Release found in the root before the run.
+    pub source: SourceInfo,
+    /// Release the image upgrades to.
+    pub target: Release,
+    /// When the run started.
+    pub started_at: String,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Wall-clock duration in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Every step, in plan order.
+    pub steps: Vec<StepReport>,
+    /// The full log, relative to the root.
+    pub log: String,
+}
+
+impl Report {
+    /// A report for a run that is about to start.
+    pub fn new(
+        run_id: &str,
+        root: &Path,
+        image: ImageInfo,
+        source: SourceInfo,
+        target: Release,
+    ) -> Self {
+        Self {
+            migrate_version: env!("CARGO_PKG_VERSION").to_string(),
+            run_id: run_id.to_string(),
+            result: RunResult::Running,
+            exit_code: None,
+            message: None,
+            root: root.to_path_buf(),
+            image,
+            source,
+            target,
+            started_at: crate::event::timestamp(std::time::SystemTime::now()),
+            finished_at: None,
+            duration_ms: None,
+            steps: Vec::new(),
+            log: LOG_PATH.to_string(),
+        }
+    }
+
+    /// Updates the report with an agent event.
+    pub fn apply(&mut self, envelope: &Envelope) {
+        match &envelope.event {
+            Event::RunStarted { steps, .. } => {
+                self.steps = steps.iter().map(planned).collect();
+            }
+            Event::StepStarted { step } => {
+                let s = self.step_mut(step);
+                s.status = StepState::Running;
+                s.started_at = Some(envelope.ts.clone());
+            }
+            Event::StepFinished {
+                step,
+                status,
+                duration_ms,
+                message,
+            } => {
+                let s = self.step_mut(step);
+                s.status = (*status).into();
+                s.duration_ms = Some(*duration_ms);
+                s.message.clone_from(message);
+            }
+            Event::RunFinished { status, message } => {
+                self.result = match status {
+                    RunStatus::Succeeded => RunResult::Succeeded,
+                    RunStatus::Failed => RunResult::Failed,
+                };
+                self.message.clone_from(message);
+            }
+            Event::Output { .. } | Event::Progress { .. } => {}
+        }
+    }
+
+    fn step_mut(&mut self, id: &str) -> &mut StepReport {
+        let index = match self.steps.iter().position(|s| s.id == id) {
+            Some(i) => i,
+            None => {
+                // A step the agent did not announce: still report it.
+                self.steps.push(planned(&PlannedStep {
+                    id: id.to_string(),
+                    kind: String::new(),
+                    description: String::new(),
+                }));
+                self.steps.len() - 1
+            }
+        };
+        &mut self.steps[index]
+    }
+
+    /// Records the end of the run. A run the agent did not finish is failed
+    /// with `message` (or interrupted).
+    pub fn finish(&mut self, result: RunResult, exit_code: i32, message: Option<String>) {
+        self.result = result;
+        self.exit_code = Some(exit_code);
+        if message.is_some() {
+            self.message = message;
+        }
+        let now = std::time::SystemTime::now();
+        self.finished_at = Some(crate::event::timestamp(now));
+        if let Ok(start) = humantime::parse_rfc3339(&self.started_at) {
+            self.duration_ms = now
+                .duration_since(start)
+                .ok()
+                .and_then(|d| u64::try_from(d.as_millis()).ok());
+        }
+        for step in &mut self.steps {
+            if step.status == StepState::Running {
+                step.status = StepState::Failed;
+                step.message.get_or_insert_with(|| "did not finish".into());
+            }
+        }
+    }
+
+    /// Writes the report under `root` atomically (temporary file, fsync, rename).
+    pub fn write(&self, root: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).context("encoding the report")?;
+        crate::fsutil::write_atomic(&root.join(REPORT_PATH), &json)
+    }
+
+    /// Reads the report of the last run under `root`.
+    pub fn read(root: &Path) -> Result<Self> {
+        let path = root.join(REPORT_PATH);
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// A human summary, one line per step.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "run {}: {} -> {} with {}: {}\n",
+            self.run_id,
+            self.source.release,
+            self.target,
+            self.image.reference,
+            match self.result {
+                RunResult::Running => "running",
+                RunResult::Succeeded => "succeeded",
+                RunResult::Failed => "FAILED",
+                RunResult::Interrupted => "INTERRUPTED",
+            }
+        );
+        for s in &self.steps {
+            let took = s
+                .duration_ms
+                .map(|ms| format!(" in {}", crate::host::render::human_duration_ms(ms)))
+                .unwrap_or_default();
+            let status = serde_json::to_value(s.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            out.push_str(&format!("  {:<24} {status}{took}", s.id));
+            if let Some(m) = &s.message {
+                out.push_str(&format!(": {m}"));
+            }
+            out.push('\n');
+        }
+        if let Some(m) = &self.message {
+            out.push_str(&format!("  {m}\n"));
+        }
+        out
+    }
+}
+
+fn planned(p: &PlannedStep) -> StepReport {
+    StepReport {
+        id: p.id.clone(),
+        kind: p.kind.clone(),
+        description: p.description.clone(),
+        status: StepState::Pending,
+        started_at: None,
+        duration_ms: None,
+        message: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report::new(
+            "r1",
+            Path::new("/srv/root"),
+            ImageInfo::default(),
+            SourceInfo {
+                release: "debian:12".parse().unwrap(),
+                pretty_name: "Debian 12".into(),
+            },
+            "debian:13".parse().unwrap(),
+        )
+    }
+
+    fn ev(event: Event) -> Envelope {
+        Envelope::now(event)
+    }
+
+    #[test]
+    fn events_drive_step_states() {
+        let mut r = report();
+        r.apply(&ev(Event::RunStarted {
+            run_id: "r1".into(),
+            source: "debian:12".parse().unwrap(),
+            target: "debian:13".parse().unwrap(),
+            steps: vec![
+                PlannedStep {
+                    id: "a".into(),
+                    kind: "apt".into(),
+                    description: "A".into(),
+                },
+                PlannedStep {
+                    id: "b".into(),
+                    kind: "apt".into(),
+                    description: "B".into(),
+                },
+            ],
+        }));
+        r.apply(&ev(Event::StepStarted { step: "a".into() }));
+        assert_eq!(r.steps[0].status, StepState::Running);
+        r.apply(&ev(Event::StepFinished {
+            step: "a".into(),
+            status: StepStatus::Succeeded,
+            duration_ms: 5,
+            message: None,
+        }));
+        r.apply(&ev(Event::StepStarted { step: "b".into() }));
+        r.finish(RunResult::Failed, 1, Some("agent died".into()));
+        assert_eq!(r.steps[0].status, StepState::Succeeded);
+        assert_eq!(r.steps[0].duration_ms, Some(5));
+        assert_eq!(r.steps[1].status, StepState::Failed);
+        assert_eq!(r.result, RunResult::Failed);
+        assert_eq!(r.exit_code, Some(1));
+        assert!(r.summary().contains("FAILED"));
+    }
+
+    #[test]
+    fn report_roundtrips_through_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let mut r = report();
+        r.finish(RunResult::Succeeded, 0, None);
+        r.write(root.path()).unwrap();
+        assert_eq!(Report::read(root.path()).unwrap(), r);
+    }
+}
