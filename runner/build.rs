@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let top = manifest.parent().expect("runner/ lives in the workspace").to_path_buf();
+    let top = manifest
+        .parent()
+        .expect("runner/ lives in the workspace")
+        .to_path_buf();
     let images = top.join("images");
     let containerfiles = top.join("containerfiles");
     println!("cargo:rerun-if-changed={}", images.display());
@@ -59,7 +62,9 @@ fn main() {
 
 fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) {
     println!("cargo:rerun-if-changed={}", dir.display());
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in rd.filter_map(Result::ok) {
         let path = entry.path();
         if path.is_dir() {

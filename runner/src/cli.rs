@@ -18,7 +18,12 @@ use crate::host::render::OutputFormat;
 /// 3 a check stopped the run, 4 environment problem (no podman, not root,
 /// another run holds the lock).
 #[derive(Debug, Parser)]
-#[command(name = "migrate", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "migrate",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -152,7 +157,10 @@ mod tests {
 
     #[test]
     fn global_options_go_before_or_after_the_verb() {
-        let cli = parse(&["run", "--root", "/srv/r", "--image", "img", "--output", "json", "-vv"]).unwrap();
+        let cli = parse(&[
+            "run", "--root", "/srv/r", "--image", "img", "--output", "json", "-vv",
+        ])
+        .unwrap();
         assert!(matches!(cli.command, Some(Command::Run)));
         assert_eq!(cli.global.root, PathBuf::from("/srv/r"));
         assert_eq!(cli.global.image.as_deref(), Some("img"));
@@ -164,9 +172,23 @@ mod tests {
 
     #[test]
     fn image_build_takes_target_base_and_tag() {
-        let cli = parse(&["image", "build", "debian-13", "--base", "localhost/debian:13", "--tag", "t:1"]).unwrap();
+        let cli = parse(&[
+            "image",
+            "build",
+            "debian-13",
+            "--base",
+            "localhost/debian:13",
+            "--tag",
+            "t:1",
+        ])
+        .unwrap();
         match cli.command {
-            Some(Command::Image(ImageCommand::Build { target, base, tag, agent })) => {
+            Some(Command::Image(ImageCommand::Build {
+                target,
+                base,
+                tag,
+                agent,
+            })) => {
                 assert_eq!(target, "debian-13");
                 assert_eq!(base.as_deref(), Some("localhost/debian:13"));
                 assert_eq!(tag.as_deref(), Some("t:1"));

@@ -254,7 +254,12 @@ mod tests {
 
     #[test]
     fn plain_text_is_not_an_event() {
-        for line in ["", "Reading package lists...", "{not json", "{\"no\":\"version\"}"] {
+        for line in [
+            "",
+            "Reading package lists...",
+            "{not json",
+            "{\"no\":\"version\"}",
+        ] {
             assert!(matches!(
                 Envelope::decode(line),
                 Err(DecodeError::NotAnEvent)
@@ -265,7 +270,10 @@ mod tests {
     #[test]
     fn other_protocol_versions_are_refused() {
         let line = r#"{"v":2,"ts":"x","event":"step_started","step":"s"}"#;
-        assert!(matches!(Envelope::decode(line), Err(DecodeError::Version(2))));
+        assert!(matches!(
+            Envelope::decode(line),
+            Err(DecodeError::Version(2))
+        ));
     }
 
     #[test]

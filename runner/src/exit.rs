@@ -94,10 +94,7 @@ mod tests {
 
     #[test]
     fn unclassified_errors_are_step_failures() {
-        assert_eq!(
-            exit_code_of(&anyhow::anyhow!("boom")),
-            ExitCode::StepFailed
-        );
+        assert_eq!(exit_code_of(&anyhow::anyhow!("boom")), ExitCode::StepFailed);
     }
 
     #[test]

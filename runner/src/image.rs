@@ -238,7 +238,8 @@ codename = "trixie"
     #[test]
     fn labels_roundtrip_through_an_oci_config() {
         let def = ImageDefinition::parse(DEF, "image.toml").unwrap();
-        let labels: HashMap<String, String> = def.labels("debian-13").unwrap().into_iter().collect();
+        let labels: HashMap<String, String> =
+            def.labels("debian-13").unwrap().into_iter().collect();
         let config: oci_spec::image::Config =
             serde_json::from_value(serde_json::json!({ "Labels": labels })).unwrap();
         let parsed = ImageLabels::from_config(&config).unwrap().unwrap();

@@ -91,11 +91,15 @@ impl OsRelease {
         self.get("VERSION_CODENAME")
     }
 
-    /// `PRETTY_NAME`, or a name built from `ID` and `VERSION_ID`.
+    /// `PRETTY_NAME`, else `NAME VERSION`, else the release.
     pub fn pretty_name(&self) -> String {
-        match self.get("PRETTY_NAME") {
-            Some(p) => p.to_string(),
-            None => self.release().to_string(),
+        if let Some(p) = self.get("PRETTY_NAME") {
+            return p.to_string();
+        }
+        match (self.get("NAME"), self.get("VERSION")) {
+            (Some(n), Some(v)) => format!("{n} {v}"),
+            (Some(n), None) => n.to_string(),
+            _ => self.release().to_string(),
         }
     }
 
@@ -144,7 +148,11 @@ pub struct Release {
 
 impl fmt::Display for Release {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.id, self.version_id)
+        if self.version_id.is_empty() {
+            write!(f, "{}", self.id)
+        } else {
+            write!(f, "{}:{}", self.id, self.version_id)
+        }
     }
 }
 
@@ -255,6 +263,7 @@ HOME_URL="https://www.debian.org/"
     fn missing_id_defaults_to_linux() {
         let os = OsRelease::parse("NAME=Something\n");
         assert_eq!(os.id(), "linux");
+        assert_eq!(os.pretty_name(), "Something");
         assert_eq!(os.version_id(), None);
     }
 

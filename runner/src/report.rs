@@ -249,7 +249,7 @@ impl Report {
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
     }
 
-    /// A human summary, one line per step.
+    /// A human summary: the run on one line, then one line per step.
     pub fn summary(&self) -> String {
         let mut out = format!(
             "run {}: {} -> {} with {}: {}\n",
@@ -278,9 +278,6 @@ impl Report {
                 out.push_str(&format!(": {m}"));
             }
             out.push('\n');
-        }
-        if let Some(m) = &self.message {
-            out.push_str(&format!("  {m}\n"));
         }
         out
     }

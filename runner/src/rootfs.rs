@@ -32,7 +32,10 @@ pub fn resolve(root: &Path, path: impl AsRef<Path>) -> Result<PathBuf> {
             Ok(meta) if meta.file_type().is_symlink() => {
                 followed += 1;
                 if followed > MAX_SYMLINKS {
-                    bail!("too many levels of symbolic links at {}", candidate.display());
+                    bail!(
+                        "too many levels of symbolic links at {}",
+                        candidate.display()
+                    );
                 }
                 let target = std::fs::read_link(&candidate)
                     .with_context(|| format!("reading symlink {}", candidate.display()))?;
@@ -85,7 +88,11 @@ mod tests {
     fn relative_symlinks_and_dotdot_cannot_escape() {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("etc")).unwrap();
-        symlink("../../../../usr/lib/os-release", root.path().join("etc/os-release")).unwrap();
+        symlink(
+            "../../../../usr/lib/os-release",
+            root.path().join("etc/os-release"),
+        )
+        .unwrap();
         let p = resolve(root.path(), "etc/os-release").unwrap();
         assert_eq!(p, root.path().join("usr/lib/os-release"));
     }

@@ -48,7 +48,9 @@ pub fn run_streaming(
                 // Keep the buffer bounded; only the tail is ever reported.
                 if t.len() > 16 * 1024 {
                     let cut = t.len() - 8 * 1024;
-                    let cut = (cut..t.len()).find(|i| t.is_char_boundary(*i)).unwrap_or(cut);
+                    let cut = (cut..t.len())
+                        .find(|i| t.is_char_boundary(*i))
+                        .unwrap_or(cut);
                     t.drain(..cut);
                 }
             });
@@ -68,9 +70,34 @@ pub fn run_streaming(
         .with_context(|| format!("waiting for `{line}`"))?;
     if !status.success() {
         let t = tail.lock().unwrap_or_else(|p| p.into_inner());
-        bail!("`{line}` failed ({status}){}", stderr_tail(&t));
+        bail!("{} failed ({status}){}", tool_name(cmd), stderr_tail(&t));
     }
     Ok(())
+}
+
+/// The tool a command runs, seen through `chroot ROOT` and
+/// `sh -c SCRIPT NAME` wrappers: `apt-get` rather than `chroot`. The whole
+/// command line is in the log already (the `$ ...` line).
+fn tool_name(cmd: &Command) -> String {
+    let mut words = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned());
+    let mut program = words.next().unwrap_or_default();
+    loop {
+        let base = program.rsplit('/').next().unwrap_or_default().to_string();
+        match base.as_str() {
+            "chroot" => {
+                let _root = words.next();
+                program = words.next().unwrap_or(base);
+            }
+            "sh" | "bash" => {
+                let mut rest = words.by_ref().skip_while(|w| w != "-c").skip(1);
+                let _script = rest.next();
+                return rest.next().unwrap_or(base);
+            }
+            _ => return base,
+        }
+    }
 }
 
 fn for_each_line(reader: impl Read, mut f: impl FnMut(&str)) {
@@ -97,7 +124,10 @@ mod tests {
     fn output_lines_and_progress_are_streamed_as_events() {
         let cap = Captured::default();
         let sink = EventSink::to_writer(Box::new(cap.clone()));
-        let parse = |l: &str| l.strip_prefix("pct:").map(|p| (p.parse().unwrap_or(0.0), "x".into()));
+        let parse = |l: &str| {
+            l.strip_prefix("pct:")
+                .map(|p| (p.parse().unwrap_or(0.0), "x".into()))
+        };
         run_streaming(
             Command::new("sh").args(["-c", "echo out; echo err >&2; echo pct:50"]),
             &sink,
@@ -124,6 +154,24 @@ mod tests {
     }
 
     #[test]
+    fn tool_names_look_through_chroot_and_shell_wrappers() {
+        let mut c = Command::new("chroot");
+        c.args([
+            "/system-root",
+            "/bin/sh",
+            "-c",
+            "exec \"$0\" \"$@\" 3>&1",
+            "apt-get",
+            "-y",
+        ]);
+        assert_eq!(tool_name(&c), "apt-get");
+        let mut c = Command::new("chroot");
+        c.args(["/system-root", "dpkg", "--audit"]);
+        assert_eq!(tool_name(&c), "dpkg");
+        assert_eq!(tool_name(&Command::new("/usr/bin/rsync")), "rsync");
+    }
+
+    #[test]
     fn a_failing_tool_reports_its_stderr_tail() {
         let sink = EventSink::to_writer(Box::new(Captured::default()));
         let err = run_streaming(
@@ -134,7 +182,7 @@ mod tests {
         )
         .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("exit status: 100"), "{msg}");
+        assert!(msg.starts_with("sh failed (exit status: 100)"), "{msg}");
         assert!(msg.ends_with(": E: Unable to locate package"), "{msg}");
     }
 }

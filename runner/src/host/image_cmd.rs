@@ -129,15 +129,25 @@ fn locate_agent(given: Option<&Path>) -> Result<PathBuf> {
 pub fn check_static(bytes: &[u8]) -> Result<()> {
     const PT_INTERP: u32 = 3;
     anyhow::ensure!(bytes.get(..4) == Some(b"\x7fELF"), "not an ELF executable");
-    anyhow::ensure!(bytes.get(4) == Some(&2) && bytes.get(5) == Some(&1), "not a 64-bit little-endian ELF file");
-    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    anyhow::ensure!(
+        bytes.get(4) == Some(&2) && bytes.get(5) == Some(&1),
+        "not a 64-bit little-endian ELF file"
+    );
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let u32_at = |o: usize| {
         bytes
             .get(o..o + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     };
     let u64_at = |o: usize| {
-        bytes.get(o..o + 8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_le_bytes)
+        bytes
+            .get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
     };
     let truncated = || anyhow::anyhow!("truncated ELF header");
     let phoff = usize::try_from(u64_at(0x20).ok_or_else(truncated)?)?;

@@ -87,7 +87,11 @@ async fn run_with(podman: &Podman, opts: &RunOptions, root: &Path, reference: &s
         source.pretty_name(),
         image.id,
         podman.socket().display(),
-        if podman.is_private_service() { " (private service)" } else { "" }
+        if podman.is_private_service() {
+            " (private service)"
+        } else {
+            ""
+        }
     ));
 
     let mut renderer = Renderer::new(opts.output, opts.verbose, std::io::stdout().is_terminal());
@@ -132,16 +136,26 @@ async fn run_with(podman: &Podman, opts: &RunOptions, root: &Path, reference: &s
             ExitCode::StepFailed,
             Some("interrupted by a signal; run `migrate run` again to continue".to_string()),
         ),
-        Ok(o) => interpret_exit(o.exit_code, session.finished, session.report.message.clone()),
+        Ok(o) => interpret_exit(
+            o.exit_code,
+            session.finished,
+            session.report.message.clone(),
+        ),
     };
     let message = message.or(session.protocol_error.take());
     session.report.finish(result, code.code(), message.clone());
     session.log.host(&format!(
         "run {run_id} ended: {result:?}, exit code {}{}",
         code.code(),
-        message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+        message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default()
     ));
-    session.report.write(root).exit_code(ExitCode::Environment)?;
+    session
+        .report
+        .write(root)
+        .exit_code(ExitCode::Environment)?;
     if opts.output == OutputFormat::Human {
         print!("{}", session.report.summary());
         println!(
@@ -237,7 +251,8 @@ impl Session<'_> {
             _ => {}
         }
         if let Err(e) = self.report.write(self.root) {
-            self.log.host(&format!("could not update the report: {e:#}"));
+            self.log
+                .host(&format!("could not update the report: {e:#}"));
         }
     }
 }
@@ -284,13 +299,13 @@ fn container_spec(
 /// permitted.
 fn own_rlimits() -> Vec<Rlimit> {
     [
-        (Resource::RLIMIT_NOFILE, "RLIMIT_NOFILE"),
-        (Resource::RLIMIT_NPROC, "RLIMIT_NPROC"),
-        (Resource::RLIMIT_CORE, "RLIMIT_CORE"),
-        (Resource::RLIMIT_MEMLOCK, "RLIMIT_MEMLOCK"),
-        (Resource::RLIMIT_STACK, "RLIMIT_STACK"),
-        (Resource::RLIMIT_SIGPENDING, "RLIMIT_SIGPENDING"),
-        (Resource::RLIMIT_MSGQUEUE, "RLIMIT_MSGQUEUE"),
+        (Resource::RLIMIT_NOFILE, "nofile"),
+        (Resource::RLIMIT_NPROC, "nproc"),
+        (Resource::RLIMIT_CORE, "core"),
+        (Resource::RLIMIT_MEMLOCK, "memlock"),
+        (Resource::RLIMIT_STACK, "stack"),
+        (Resource::RLIMIT_SIGPENDING, "sigpending"),
+        (Resource::RLIMIT_MSGQUEUE, "msgqueue"),
     ]
     .into_iter()
     .filter_map(|(res, name)| {
@@ -321,8 +336,10 @@ fn new_run_id() -> String {
 /// Completes on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -357,7 +374,7 @@ mod tests {
     #[test]
     fn the_container_gets_our_own_limits() {
         let limits = own_rlimits();
-        let nofile = limits.iter().find(|l| l.name == "RLIMIT_NOFILE").unwrap();
+        let nofile = limits.iter().find(|l| l.name == "nofile").unwrap();
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
         assert_eq!((nofile.soft, nofile.hard), (soft, hard));
     }

@@ -93,7 +93,10 @@ mod tests {
         let err = RootLock::acquire(root.path()).unwrap_err();
         assert_eq!(exit_code_of(&err), ExitCode::Environment);
         let msg = err.to_string();
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         drop(first);
         RootLock::acquire(root.path()).unwrap();
     }

@@ -37,8 +37,12 @@ pub fn inspect_root(root: &Path) -> Result<(PathBuf, OsRelease)> {
             format!("--root {}: not a directory", root.display()),
         ));
     }
-    let root = std::fs::canonicalize(root)
-        .map_err(|e| fail(ExitCode::BadInput, format!("--root {}: {e}", root.display())))?;
+    let root = std::fs::canonicalize(root).map_err(|e| {
+        fail(
+            ExitCode::BadInput,
+            format!("--root {}: {e}", root.display()),
+        )
+    })?;
     let os = OsRelease::read_from_root(&root).exit_code(ExitCode::BadInput)?;
     Ok((root, os))
 }
@@ -72,8 +76,15 @@ pub fn image_reference(given: Option<&str>, source: &OsRelease) -> Result<String
 
 /// Looks the image up and reads its labels; refuses an image that is missing
 /// or is not a migration image.
-pub async fn inspect_image(podman: &Podman, reference: &str) -> Result<(ImageDetails, ImageLabels)> {
-    let Some(image) = podman.image(reference).await.exit_code(ExitCode::Environment)? else {
+pub async fn inspect_image(
+    podman: &Podman,
+    reference: &str,
+) -> Result<(ImageDetails, ImageLabels)> {
+    let Some(image) = podman
+        .image(reference)
+        .await
+        .exit_code(ExitCode::Environment)?
+    else {
         return Err(fail(
             ExitCode::BadInput,
             format!(
@@ -82,11 +93,18 @@ pub async fn inspect_image(podman: &Podman, reference: &str) -> Result<(ImageDet
         ));
     };
     let labels = ImageLabels::from_config(&image.config)
-        .map_err(|e| fail(ExitCode::BadInput, format!("image {reference} has broken migration labels: {e:#}")))?
+        .map_err(|e| {
+            fail(
+                ExitCode::BadInput,
+                format!("image {reference} has broken migration labels: {e:#}"),
+            )
+        })?
         .ok_or_else(|| {
             fail(
                 ExitCode::BadInput,
-                format!("image {reference} is not a migration image (it has no {LABEL_PROTOCOL} label)"),
+                format!(
+                    "image {reference} is not a migration image (it has no {LABEL_PROTOCOL} label)"
+                ),
             )
         })?;
     Ok((image, labels))
@@ -192,7 +210,10 @@ mod tests {
             image_reference(None, &os("debian", "12")).unwrap(),
             "localhost/migrate/debian-13:latest"
         );
-        assert_eq!(image_reference(Some("x"), &os("debian", "12")).unwrap(), "x");
+        assert_eq!(
+            image_reference(Some("x"), &os("debian", "12")).unwrap(),
+            "x"
+        );
         assert!(image_reference(None, &os("arch", "")).is_err());
     }
 }

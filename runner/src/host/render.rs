@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use crate::event::{Envelope, Event, OutputStream, PlannedStep, RunStatus, StepStatus};
 
 /// `--output`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     /// For people: a live display on a terminal, plain lines otherwise.
@@ -116,7 +118,11 @@ impl Renderer {
             Event::StepStarted { step } => {
                 let index = self.steps.iter().position(|s| &s.id == step).unwrap_or(0);
                 if self.mode == Mode::Plain {
-                    let desc = self.steps.get(index).map(|s| s.description.as_str()).unwrap_or("");
+                    let desc = self
+                        .steps
+                        .get(index)
+                        .map(|s| s.description.as_str())
+                        .unwrap_or("");
                     self.println(&format!(
                         "==> [{}/{}] {step}: {desc}",
                         index + 1,
@@ -189,7 +195,10 @@ impl Renderer {
                 let line = match status {
                     RunStatus::Succeeded => "run succeeded".to_string(),
                     RunStatus::Failed => {
-                        format!("run failed: {}", message.as_deref().unwrap_or("see the log"))
+                        format!(
+                            "run failed: {}",
+                            message.as_deref().unwrap_or("see the log")
+                        )
                     }
                 };
                 self.println(&line);
@@ -213,11 +222,16 @@ impl Renderer {
         }
         let Some(c) = &self.current else { return };
         let now = Instant::now();
-        if !force && self.last_draw.is_some_and(|t| now - t < Duration::from_millis(100)) {
+        if !force
+            && self
+                .last_draw
+                .is_some_and(|t| now - t < Duration::from_millis(100))
+        {
             return;
         }
         self.last_draw = Some(now);
-        let elapsed = human_duration_ms(u64::try_from(c.started.elapsed().as_millis()).unwrap_or(0));
+        let elapsed =
+            human_duration_ms(u64::try_from(c.started.elapsed().as_millis()).unwrap_or(0));
         let percent = c.percent.map(|p| format!(" {p:>3.0}%")).unwrap_or_default();
         let mut line = format!(
             "[{}/{}] {}  {elapsed}{percent}  {}",

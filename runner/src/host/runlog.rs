@@ -63,7 +63,11 @@ impl RunLog {
                 steps,
             } => format!(
                 "[agent] run {run_id}: {source} -> {target}; steps: {}",
-                steps.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+                steps
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Event::StepStarted { step } => format!("[{step}] step started"),
             Event::Output { step, line, .. } => {
@@ -77,11 +81,17 @@ impl RunLog {
                 message,
             } => format!(
                 "[{step}] step {status:?} after {duration_ms} ms{}",
-                message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+                message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
             ),
             Event::RunFinished { status, message } => format!(
                 "[agent] run {status:?}{}",
-                message.as_deref().map(|m| format!(": {m}")).unwrap_or_default()
+                message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
             ),
         };
         self.write(&format!("{} {text}", env.ts));

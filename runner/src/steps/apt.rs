@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use super::{Step, StepContext};
 use crate::event::StepStatus;
 use crate::fsutil::write_atomic;
-use crate::release::OsRelease;
+use crate::release::{OsRelease, Release};
 
 /// Environment that keeps apt, dpkg and debconf from asking anything.
 const NONINTERACTIVE: [(&str, &str); 4] = [
@@ -59,10 +59,9 @@ impl Step for SwitchSources {
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        let from = ctx
-            .source
-            .codename()
-            .context("the root's os-release has no VERSION_CODENAME; cannot tell which apt suite it uses")?;
+        let from = ctx.source.codename().context(
+            "the root's os-release has no VERSION_CODENAME; cannot tell which apt suite it uses",
+        )?;
         let to = ctx
             .target
             .codename
@@ -88,7 +87,9 @@ impl Step for SwitchSources {
             already += on_target;
             if changes > 0 {
                 write_atomic(&file, new.as_bytes())?;
-                ctx.say(format!("/{shown}: {changes} entries switched {from} -> {to}"));
+                ctx.say(format!(
+                    "/{shown}: {changes} entries switched {from} -> {to}"
+                ));
                 switched += changes;
             }
         }
@@ -114,11 +115,7 @@ fn source_files(ctx: &StepContext<'_>) -> Result<Vec<PathBuf>> {
         let mut extra: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.is_file()
-                    && p.extension()
-                        .is_some_and(|e| e == "list" || e == "sources")
-            })
+            .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "list" || e == "sources"))
             .collect();
         extra.sort();
         files.extend(extra);
@@ -262,14 +259,14 @@ impl Step for DistUpgrade {
             &["-o", "APT::Update::Error-Mode=any", "update"],
         ))
         .context("updating the package lists")?;
-        let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0", "-o", "APT::Status-Fd=1"];
+        let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0"];
         args.extend(KEEP_LOCAL_CONFIG);
         let mut fix = args.clone();
         fix.extend(["-f", "install"]);
-        ctx.run_with_progress(&mut apt(ctx, "apt-get", &fix), &apt_progress)
+        ctx.run_with_progress(&mut apt_get_with_status(ctx, &fix), &apt_progress)
             .context("repairing broken dependencies")?;
         args.push("dist-upgrade");
-        ctx.run_with_progress(&mut apt(ctx, "apt-get", &args), &apt_progress)
+        ctx.run_with_progress(&mut apt_get_with_status(ctx, &args), &apt_progress)
             .context("upgrading the packages")?;
         Ok(StepStatus::Succeeded)
     }
@@ -281,13 +278,33 @@ fn apt(ctx: &StepContext<'_>, program: &str, args: &[&str]) -> std::process::Com
     cmd
 }
 
+/// `apt-get ARGS` with its machine-readable progress (`APT::Status-Fd`) on
+/// stdout. The status fd must not *be* fd 1: apt closes it in the processes
+/// it starts, which would leave dpkg's maintainer scripts without a stdout
+/// (base-files.postinst then fails with "echo: I/O error"). So the status
+/// goes to fd 3, a duplicate of stdout made by a shell in the root.
+fn apt_get_with_status(ctx: &StepContext<'_>, args: &[&str]) -> std::process::Command {
+    let mut cmd = ctx.chroot("/bin/sh");
+    cmd.args([
+        "-c",
+        "exec \"$0\" -o APT::Status-Fd=3 \"$@\" 3>&1",
+        "apt-get",
+    ])
+    .args(args)
+    .envs(NONINTERACTIVE);
+    cmd
+}
+
 /// Parses apt's `APT::Status-Fd` lines (`pmstatus:PKG:PERCENT:MESSAGE`,
-/// `dlstatus:N:PERCENT:MESSAGE`).
+/// `dlstatus:N:PERCENT:MESSAGE`, and the `pmerror`/`pmconffile` variants
+/// that repeat what dpkg already printed).
 pub fn apt_progress(line: &str) -> Option<(f32, String)> {
     let (kind, rest) = line.split_once(':')?;
     let prefix = match kind {
         "pmstatus" => "",
         "dlstatus" => "Downloading: ",
+        "pmerror" => "Error: ",
+        "pmconffile" => "Configuration file: ",
         _ => return None,
     };
     let mut parts = rest.splitn(3, ':');
@@ -310,8 +327,11 @@ impl Step for VerifyRelease {
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
         let now = OsRelease::read_from_root(ctx.root)?;
-        let target = format!("{}:{}", ctx.target.id, ctx.target.version_id);
-        if now.release().to_string() != target {
+        let target = Release {
+            id: ctx.target.id.clone(),
+            version_id: ctx.target.version_id.clone(),
+        };
+        if now.release() != target {
             bail!(
                 "after the upgrade the root's os-release says {} ({}), not {target}",
                 now.release(),
@@ -319,7 +339,9 @@ impl Step for VerifyRelease {
             );
         }
         ctx.say(format!("os-release: {}", now.pretty_name()));
-        let audit = apt(ctx, "dpkg", &["--audit"]).output().context("running dpkg --audit")?;
+        let audit = apt(ctx, "dpkg", &["--audit"])
+            .output()
+            .context("running dpkg --audit")?;
         let report = String::from_utf8_lossy(&audit.stdout);
         if !audit.status.success() || !report.trim().is_empty() {
             for line in report.lines() {

@@ -92,7 +92,10 @@ pub async fn build(
         while let Some(chunk) = body.next_chunk().await? {
             text.extend_from_slice(&chunk);
         }
-        bail!("podman refused the build (HTTP {status}): {}", api_error(&text));
+        bail!(
+            "podman refused the build (HTTP {status}): {}",
+            api_error(&text)
+        );
     }
 
     let mut pending = Vec::new();
@@ -159,7 +162,10 @@ fn api_error(body: &[u8]) -> String {
 
 async fn read_head(reader: &mut BufReader<UnixStream>) -> Result<(u16, bool)> {
     let mut line = String::new();
-    reader.read_line(&mut line).await.context("reading the HTTP status")?;
+    reader
+        .read_line(&mut line)
+        .await
+        .context("reading the HTTP status")?;
     let status: u16 = line
         .split_whitespace()
         .nth(1)
@@ -246,7 +252,10 @@ mod tests {
 
     #[test]
     fn query_values_are_percent_encoded() {
-        assert_eq!(percent_encode(r#"{"a":"b c"}"#), "%7B%22a%22%3A%22b%20c%22%7D");
+        assert_eq!(
+            percent_encode(r#"{"a":"b c"}"#),
+            "%7B%22a%22%3A%22b%20c%22%7D"
+        );
         assert_eq!(percent_encode("localhost/x:1.0"), "localhost%2Fx%3A1.0");
     }
 
@@ -261,7 +270,12 @@ mod tests {
             r#"{"error":"no such file","errorDetail":{"message":"no such file"}}"#,
             "not json",
         ] {
-            handle_line(line.as_bytes(), &mut |l| seen.push(l.to_string()), &mut id, &mut failure);
+            handle_line(
+                line.as_bytes(),
+                &mut |l| seen.push(l.to_string()),
+                &mut id,
+                &mut failure,
+            );
         }
         assert_eq!(seen, ["STEP 1/3: FROM x", "no such file", "not json"]);
         assert_eq!(id.as_deref(), Some("sha256:abc"));

@@ -6,7 +6,12 @@
 //! - it targets libpod API 4.x, so the server's version is checked on connect
 //!   and requests use the lower of the two versions;
 //! - its image build takes only a directory, so builds go through
-//!   [`build::build`] with a tar stream we assemble ourselves.
+//!   [`build::build`] with a tar stream we assemble ourselves;
+//! - containers are started by the podman service process, which may run with
+//!   lower resource limits than we do (podman lowers its own `nproc`), so the
+//!   limits asked for are clamped to that process's (found through the
+//!   socket's peer credentials): asking for more fails where limits cannot be
+//!   raised.
 
 pub mod build;
 pub mod service;
@@ -36,6 +41,8 @@ pub struct Podman {
     api: podman_api::Podman,
     endpoint: service::Endpoint,
     api_version: String,
+    /// Limits of the process serving the socket, by podman's names.
+    service_limits: HashMap<String, (u64, u64)>,
 }
 
 /// What `migrate` needs to know about an image.
@@ -54,7 +61,7 @@ pub struct ImageDetails {
 /// A resource limit given to the container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rlimit {
-    /// OCI name, e.g. `RLIMIT_NOFILE`.
+    /// Name as podman takes it (`nofile`; podman adds the `RLIMIT_` prefix).
     pub name: String,
     /// Soft limit.
     pub soft: u64,
@@ -95,40 +102,59 @@ impl Podman {
     /// Connects to podman (see [`service::find_or_start`]) and checks its API
     /// version.
     pub async fn connect() -> Result<Self> {
-        let endpoint = service::find_or_start().await?;
-        let mut api = podman_api::Podman::unix(&endpoint.socket);
-        let version = api
+        let mut endpoint = service::find_or_start().await?;
+        match Self::handshake(&endpoint).await {
+            Ok((api, api_version, service_limits)) => Ok(Self {
+                api,
+                endpoint,
+                api_version,
+                service_limits,
+            }),
+            Err(e) => {
+                if let Some(service) = endpoint.service.take() {
+                    service.stop().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn handshake(
+        endpoint: &service::Endpoint,
+    ) -> Result<(podman_api::Podman, String, HashMap<String, (u64, u64)>)> {
+        let probe = podman_api::Podman::unix(&endpoint.socket);
+        let version = probe
             .version()
             .await
-            .with_context(|| format!("asking podman at {} for its version", endpoint.socket.display()))
+            .with_context(|| {
+                format!(
+                    "asking podman at {} for its version",
+                    endpoint.socket.display()
+                )
+            })
             .exit_code(ExitCode::Environment)?;
-        let server: Option<ApiVersion> = version.api_version.as_deref().and_then(|v| v.parse().ok());
-        let server_major = server.as_ref().map(ApiVersion::major).unwrap_or(0);
-        if server_major < MIN_API_MAJOR {
+        let server = libpod_api_version(&version);
+        let Some(server) = server.filter(|v| v.major() >= MIN_API_MAJOR) else {
             return Err(fail(
                 ExitCode::Environment,
                 format!(
-                    "podman at {} speaks API {:?}; migrate needs libpod API {MIN_API_MAJOR}.0 or newer",
+                    "podman {} at {} is too old: migrate needs libpod API {MIN_API_MAJOR}.0 or newer",
+                    version.version.as_deref().unwrap_or("(unknown version)"),
                     endpoint.socket.display(),
-                    version.api_version
                 ),
             ));
-        }
-        api.adjust_api_version()
-            .await
-            .context("negotiating the API version")
-            .exit_code(ExitCode::Environment)?;
-        let api_version = podman_api::LATEST_API_VERSION.to_string();
-        let api_version = match server {
-            Some(s) if s < podman_api::LATEST_API_VERSION => s.to_string(),
-            _ => api_version,
         };
-        tracing::debug!(socket = %endpoint.socket.display(), %api_version, "connected to podman");
-        Ok(Self {
-            api,
-            endpoint,
-            api_version,
-        })
+        // Speak the older of the two versions: the server's, or the one the
+        // crate was written against.
+        let api_version = if server < podman_api::LATEST_API_VERSION {
+            server
+        } else {
+            podman_api::LATEST_API_VERSION
+        };
+        let api = podman_api::Podman::unix_versioned(&endpoint.socket, api_version);
+        let service_limits = service::peer_limits(&endpoint.socket).await;
+        tracing::debug!(socket = %endpoint.socket.display(), %api_version, ?service_limits, "connected to podman");
+        Ok((api, api_version.to_string(), service_limits))
     }
 
     /// The socket in use.
@@ -176,7 +202,12 @@ impl Podman {
         let opts = ImageListOpts::builder()
             .filter([ImageListFilter::LabelKey(label.to_string())])
             .build();
-        let list = self.api.images().list(&opts).await.context("listing images")?;
+        let list = self
+            .api
+            .images()
+            .list(&opts)
+            .await
+            .context("listing images")?;
         let mut out = Vec::new();
         for summary in list {
             if let Some(id) = summary.id
@@ -226,6 +257,9 @@ impl Podman {
         mut output: impl FnMut(OutputStream, &str),
         cancel: impl Future<Output = ()>,
     ) -> Result<ContainerOutcome> {
+        let mut spec = spec.clone();
+        clamp_limits(&mut spec.rlimits, &self.service_limits);
+        let spec = &spec;
         let created = self
             .api
             .containers()
@@ -277,7 +311,12 @@ impl Podman {
         }
         .await;
         let removed = container
-            .delete(&ContainerDeleteOpts::builder().force(true).volumes(true).build())
+            .delete(
+                &ContainerDeleteOpts::builder()
+                    .force(true)
+                    .volumes(true)
+                    .build(),
+            )
             .await
             .with_context(|| format!("removing container {}", spec.name));
         match (result, removed) {
@@ -292,7 +331,10 @@ impl Podman {
     /// for podman to record that it exited, then reads the code from inspect.
     async fn exit_code(&self, container: &podman_api::api::Container) -> Result<i32> {
         for _ in 0..600 {
-            let info = container.inspect().await.context("inspecting the container")?;
+            let info = container
+                .inspect()
+                .await
+                .context("inspecting the container")?;
             if let Some(state) = info.state {
                 let running = state.running.unwrap_or(false);
                 let status = state.status.unwrap_or_default();
@@ -306,6 +348,25 @@ impl Podman {
         }
         bail!("the container's output ended but it did not exit within a minute")
     }
+}
+
+/// Lowers each limit's hard value to the service process's hard limit (what
+/// it can grant without privilege), and the soft value to the hard one.
+fn clamp_limits(limits: &mut [Rlimit], service: &HashMap<String, (u64, u64)>) {
+    for limit in limits {
+        if let Some((_, hard)) = service.get(&limit.name) {
+            limit.hard = limit.hard.min(*hard);
+            limit.soft = limit.soft.min(limit.hard);
+        }
+    }
+}
+
+/// The libpod API version of a server. The top-level `ApiVersion` of the
+/// version response is the Docker-compatible API's (e.g. 1.41), which is why
+/// the crate's own `adjust_api_version` must not be used; the libpod API is
+/// versioned with podman itself, whose version is `Version`.
+fn libpod_api_version(v: &models::VersionResponse) -> Option<ApiVersion> {
+    v.version.as_deref().and_then(|s| s.parse().ok())
 }
 
 fn create_opts(spec: &ContainerSpec) -> ContainerCreateOpts {
@@ -354,12 +415,20 @@ impl LineSplitter {
         }
     }
 
-    fn push(&mut self, stream: OutputStream, bytes: &[u8], out: &mut impl FnMut(OutputStream, &str)) {
+    fn push(
+        &mut self,
+        stream: OutputStream,
+        bytes: &[u8],
+        out: &mut impl FnMut(OutputStream, &str),
+    ) {
         let buf = self.pending.entry(Self::key(stream)).or_default();
         buf.extend_from_slice(bytes);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            out(stream, String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
+            out(
+                stream,
+                String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']),
+            );
         }
     }
 
@@ -377,6 +446,50 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_libpod_api_version_is_the_podman_version_not_the_docker_one() {
+        let v: models::VersionResponse = serde_json::from_value(serde_json::json!({
+            "Components": [{"Version": "4.3.1", "ApiVersion": "4.3.1"}],
+            "Version": "4.3.1",
+            "ApiVersion": "1.41"
+        }))
+        .unwrap();
+        assert_eq!(libpod_api_version(&v).unwrap().to_string(), "4.3.1");
+        let v: models::VersionResponse =
+            serde_json::from_value(serde_json::json!({"Version": "5.2.0", "ApiVersion": "1.41"}))
+                .unwrap();
+        assert_eq!(libpod_api_version(&v).unwrap().major(), 5);
+    }
+
+    #[test]
+    fn limits_are_clamped_to_what_the_service_can_grant() {
+        let mut limits = vec![
+            Rlimit {
+                name: "nproc".into(),
+                soft: 96365,
+                hard: 96365,
+            },
+            Rlimit {
+                name: "nofile".into(),
+                soft: 1024,
+                hard: 4096,
+            },
+            Rlimit {
+                name: "core".into(),
+                soft: 0,
+                hard: u64::MAX,
+            },
+        ];
+        let service = HashMap::from([
+            ("nproc".to_string(), (32768, 32768)),
+            ("nofile".to_string(), (1024, 1_048_576)),
+        ]);
+        clamp_limits(&mut limits, &service);
+        assert_eq!((limits[0].soft, limits[0].hard), (32768, 32768));
+        assert_eq!((limits[1].soft, limits[1].hard), (1024, 4096));
+        assert_eq!((limits[2].soft, limits[2].hard), (0, u64::MAX));
+    }
 
     #[test]
     fn lines_are_reassembled_across_chunks_per_stream() {
@@ -408,7 +521,7 @@ mod tests {
             labels: BTreeMap::from([("io.migrate.run-id".into(), "x".into())]),
             binds: vec![(PathBuf::from("/srv/root"), "/system-root".into())],
             rlimits: vec![Rlimit {
-                name: "RLIMIT_NOFILE".into(),
+                name: "nofile".into(),
                 soft: 1024,
                 hard: 4096,
             }],
@@ -420,7 +533,7 @@ mod tests {
         assert_eq!(json["pidns"]["nsmode"], "host");
         assert_eq!(json["mounts"][0]["destination"], "/system-root");
         assert_eq!(json["mounts"][0]["options"][0], "rbind");
-        assert_eq!(json["r_limits"][0]["type"], "RLIMIT_NOFILE");
+        assert_eq!(json["r_limits"][0]["type"], "nofile");
         assert_eq!(json["r_limits"][0]["soft"], 1024);
         assert_eq!(json["labels"]["io.migrate.run-id"], "x");
     }

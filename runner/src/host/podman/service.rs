@@ -1,6 +1,7 @@
 //! Finding podman's REST socket, or starting a private `podman system service`
 //! for the duration of a run when none is listening.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -78,6 +79,52 @@ pub fn parse_container_host(value: &str) -> Result<PathBuf> {
             "CONTAINER_HOST={value:?} is not supported: migrate talks to a local podman over a unix:///path socket"
         ),
     }
+}
+
+/// Resource limits of the process that serves `socket` (from its peer
+/// credentials and `/proc/PID/limits`), by podman's names (`nofile`, ...).
+/// Empty when they cannot be read.
+pub async fn peer_limits(socket: &Path) -> HashMap<String, (u64, u64)> {
+    let Ok(stream) = UnixStream::connect(socket).await else {
+        return HashMap::new();
+    };
+    let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) else {
+        return HashMap::new();
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .map(|t| parse_proc_limits(&t))
+        .unwrap_or_default()
+}
+
+/// Parses `/proc/PID/limits`.
+pub fn parse_proc_limits(text: &str) -> HashMap<String, (u64, u64)> {
+    const NAMES: [(&str, &str); 7] = [
+        ("Max open files", "nofile"),
+        ("Max processes", "nproc"),
+        ("Max core file size", "core"),
+        ("Max locked memory", "memlock"),
+        ("Max stack size", "stack"),
+        ("Max pending signals", "sigpending"),
+        ("Max msgqueue size", "msgqueue"),
+    ];
+    let value = |v: &str| match v {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    };
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        for (label, name) in NAMES {
+            if let Some(rest) = line.strip_prefix(label) {
+                let mut fields = rest.split_whitespace();
+                if let (Some(soft), Some(hard)) =
+                    (fields.next().and_then(value), fields.next().and_then(value))
+                {
+                    out.insert(name.to_string(), (soft, hard));
+                }
+            }
+        }
+    }
+    out
 }
 
 async fn listening(path: &Path) -> bool {
@@ -173,12 +220,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn proc_limits_are_parsed_by_podman_name() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\n\
+                    Max stack size            8388608              unlimited            bytes\n\
+                    Max processes             32768                32768                processes\n\
+                    Max open files            20000                20000                files\n";
+        let l = parse_proc_limits(text);
+        assert_eq!(l["nproc"], (32768, 32768));
+        assert_eq!(l["nofile"], (20000, 20000));
+        assert_eq!(l["stack"], (8_388_608, u64::MAX));
+    }
+
+    #[tokio::test]
+    async fn the_limits_of_a_socket_peer_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let limits = peer_limits(&path).await;
+        let (soft, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!(limits["nofile"], (soft, hard));
+    }
+
+    #[test]
     fn container_host_must_be_a_unix_socket() {
         assert_eq!(
             parse_container_host("unix:///run/podman/podman.sock").unwrap(),
             PathBuf::from("/run/podman/podman.sock")
         );
-        for bad in ["tcp://localhost:8080", "ssh://x/run/podman.sock", "unix://relative", "/run/x.sock"] {
+        for bad in [
+            "tcp://localhost:8080",
+            "ssh://x/run/podman.sock",
+            "unix://relative",
+            "/run/x.sock",
+        ] {
             assert!(parse_container_host(bad).is_err(), "{bad}");
         }
     }

@@ -1,0 +1,187 @@
+//! A Debian 12 root upgraded to Debian 13 through the migration container:
+//! real podman, real apt, real packages.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fixtures::{Fixtures, MIGRATION_IMAGE, report, serial, show};
+
+const EDITED: &str = "edited locally before the migration\n";
+
+#[test]
+fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    // /etc/issue is a conffile of base-files that changes between 12 and 13.
+    let mut issue = std::fs::read_to_string(root.join("etc/issue")).unwrap();
+    issue.push_str(EDITED);
+    std::fs::write(root.join("etc/issue"), &issue).unwrap();
+
+    let out = f
+        .migrate()
+        .args(["run", "--root"])
+        .arg(&root.path)
+        .args(["--image", MIGRATION_IMAGE])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+    let audit = root.chroot(&["dpkg", "--audit"]).unwrap();
+    assert!(
+        audit.status.success() && audit.stdout.is_empty(),
+        "{}",
+        show(&audit)
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/issue")).unwrap(),
+        issue
+    );
+    let shipped = std::fs::read_to_string(root.join("etc/issue.dpkg-dist")).unwrap();
+    assert!(
+        shipped.contains("13"),
+        "the new /etc/issue is beside the kept one: {shipped:?}"
+    );
+
+    let report = report(&root.path).unwrap();
+    assert_eq!(report["result"], "succeeded", "{report:#}");
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["source"]["version_id"], "12");
+    assert_eq!(report["target"]["version_id"], "13");
+    assert_eq!(report["image"]["reference"], MIGRATION_IMAGE);
+    assert!(
+        report["image"]["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    let steps = report["steps"].as_array().unwrap();
+    let ids: Vec<&str> = steps.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["switch-sources", "upgrade-packages", "verify-release"]
+    );
+    for step in steps {
+        assert_eq!(step["status"], "succeeded", "{step:#}");
+        assert!(step["duration_ms"].is_u64(), "{step:#}");
+    }
+
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    assert!(
+        log.contains("Setting up base-files"),
+        "the log has apt's output"
+    );
+    assert!(log.contains("dpkg --audit: clean"));
+
+    let run_id = report["run_id"].as_str().unwrap();
+    assert!(
+        f.containers_with_label("io.migrate.run-id", run_id)
+            .unwrap()
+            .is_empty(),
+        "the migration container was removed"
+    );
+    assert!(
+        f.image_exists(MIGRATION_IMAGE).unwrap(),
+        "the image is kept"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir("/run/migrate")
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "the private podman service was cleaned up: {leftovers:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&root.path.display().to_string()),
+        "nothing stays mounted in the root"
+    );
+}
+
+#[test]
+fn json_output_is_one_event_per_line() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    // An already-upgraded root is refused before any container starts;
+    // use a real run instead on a root whose upgrade fails fast: no apt
+    // source for the release at all.
+    let root = f.copy_root(&f.bookworm).unwrap();
+    std::fs::write(root.join("etc/apt/sources.list"), "# nothing here\n").unwrap();
+    let out = f
+        .migrate()
+        .args(["run", "--output", "json", "--root"])
+        .arg(&root.path)
+        .args(["--image", MIGRATION_IMAGE])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect();
+    assert!(events.iter().all(|e| e["v"] == 1 && e["event"].is_string()));
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["status"] == "failed")
+        .unwrap_or_else(|| panic!("{}", show(&out)));
+    assert_eq!(failed["step"], "switch-sources");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("no apt source")
+    );
+    assert_eq!(events.last().unwrap()["event"], "run_finished");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+    assert!(stderr.contains("step switch-sources failed"), "{stderr}");
+    assert_eq!(report(&root.path).unwrap()["result"], "failed");
+}
+
+#[test]
+fn a_second_concurrent_run_on_the_same_root_is_refused() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let mut first = f
+        .migrate()
+        .args(["run", "--root"])
+        .arg(&root.path)
+        .args(["--image", MIGRATION_IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first run writes its report only once it holds the lock.
+    let started = Instant::now();
+    while !root.join("var/log/migrate/report.json").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first run never started"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let second = f
+        .migrate()
+        .args(["run", "--root"])
+        .arg(&root.path)
+        .args(["--image", MIGRATION_IMAGE])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(4), "{}", show(&second));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another migrate run"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the first run was not disturbed");
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+}
