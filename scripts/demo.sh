@@ -9,33 +9,11 @@ cd "$(dirname "$0")/.."
 top=$PWD
 
 scripts/setup.sh
-export CONTAINERS_CONF="$top/tests/containers.conf"
 cache="$top/target/demo-cache"
-bin="$top/target/x86_64-unknown-linux-musl/release"
-base=localhost/migrate-demo/debian:13
-mkdir -p "$cache"
+. scripts/lib.sh
 
-echo "== building migrate (static)"
-cargo build --release --target x86_64-unknown-linux-musl -p migrate --bins
-
-bootstrap() { # suite -> cached pristine root
-  if [ ! -e "$cache/$1.done" ]; then
-    echo "== debootstrap $1 (once, cached in target/demo-cache)"
-    rm -rf "${cache:?}/$1"
-    debootstrap --variant=minbase "$1" "$cache/$1" >"$cache/$1.log" 2>&1 \
-      || { tail -5 "$cache/$1.log" >&2; exit 4; }
-    touch "$cache/$1.done"
-  fi
-}
-
-if ! podman image exists "$base"; then
-  bootstrap trixie
-  echo "== importing the Debian 13 base image"
-  tar -C "$cache/trixie" -c . | podman import - "$base" >/dev/null
-fi
-echo "== migrate image build debian-13"
-"$bin/migrate" image build debian-13 --base "$base" | tail -1
-
+build_migrate
+build_image localhost/migrate-demo/debian:13
 bootstrap bookworm
 work=$(mktemp -d /var/tmp/migrate-demo.XXXXXX)
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT

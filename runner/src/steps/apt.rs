@@ -261,10 +261,14 @@ impl Step for DistUpgrade {
         .context("updating the package lists")?;
         let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0"];
         args.extend(KEEP_LOCAL_CONFIG);
-        let mut fix = args.clone();
-        fix.extend(["-f", "install"]);
-        ctx.run_with_progress(&mut apt_get_with_status(ctx, &fix), &apt_progress)
-            .context("repairing broken dependencies")?;
+        if !dpkg_audit(ctx)?.is_empty() {
+            // Packages unpacked but not configured, with dependencies that
+            // `dpkg --configure -a` could not satisfy: let apt repair them.
+            let mut fix = args.clone();
+            fix.extend(["-f", "install"]);
+            ctx.run_with_progress(&mut apt_get_with_status(ctx, &fix), &apt_progress)
+                .context("repairing broken dependencies")?;
+        }
         args.push("dist-upgrade");
         ctx.run_with_progress(&mut apt_get_with_status(ctx, &args), &apt_progress)
             .context("upgrading the packages")?;
@@ -276,6 +280,22 @@ fn apt(ctx: &StepContext<'_>, program: &str, args: &[&str]) -> std::process::Com
     let mut cmd = ctx.chroot(program);
     cmd.args(args).envs(NONINTERACTIVE);
     cmd
+}
+
+/// What `dpkg --audit` says is wrong in the root (empty: nothing).
+fn dpkg_audit(ctx: &StepContext<'_>) -> Result<String> {
+    let out = apt(ctx, "dpkg", &["--audit"])
+        .output()
+        .context("running dpkg --audit")?;
+    let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() && report.is_empty() {
+        bail!(
+            "dpkg --audit failed ({}){}",
+            out.status,
+            crate::cmd::stderr_tail(&String::from_utf8_lossy(&out.stderr))
+        );
+    }
+    Ok(report)
 }
 
 /// `apt-get ARGS` with its machine-readable progress (`APT::Status-Fd`) on

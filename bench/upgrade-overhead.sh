@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Benchmark: the overhead of `migrate run` against the bare package manager.
+#
+# Prepares a Debian 12 root whose apt sources already point at Debian 13, with
+# the package lists fetched and every package of the upgrade downloaded (the
+# network is out of the measurement), then alternately times, on fresh copies
+# of it:
+#   migrate: `migrate run` (container, agent, all its steps and checks)
+#   bare:    `chroot ROOT apt-get update && apt-get dist-upgrade` with the
+#            same dpkg options, /proc, /sys and /dev mounted as the agent does
+# PAIRS pairs (default 5), and prints each pair's ratio, the median ratio and
+# the peak RSS of the migrate process. migrate talks to a podman service the
+# benchmark starts, so that the peak RSS is migrate's own. KEEP_WORK=1 keeps
+# the tmpfs with the roots for inspection.
+# Run as root. Targets: median ratio <= 1.10; peak RSS <= 30 MB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$PWD
+pairs=${PAIRS:-5}
+
+scripts/setup.sh
+cache="$top/target/bench-cache"
+. scripts/lib.sh
+build_migrate
+build_image localhost/migrate-bench/debian:13
+bootstrap bookworm
+
+# The roots live on a tmpfs: dpkg's fsyncs on a shared disk vary by seconds
+# from run to run, which would drown the runner's overhead being measured.
+work=$(mktemp -d /var/tmp/migrate-bench.XXXXXX)
+mount -t tmpfs -o size=6g migrate-bench "$work"
+svc=
+cleanup() {
+  [ -z "$svc" ] || kill "$svc" 2>/dev/null || true
+  if [ -z "${KEEP_WORK:-}" ]; then umount "$work" && rmdir "$work"; fi
+}
+trap cleanup EXIT
+podman system service --time=0 "unix://$work/podman.sock" 2>/dev/null & svc=$!
+export CONTAINER_HOST="unix://$work/podman.sock"
+for _ in $(seq 50); do [ -S "$work/podman.sock" ] && break; sleep 0.1; done
+
+# in_root ROOT CMD...: CMD chrooted in ROOT, API filesystems mounted in a
+# private mount namespace (gone when CMD ends).
+in_root() {
+  local root=$1; shift
+  unshare -m sh -c '
+    r=$1; shift
+    for fs in proc sys dev; do mount --rbind /$fs "$r/$fs"; done
+    exec chroot "$r" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+      DEBIAN_FRONTEND=noninteractive "$@"' sh "$root" "$@"
+}
+
+echo "== preparing the primed root (sources on trixie, packages downloaded)"
+cp -a "$cache/bookworm" "$work/primed"
+sed -i -E 's/^(deb(-src)? +[^ ]+ +)bookworm/\1trixie/' "$work/primed/etc/apt/sources.list"
+in_root "$work/primed" apt-get -qq update
+in_root "$work/primed" apt-get -qq -y --download-only dist-upgrade >/dev/null
+
+dpkg_opts=(-o Dpkg::Use-Pty=0 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
+run_migrate() { python3 bench/measure.py "$bin/migrate" run --root "$1" --image localhost/migrate/debian-13:latest; }
+run_bare() {
+  python3 bench/measure.py bash -c "$(declare -f in_root); in_root '$1' sh -c 'apt-get update && apt-get -y ${dpkg_opts[*]} dist-upgrade'"
+}
+
+ratios=()
+peaks=()
+for i in $(seq "$pairs"); do
+  rm -rf "$work/a" "$work/b"
+  cp -a "$work/primed" "$work/a"
+  cp -a "$work/primed" "$work/b"
+  sync # the copies' dirty pages must not be written back during a measurement
+  if [ $((i % 2)) -eq 1 ]; then
+    read -r tm rss cm < <(run_migrate "$work/a")
+    sync
+    read -r tb _ cb < <(run_bare "$work/b")
+  else
+    read -r tb _ cb < <(run_bare "$work/b")
+    sync
+    read -r tm rss cm < <(run_migrate "$work/a")
+  fi
+  [ "$cm" = 0 ] || { echo "migrate run failed (exit $cm); see $work/a/var/log/migrate/migrate.log (KEEP_WORK=1 keeps it)" >&2; exit 1; }
+  [ "$cb" = 0 ] || { echo "bare apt-get failed (exit $cb)" >&2; exit 1; }
+  for r in a b; do
+    grep -q '^VERSION_ID="13"' "$work/$r/usr/lib/os-release" || { echo "root $r is not Debian 13" >&2; exit 1; }
+  done
+  ratio=$(python3 -c "print(f'{$tm/$tb:.3f}')")
+  ratios+=("$ratio")
+  peaks+=("$rss")
+  printf 'pair %d: migrate %6.2fs  bare %6.2fs  ratio %s  migrate peak RSS %.1f MB\n' \
+    "$i" "$tm" "$tb" "$ratio" "$(python3 -c "print($rss/1024)")"
+done
+
+python3 - "${ratios[*]}" "${peaks[*]}" <<'PY'
+import statistics, sys
+ratios = [float(r) for r in sys.argv[1].split()]
+peaks = [int(p) / 1024 for p in sys.argv[2].split()]
+median = statistics.median(ratios)
+peak = max(peaks)
+print(f"median ratio migrate/bare: {median:.3f} (target <= 1.10: {'met' if median <= 1.10 else 'MISSED'})")
+print(f"peak RSS of migrate: {peak:.1f} MB (target <= 30 MB: {'met' if peak <= 30 else 'MISSED'})")
+PY

@@ -1,0 +1,35 @@
+# Shared by the demo and the benchmarks: sourced, not run.
+# Expects $top (the workspace) and $cache (a cache directory) to be set.
+
+export CONTAINERS_CONF="$top/tests/containers.conf"
+bin="$top/target/x86_64-unknown-linux-musl/release"
+
+# Static builds of migrate and migrate-agent.
+build_migrate() {
+  echo "== building migrate (static)"
+  cargo build --release --target x86_64-unknown-linux-musl -p migrate --bins
+}
+
+# bootstrap SUITE: a pristine minbase root in $cache/SUITE, made once.
+bootstrap() {
+  if [ ! -e "$cache/$1.done" ]; then
+    echo "== debootstrap $1 (once, cached in $cache)"
+    rm -rf "${cache:?}/$1"
+    mkdir -p "$cache"
+    debootstrap --variant=minbase "$1" "$cache/$1" >"$cache/$1.log" 2>&1 \
+      || { tail -5 "$cache/$1.log" >&2; exit 4; }
+    touch "$cache/$1.done"
+  fi
+}
+
+# build_image BASE_REF: imports the trixie root as BASE_REF (once) and builds
+# the debian-13 migration image on it with the default tag.
+build_image() {
+  if ! podman image exists "$1"; then
+    bootstrap trixie
+    echo "== importing the Debian 13 base image $1"
+    tar -C "$cache/trixie" -c . | podman import - "$1" >/dev/null
+  fi
+  echo "== migrate image build debian-13"
+  "$bin/migrate" image build debian-13 --base "$1" | tail -1
+}
