@@ -20,13 +20,17 @@ fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
     issue.push_str(EDITED);
     std::fs::write(root.join("etc/issue"), &issue).unwrap();
 
-    let out = f
+    let child = f
         .migrate()
         .args(["run", "--root"])
         .arg(&root.path)
         .args(["--image", MIGRATION_IMAGE])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
