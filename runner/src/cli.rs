@@ -5,18 +5,24 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+use crate::event::Verb;
+use crate::exit::{ExitCode, fail};
 use crate::host::image_cmd::{self, BuildOptions};
-use crate::host::launch::{self, RunOptions};
+use crate::host::launch::{self, LaunchOptions};
 use crate::host::render::OutputFormat;
 
 /// Upgrade a Linux host (or a root filesystem) to a new release from inside a
 /// migration container built from the target release.
 ///
 /// The host keeps running while the migration container, started with the
-/// root bind-mounted at /system-root, upgrades it. Exit codes: 0 succeeded,
-/// 1 a step failed, 2 bad usage or input (incompatible root or image),
-/// 3 a check stopped the run, 4 environment problem (no podman, not root,
-/// another run holds the lock).
+/// root bind-mounted at /system-root, runs the plan: checks, then the sync
+/// phase (repeatable while services run), then the cutover. An interrupted
+/// run continues where it stopped; `migrate rollback` returns to the safety
+/// backup taken before the cutover.
+///
+/// Exit codes: 0 succeeded, 1 a step failed, 2 bad usage or input
+/// (incompatible root or image, invalid plan), 3 a check stopped the run,
+/// 4 environment problem (no podman, not root, another run holds the lock).
 #[derive(Debug, Parser)]
 #[command(
     name = "migrate",
@@ -39,10 +45,23 @@ pub struct GlobalArgs {
     /// holding another root.
     #[arg(long, global = true, default_value = "/", value_name = "PATH")]
     pub root: PathBuf,
-    /// Migration image to use (default: the built-in image for the root's
-    /// release, e.g. localhost/migrate/debian-13:latest for Debian 12).
+    /// Migration image to use (default: the image of an unfinished
+    /// migration, else the built-in image for the root's release, e.g.
+    /// localhost/migrate/debian-13:latest for Debian 12).
     #[arg(long, global = true, value_name = "REF")]
     pub image: Option<String>,
+    /// Plan file replacing the image's plan (drop-ins in
+    /// ROOT/etc/migrate/plan.d/*.toml still apply).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// With run: show the resolved plan and what each step would do
+    /// (package manager simulation); change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Start a new migration even though another one is unfinished on this
+    /// root (its journal is kept as state-ID.json).
+    #[arg(long, global = true)]
+    pub force_new: bool,
     /// Output format: `human` (live progress on a terminal, plain lines
     /// otherwise) or `json` (one event per line).
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Human)]
@@ -56,8 +75,19 @@ pub struct GlobalArgs {
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Migrate the root: start the migration container and run the plan.
+    /// Migrate the root: checks, sync and cutover (continues an interrupted
+    /// migration).
     Run,
+    /// Run only the checks; change nothing. Exit code 3 if one inhibits.
+    Check,
+    /// Run the checks and the sync phase (pre-copies); repeat while services
+    /// keep running, then `migrate run` does the cutover.
+    Sync,
+    /// Show where the current or last migration stands, step by step.
+    Status,
+    /// Restore the root from the safety backup taken before the cutover, and
+    /// say what could not be restored.
+    Rollback,
     /// Build, list and inspect migration images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -100,36 +130,50 @@ impl Cli {
     /// Runs the chosen verb.
     pub async fn exec(self) -> Result<()> {
         let g = self.global;
-        match self.command.unwrap_or(Command::Run) {
-            Command::Run => {
-                launch::run(&RunOptions {
-                    root: g.root,
-                    image: g.image,
-                    output: g.output,
-                    verbose: g.verbose,
-                })
-                .await
-            }
+        let command = self.command.unwrap_or(Command::Run);
+        if g.dry_run && !matches!(command, Command::Run) {
+            return Err(fail(
+                ExitCode::BadInput,
+                "--dry-run applies to `migrate run` only",
+            ));
+        }
+        let verb = match &command {
+            Command::Run if g.dry_run => Verb::DryRun,
+            Command::Run => Verb::Run,
+            Command::Check => Verb::Check,
+            Command::Sync => Verb::Sync,
+            Command::Rollback => Verb::Rollback,
+            Command::Status => return crate::host::status::status(&g.root, g.output),
             Command::Image(ImageCommand::Build {
                 target,
                 base,
                 tag,
                 agent,
             }) => {
-                image_cmd::build(&BuildOptions {
-                    target,
-                    base,
-                    tag,
-                    agent,
+                return image_cmd::build(&BuildOptions {
+                    target: target.clone(),
+                    base: base.clone(),
+                    tag: tag.clone(),
+                    agent: agent.clone(),
                     output: g.output,
                 })
-                .await
+                .await;
             }
-            Command::Image(ImageCommand::List) => image_cmd::list(g.output).await,
+            Command::Image(ImageCommand::List) => return image_cmd::list(g.output).await,
             Command::Image(ImageCommand::Inspect { reference }) => {
-                image_cmd::inspect(&reference, g.output).await
+                return image_cmd::inspect(reference, g.output).await;
             }
-        }
+        };
+        launch::launch(&LaunchOptions {
+            verb,
+            root: g.root,
+            image: g.image,
+            plan: g.plan,
+            output: g.output,
+            verbose: g.verbose,
+            force_new: g.force_new,
+        })
+        .await
     }
 }
 
@@ -196,6 +240,23 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn every_verb_parses() {
+        for (args, check) in [
+            (&["check"][..], "Check"),
+            (&["sync"], "Sync"),
+            (&["status"], "Status"),
+            (&["rollback"], "Rollback"),
+            (&["image", "list"], "Image"),
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(format!("{:?}", cli.command).contains(check), "{args:?}");
+        }
+        let cli = parse(&["run", "--dry-run", "--plan", "/p.toml", "--force-new"]).unwrap();
+        assert!(cli.global.dry_run && cli.global.force_new);
+        assert_eq!(cli.global.plan, Some(PathBuf::from("/p.toml")));
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum Event {
     RunStarted {
         /// Run identifier chosen by the host.
         run_id: String,
+        /// What the run does.
+        #[serde(default = "default_verb")]
+        verb: Verb,
+        /// Whether it continues an interrupted migration.
+        #[serde(default)]
+        resumed: bool,
         /// The release found in the root.
         source: Release,
         /// The release the image upgrades to.
@@ -56,6 +62,14 @@ pub enum Event {
         stream: OutputStream,
         /// The line, without its newline.
         line: String,
+    },
+    /// A finding of a check step.
+    Finding {
+        /// The check step.
+        step: String,
+        /// What it found.
+        #[serde(flatten)]
+        finding: Finding,
     },
     /// Measured progress of a long step.
     Progress {
@@ -88,6 +102,72 @@ pub enum Event {
     },
 }
 
+/// What a run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    /// The check phase only; changes nothing.
+    Check,
+    /// What the plan would do; changes nothing.
+    DryRun,
+    /// Check and sync phases (repeatable while services run).
+    Sync,
+    /// Everything through the cutover.
+    Run,
+    /// Restore from the safety backup.
+    Rollback,
+    /// The post phase after the reboot.
+    Cleanup,
+}
+
+impl Verb {
+    /// Whether runs of this verb change the root.
+    pub fn changes_root(self) -> bool {
+        !matches!(self, Verb::Check | Verb::DryRun)
+    }
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verb::Check => "check",
+            Verb::DryRun => "dry-run",
+            Verb::Sync => "sync",
+            Verb::Run => "run",
+            Verb::Rollback => "rollback",
+            Verb::Cleanup => "cleanup",
+        }
+    }
+}
+
+fn default_verb() -> Verb {
+    Verb::Run
+}
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// For information.
+    Info,
+    /// Reported; the run goes on.
+    Warning,
+    /// Stops the run (exit code 3) before anything is changed.
+    Inhibitor,
+}
+
+/// What a check found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Stable identifier (`disk-space./var`, `held-packages`, ...).
+    pub id: String,
+    /// How serious it is.
+    pub severity: Severity,
+    /// What was found, in one line.
+    pub message: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
 /// A step as announced at the start of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedStep {
@@ -95,8 +175,15 @@ pub struct PlannedStep {
     pub id: String,
     /// Step kind (`apt`, `rsync`, ...).
     pub kind: String,
+    /// Phase the step belongs to.
+    #[serde(default = "default_phase")]
+    pub phase: crate::plan::Phase,
     /// One line saying what the step does.
     pub description: String,
+}
+
+fn default_phase() -> crate::plan::Phase {
+    crate::plan::Phase::Cutover
 }
 
 /// Output stream of a tool.
@@ -201,13 +288,25 @@ mod tests {
     fn every_event_kind_roundtrips() {
         roundtrip(Event::RunStarted {
             run_id: "r1".into(),
+            verb: Verb::Sync,
+            resumed: true,
             source: "debian:12".parse().unwrap(),
             target: "debian:13".parse().unwrap(),
             steps: vec![PlannedStep {
                 id: "upgrade".into(),
                 kind: "apt".into(),
+                phase: crate::plan::Phase::Cutover,
                 description: "Upgrade packages".into(),
             }],
+        });
+        roundtrip(Event::Finding {
+            step: "disk-space".into(),
+            finding: Finding {
+                id: "disk-space./var".into(),
+                severity: Severity::Inhibitor,
+                message: "needs 2 GB".into(),
+                hint: "free space".into(),
+            },
         });
         roundtrip(Event::StepStarted { step: "s".into() });
         roundtrip(Event::Output {

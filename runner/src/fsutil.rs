@@ -39,6 +39,34 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     result.with_context(|| format!("writing {}", path.display()))
 }
 
+/// Who holds a POSIX (fcntl) write lock on `path`, as "pid N (command)";
+/// `None` if nobody does or the file does not exist. Asks with `F_GETLK`,
+/// which takes no lock and works on a read-only file system.
+pub fn lock_holder(path: &Path) -> Result<Option<String>> {
+    use nix::fcntl::{FcntlArg, fcntl};
+    use nix::libc;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut query = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    fcntl(&file, FcntlArg::F_GETLK(&mut query))
+        .with_context(|| format!("querying the lock on {}", path.display()))?;
+    if query.l_type == libc::F_UNLCK as libc::c_short {
+        return Ok(None);
+    }
+    let pid = query.l_pid;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    Ok(Some(format!("pid {pid} ({})", comm.trim())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +83,32 @@ mod tests {
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_lock_held_by_another_process_is_reported_with_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(lock_holder(&path).unwrap(), None);
+        assert_eq!(lock_holder(&dir.path().join("missing")).unwrap(), None);
+        // flock(1) takes an flock lock, not a POSIX one; python's fcntl.lockf
+        // takes the POSIX lock dpkg uses.
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let holder = lock_holder(&path).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(holder, Some(format!("pid {} (python3)", child.id())));
     }
 }

@@ -25,6 +25,9 @@ pub const LABEL_TARGET_CODENAME: &str = "io.migrate.target.codename";
 pub const LABEL_ACCEPTS: &str = "io.migrate.accepts";
 /// Label: the event protocol version of the agent in the image.
 pub const LABEL_PROTOCOL: &str = "io.migrate.protocol";
+/// Label: the image's default plan (the text of `plan.toml`), so that the
+/// host can resolve and validate the plan before any container starts.
+pub const LABEL_PLAN: &str = "io.migrate.plan";
 
 /// Path of the image definition inside a built image.
 pub const IMAGE_DATA_DIR: &str = "/usr/share/migrate";
@@ -80,9 +83,11 @@ impl ImageDefinition {
         self.accepts.iter().map(|a| a.parse()).collect()
     }
 
-    /// The labels an image built from this definition carries.
-    pub fn labels(&self, name: &str) -> Result<BTreeMap<String, String>> {
+    /// The labels an image built from this definition (with default plan
+    /// `plan`) carries.
+    pub fn labels(&self, name: &str, plan: &str) -> Result<BTreeMap<String, String>> {
         let mut labels = BTreeMap::new();
+        labels.insert(LABEL_PLAN.to_string(), plan.to_string());
         labels.insert(LABEL_IMAGE.to_string(), name.to_string());
         labels.insert(LABEL_TARGET.to_string(), self.target_release()?.to_string());
         if let Some(codename) = &self.target.codename {
@@ -111,6 +116,8 @@ pub struct ImageLabels {
     pub accepts: Vec<ReleasePattern>,
     /// Event protocol version of its agent.
     pub protocol: u32,
+    /// The image's default plan (TOML), if it carries one.
+    pub plan: Option<String>,
 }
 
 impl ImageLabels {
@@ -155,6 +162,7 @@ impl ImageLabels {
             target,
             accepts,
             protocol,
+            plan: labels.get(LABEL_PLAN).cloned(),
         }))
     }
 
@@ -197,15 +205,31 @@ impl EmbeddedImage {
         EMBEDDED.iter().map(|i| i.name).collect()
     }
 
-    /// The parsed `image.toml`.
-    pub fn definition(&self) -> Result<ImageDefinition> {
+    /// A file of the definition as text.
+    fn text(&self, file: &str) -> Result<&'static str> {
         let (_, bytes) = self
             .files
             .iter()
-            .find(|(p, _)| *p == "image.toml")
-            .with_context(|| format!("image definition {} has no image.toml", self.name))?;
-        let text = std::str::from_utf8(bytes).context("image.toml is not UTF-8")?;
-        ImageDefinition::parse(text, &format!("images/{}/image.toml", self.name))
+            .find(|(p, _)| *p == file)
+            .with_context(|| format!("image definition {} has no {file}", self.name))?;
+        std::str::from_utf8(bytes)
+            .with_context(|| format!("images/{}/{file} is not UTF-8", self.name))
+    }
+
+    /// The parsed `image.toml`.
+    pub fn definition(&self) -> Result<ImageDefinition> {
+        ImageDefinition::parse(
+            self.text("image.toml")?,
+            &format!("images/{}/image.toml", self.name),
+        )
+    }
+
+    /// The default plan, `plan.toml`.
+    pub fn plan(&self) -> Result<crate::plan::PlanSource> {
+        Ok(crate::plan::PlanSource {
+            name: format!("images/{}/plan.toml", self.name),
+            text: self.text("plan.toml")?.to_string(),
+        })
     }
 }
 
@@ -238,8 +262,11 @@ codename = "trixie"
     #[test]
     fn labels_roundtrip_through_an_oci_config() {
         let def = ImageDefinition::parse(DEF, "image.toml").unwrap();
-        let labels: HashMap<String, String> =
-            def.labels("debian-13").unwrap().into_iter().collect();
+        let labels: HashMap<String, String> = def
+            .labels("debian-13", "[[step]]\n")
+            .unwrap()
+            .into_iter()
+            .collect();
         let config: oci_spec::image::Config =
             serde_json::from_value(serde_json::json!({ "Labels": labels })).unwrap();
         let parsed = ImageLabels::from_config(&config).unwrap().unwrap();
@@ -249,6 +276,7 @@ codename = "trixie"
         assert!(parsed.accepts(&"debian:12".parse().unwrap()));
         assert!(!parsed.accepts(&"debian:11".parse().unwrap()));
         assert!(!parsed.accepts(&"ubuntu:12".parse().unwrap()));
+        assert_eq!(parsed.plan.as_deref(), Some("[[step]]\n"));
     }
 
     #[test]
@@ -289,5 +317,16 @@ codename = "trixie"
         let (found, _) = default_image_for(&"debian:12".parse().unwrap()).unwrap();
         assert_eq!(found.name, "debian-13");
         assert!(default_image_for(&"ubuntu:22.04".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn every_embedded_definition_has_a_valid_plan() {
+        for img in EMBEDDED {
+            let plan = crate::plan::resolve(&img.plan().unwrap(), &[])
+                .unwrap_or_else(|e| panic!("{}: {e:#}", img.name));
+            for step in &plan.steps {
+                crate::steps::instantiate(step).unwrap_or_else(|e| panic!("{}: {e:#}", img.name));
+            }
+        }
     }
 }

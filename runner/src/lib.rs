@@ -14,6 +14,7 @@ pub mod exit;
 pub mod fsutil;
 pub mod host;
 pub mod image;
+pub mod plan;
 pub mod release;
 pub mod report;
 pub mod rootfs;

@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail};
 use crate::rootfs;
 
 /// The parsed contents of an `os-release` file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct OsRelease {
     fields: BTreeMap<String, String>,
 }

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Envelope, Event, PlannedStep, RunStatus, StepStatus};
+use crate::event::{Envelope, Event, Finding, PlannedStep, RunStatus, StepStatus, Verb};
+use crate::plan::Phase;
 use crate::release::Release;
 
 /// Report location relative to the migrated root.
@@ -26,6 +27,8 @@ pub enum RunResult {
     Succeeded,
     /// A step failed, or the agent did not finish.
     Failed,
+    /// A check found an inhibitor; nothing was changed.
+    Inhibited,
     /// The run was interrupted by a signal.
     Interrupted,
 }
@@ -64,6 +67,7 @@ pub struct ImageInfo {
     /// Image id.
     pub id: String,
     /// Manifest digest, when podman knows one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
 }
 
@@ -84,6 +88,8 @@ pub struct StepReport {
     pub id: String,
     /// Step kind.
     pub kind: String,
+    /// Phase.
+    pub phase: Phase,
     /// What the step does.
     pub description: String,
     /// Where it got to.
@@ -99,6 +105,16 @@ pub struct StepReport {
     pub message: Option<String>,
 }
 
+/// A finding of a check, with the step that found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportFinding {
+    /// The check step.
+    pub step: String,
+    /// The finding.
+    #[serde(flatten)]
+    pub finding: Finding,
+}
+
 /// The report of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -106,6 +122,11 @@ pub struct Report {
     pub migrate_version: String,
     /// Run id.
     pub run_id: String,
+    /// What the run did.
+    pub verb: Verb,
+    /// Whether it continued an interrupted migration.
+    #[serde(default)]
+    pub resumed: bool,
     /// Overall result.
     pub result: RunResult,
     /// The exit code `migrate` ended with (absent while running).
@@ -132,6 +153,9 @@ pub struct Report {
     pub duration_ms: Option<u64>,
     /// Every step, in plan order.
     pub steps: Vec<StepReport>,
+    /// What the checks found.
+    #[serde(default)]
+    pub findings: Vec<ReportFinding>,
     /// The full log, relative to the root.
     pub log: String,
 }
@@ -140,6 +164,7 @@ impl Report {
     /// A report for a run that is about to start.
     pub fn new(
         run_id: &str,
+        verb: Verb,
         root: &Path,
         image: ImageInfo,
         source: SourceInfo,
@@ -148,6 +173,8 @@ impl Report {
         Self {
             migrate_version: env!("CARGO_PKG_VERSION").to_string(),
             run_id: run_id.to_string(),
+            verb,
+            resumed: false,
             result: RunResult::Running,
             exit_code: None,
             message: None,
@@ -159,6 +186,7 @@ impl Report {
             finished_at: None,
             duration_ms: None,
             steps: Vec::new(),
+            findings: Vec::new(),
             log: LOG_PATH.to_string(),
         }
     }
@@ -166,9 +194,14 @@ impl Report {
     /// Updates the report with an agent event.
     pub fn apply(&mut self, envelope: &Envelope) {
         match &envelope.event {
-            Event::RunStarted { steps, .. } => {
+            Event::RunStarted { steps, resumed, .. } => {
                 self.steps = steps.iter().map(planned).collect();
+                self.resumed = *resumed;
             }
+            Event::Finding { step, finding } => self.findings.push(ReportFinding {
+                step: step.clone(),
+                finding: finding.clone(),
+            }),
             Event::StepStarted { step } => {
                 let s = self.step_mut(step);
                 s.status = StepState::Running;
@@ -204,6 +237,7 @@ impl Report {
                 self.steps.push(planned(&PlannedStep {
                     id: id.to_string(),
                     kind: String::new(),
+                    phase: Phase::Cutover,
                     description: String::new(),
                 }));
                 self.steps.len() - 1
@@ -236,6 +270,20 @@ impl Report {
         }
     }
 
+    /// Moves the report of an earlier run aside (`report-RUNID.json`), so
+    /// that `report.json` is always the latest run's and none is lost.
+    pub fn keep_previous(root: &Path, current_run: &str) -> Result<()> {
+        let path = root.join(REPORT_PATH);
+        match Self::read(root) {
+            Ok(old) if old.run_id != current_run => {
+                let to = path.with_file_name(format!("report-{}.json", old.run_id));
+                std::fs::rename(&path, &to)
+                    .with_context(|| format!("moving {} to {}", path.display(), to.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Writes the report under `root` atomically (temporary file, fsync, rename).
     pub fn write(&self, root: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("encoding the report")?;
@@ -261,6 +309,7 @@ impl Report {
                 RunResult::Running => "running",
                 RunResult::Succeeded => "succeeded",
                 RunResult::Failed => "FAILED",
+                RunResult::Inhibited => "STOPPED by a check",
                 RunResult::Interrupted => "INTERRUPTED",
             }
         );
@@ -279,6 +328,19 @@ impl Report {
             }
             out.push('\n');
         }
+        for f in &self.findings {
+            out.push_str(&format!(
+                "  {:<9} {}: {}\n            {}\n",
+                match f.finding.severity {
+                    crate::event::Severity::Inhibitor => "INHIBITOR",
+                    crate::event::Severity::Warning => "warning",
+                    crate::event::Severity::Info => "info",
+                },
+                f.finding.id,
+                f.finding.message,
+                f.finding.hint
+            ));
+        }
         out
     }
 }
@@ -287,6 +349,7 @@ fn planned(p: &PlannedStep) -> StepReport {
     StepReport {
         id: p.id.clone(),
         kind: p.kind.clone(),
+        phase: p.phase,
         description: p.description.clone(),
         status: StepState::Pending,
         started_at: None,
@@ -302,6 +365,7 @@ mod tests {
     fn report() -> Report {
         Report::new(
             "r1",
+            Verb::Run,
             Path::new("/srv/root"),
             ImageInfo::default(),
             SourceInfo {
@@ -321,17 +385,21 @@ mod tests {
         let mut r = report();
         r.apply(&ev(Event::RunStarted {
             run_id: "r1".into(),
+            verb: Verb::Run,
+            resumed: false,
             source: "debian:12".parse().unwrap(),
             target: "debian:13".parse().unwrap(),
             steps: vec![
                 PlannedStep {
                     id: "a".into(),
                     kind: "apt".into(),
+                    phase: Phase::Cutover,
                     description: "A".into(),
                 },
                 PlannedStep {
                     id: "b".into(),
                     kind: "apt".into(),
+                    phase: Phase::Cutover,
                     description: "B".into(),
                 },
             ],

@@ -2,7 +2,8 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -24,6 +25,38 @@ pub fn run_streaming(
     step: &str,
     progress: Option<&ProgressParser>,
 ) -> Result<()> {
+    run_streaming_with(
+        cmd,
+        sink,
+        step,
+        &Streaming {
+            progress,
+            ..Streaming::default()
+        },
+    )
+    .map(|_| ())
+}
+
+/// Options of [`run_streaming_with`].
+#[derive(Default)]
+pub struct Streaming<'a> {
+    /// Progress lines on stdout.
+    pub progress: Option<&'a ProgressParser>,
+    /// Kill the command (SIGKILL) after this long.
+    pub timeout: Option<Duration>,
+    /// Exit codes that count as success (empty: only 0).
+    pub ok_exit_codes: &'a [i32],
+}
+
+/// [`run_streaming`] with a timeout and accepted exit codes; returns the exit
+/// code.
+pub fn run_streaming_with(
+    cmd: &mut Command,
+    sink: &EventSink,
+    step: &str,
+    opts: &Streaming<'_>,
+) -> Result<i32> {
+    let progress = opts.progress;
     let line = cmd.display();
     tracing::debug!(command = %line, "running");
     sink.output(step, OutputStream::Stderr, format!("$ {line}"));
@@ -36,8 +69,25 @@ pub fn run_streaming(
     let stdout = child.stdout.take().context("child stdout")?;
     let stderr = child.stderr.take().context("child stderr")?;
     let tail = Arc::new(Mutex::new(String::new()));
+    let pid = child.id();
+    let (done, finished) = mpsc::channel::<()>();
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     std::thread::scope(|scope| {
+        if let Some(limit) = opts.timeout {
+            let timed_out = Arc::clone(&timed_out);
+            scope.spawn(move || {
+                if finished.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
+                    timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
+                    if let Ok(pid) = i32::try_from(pid) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            });
+        }
         let tail = Arc::clone(&tail);
         scope.spawn(move || {
             for_each_line(stderr, |l| {
@@ -63,16 +113,32 @@ pub fn run_streaming(
             }),
             None => sink.output(step, OutputStream::Stdout, l),
         });
-    });
-
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{line}`"))?;
-    if !status.success() {
+        let status = child.wait();
+        let _ = done.send(());
+        status
+    })
+    .map_err(|e| anyhow::anyhow!("waiting for {}: {e}", tool_name(cmd)))
+    .and_then(|status| {
         let t = tail.lock().unwrap_or_else(|p| p.into_inner());
-        bail!("{} failed ({status}){}", tool_name(cmd), stderr_tail(&t));
-    }
-    Ok(())
+        if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!(
+                "{} did not finish within {}s and was killed{}",
+                tool_name(cmd),
+                opts.timeout.map(|d| d.as_secs()).unwrap_or_default(),
+                stderr_tail(&t)
+            );
+        }
+        let code = status.code();
+        let ok = match code {
+            Some(c) if opts.ok_exit_codes.is_empty() => c == 0,
+            Some(c) => opts.ok_exit_codes.contains(&c),
+            None => false,
+        };
+        if !ok {
+            bail!("{} failed ({status}){}", tool_name(cmd), stderr_tail(&t));
+        }
+        Ok(code.unwrap_or(0))
+    })
 }
 
 /// The tool a command runs, seen through `chroot ROOT` and
@@ -172,6 +238,43 @@ mod tests {
     }
 
     #[test]
+    fn a_command_past_its_timeout_is_killed() {
+        let sink = EventSink::to_writer(Box::new(Captured::default()));
+        let started = std::time::Instant::now();
+        let err = run_streaming_with(
+            Command::new("sleep").arg("30"),
+            &sink,
+            "s",
+            &Streaming {
+                timeout: Some(Duration::from_millis(300)),
+                ..Streaming::default()
+            },
+        )
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            format!("{err:#}").contains("sleep did not finish within 0s"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn accepted_exit_codes_count_as_success() {
+        let sink = EventSink::to_writer(Box::new(Captured::default()));
+        let code = run_streaming_with(
+            Command::new("sh").args(["-c", "exit 3"]),
+            &sink,
+            "s",
+            &Streaming {
+                ok_exit_codes: &[0, 3],
+                ..Streaming::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(code, 3);
+    }
+
+    #[test]
     fn a_failing_tool_reports_its_stderr_tail() {
         let sink = EventSink::to_writer(Box::new(Captured::default()));
         let err = run_streaming(
@@ -181,7 +284,7 @@ mod tests {
             None,
         )
         .unwrap_err();
-        let msg = err.to_string();
+        let msg = format!("{err:#}");
         assert!(msg.starts_with("sh failed (exit status: 100)"), "{msg}");
         assert!(msg.ends_with(": E: Unable to locate package"), "{msg}");
     }

@@ -2,21 +2,25 @@
 //! `/system-root`, and reports to the host through events on stdout.
 
 pub mod exec;
+pub mod executor;
+pub mod journal;
 pub mod mounts;
+pub mod rollback;
 pub mod sink;
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use crate::event::{Event, OutputStream, PlannedStep, RunStatus, StepStatus};
+use crate::event::{Event, RunStatus, Verb};
 use crate::exit::{ExitCode, WithExitCode, exit_code_of, fail};
-use crate::image::{IMAGE_DATA_DIR, ImageDefinition};
-use crate::release::OsRelease;
-use crate::steps::{Step, StepContext, apt};
+use crate::plan::Plan;
+use journal::ImageIdentity;
 use sink::EventSink;
+
+/// Environment variable carrying the resolved plan (JSON) from the host.
+pub const PLAN_ENV: &str = "MIGRATE_PLAN";
 
 /// `migrate-agent`: the migration image's entry point. Started by `migrate`;
 /// not meant to be run by hand.
@@ -27,11 +31,42 @@ pub struct AgentCli {
     command: AgentCommand,
 }
 
+/// Verbs the host can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RunVerb {
+    Check,
+    DryRun,
+    Sync,
+    Run,
+}
+
 #[derive(Debug, clap::Subcommand)]
 enum AgentCommand {
-    /// Run the migration of the root mounted at --root.
+    /// Run the plan (from $MIGRATE_PLAN) on the root mounted at --root.
     Run {
+        /// What to do.
+        #[arg(long, value_enum, default_value = "run")]
+        verb: RunVerb,
         /// Where the root to migrate is mounted.
+        #[arg(long, default_value = "/system-root")]
+        root: PathBuf,
+        /// Run id chosen by the host.
+        #[arg(long, default_value = "manual")]
+        run_id: String,
+        /// Image reference, id and digest, for the journal.
+        #[arg(long, default_value = "")]
+        image_ref: String,
+        #[arg(long, default_value = "")]
+        image_id: String,
+        #[arg(long)]
+        image_digest: Option<String>,
+        /// Start a new migration even if another is unfinished.
+        #[arg(long)]
+        force_new: bool,
+    },
+    /// Restore the root from its safety backup.
+    Rollback {
+        /// Where the root is mounted.
         #[arg(long, default_value = "/system-root")]
         root: PathBuf,
         /// Run id chosen by the host.
@@ -62,8 +97,7 @@ pub fn main() -> i32 {
         .without_time()
         .init();
     let sink = EventSink::stdout();
-    let AgentCommand::Run { root, run_id } = cli.command;
-    match run(&root, &run_id, &sink) {
+    match dispatch(cli.command, &sink) {
         Ok(()) => {
             sink.emit(Event::RunFinished {
                 status: RunStatus::Succeeded,
@@ -81,111 +115,65 @@ pub fn main() -> i32 {
     }
 }
 
-fn run(root: &Path, run_id: &str, sink: &EventSink) -> Result<()> {
+fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
     // Before any thread exists: the kernel refuses a new mount namespace to a
     // multi-threaded process.
     mounts::enter_private_namespace().exit_code(ExitCode::Environment)?;
-    if !root.join("etc").is_dir() {
-        return Err(fail(
-            ExitCode::Environment,
-            format!("{} does not contain a root filesystem", root.display()),
-        ));
-    }
-    let def_path = Path::new(IMAGE_DATA_DIR).join("image.toml");
-    let text = std::fs::read_to_string(&def_path)
-        .with_context(|| format!("reading {}", def_path.display()))
-        .exit_code(ExitCode::BadInput)?;
-    let def = ImageDefinition::parse(&text, &def_path.display().to_string())
-        .exit_code(ExitCode::BadInput)?;
-    let target = def.target_release().exit_code(ExitCode::BadInput)?;
-    let source = OsRelease::read_from_root(root).exit_code(ExitCode::BadInput)?;
-    let accepted = def.accepted().exit_code(ExitCode::BadInput)?;
-    if !accepted.iter().any(|p| p.matches(&source.release())) {
-        return Err(fail(
-            ExitCode::BadInput,
-            format!(
-                "the root is {} ({}); this image upgrades only {}",
-                source.release(),
-                source.pretty_name(),
-                def.accepts.join(", ")
-            ),
-        ));
-    }
-
-    let steps = debian_plan();
-    sink.emit(Event::RunStarted {
-        run_id: run_id.to_string(),
-        source: source.release(),
-        target,
-        steps: steps
-            .iter()
-            .map(|s| PlannedStep {
-                id: s.id().to_string(),
-                kind: s.kind().to_string(),
-                description: s.description(),
-            })
-            .collect(),
-    });
-
-    let prepared = mounts::prepare(root).exit_code(ExitCode::Environment)?;
-    for action in prepared.actions {
-        sink.emit(Event::Output {
-            step: None,
-            stream: OutputStream::Stderr,
-            line: format!("system-root: {action}"),
-        });
-    }
-
-    for step in &steps {
-        let ctx = StepContext {
+    match command {
+        AgentCommand::Run {
+            verb,
             root,
-            sink,
-            step: step.id(),
-            source: &source,
-            target: &def.target,
-        };
-        sink.emit(Event::StepStarted {
-            step: step.id().to_string(),
-        });
-        let started = Instant::now();
-        let result = step.run(&ctx);
-        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match result {
-            Ok(status) => sink.emit(Event::StepFinished {
-                step: step.id().to_string(),
-                status,
-                duration_ms,
-                message: None,
-            }),
-            Err(e) => {
-                let message = format!("{e:#}");
-                sink.emit(Event::StepFinished {
-                    step: step.id().to_string(),
-                    status: StepStatus::Failed,
-                    duration_ms,
-                    message: Some(message.clone()),
-                });
-                return Err(fail(
-                    ExitCode::StepFailed,
-                    format!("step {} failed: {message}", step.id()),
-                ));
-            }
+            run_id,
+            image_ref,
+            image_id,
+            image_digest,
+            force_new,
+        } => {
+            check_root(&root)?;
+            let plan: Plan = std::env::var(PLAN_ENV)
+                .map_err(|_| fail(ExitCode::BadInput, format!("${PLAN_ENV} carries no plan")))
+                .and_then(|json| {
+                    serde_json::from_str(&json)
+                        .with_context(|| format!("parsing the plan in ${PLAN_ENV}"))
+                        .exit_code(ExitCode::BadInput)
+                })?;
+            let def = executor::image_definition()?;
+            executor::execute(
+                executor::Request {
+                    verb: match verb {
+                        RunVerb::Check => Verb::Check,
+                        RunVerb::DryRun => Verb::DryRun,
+                        RunVerb::Sync => Verb::Sync,
+                        RunVerb::Run => Verb::Run,
+                    },
+                    root,
+                    run_id,
+                    image: ImageIdentity {
+                        reference: image_ref,
+                        id: image_id,
+                        digest: image_digest,
+                    },
+                    plan,
+                    force_new,
+                },
+                &def,
+                sink,
+            )
+        }
+        AgentCommand::Rollback { root, run_id } => {
+            check_root(&root)?;
+            rollback::rollback(&root, &run_id, sink)
         }
     }
-    Ok(())
 }
 
-/// The Debian upgrade as a fixed sequence of steps.
-fn debian_plan() -> Vec<Box<dyn Step>> {
-    vec![
-        Box::new(apt::SwitchSources {
-            id: "switch-sources".into(),
-        }),
-        Box::new(apt::DistUpgrade {
-            id: "upgrade-packages".into(),
-        }),
-        Box::new(apt::VerifyRelease {
-            id: "verify-release".into(),
-        }),
-    ]
+fn check_root(root: &std::path::Path) -> Result<()> {
+    if root.join("etc").is_dir() {
+        Ok(())
+    } else {
+        Err(fail(
+            ExitCode::Environment,
+            format!("{} does not contain a root filesystem", root.display()),
+        ))
+    }
 }

@@ -30,6 +30,27 @@ pub fn enter_private_namespace() -> Result<()> {
     Ok(())
 }
 
+/// Where the pristine view of the root is mounted in the container.
+const PRISTINE: &str = "/run/migrate-pristine";
+
+/// A second view of the root without the mounts [`prepare`] adds (/proc,
+/// /run, resolv.conf): what backups read and restores write, so that they
+/// see the root's own files. Must be made before [`prepare`], in the private
+/// namespace (mounts made later under the root do not reach it).
+pub fn pristine_view(root: &Path) -> Result<PathBuf> {
+    let view = PathBuf::from(PRISTINE);
+    std::fs::create_dir_all(&view).with_context(|| format!("creating {}", view.display()))?;
+    mount(
+        Some(root),
+        &view,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting {} on {}", root.display(), view.display()))?;
+    Ok(view)
+}
+
 /// What [`prepare`] did, for the log.
 #[derive(Debug, Default)]
 pub struct Prepared {
@@ -79,6 +100,19 @@ pub fn prepare(root: &Path) -> Result<Prepared> {
         std::fs::create_dir_all(run.join("lock")).context("creating /run/lock")?;
         done.actions.push("/run: fresh tmpfs".into());
     }
+
+    // Scratch space for questions about the target release (package lists
+    // of the target, simulations): private to the agent, gone with it.
+    let scratch = run.join("migrate");
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    mount(
+        Some("tmpfs"),
+        &scratch,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", scratch.display()))?;
 
     done.actions.push(provide_name_resolution(root)?);
     Ok(done)

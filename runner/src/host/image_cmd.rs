@@ -52,7 +52,15 @@ pub async fn build(opts: &BuildOptions) -> Result<()> {
     })?;
     require_root()?;
     let tag = opts.tag.clone().unwrap_or_else(|| def.default_tag.clone());
-    let labels = def.labels(embedded.name).exit_code(ExitCode::BadInput)?;
+    // The plan travels in a label too: check it before it goes into an image.
+    let plan = embedded.plan().exit_code(ExitCode::BadInput)?;
+    let resolved = crate::plan::resolve(&plan, &[]).exit_code(ExitCode::BadInput)?;
+    for step in &resolved.steps {
+        crate::steps::instantiate(step).exit_code(ExitCode::BadInput)?;
+    }
+    let labels = def
+        .labels(embedded.name, &plan.text)
+        .exit_code(ExitCode::BadInput)?;
     let mut build_args = BTreeMap::new();
     if let Some(base) = &opts.base {
         build_args.insert("BASE".to_string(), base.clone());
@@ -241,6 +249,7 @@ pub async fn inspect(reference: &str, output: OutputFormat) -> Result<()> {
         "target": labels.target.to_string(),
         "accepts": labels.accepts.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "protocol": labels.protocol,
+        "plan": labels.plan,
     });
     match output {
         OutputFormat::Json => println!("{value}"),
@@ -252,6 +261,12 @@ pub async fn inspect(reference: &str, output: OutputFormat) -> Result<()> {
             println!("target:     {}", labels.target);
             println!("accepts:    {}", labels.accepts_list());
             println!("protocol:   {}", labels.protocol);
+            if let Some(plan) = &labels.plan {
+                println!("plan:");
+                for line in plan.lines() {
+                    println!("  {line}");
+                }
+            }
         }
     }
     Ok(())

@@ -1,5 +1,13 @@
-//! `migrate run`: from the checks on the host to the report, with the agent
-//! doing the work inside the migration container.
+//! `migrate run|sync|check|rollback` and `run --dry-run`: from the checks on
+//! the host to the report, with the agent doing the work inside the migration
+//! container.
+//!
+//! Before any container starts, the host resolves and validates the plan
+//! (the image's, from its label, or `--plan`, plus the root's drop-ins), reads
+//! the state journal and refuses what does not fit, all without touching the
+//! root. Runs that change the root take the root's lock; their log and report
+//! are written only once the agent starts its first changing step, so a run
+//! stopped by a check leaves the root exactly as it was.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -7,17 +15,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nix::sys::resource::{Resource, getrlimit};
 
 use super::lock::RootLock;
-use super::podman::{ContainerSpec, Podman, Rlimit};
+use super::podman::{ContainerSpec, ImageDetails, Podman, Rlimit};
 use super::preflight;
 use super::render::{OutputFormat, Renderer};
 use super::runlog::RunLog;
-use crate::event::{DecodeError, Envelope, Event, OutputStream};
+use crate::agent::PLAN_ENV;
+use crate::agent::journal::Journal;
+use crate::event::{DecodeError, Envelope, Event, OutputStream, Verb};
 use crate::exit::{ExitCode, WithExitCode, fail};
-use crate::image::ImageLabels;
+use crate::image::{ImageLabels, LABEL_PLAN};
+use crate::plan::{Phase, Plan, PlanSource};
 use crate::release::OsRelease;
 use crate::report::{ImageInfo, Report, RunResult, SourceInfo};
 
@@ -28,64 +39,240 @@ pub const LABEL_RUN_ID: &str = "io.migrate.run-id";
 /// Label on the migration container: the migrated root.
 pub const LABEL_ROOT: &str = "io.migrate.root";
 
-/// Options of `migrate run`.
+/// What to launch.
 #[derive(Clone, Debug)]
-pub struct RunOptions {
-    /// The root to migrate.
+pub struct LaunchOptions {
+    /// The verb.
+    pub verb: Verb,
+    /// The root.
     pub root: PathBuf,
     /// `--image`.
     pub image: Option<String>,
+    /// `--plan`.
+    pub plan: Option<PathBuf>,
     /// `--output`.
     pub output: OutputFormat,
     /// `-v` count.
     pub verbose: u8,
+    /// `--force-new`.
+    pub force_new: bool,
 }
 
-/// Runs a migration. Returns on success; every failure is an error carrying
-/// its exit code.
-pub async fn run(opts: &RunOptions) -> Result<()> {
+/// Everything decided before the container starts.
+struct Prepared {
+    root: PathBuf,
+    reference: String,
+    image: ImageDetails,
+    plan: Option<Plan>,
+    source: OsRelease,
+    target: crate::release::Release,
+    resuming: bool,
+}
+
+/// Runs a verb. Returns on success; every failure is an error carrying its
+/// exit code.
+pub async fn launch(opts: &LaunchOptions) -> Result<()> {
     preflight::require_root()?;
-    let (root, source) = preflight::inspect_root(&opts.root)?;
-    let reference = preflight::image_reference(opts.image.as_deref(), &source)?;
+    let (root, os) = preflight::inspect_root(&opts.root)?;
+    let journal = Journal::load(&root).exit_code(ExitCode::BadInput)?;
+    let plan_file = opts
+        .plan
+        .as_deref()
+        .map(PlanSource::read)
+        .transpose()
+        .map_err(|e| fail(ExitCode::BadInput, format!("--plan {e:#}")))?;
+    let dropins = crate::plan::read_dropins(&root).exit_code(ExitCode::BadInput)?;
+    let reference = image_reference(opts, journal.as_ref(), &os)?;
+
     let podman = Podman::connect().await?;
-    let result = run_with(&podman, opts, &root, &reference).await;
+    let result = async {
+        let prepared = prepare(
+            &podman, opts, root, os, journal, plan_file, &dropins, reference,
+        )
+        .await?;
+        let lock = if opts.verb.changes_root() {
+            Some(RootLock::acquire(&prepared.root)?)
+        } else {
+            None
+        };
+        if lock.is_some() && !prepared.resuming && opts.verb != Verb::Rollback {
+            // Another run may have changed the root between our checks and the lock.
+            let now = OsRelease::read_from_root(&prepared.root).exit_code(ExitCode::BadInput)?;
+            if now.release() != prepared.source.release() {
+                return Err(fail(
+                    ExitCode::BadInput,
+                    format!(
+                        "the root changed while migrate was checking it: it now is {}",
+                        now.pretty_name()
+                    ),
+                ));
+            }
+        }
+        run_container(&podman, opts, &prepared, lock.as_ref()).await
+    }
+    .await;
     podman.shutdown().await;
     result
 }
 
-async fn run_with(podman: &Podman, opts: &RunOptions, root: &Path, reference: &str) -> Result<()> {
-    let (image, labels) = preflight::inspect_image(podman, reference).await?;
-    let source = OsRelease::read_from_root(root).exit_code(ExitCode::BadInput)?;
-    preflight::check_compatible(&labels, reference, &source)?;
+/// The image: `--image`, else the image of the unfinished migration (for a
+/// rollback: of the migration), else the built-in default for the release.
+fn image_reference(
+    opts: &LaunchOptions,
+    journal: Option<&Journal>,
+    os: &OsRelease,
+) -> Result<String> {
+    if let Some(r) = &opts.image {
+        return Ok(r.clone());
+    }
+    if opts.verb == Verb::Rollback {
+        return match journal {
+            Some(j) => Ok(j.image.reference.clone()),
+            None => Err(fail(
+                ExitCode::BadInput,
+                "no migration is recorded on this root (no var/lib/migrate/state.json); nothing to roll back",
+            )),
+        };
+    }
+    if let Some(j) = journal.filter(|j| j.in_progress()) {
+        return Ok(j.image.reference.clone());
+    }
+    preflight::image_reference(None, os)
+}
 
-    // Nothing in the root has been touched up to here.
-    let _lock = RootLock::acquire(root)?;
-    // Another run may have finished between our checks and the lock.
-    let source = OsRelease::read_from_root(root).exit_code(ExitCode::BadInput)?;
-    preflight::check_compatible(&labels, reference, &source)?;
+#[allow(clippy::too_many_arguments)]
+async fn prepare(
+    podman: &Podman,
+    opts: &LaunchOptions,
+    root: PathBuf,
+    os: OsRelease,
+    journal: Option<Journal>,
+    plan_file: Option<PlanSource>,
+    dropins: &[PlanSource],
+    reference: String,
+) -> Result<Prepared> {
+    let (image, labels) = preflight::inspect_image(podman, &reference).await?;
+    preflight::check_protocol(&labels, &reference)?;
+    if opts.verb == Verb::Rollback {
+        let journal = journal.context("no journal")?;
+        return Ok(Prepared {
+            root,
+            reference,
+            image,
+            plan: None,
+            target: journal.source.release(),
+            source: os,
+            resuming: false,
+        });
+    }
+    let plan = resolve_plan(&labels, &reference, plan_file, dropins)?;
+    let unfinished = journal.filter(Journal::in_progress);
+    let resuming = unfinished
+        .as_ref()
+        .is_some_and(|j| j.plan_hash == plan.hash() && j.image.id == image.id);
+    if let Some(j) = &unfinished
+        && !resuming
+        && opts.verb.changes_root()
+        && !opts.force_new
+    {
+        return Err(fail(
+            ExitCode::Inhibited,
+            format!(
+                "migration {} on {} is unfinished and used {}; continue it with the same plan and image, undo it with `migrate rollback`, or start over with --force-new",
+                j.migration_id,
+                root.display(),
+                if j.image.id == image.id {
+                    "another plan".to_string()
+                } else {
+                    format!("image {} ({})", j.image.reference, short_id(&j.image.id))
+                }
+            ),
+        ));
+    }
+    let source = match (&unfinished, resuming) {
+        (Some(j), true) => j.source.clone(),
+        _ => os,
+    };
+    if !resuming {
+        preflight::check_compatible(&labels, &reference, &source)?;
+    }
+    Ok(Prepared {
+        root,
+        reference,
+        image,
+        plan: Some(plan),
+        source,
+        target: labels.target,
+        resuming,
+    })
+}
 
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// The plan: `--plan` or the image's, with the root's drop-ins, validated
+/// down to each step's options.
+fn resolve_plan(
+    labels: &ImageLabels,
+    reference: &str,
+    plan_file: Option<PlanSource>,
+    dropins: &[PlanSource],
+) -> Result<Plan> {
+    let base = match plan_file {
+        Some(p) => p,
+        None => PlanSource {
+            name: format!("the plan of image {reference}"),
+            text: labels.plan.clone().ok_or_else(|| {
+                fail(
+                    ExitCode::BadInput,
+                    format!(
+                        "image {reference} carries no plan (label {LABEL_PLAN}); rebuild it with `migrate image build {}` or pass --plan",
+                        labels.image
+                    ),
+                )
+            })?,
+        },
+    };
+    let plan = crate::plan::resolve(&base, dropins).exit_code(ExitCode::BadInput)?;
+    for step in &plan.steps {
+        crate::steps::instantiate(step).exit_code(ExitCode::BadInput)?;
+    }
+    Ok(plan)
+}
+
+async fn run_container(
+    podman: &Podman,
+    opts: &LaunchOptions,
+    p: &Prepared,
+    lock: Option<&RootLock>,
+) -> Result<()> {
+    let root = p.root.as_path();
     let run_id = new_run_id();
+    let image_info = ImageInfo {
+        reference: p.reference.clone(),
+        id: p.image.id.clone(),
+        digest: p.image.digest.clone(),
+    };
     let report = Report::new(
         &run_id,
+        opts.verb,
         root,
-        ImageInfo {
-            reference: reference.to_string(),
-            id: image.id.clone(),
-            digest: image.digest.clone(),
-        },
+        image_info,
         SourceInfo {
-            release: source.release(),
-            pretty_name: source.pretty_name(),
+            release: p.source.release(),
+            pretty_name: p.source.pretty_name(),
         },
-        labels.target.clone(),
+        p.target.clone(),
     );
-    report.write(root).exit_code(ExitCode::Environment)?;
-    let mut log = RunLog::open(root).exit_code(ExitCode::Environment)?;
+    let mut log = RunLog::new(root);
     log.host(&format!(
-        "run {run_id} started: root {} ({}), image {reference} ({}), podman socket {}{}",
+        "{} {run_id} started: root {} ({}), image {} ({}), podman socket {}{}",
+        opts.verb.name(),
         root.display(),
-        source.pretty_name(),
-        image.id,
+        p.source.pretty_name(),
+        p.reference,
+        p.image.id,
         podman.socket().display(),
         if podman.is_private_service() {
             " (private service)"
@@ -93,36 +280,73 @@ async fn run_with(podman: &Podman, opts: &RunOptions, root: &Path, reference: &s
             ""
         }
     ));
-
-    let mut renderer = Renderer::new(opts.output, opts.verbose, std::io::stdout().is_terminal());
+    // A check's JSON output is one report document at the end, not events.
+    let check_json = opts.verb == Verb::Check && opts.output == OutputFormat::Json;
+    let mut renderer = Renderer::new(
+        if check_json {
+            OutputFormat::Json
+        } else {
+            opts.output
+        },
+        opts.verbose,
+        std::io::stdout().is_terminal(),
+    );
+    if check_json {
+        renderer = renderer.quiet();
+    }
     renderer.note(&format!(
-        "migrating {} ({}) to {} with {reference}",
+        "{} {} ({}) -> {} with {}{}",
+        match opts.verb {
+            Verb::Check => "checking",
+            Verb::DryRun => "dry run of",
+            Verb::Sync => "syncing",
+            Verb::Rollback => "rolling back",
+            _ => "migrating",
+        },
         root.display(),
-        source.pretty_name(),
-        labels.target
+        p.source.pretty_name(),
+        p.target,
+        p.reference,
+        if p.resuming {
+            " (continuing the unfinished migration)"
+        } else {
+            ""
+        }
     ));
+    if opts.verb == Verb::DryRun
+        && let Some(plan) = &p.plan
+    {
+        show_plan(&mut renderer, plan, opts.output);
+    }
 
-    let spec = container_spec(&run_id, root, reference, &labels, opts.verbose);
+    let spec = container_spec(opts, p, &run_id)?;
     let session = Mutex::new(Session {
         root,
+        verb: opts.verb,
         renderer,
         log,
         report,
+        lock,
+        phases: BTreeMap::new(),
         finished: false,
         protocol_error: None,
+        write_error: None,
     });
+    if opts.verb == Verb::Rollback {
+        guard(&session).begin_changes();
+    }
     let ticker = async {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
             every.tick().await;
-            lock(&session).renderer.tick();
+            guard(&session).renderer.tick();
         }
     };
     let outcome = tokio::select! {
-        o = podman.run(&spec, |stream, line| lock(&session).line(stream, line), shutdown_signal()) => o,
+        o = podman.run(&spec, |stream, line| guard(&session).line(stream, line), shutdown_signal()) => o,
         () = ticker => unreachable!("the ticker never ends"),
     };
-    let mut session = session.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut session = session.into_inner().unwrap_or_else(|e| e.into_inner());
     session.renderer.finish();
 
     let (result, code, message) = match outcome {
@@ -145,35 +369,75 @@ async fn run_with(podman: &Podman, opts: &RunOptions, root: &Path, reference: &s
     let message = message.or(session.protocol_error.take());
     session.report.finish(result, code.code(), message.clone());
     session.log.host(&format!(
-        "run {run_id} ended: {result:?}, exit code {}{}",
+        "{} {run_id} ended: {result:?}, exit code {}{}",
+        opts.verb.name(),
         code.code(),
         message
             .as_deref()
             .map(|m| format!(": {m}"))
             .unwrap_or_default()
     ));
-    session
-        .report
-        .write(root)
-        .exit_code(ExitCode::Environment)?;
-    if opts.output == OutputFormat::Human {
-        print!("{}", session.report.summary());
+    let wrote = session.log.writing();
+    if wrote {
+        session
+            .report
+            .write(root)
+            .exit_code(ExitCode::Environment)?;
+    }
+    if check_json {
         println!(
-            "report: {}\nlog:    {}",
-            root.join(crate::report::REPORT_PATH).display(),
-            session.log.path().display()
+            "{}",
+            serde_json::to_string_pretty(&session.report).context("encoding the report")?
         );
+    } else if opts.output == OutputFormat::Human {
+        print!("{}", session.report.summary());
+        if wrote {
+            println!(
+                "report: {}\nlog:    {}",
+                root.join(crate::report::REPORT_PATH).display(),
+                session.log.path().display()
+            );
+        } else if opts.verb.changes_root() {
+            println!("nothing was changed in {}", root.display());
+        }
+    }
+    if let Some(e) = session.write_error {
+        return Err(fail(ExitCode::Environment, e));
     }
     match result {
         RunResult::Succeeded => Ok(()),
-        _ => Err(fail(
-            code,
-            format!(
-                "{} (log: {})",
-                message.unwrap_or_else(|| "the run failed".into()),
-                session.log.path().display()
-            ),
-        )),
+        _ => {
+            let mut line = message.unwrap_or_else(|| "the run failed".into());
+            if wrote {
+                line.push_str(&format!(" (log: {})", session.log.path().display()));
+            }
+            Err(fail(code, line))
+        }
+    }
+}
+
+/// Prints the resolved plan (for `--dry-run`).
+fn show_plan(renderer: &mut Renderer, plan: &Plan, output: OutputFormat) {
+    if output == OutputFormat::Json {
+        let json = serde_json::json!({ "v": crate::event::PROTOCOL_VERSION, "event": "plan", "plan": plan });
+        println!("{json}");
+        return;
+    }
+    renderer.note(&format!(
+        "plan: {} (hash {})",
+        plan.description,
+        plan.hash()
+    ));
+    for s in &plan.steps {
+        let options = if s.options.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", serde_json::Value::Object(s.options.clone()))
+        };
+        renderer.note(&format!(
+            "  {:<8} {:<20} {:<20}{options}  [{}]",
+            s.phase, s.id, s.kind, s.defined_at
+        ));
     }
 }
 
@@ -192,7 +456,7 @@ fn interpret_exit(
         ),
         1 => (RunResult::Failed, ExitCode::StepFailed, agent_message),
         2 => (RunResult::Failed, ExitCode::BadInput, agent_message),
-        3 => (RunResult::Failed, ExitCode::Inhibited, agent_message),
+        3 => (RunResult::Inhibited, ExitCode::Inhibited, agent_message),
         4 => (RunResult::Failed, ExitCode::Environment, agent_message),
         125..=127 => (
             RunResult::Failed,
@@ -217,11 +481,15 @@ fn interpret_exit(
 /// Everything that reacts to the container's output.
 struct Session<'a> {
     root: &'a Path,
+    verb: Verb,
     renderer: Renderer,
     log: RunLog,
     report: Report,
+    lock: Option<&'a RootLock>,
+    phases: BTreeMap<String, Phase>,
     finished: bool,
     protocol_error: Option<String>,
+    write_error: Option<String>,
 }
 
 impl Session<'_> {
@@ -242,6 +510,18 @@ impl Session<'_> {
     }
 
     fn event(&mut self, env: &Envelope) {
+        match &env.event {
+            Event::RunStarted { steps, .. } => {
+                self.phases = steps.iter().map(|s| (s.id.clone(), s.phase)).collect();
+            }
+            Event::StepStarted { step }
+                if self.verb.changes_root()
+                    && self.phases.get(step).is_some_and(|p| *p != Phase::Check) =>
+            {
+                self.begin_changes();
+            }
+            _ => {}
+        }
         self.log.event(env);
         self.renderer.event(env);
         self.report.apply(env);
@@ -250,48 +530,80 @@ impl Session<'_> {
             Event::Output { .. } | Event::Progress { .. } => return,
             _ => {}
         }
-        if let Err(e) = self.report.write(self.root) {
+        if self.log.writing()
+            && let Err(e) = self.report.write(self.root)
+        {
             self.log
                 .host(&format!("could not update the report: {e:#}"));
         }
     }
+
+    /// The run starts changing the root: from now on the log, the report and
+    /// the lock holder are written there.
+    fn begin_changes(&mut self) {
+        if self.log.writing() {
+            return;
+        }
+        let result = (|| -> Result<()> {
+            if let Some(lock) = self.lock {
+                lock.record_holder()?;
+            }
+            Report::keep_previous(self.root, &self.report.run_id)?;
+            self.log.start_writing()?;
+            self.report.write(self.root)
+        })();
+        if let Err(e) = result {
+            self.write_error.get_or_insert(format!("{e:#}"));
+        }
+    }
 }
 
-fn lock<'m, T>(m: &'m Mutex<T>) -> std::sync::MutexGuard<'m, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn guard<'m, T>(m: &'m Mutex<T>) -> std::sync::MutexGuard<'m, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn container_spec(
-    run_id: &str,
-    root: &Path,
-    reference: &str,
-    labels: &ImageLabels,
-    verbose: u8,
-) -> ContainerSpec {
-    let level = match verbose {
+fn container_spec(opts: &LaunchOptions, p: &Prepared, run_id: &str) -> Result<ContainerSpec> {
+    let level = match opts.verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    ContainerSpec {
+    let mut env = BTreeMap::from([("MIGRATE_LOG".to_string(), level.to_string())]);
+    let mut command: Vec<String> = Vec::new();
+    if opts.verb == Verb::Rollback {
+        command.extend(["rollback".into(), "--root".into(), CONTAINER_ROOT.into()]);
+        command.extend(["--run-id".into(), run_id.into()]);
+    } else {
+        let plan = p.plan.as_ref().context("no plan")?;
+        env.insert(
+            PLAN_ENV.to_string(),
+            serde_json::to_string(plan).context("encoding the plan")?,
+        );
+        command.extend(["run".into(), "--verb".into(), opts.verb.name().into()]);
+        command.extend(["--root".into(), CONTAINER_ROOT.into()]);
+        command.extend(["--run-id".into(), run_id.into()]);
+        command.extend(["--image-ref".into(), p.reference.clone()]);
+        command.extend(["--image-id".into(), p.image.id.clone()]);
+        if let Some(d) = &p.image.digest {
+            command.extend(["--image-digest".into(), d.clone()]);
+        }
+        if opts.force_new {
+            command.push("--force-new".into());
+        }
+    }
+    Ok(ContainerSpec {
         name: format!("migrate-{run_id}"),
-        image: reference.to_string(),
-        command: vec![
-            "run".into(),
-            "--root".into(),
-            CONTAINER_ROOT.into(),
-            "--run-id".into(),
-            run_id.into(),
-        ],
-        env: BTreeMap::from([("MIGRATE_LOG".to_string(), level.to_string())]),
+        image: p.reference.clone(),
+        command,
+        env,
         labels: BTreeMap::from([
             (LABEL_RUN_ID.to_string(), run_id.to_string()),
-            (LABEL_ROOT.to_string(), root.display().to_string()),
-            (crate::image::LABEL_IMAGE.to_string(), labels.image.clone()),
+            (LABEL_ROOT.to_string(), p.root.display().to_string()),
         ]),
-        binds: vec![(root.to_path_buf(), CONTAINER_ROOT.to_string())],
+        binds: vec![(p.root.clone(), CONTAINER_ROOT.to_string())],
+        read_only: !opts.verb.changes_root(),
         rlimits: own_rlimits(),
-    }
+    })
 }
 
 /// The limits this process runs under, for the container: a container asking
@@ -357,7 +669,10 @@ mod tests {
         assert_eq!(interpret_exit(0, true, None).1, ExitCode::Succeeded);
         assert_eq!(interpret_exit(0, false, None).1, ExitCode::StepFailed);
         assert_eq!(interpret_exit(2, true, None).1, ExitCode::BadInput);
-        assert_eq!(interpret_exit(3, true, None).1, ExitCode::Inhibited);
+        assert_eq!(
+            interpret_exit(3, true, None),
+            (RunResult::Inhibited, ExitCode::Inhibited, None)
+        );
         assert_eq!(interpret_exit(127, false, None).1, ExitCode::Environment);
         let (r, c, m) = interpret_exit(137, false, None);
         assert_eq!((r, c), (RunResult::Failed, ExitCode::StepFailed));

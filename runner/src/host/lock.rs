@@ -1,83 +1,69 @@
-//! One migration at a time per root: an exclusive `flock` on
-//! `ROOT/var/lib/migrate/lock`, held for the whole run and released by the
-//! kernel when the process ends, however it ends.
+//! One migration at a time per root: an exclusive `flock` on the root
+//! directory itself, held for the whole run and released by the kernel when
+//! the process ends, however it ends. Locking the directory creates nothing,
+//! so a run stopped by a check leaves the root untouched; once the run starts
+//! changing the root, the holder's pid is recorded in
+//! `ROOT/var/lib/migrate/lock` for the message a second run prints.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::exit::{ExitCode, WithExitCode, fail};
+use crate::exit::{ExitCode, fail};
 
-/// Lock file location relative to the root.
+/// Pid file location relative to the root.
 pub const LOCK_PATH: &str = "var/lib/migrate/lock";
 
 /// The held lock; dropping it releases the lock.
 #[derive(Debug)]
 pub struct RootLock {
     _lock: Flock<File>,
-    path: PathBuf,
+    root: PathBuf,
 }
 
 impl RootLock {
     /// Takes the lock of `root`, or fails with exit code 4 naming the process
     /// that holds it.
     pub fn acquire(root: &Path) -> Result<Self> {
-        let path = root.join(LOCK_PATH);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))
-                .exit_code(ExitCode::Environment)?;
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))
-            .exit_code(ExitCode::Environment)?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => l,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
+        let dir = File::open(root).map_err(|e| {
+            fail(
+                ExitCode::Environment,
+                format!("opening {}: {e}", root.display()),
+            )
+        })?;
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Self {
+                _lock: lock,
+                root: root.to_path_buf(),
+            }),
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let holder = std::fs::read_to_string(root.join(LOCK_PATH)).unwrap_or_default();
                 let holder = holder.trim();
                 let by = if holder.is_empty() {
                     String::new()
                 } else {
                     format!(" (pid {holder})")
                 };
-                return Err(fail(
+                Err(fail(
                     ExitCode::Environment,
-                    format!(
-                        "another migrate run{by} is working on {}: {} is locked",
-                        root.display(),
-                        path.display()
-                    ),
-                ));
+                    format!("another migrate run{by} is working on {}", root.display()),
+                ))
             }
-            Err((_, errno)) => {
-                return Err(fail(
-                    ExitCode::Environment,
-                    format!("locking {}: {errno}", path.display()),
-                ));
-            }
-        };
-        // Record who holds it, for the message above.
-        let _ = lock.set_len(0);
-        let _ = lock.rewind();
-        let _ = writeln!(lock, "{}", std::process::id());
-        let _ = lock.flush();
-        Ok(Self { _lock: lock, path })
+            Err((_, errno)) => Err(fail(
+                ExitCode::Environment,
+                format!("locking {}: {errno}", root.display()),
+            )),
+        }
     }
 
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Records this process as the holder, in `ROOT/var/lib/migrate/lock`.
+    pub fn record_holder(&self) -> Result<()> {
+        let path = self.root.join(LOCK_PATH);
+        crate::fsutil::write_atomic(&path, format!("{}\n", std::process::id()).as_bytes())
+            .with_context(|| format!("recording the lock holder in {}", path.display()))
     }
 }
 
@@ -90,12 +76,23 @@ mod tests {
     fn a_second_lock_on_the_same_root_is_refused_until_the_first_is_dropped() {
         let root = tempfile::tempdir().unwrap();
         let first = RootLock::acquire(root.path()).unwrap();
+        assert!(
+            std::fs::read_dir(root.path()).unwrap().next().is_none(),
+            "taking the lock creates nothing"
+        );
         let err = RootLock::acquire(root.path()).unwrap_err();
         assert_eq!(exit_code_of(&err), ExitCode::Environment);
-        let msg = err.to_string();
         assert!(
-            msg.contains(&format!("pid {}", std::process::id())),
-            "{msg}"
+            err.to_string()
+                .contains("another migrate run is working on"),
+            "{err}"
+        );
+        first.record_holder().unwrap();
+        let err = RootLock::acquire(root.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("(pid {})", std::process::id())),
+            "{err}"
         );
         drop(first);
         RootLock::acquire(root.path()).unwrap();

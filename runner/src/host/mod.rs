@@ -7,3 +7,4 @@ pub mod podman;
 pub mod preflight;
 pub mod render;
 pub mod runlog;
+pub mod status;

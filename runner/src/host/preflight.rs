@@ -110,9 +110,8 @@ pub async fn inspect_image(
     Ok((image, labels))
 }
 
-/// Refuses an image whose agent speaks another protocol, a root that already
-/// is the target release, or a root the image does not accept.
-pub fn check_compatible(labels: &ImageLabels, reference: &str, source: &OsRelease) -> Result<()> {
+/// Refuses an image whose agent speaks another event protocol.
+pub fn check_protocol(labels: &ImageLabels, reference: &str) -> Result<()> {
     if labels.protocol != PROTOCOL_VERSION {
         return Err(fail(
             ExitCode::BadInput,
@@ -122,6 +121,13 @@ pub fn check_compatible(labels: &ImageLabels, reference: &str, source: &OsReleas
             ),
         ));
     }
+    Ok(())
+}
+
+/// Refuses an image whose agent speaks another protocol, a root that already
+/// is the target release, or a root the image does not accept.
+pub fn check_compatible(labels: &ImageLabels, reference: &str, source: &OsRelease) -> Result<()> {
+    check_protocol(labels, reference)?;
     let release = source.release();
     if release == labels.target {
         return Err(fail(
@@ -159,6 +165,7 @@ mod tests {
             target: "debian:13".parse().unwrap(),
             accepts: vec!["debian:12".parse().unwrap()],
             protocol: PROTOCOL_VERSION,
+            plan: None,
         }
     }
 

@@ -28,6 +28,7 @@ enum Mode {
     Live,
     Plain,
     Json,
+    Quiet,
 }
 
 struct Current {
@@ -66,9 +67,16 @@ impl Renderer {
         }
     }
 
+    /// A renderer that shows nothing (the caller prints a result at the end).
+    pub fn quiet(mut self) -> Self {
+        self.mode = Mode::Quiet;
+        self
+    }
+
     /// A message of the host itself.
     pub fn note(&mut self, message: &str) {
         match self.mode {
+            Mode::Quiet => {}
             Mode::Json => self.json(&Envelope::now(Event::Output {
                 step: None,
                 stream: OutputStream::Stderr,
@@ -82,6 +90,7 @@ impl Renderer {
     /// diagnostics on stderr, or a crash message).
     pub fn raw(&mut self, stream: OutputStream, line: &str) {
         match self.mode {
+            Mode::Quiet => {}
             Mode::Json => self.json(&Envelope::now(Event::Output {
                 step: None,
                 stream,
@@ -98,22 +107,40 @@ impl Renderer {
 
     /// An event of the agent.
     pub fn event(&mut self, env: &Envelope) {
-        if self.mode == Mode::Json {
-            self.json(env);
-            return;
+        match self.mode {
+            Mode::Json => return self.json(env),
+            Mode::Quiet => return,
+            Mode::Live | Mode::Plain => {}
         }
         match &env.event {
             Event::RunStarted {
                 run_id,
+                verb,
+                resumed,
                 source,
                 target,
                 steps,
             } => {
                 self.steps.clone_from(steps);
                 self.println(&format!(
-                    "run {run_id}: {source} -> {target}, {} steps",
-                    steps.len()
+                    "{} {run_id}: {source} -> {target}, {} steps{}",
+                    verb.name(),
+                    steps.len(),
+                    if *resumed {
+                        ", continuing an interrupted migration"
+                    } else {
+                        ""
+                    }
                 ));
+            }
+            Event::Finding { finding, .. } => {
+                let label = match finding.severity {
+                    crate::event::Severity::Inhibitor => "INHIBITOR",
+                    crate::event::Severity::Warning => "warning",
+                    crate::event::Severity::Info => "info",
+                };
+                self.println(&format!("  {label}: {}", finding.message));
+                self.println(&format!("           {}", finding.hint));
             }
             Event::StepStarted { step } => {
                 let index = self.steps.iter().position(|s| &s.id == step).unwrap_or(0);

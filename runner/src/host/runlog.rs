@@ -11,28 +11,50 @@ use anyhow::{Context, Result};
 use crate::event::{Envelope, Event, OutputStream, timestamp};
 use crate::report::LOG_PATH;
 
-/// An open run log.
+/// A run log. Lines are kept in memory until [`RunLog::start_writing`]: a run
+/// that stops before changing anything leaves no log in the root.
 pub struct RunLog {
-    file: File,
+    file: Option<File>,
+    pending: Vec<String>,
     path: PathBuf,
 }
 
 impl RunLog {
-    /// Opens (creates) the log under `root` for appending.
-    pub fn open(root: &Path) -> Result<Self> {
-        let path = root.join(LOG_PATH);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    /// A log for `root`, not written yet.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            file: None,
+            pending: Vec::new(),
+            path: root.join(LOG_PATH),
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { file, path })
     }
 
-    /// Where the log is.
+    /// Opens (creates) the log file for appending and writes what was kept.
+    pub fn start_writing(&mut self) -> Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        for line in self.pending.drain(..) {
+            let _ = writeln!(file, "{line}");
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Whether the log is being written to the root.
+    pub fn writing(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Where the log is (or would be).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -58,16 +80,24 @@ impl RunLog {
         let text = match &env.event {
             Event::RunStarted {
                 run_id,
+                verb,
+                resumed,
                 source,
                 target,
                 steps,
             } => format!(
-                "[agent] run {run_id}: {source} -> {target}; steps: {}",
+                "[agent] {} {run_id}{}: {source} -> {target}; steps: {}",
+                verb.name(),
+                if *resumed { " (resumed)" } else { "" },
                 steps
                     .iter()
                     .map(|s| s.id.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+            Event::Finding { step, finding } => format!(
+                "[{step}] {:?} {}: {} ({})",
+                finding.severity, finding.id, finding.message, finding.hint
             ),
             Event::StepStarted { step } => format!("[{step}] step started"),
             Event::Output { step, line, .. } => {
@@ -98,7 +128,12 @@ impl RunLog {
     }
 
     fn write(&mut self, line: &str) {
-        // The log must not stop the run; a full disk shows up elsewhere.
-        let _ = writeln!(self.file, "{line}");
+        match &mut self.file {
+            // The log must not stop the run; a full disk shows up elsewhere.
+            Some(f) => {
+                let _ = writeln!(f, "{line}");
+            }
+            None => self.pending.push(line.to_string()),
+        }
     }
 }

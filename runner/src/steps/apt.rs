@@ -1,14 +1,23 @@
 //! Debian-family package upgrade with apt, run chrooted in the root so that the
 //! root's own apt and dpkg (and their maintainer scripts) do the work.
 
-use std::path::PathBuf;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Step, StepContext};
+use super::packages::{Foreign, PackageManager, SpaceEstimate, parse_size};
+use super::{RunContext, StepContext, StepKind, chroot};
+use crate::cmd::{CommandExt, stderr_tail};
 use crate::event::StepStatus;
 use crate::fsutil::write_atomic;
 use crate::release::{OsRelease, Release};
+
+/// Scratch area for questions about the target release, inside the root's
+/// `/run` (a tmpfs the agent mounts in its own namespace).
+const SCRATCH: &str = "/run/migrate/apt";
 
 /// Environment that keeps apt, dpkg and debconf from asking anything.
 const NONINTERACTIVE: [(&str, &str); 4] = [
@@ -30,68 +39,83 @@ const KEEP_LOCAL_CONFIG: [&str; 4] = [
 
 /// Switches the apt sources of the root from the source release's suite to the
 /// target's.
-pub struct SwitchSources {
-    /// Step id.
-    pub id: String,
-}
+pub struct SwitchSources;
 
 /// Updates the package lists and runs `apt-get dist-upgrade`.
-pub struct DistUpgrade {
-    /// Step id.
-    pub id: String,
-}
+pub struct DistUpgrade;
 
 /// Checks that the root now is the target release and dpkg is consistent.
-pub struct VerifyRelease {
-    /// Step id.
-    pub id: String,
+pub struct VerifyRelease;
+
+/// The source and target suites (codenames) of the migration.
+fn suites(run: &RunContext) -> Result<(&str, &str)> {
+    let from = run.source.codename().context(
+        "the root's os-release has no VERSION_CODENAME; cannot tell which apt suite it uses",
+    )?;
+    let to = run
+        .target
+        .codename
+        .as_deref()
+        .context("the image's target release has no codename")?;
+    Ok((from, to))
 }
 
-impl Step for SwitchSources {
-    fn id(&self) -> &str {
-        &self.id
+/// Switches every apt source file of `root`, writing the results with
+/// `write`; returns (entries switched, entries already on the target) and
+/// one line per changed file.
+fn switch_all(
+    root: &Path,
+    from: &str,
+    to: &str,
+    mut write: impl FnMut(&Path, &str) -> Result<()>,
+) -> Result<(usize, usize, Vec<String>)> {
+    let mut switched = 0;
+    let mut already = 0;
+    let mut lines = Vec::new();
+    for file in source_files(root)? {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let switch: fn(&str, &str, &str) -> (String, usize) =
+            if file.extension().is_some_and(|e| e == "sources") {
+                switch_deb822
+            } else {
+                switch_one_line
+            };
+        let (new, changes) = switch(&text, from, to);
+        already += switch(&text, to, to).1;
+        let shown = file
+            .strip_prefix(root)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
+        if changes > 0 {
+            lines.push(format!(
+                "/{shown}: {changes} entries switched {from} -> {to}"
+            ));
+            switched += changes;
+        }
+        write(&file, &new)?;
     }
-    fn kind(&self) -> &'static str {
-        "apt-sources"
-    }
-    fn description(&self) -> String {
+    Ok((switched, already, lines))
+}
+
+impl StepKind for SwitchSources {
+    fn describe(&self) -> String {
         "Switch apt sources to the target release".into()
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        let from = ctx.source.codename().context(
-            "the root's os-release has no VERSION_CODENAME; cannot tell which apt suite it uses",
-        )?;
-        let to = ctx
-            .target
-            .codename
-            .as_deref()
-            .context("the image's target release has no codename")?;
-        let mut switched = 0;
-        let mut already = 0;
-        for file in source_files(ctx)? {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let deb822 = file.extension().is_some_and(|e| e == "sources");
-            let (new, changes) = if deb822 {
-                switch_deb822(&text, from, to)
+        let (from, to) = suites(ctx.run)?;
+        let (switched, already, lines) = switch_all(ctx.root(), from, to, |file, new| {
+            let old = std::fs::read_to_string(file).unwrap_or_default();
+            if old == new {
+                Ok(())
             } else {
-                switch_one_line(&text, from, to)
-            };
-            let shown = file.strip_prefix(ctx.root).unwrap_or(&file).display();
-            let (_, on_target) = if deb822 {
-                switch_deb822(&text, to, to)
-            } else {
-                switch_one_line(&text, to, to)
-            };
-            already += on_target;
-            if changes > 0 {
-                write_atomic(&file, new.as_bytes())?;
-                ctx.say(format!(
-                    "/{shown}: {changes} entries switched {from} -> {to}"
-                ));
-                switched += changes;
+                write_atomic(file, new.as_bytes())
             }
+        })?;
+        for l in lines {
+            ctx.say(l);
         }
         if switched == 0 && already == 0 {
             bail!("no apt source in the root uses suite {from} or {to}; nothing to switch");
@@ -102,15 +126,27 @@ impl Step for SwitchSources {
             StepStatus::Succeeded
         })
     }
+
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        let (from, to) = suites(ctx.run)?;
+        let (switched, already, lines) = switch_all(ctx.root(), from, to, |_, _| Ok(()))?;
+        for l in lines {
+            ctx.say(format!("would switch {l}"));
+        }
+        if switched == 0 && already == 0 {
+            bail!("no apt source in the root uses suite {from} or {to}; nothing to switch");
+        }
+        Ok(())
+    }
 }
 
-fn source_files(ctx: &StepContext<'_>) -> Result<Vec<PathBuf>> {
+fn source_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    let list = ctx.path("etc/apt/sources.list")?;
+    let list = crate::rootfs::resolve(root, "etc/apt/sources.list")?;
     if list.is_file() {
         files.push(list);
     }
-    let dir = ctx.path("etc/apt/sources.list.d")?;
+    let dir = crate::rootfs::resolve(root, "etc/apt/sources.list.d")?;
     if dir.is_dir() {
         let mut extra: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
@@ -238,53 +274,51 @@ pub fn switch_deb822(text: &str, from: &str, to: &str) -> (String, usize) {
     (out, changes)
 }
 
-impl Step for DistUpgrade {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn kind(&self) -> &'static str {
-        "apt"
-    }
-    fn description(&self) -> String {
+impl StepKind for DistUpgrade {
+    fn describe(&self) -> String {
         "Upgrade all packages (apt-get update, dist-upgrade)".into()
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
         // Finish whatever an interrupted earlier attempt left half done.
-        ctx.run(&mut apt(ctx, "dpkg", &["--configure", "-a"]))
+        ctx.run(&mut apt(ctx.root(), "dpkg", &["--configure", "-a"]))
             .context("finishing interrupted package configuration")?;
         ctx.run(&mut apt(
-            ctx,
+            ctx.root(),
             "apt-get",
             &["-o", "APT::Update::Error-Mode=any", "update"],
         ))
         .context("updating the package lists")?;
         let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0"];
         args.extend(KEEP_LOCAL_CONFIG);
-        if !dpkg_audit(ctx)?.is_empty() {
+        if !dpkg_audit(ctx.root())?.is_empty() {
             // Packages unpacked but not configured, with dependencies that
             // `dpkg --configure -a` could not satisfy: let apt repair them.
             let mut fix = args.clone();
             fix.extend(["-f", "install"]);
-            ctx.run_with_progress(&mut apt_get_with_status(ctx, &fix), &apt_progress)
+            ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &fix), &apt_progress)
                 .context("repairing broken dependencies")?;
         }
         args.push("dist-upgrade");
-        ctx.run_with_progress(&mut apt_get_with_status(ctx, &args), &apt_progress)
+        ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &args), &apt_progress)
             .context("upgrading the packages")?;
         Ok(StepStatus::Succeeded)
     }
+
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        ctx.run.packages()?.simulate(ctx)
+    }
 }
 
-fn apt(ctx: &StepContext<'_>, program: &str, args: &[&str]) -> std::process::Command {
-    let mut cmd = ctx.chroot(program);
+fn apt(root: &Path, program: &str, args: &[&str]) -> Command {
+    let mut cmd = chroot(root, program);
     cmd.args(args).envs(NONINTERACTIVE);
     cmd
 }
 
 /// What `dpkg --audit` says is wrong in the root (empty: nothing).
-fn dpkg_audit(ctx: &StepContext<'_>) -> Result<String> {
-    let out = apt(ctx, "dpkg", &["--audit"])
+fn dpkg_audit(root: &Path) -> Result<String> {
+    let out = apt(root, "dpkg", &["--audit"])
         .output()
         .context("running dpkg --audit")?;
     let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -292,7 +326,7 @@ fn dpkg_audit(ctx: &StepContext<'_>) -> Result<String> {
         bail!(
             "dpkg --audit failed ({}){}",
             out.status,
-            crate::cmd::stderr_tail(&String::from_utf8_lossy(&out.stderr))
+            stderr_tail(&String::from_utf8_lossy(&out.stderr))
         );
     }
     Ok(report)
@@ -303,8 +337,8 @@ fn dpkg_audit(ctx: &StepContext<'_>) -> Result<String> {
 /// it starts, which would leave dpkg's maintainer scripts without a stdout
 /// (base-files.postinst then fails with "echo: I/O error"). So the status
 /// goes to fd 3, a duplicate of stdout made by a shell in the root.
-fn apt_get_with_status(ctx: &StepContext<'_>, args: &[&str]) -> std::process::Command {
-    let mut cmd = ctx.chroot("/bin/sh");
+fn apt_get_with_status(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = chroot(root, "/bin/sh");
     cmd.args([
         "-c",
         "exec \"$0\" -o APT::Status-Fd=3 \"$@\" 3>&1",
@@ -334,22 +368,16 @@ pub fn apt_progress(line: &str) -> Option<(f32, String)> {
     Some((percent.clamp(0.0, 100.0), format!("{prefix}{message}")))
 }
 
-impl Step for VerifyRelease {
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn kind(&self) -> &'static str {
-        "verify-release"
-    }
-    fn description(&self) -> String {
+impl StepKind for VerifyRelease {
+    fn describe(&self) -> String {
         "Verify the root is the target release and dpkg is consistent".into()
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        let now = OsRelease::read_from_root(ctx.root)?;
+        let now = OsRelease::read_from_root(ctx.root())?;
         let target = Release {
-            id: ctx.target.id.clone(),
-            version_id: ctx.target.version_id.clone(),
+            id: ctx.run.target.id.clone(),
+            version_id: ctx.run.target.version_id.clone(),
         };
         if now.release() != target {
             bail!(
@@ -359,23 +387,399 @@ impl Step for VerifyRelease {
             );
         }
         ctx.say(format!("os-release: {}", now.pretty_name()));
-        let audit = apt(ctx, "dpkg", &["--audit"])
-            .output()
-            .context("running dpkg --audit")?;
-        let report = String::from_utf8_lossy(&audit.stdout);
-        if !audit.status.success() || !report.trim().is_empty() {
-            for line in report.lines() {
+        let problems = dpkg_audit(ctx.root())?;
+        if !problems.is_empty() {
+            for line in problems.lines() {
                 ctx.say(line);
             }
             bail!(
-                "dpkg --audit reports problems ({}): {}",
-                audit.status,
-                report.lines().next().unwrap_or("see the log")
+                "dpkg --audit reports problems: {}",
+                problems.lines().next().unwrap_or("see the log")
             );
         }
         ctx.say("dpkg --audit: clean");
         Ok(StepStatus::Succeeded)
     }
+}
+
+/// apt as a [`PackageManager`]: questions about the target release are asked
+/// with the root's own apt, pointed at a scratch copy of its sources (switched
+/// to the target suite), lists and caches on the agent's tmpfs.
+pub struct Apt {
+    root: PathBuf,
+    from: String,
+    to: String,
+    refreshed: Cell<bool>,
+}
+
+impl Apt {
+    /// apt for the run's root and suites.
+    pub fn new(run: &RunContext) -> Result<Self> {
+        let (from, to) = suites(run)?;
+        Ok(Self {
+            root: run.root.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
+            refreshed: Cell::new(false),
+        })
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.root.join(SCRATCH.trim_start_matches('/'))
+    }
+
+    /// apt options that point the root's apt at the scratch area.
+    fn scratch_options() -> Vec<String> {
+        [
+            ("Dir::State::Lists", "lists"),
+            ("Dir::Cache", "cache"),
+            ("Dir::Etc::SourceList", "sources.list"),
+            ("Dir::Etc::SourceParts", "sources.list.d"),
+        ]
+        .iter()
+        .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={SCRATCH}/{v}")])
+        .chain(
+            ["Debug::NoLocking=1", "APT::Sandbox::User=root"]
+                .iter()
+                .flat_map(|o| ["-o".to_string(), (*o).to_string()]),
+        )
+        .collect()
+    }
+
+    /// `program` (apt-get, apt-cache) in the root, looking at the scratch area.
+    fn scratch_cmd(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = apt(&self.root, program, &[]);
+        cmd.args(Self::scratch_options())
+            .args(args)
+            .env("TMPDIR", format!("{SCRATCH}/tmp"));
+        cmd
+    }
+
+    /// Creates the scratch area: the root's sources switched to the target
+    /// suite, and its current lists as a starting point (apt then fetches only
+    /// what changed).
+    fn prepare_scratch(&self) -> Result<()> {
+        let scratch = self.scratch();
+        for dir in [
+            "lists/partial",
+            "cache/archives/partial",
+            "sources.list.d",
+            "tmp",
+        ] {
+            std::fs::create_dir_all(scratch.join(dir))
+                .with_context(|| format!("creating {}", scratch.join(dir).display()))?;
+        }
+        let parts = crate::rootfs::resolve(&self.root, "etc/apt/sources.list.d")?;
+        let main = crate::rootfs::resolve(&self.root, "etc/apt/sources.list")?;
+        switch_all(&self.root, &self.from, &self.to, |file, new| {
+            let target = if *file == main {
+                scratch.join("sources.list")
+            } else {
+                let rel = file.strip_prefix(&parts).unwrap_or(file);
+                scratch.join("sources.list.d").join(rel)
+            };
+            std::fs::write(&target, new).with_context(|| format!("writing {}", target.display()))
+        })?;
+        let lists = crate::rootfs::resolve(&self.root, "var/lib/apt/lists")?;
+        if let Ok(entries) = std::fs::read_dir(&lists) {
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name();
+                if e.path().is_file() && name != "lock" {
+                    let _ = std::fs::copy(e.path(), scratch.join("lists").join(name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_refreshed(&self) -> Result<()> {
+        if !self.refreshed.get() {
+            self.refresh_target()?;
+        }
+        Ok(())
+    }
+
+    fn policy(&self, cmd: &mut Command) -> Result<String> {
+        cmd.run_get_string()
+    }
+}
+
+impl PackageManager for Apt {
+    fn name(&self) -> &'static str {
+        "apt"
+    }
+
+    fn database_problems(&self) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let audit = dpkg_audit(&self.root)?;
+        if !audit.is_empty() {
+            problems.push(format!(
+                "dpkg --audit: {}",
+                audit.lines().next().unwrap_or_default()
+            ));
+        }
+        for lock in [
+            "var/lib/dpkg/lock-frontend",
+            "var/lib/dpkg/lock",
+            "var/lib/apt/lists/lock",
+            "var/cache/apt/archives/lock",
+        ] {
+            let path = crate::rootfs::resolve(&self.root, lock)?;
+            if let Some(holder) = crate::fsutil::lock_holder(&path)? {
+                problems.push(format!("/{lock} is locked by {holder}"));
+            }
+        }
+        Ok(problems)
+    }
+
+    fn refresh_target(&self) -> Result<()> {
+        self.prepare_scratch()?;
+        let out = self
+            .scratch_cmd(
+                "apt-get",
+                &["-q", "-o", "APT::Update::Error-Mode=any", "update"],
+            )
+            .output()
+            .context("running apt-get update")?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let errors: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.starts_with("E:") || l.starts_with("W:") || l.starts_with("Err:"))
+                .collect();
+            bail!(
+                "apt-get update against the {} repositories failed: {}",
+                self.to,
+                if errors.is_empty() {
+                    stderr_tail(&stderr)
+                } else {
+                    errors.join(" | ")
+                }
+            );
+        }
+        self.refreshed.set(true);
+        Ok(())
+    }
+
+    fn estimate(&self) -> Result<SpaceEstimate> {
+        self.ensure_refreshed()?;
+        let out = self
+            .scratch_cmd("apt-get", &["--print-uris", "-y", "dist-upgrade"])
+            .run_get_string()
+            .context("estimating the upgrade")?;
+        Ok(parse_estimate(&out))
+    }
+
+    fn blocking_holds(&self) -> Result<Vec<String>> {
+        let held = apt(&self.root, "apt-mark", &["showhold"]).run_get_string()?;
+        let held: Vec<&str> = held.split_whitespace().collect();
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ensure_refreshed()?;
+        let text = self.policy(self.scratch_cmd("apt-cache", &["policy"]).args(&held))?;
+        Ok(parse_policy_versions(&text)
+            .into_iter()
+            .filter(|(_, installed, candidate)| {
+                candidate
+                    .as_deref()
+                    .is_some_and(|c| Some(c) != installed.as_deref())
+            })
+            .map(|(pkg, installed, candidate)| {
+                format!(
+                    "{pkg} (held at {}, {} has {})",
+                    installed.unwrap_or_default(),
+                    self.to,
+                    candidate.unwrap_or_default()
+                )
+            })
+            .collect())
+    }
+
+    fn foreign(&self, origins: &[String]) -> Result<Foreign> {
+        // The root's own, current lists: what it was installed from.
+        let sources = self.policy(&mut apt(&self.root, "apt-cache", &["policy"]))?;
+        let origin_of = parse_package_files(&sources);
+        if origin_of.is_empty() {
+            bail!(
+                "the root has no package lists (run apt-get update in it); cannot tell where packages come from"
+            );
+        }
+        let ours = |o: &str| origins.iter().any(|x| x == o);
+        let repositories: BTreeSet<String> = origin_of
+            .iter()
+            .filter(|(_, origin)| !ours(origin))
+            .map(|(file, origin)| {
+                format!(
+                    "{file} (origin {})",
+                    if origin.is_empty() { "unknown" } else { origin }
+                )
+            })
+            .collect();
+        let installed = apt(
+            &self.root,
+            "dpkg-query",
+            &["-W", "-f", "${db:Status-Abbrev} ${binary:Package}\\n"],
+        )
+        .run_get_string()?;
+        let names: Vec<&str> = installed
+            .lines()
+            .filter(|l| l.starts_with("ii"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        let mut packages = Vec::new();
+        for chunk in names.chunks(500) {
+            let text = self.policy(apt(&self.root, "apt-cache", &["policy"]).args(chunk))?;
+            for (pkg, files) in parse_installed_sources(&text) {
+                let from_distribution = files
+                    .iter()
+                    .any(|f| origin_of.get(f).is_some_and(|o| ours(o)));
+                if !from_distribution {
+                    packages.push(pkg);
+                }
+            }
+        }
+        Ok(Foreign {
+            repositories: repositories.into_iter().collect(),
+            packages,
+        })
+    }
+
+    fn simulate(&self, ctx: &StepContext<'_>) -> Result<()> {
+        self.ensure_refreshed()?;
+        ctx.run(&mut self.scratch_cmd("apt-get", &["-s", "-o", "Dpkg::Use-Pty=0", "dist-upgrade"]))
+            .context("simulating the upgrade")?;
+        let e = self.estimate()?;
+        ctx.say(format!(
+            "would download {:.1} MB; installed size would change by {:+.1} MB",
+            e.download as f64 / 1e6,
+            e.installed_delta as f64 / 1e6
+        ));
+        Ok(())
+    }
+
+    fn package_selection(&self) -> Result<String> {
+        apt(
+            &self.root,
+            "dpkg-query",
+            &[
+                "-W",
+                "-f",
+                "${binary:Package}\\t${Version}\\t${db:Status-Abbrev}\\n",
+            ],
+        )
+        .run_get_string()
+    }
+}
+
+/// "Need to get [A/]B of archives." and "After this operation, C of
+/// additional disk space will be used." (or "will be freed").
+fn parse_estimate(out: &str) -> SpaceEstimate {
+    let mut e = SpaceEstimate::default();
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("Need to get ") {
+            let size = rest.trim_end_matches(" of archives.");
+            // "0 B/36.4 MB": already downloaded / total.
+            let total = size.rsplit('/').next().unwrap_or(size);
+            let cached = if size.contains('/') {
+                size.split('/').next().and_then(parse_size).unwrap_or(0)
+            } else {
+                0
+            };
+            e.download = parse_size(total).unwrap_or(0).saturating_sub(cached);
+        } else if let Some(rest) = line.strip_prefix("After this operation, ") {
+            let freed = rest.contains("freed");
+            let size = rest
+                .split(" of ")
+                .next()
+                .unwrap_or("")
+                .split(" disk")
+                .next()
+                .unwrap_or("");
+            let bytes = i64::try_from(parse_size(size).unwrap_or(0)).unwrap_or(i64::MAX);
+            e.installed_delta = if freed { -bytes } else { bytes };
+        } else if line.starts_with(' ')
+            && line
+                .split_whitespace()
+                .any(|w| w.starts_with("linux-image-"))
+        {
+            e.kernel = true;
+        }
+    }
+    e
+}
+
+/// `apt-cache policy PKG...`: (package, installed, candidate).
+fn parse_policy_versions(text: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    let mut out: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            out.push((line.trim_end_matches(':').to_string(), None, None));
+        } else if let Some(last) = out.last_mut() {
+            let t = line.trim();
+            let value = |v: &str| (v != "(none)").then(|| v.to_string());
+            if let Some(v) = t.strip_prefix("Installed: ") {
+                last.1 = value(v);
+            } else if let Some(v) = t.strip_prefix("Candidate: ") {
+                last.2 = value(v);
+            }
+        }
+    }
+    out
+}
+
+/// `apt-cache policy` (no arguments): package file -> origin (`o=`), e.g.
+/// `"http://host/debian bookworm/main amd64 Packages" -> "Debian"`.
+fn parse_package_files(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if line == "Pinned packages:" {
+            break;
+        }
+        let t = line.trim();
+        if let Some(release) = t.strip_prefix("release ") {
+            if let Some(file) = current.take() {
+                let origin = release
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("o="))
+                    .unwrap_or("")
+                    .to_string();
+                out.insert(file, origin);
+            }
+        } else if let Some((prio, file)) = t.split_once(' ')
+            && prio.parse::<i32>().is_ok()
+            && !file.starts_with('/')
+        {
+            current = Some(file.to_string());
+        }
+    }
+    out
+}
+
+/// `apt-cache policy PKG...`: for each installed package, the package files
+/// its installed version is available from.
+fn parse_installed_sources(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut in_installed = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            out.push((line.trim_end_matches(':').to_string(), Vec::new()));
+            in_installed = false;
+        } else if line.starts_with(" *** ") {
+            in_installed = true;
+        } else if line.starts_with("     ") && !line.starts_with("        ") {
+            // Another version of the table.
+            in_installed = false;
+        } else if in_installed && line.starts_with("        ") {
+            if let (Some(last), Some((_, file))) = (out.last_mut(), line.trim().split_once(' ')) {
+                if !file.starts_with('/') {
+                    last.1.push(file.to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -444,6 +848,85 @@ Suites: ./
         assert!(new.contains("# bookworm security\n"));
         assert!(new.contains("URIs: http://example.com/bookworm\n"));
         assert_eq!(switch_deb822(&new, "bookworm", "trixie").1, 0);
+    }
+
+    #[test]
+    fn the_upgrade_estimate_is_read_from_apt_output() {
+        let e = parse_estimate(
+            "The following NEW packages will be installed:\n  gcc-14-base linux-image-6.12.0-1-amd64\nNeed to get 12.0 MB/36.4 MB of archives.\nAfter this operation, 23.2 MB of additional disk space will be used.\n",
+        );
+        assert_eq!(e.download, 24_400_000);
+        assert_eq!(e.installed_delta, 23_200_000);
+        assert!(e.kernel);
+        let e = parse_estimate(
+            "Need to get 1 kB of archives.\nAfter this operation, 2 MB disk space will be freed.\n",
+        );
+        assert_eq!(
+            (e.download, e.installed_delta, e.kernel),
+            (1000, -2_000_000, false)
+        );
+    }
+
+    const POLICY_PACKAGES: &str = "\
+Package files:
+ 100 /var/lib/dpkg/status
+     release a=now
+ 500 http://example.org/vendor bookworm/main amd64 Packages
+     release o=Vendor,a=bookworm,n=bookworm,c=main,b=amd64
+     origin example.org
+ 500 http://mirror/debian bookworm/main amd64 Packages
+     release v=12.10,o=Debian,a=stable,n=bookworm,l=Debian,c=main,b=amd64
+     origin mirror
+Pinned packages:
+";
+
+    #[test]
+    fn package_files_map_to_their_origin() {
+        let m = parse_package_files(POLICY_PACKAGES);
+        assert_eq!(
+            m["http://mirror/debian bookworm/main amd64 Packages"],
+            "Debian"
+        );
+        assert_eq!(
+            m["http://example.org/vendor bookworm/main amd64 Packages"],
+            "Vendor"
+        );
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn installed_versions_and_their_sources_are_read_from_policy() {
+        let text = "\
+bash:
+  Installed: 5.2.15-2+b7
+  Candidate: 5.2.15-2+b7
+  Version table:
+ *** 5.2.15-2+b7 500
+        500 http://mirror/debian bookworm/main amd64 Packages
+        100 /var/lib/dpkg/status
+tool:
+  Installed: 1.0
+  Candidate: 2.0
+  Version table:
+     2.0 500
+        500 http://mirror/debian bookworm/main amd64 Packages
+ *** 1.0 100
+        100 /var/lib/dpkg/status
+";
+        let sources = parse_installed_sources(text);
+        assert_eq!(
+            sources[0],
+            (
+                "bash".to_string(),
+                vec!["http://mirror/debian bookworm/main amd64 Packages".to_string()]
+            )
+        );
+        assert_eq!(sources[1], ("tool".to_string(), vec![]));
+        let versions = parse_policy_versions(text);
+        assert_eq!(
+            versions[1],
+            ("tool".to_string(), Some("1.0".into()), Some("2.0".into()))
+        );
     }
 
     #[test]

@@ -1,80 +1,375 @@
-//! Step kinds: one module per kind. A step is one unit of the plan that the
-//! agent runs, reports on and (from the state journal) never repeats once it
-//! has succeeded.
+//! Step kinds: one module per kind (checks share one). A step is one unit of
+//! the plan that the agent runs, reports on and, once it has succeeded in a
+//! migration, never repeats.
+//!
+//! [`KINDS`] is the registry: each kind's phases and options, used by
+//! [`crate::plan`] to validate plans before anything runs, and by
+//! [`instantiate`] to build the step.
 
 pub mod apt;
+pub mod backup;
+pub mod checks;
+pub mod command;
+pub mod packages;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
+use serde::de::DeserializeOwned;
 
 use crate::agent::exec::{ProgressParser, run_streaming};
+use crate::agent::journal::Journal;
 use crate::agent::sink::EventSink;
-use crate::event::{OutputStream, StepStatus};
+use crate::event::{Event, Finding, OutputStream, StepStatus};
 use crate::image::TargetRelease;
+use crate::plan::{Phase, Plan, PlanStep};
 use crate::release::OsRelease;
+use packages::PackageManager;
 
 /// PATH inside the migrated root.
 const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// A unit of work in a plan.
-pub trait Step {
-    /// Unique id within the plan.
-    fn id(&self) -> &str;
-    /// The step kind, as written in plans.
-    fn kind(&self) -> &'static str;
+/// Type of a step option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionType {
+    /// A string.
+    String,
+    /// An integer.
+    Integer,
+    /// An integer or a float.
+    Number,
+    /// true or false.
+    Bool,
+    /// An array of strings.
+    StringList,
+    /// An array of integers.
+    IntegerList,
+    /// A table.
+    Table,
+    /// An array of tables.
+    TableList,
+}
+
+/// One option of a step kind.
+#[derive(Debug)]
+pub struct OptionSpec {
+    /// Key in the plan.
+    pub key: &'static str,
+    /// Its type.
+    pub ty: OptionType,
+    /// Whether a step of the kind must set it.
+    pub required: bool,
+    /// What it means.
+    pub doc: &'static str,
+}
+
+/// A step kind: where it may run and what options it takes.
+#[derive(Debug)]
+pub struct KindSpec {
+    /// Name in plans.
+    pub kind: &'static str,
+    /// Phases a step of this kind may be in.
+    pub phases: &'static [Phase],
+    /// Its options (besides id, kind, phase, enabled, description).
+    pub options: &'static [OptionSpec],
+    /// What it does.
+    pub doc: &'static str,
+}
+
+const fn opt(key: &'static str, ty: OptionType, doc: &'static str) -> OptionSpec {
+    OptionSpec {
+        key,
+        ty,
+        required: false,
+        doc,
+    }
+}
+
+const fn required(key: &'static str, ty: OptionType, doc: &'static str) -> OptionSpec {
+    OptionSpec {
+        key,
+        ty,
+        required: true,
+        doc,
+    }
+}
+
+use OptionType as T;
+use Phase::{Check, Cutover, Post, Sync};
+
+/// Every step kind.
+pub static KINDS: &[KindSpec] = &[
+    KindSpec {
+        kind: "check-release",
+        phases: &[Check],
+        options: &[],
+        doc: "inhibitor unless the root's release is one the image accepts",
+    },
+    KindSpec {
+        kind: "check-package-db",
+        phases: &[Check],
+        options: &[],
+        doc: "inhibitor if packages are half-installed or the package manager's lock is held",
+    },
+    KindSpec {
+        kind: "check-repositories",
+        phases: &[Check],
+        options: &[],
+        doc: "inhibitor unless the target release's repositories answer (fetched into a scratch area)",
+    },
+    KindSpec {
+        kind: "check-disk-space",
+        phases: &[Check],
+        options: &[opt(
+            "margin_mb",
+            T::Integer,
+            "free space to keep beyond the estimate, per filesystem (default 100)",
+        )],
+        doc: "inhibitor if /usr, /var or /boot lack the space the package manager estimates",
+    },
+    KindSpec {
+        kind: "check-held-packages",
+        phases: &[Check],
+        options: &[],
+        doc: "inhibitor naming held packages that the upgrade would have to change",
+    },
+    KindSpec {
+        kind: "check-third-party",
+        phases: &[Check],
+        options: &[opt(
+            "origins",
+            T::StringList,
+            "release origins that belong to the distribution (apt: the Origin field)",
+        )],
+        doc: "warning listing third-party repositories and packages not from the distribution",
+    },
+    KindSpec {
+        kind: "apt-sources",
+        phases: &[Cutover],
+        options: &[],
+        doc: "switch apt sources (one-line and deb822) from the source suite to the target's",
+    },
+    KindSpec {
+        kind: "apt",
+        phases: &[Cutover],
+        options: &[],
+        doc: "apt-get update and dist-upgrade in the root, keeping locally edited configuration",
+    },
+    KindSpec {
+        kind: "verify-release",
+        phases: &[Cutover, Post],
+        options: &[],
+        doc: "the root's os-release is the target release and the package database is consistent",
+    },
+    KindSpec {
+        kind: "safety-backup",
+        phases: &[Cutover],
+        options: &[opt(
+            "method",
+            T::String,
+            "auto (default: snapshot where the filesystem can, else tar), snapper, btrfs or tar",
+        )],
+        doc: "snapshot of the root, or a tarball of /etc plus the package selection",
+    },
+    KindSpec {
+        kind: "command",
+        phases: &[Check, Sync, Cutover, Post],
+        options: &[
+            required("command", T::StringList, "program and arguments"),
+            opt(
+                "chroot",
+                T::Bool,
+                "run chrooted in the root instead of in the image (default false)",
+            ),
+            opt("env", T::Table, "environment variables"),
+            opt(
+                "timeout_s",
+                T::Integer,
+                "kill the command after this many seconds",
+            ),
+            opt(
+                "ok_exit_codes",
+                T::IntegerList,
+                "exit codes that count as success (default [0])",
+            ),
+        ],
+        doc: "run a command in the image or chrooted in the root: the extension point for custom images",
+    },
+];
+
+/// The work of one step.
+pub trait StepKind {
     /// One line saying what the step does.
-    fn description(&self) -> String;
+    fn describe(&self) -> String;
     /// Does the work. Returns `Skipped` when there was nothing to do.
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus>;
+    /// Says what `run` would do, changing nothing.
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        ctx.say(format!("would: {}", self.describe()));
+        Ok(())
+    }
+}
+
+/// Builds the step of a plan entry.
+pub fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
+    Ok(match step.kind.as_str() {
+        "check-release" => Box::new(checks::Release),
+        "check-package-db" => Box::new(checks::PackageDb),
+        "check-repositories" => Box::new(checks::Repositories),
+        "check-disk-space" => Box::new(checks::DiskSpace::from_options(options(step)?)),
+        "check-held-packages" => Box::new(checks::HeldPackages),
+        "check-third-party" => Box::new(checks::ThirdParty::from_options(options(step)?)),
+        "apt-sources" => Box::new(apt::SwitchSources),
+        "apt" => Box::new(apt::DistUpgrade),
+        "verify-release" => Box::new(apt::VerifyRelease),
+        "safety-backup" => Box::new(backup::SafetyBackup::from_options(options(step)?)?),
+        "command" => Box::new(command::CommandStep::from_options(options(step)?)?),
+        other => bail!("step {}: unknown kind {other:?}", step.id),
+    })
+}
+
+/// A step's options as a typed struct.
+fn options<T: DeserializeOwned>(step: &PlanStep) -> Result<T> {
+    serde_json::from_value(serde_json::Value::Object(step.options.clone()))
+        .with_context(|| format!("options of step {} ({})", step.id, step.defined_at))
+}
+
+/// What the whole run shares.
+pub struct RunContext {
+    /// The migrated root (`/system-root` in the container).
+    pub root: PathBuf,
+    /// The same root without the agent's own mounts (/proc, /run,
+    /// resolv.conf): what backups read and restores write.
+    pub pristine: PathBuf,
+    /// Run id.
+    pub run_id: String,
+    /// The root's release before the migration.
+    pub source: OsRelease,
+    /// The release the image upgrades to.
+    pub target: TargetRelease,
+    /// Source release patterns the image accepts.
+    pub accepts: Vec<String>,
+    /// The plan.
+    pub plan: Plan,
+    /// Event output.
+    pub sink: EventSink,
+    /// The package manager of the plan, created on first use.
+    pub packages: std::cell::OnceCell<Box<dyn PackageManager>>,
+    /// Findings of the check steps so far.
+    pub findings: RefCell<Vec<Finding>>,
+    /// The state journal (absent for runs that change nothing).
+    pub journal: RefCell<Option<Journal>>,
+}
+
+impl RunContext {
+    /// The plan's package manager (apt, zypper or dnf, from the plan's
+    /// package upgrade step).
+    pub fn packages(&self) -> Result<&dyn PackageManager> {
+        if let Some(p) = self.packages.get() {
+            return Ok(p.as_ref());
+        }
+        let made = packages::for_plan(self)?;
+        Ok(self.packages.get_or_init(|| made).as_ref())
+    }
 }
 
 /// What a running step can use.
 pub struct StepContext<'a> {
-    /// The migrated root (`/system-root` in the container).
-    pub root: &'a Path,
-    /// Event output.
-    pub sink: &'a EventSink,
-    /// Id of the running step.
-    pub step: &'a str,
-    /// The root's release as found before the run.
-    pub source: &'a OsRelease,
-    /// The release the image upgrades to.
-    pub target: &'a TargetRelease,
+    /// The run.
+    pub run: &'a RunContext,
+    /// The step.
+    pub step: &'a PlanStep,
 }
 
 impl StepContext<'_> {
+    /// The migrated root.
+    pub fn root(&self) -> &Path {
+        &self.run.root
+    }
+
     /// Runs a command, streaming its output as events of this step.
     pub fn run(&self, cmd: &mut Command) -> Result<()> {
-        run_streaming(cmd, self.sink, self.step, None)
+        run_streaming(cmd, &self.run.sink, &self.step.id, None)
     }
 
     /// Runs a command whose stdout carries progress lines.
     pub fn run_with_progress(&self, cmd: &mut Command, progress: &ProgressParser) -> Result<()> {
-        run_streaming(cmd, self.sink, self.step, Some(progress))
+        run_streaming(cmd, &self.run.sink, &self.step.id, Some(progress))
     }
 
     /// A command that runs `program` chrooted into the root, with a clean,
     /// non-interactive environment.
     pub fn chroot(&self, program: &str) -> Command {
-        let mut cmd = Command::new("chroot");
-        cmd.arg(self.root)
-            .arg(program)
-            .env_clear()
-            .env("PATH", ROOT_PATH)
-            .env("LANG", "C.UTF-8")
-            .env("HOME", "/root");
-        cmd
+        chroot(&self.run.root, program)
     }
 
     /// A path inside the root, symlinks resolved inside it.
     pub fn path(&self, inside: &str) -> Result<PathBuf> {
-        crate::rootfs::resolve(self.root, inside)
+        crate::rootfs::resolve(&self.run.root, inside)
     }
 
     /// Tells the host something about the step's progress.
     pub fn say(&self, line: impl Into<String>) {
-        self.sink.output(self.step, OutputStream::Stdout, line);
+        self.run
+            .sink
+            .output(&self.step.id, OutputStream::Stdout, line);
+    }
+
+    /// Reports a finding of a check.
+    pub fn finding(&self, finding: Finding) {
+        self.run.sink.emit(Event::Finding {
+            step: self.step.id.clone(),
+            finding: finding.clone(),
+        });
+        self.run.findings.borrow_mut().push(finding);
+    }
+}
+
+/// A command that runs `program` chrooted into `root`, with a clean,
+/// non-interactive environment.
+pub fn chroot(root: &Path, program: &str) -> Command {
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root)
+        .arg(program)
+        .env_clear()
+        .env("PATH", ROOT_PATH)
+        .env("LANG", "C.UTF-8")
+        .env("HOME", "/root");
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_kind_can_be_instantiated_with_default_options() {
+        for spec in KINDS {
+            let mut options = serde_json::Map::new();
+            for o in spec.options.iter().filter(|o| o.required) {
+                let v = match o.ty {
+                    OptionType::StringList => serde_json::json!(["true"]),
+                    OptionType::IntegerList => serde_json::json!([0]),
+                    OptionType::String => serde_json::json!("x"),
+                    OptionType::Integer | OptionType::Number => serde_json::json!(1),
+                    OptionType::Bool => serde_json::json!(true),
+                    OptionType::Table => serde_json::json!({}),
+                    OptionType::TableList => serde_json::json!([]),
+                };
+                options.insert(o.key.to_string(), v);
+            }
+            let step = PlanStep {
+                id: "s".into(),
+                kind: spec.kind.into(),
+                phase: spec.phases[0],
+                description: None,
+                options,
+                defined_at: "test".into(),
+            };
+            let built = instantiate(&step).unwrap_or_else(|e| panic!("{}: {e:#}", spec.kind));
+            assert!(!built.describe().is_empty());
+        }
     }
 }

@@ -82,9 +82,11 @@ pub struct ContainerSpec {
     pub env: BTreeMap<String, String>,
     /// Labels identifying the container.
     pub labels: BTreeMap<String, String>,
-    /// Host directories recursively bind-mounted read-write: host path ->
-    /// container path.
+    /// Host directories recursively bind-mounted: host path -> container
+    /// path.
     pub binds: Vec<(PathBuf, String)>,
+    /// Whether the binds are read-only.
+    pub read_only: bool,
     /// Resource limits.
     pub rlimits: Vec<Rlimit>,
 }
@@ -389,7 +391,10 @@ fn create_opts(spec: &ContainerSpec) -> ContainerCreateOpts {
             destination: Some(dst.clone()),
             source: Some(src.display().to_string()),
             _type: Some("bind".into()),
-            options: Some(vec!["rbind".into(), "rw".into()]),
+            options: Some(vec![
+                "rbind".into(),
+                if spec.read_only { "ro" } else { "rw" }.into(),
+            ]),
             uid_mappings: None,
             gid_mappings: None,
         }))
@@ -512,6 +517,7 @@ mod tests {
             env: BTreeMap::new(),
             labels: BTreeMap::from([("io.migrate.run-id".into(), "x".into())]),
             binds: vec![(PathBuf::from("/srv/root"), "/system-root".into())],
+            read_only: false,
             rlimits: vec![Rlimit {
                 name: "nofile".into(),
                 soft: 1024,

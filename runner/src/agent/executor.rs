@@ -1,0 +1,296 @@
+//! Runs a plan: the phases a verb asks for, in order, with the state journal
+//! kept at every step transition so that an interrupted migration continues
+//! where it stopped.
+//!
+//! - `check`: the check phase only, against a read-only root.
+//! - `dry-run`: the check phase, then what each later step would do.
+//! - `sync`: check and sync phases; repeatable while services run.
+//! - `run`: check, sync and cutover. Resuming after the cutover started
+//!   skips checks and pre-copies (the root is mid-upgrade) and every step
+//!   that already succeeded.
+//!
+//! Nothing is written to the root before the check phase has passed: the
+//! journal is created when the first sync or cutover step starts.
+
+use std::cell::{OnceCell, RefCell};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use super::journal::{ImageIdentity, Journal, JournalRun, MigrationStatus};
+use super::mounts;
+use super::sink::EventSink;
+use crate::event::{Event, OutputStream, PlannedStep, Severity, StepStatus, Verb, timestamp};
+use crate::exit::{ExitCode, WithExitCode, fail};
+use crate::image::ImageDefinition;
+use crate::plan::{Phase, Plan, PlanStep};
+use crate::release::{OsRelease, Release};
+use crate::report::StepState;
+use crate::steps::{RunContext, StepContext, StepKind, instantiate};
+
+/// What the host asked for.
+pub struct Request {
+    /// What to do.
+    pub verb: Verb,
+    /// The root (`/system-root`).
+    pub root: std::path::PathBuf,
+    /// Run id.
+    pub run_id: String,
+    /// The image the agent runs in.
+    pub image: ImageIdentity,
+    /// The resolved plan.
+    pub plan: Plan,
+    /// Start a new migration even if another one is unfinished.
+    pub force_new: bool,
+}
+
+/// The phases a verb runs.
+fn phases(verb: Verb) -> &'static [Phase] {
+    match verb {
+        Verb::Check => &[Phase::Check],
+        Verb::Sync => &[Phase::Check, Phase::Sync],
+        Verb::Run | Verb::DryRun => &[Phase::Check, Phase::Sync, Phase::Cutover],
+        Verb::Cleanup => &[Phase::Post],
+        Verb::Rollback => &[],
+    }
+}
+
+/// Runs the request. The caller has entered the private mount namespace.
+pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<()> {
+    let root = req.root.as_path();
+    let plan_hash = req.plan.hash();
+    let existing = Journal::load(root).exit_code(ExitCode::BadInput)?;
+    let same = |j: &Journal| j.plan_hash == plan_hash && j.image.id == req.image.id;
+    let mut resumed = None;
+    if let Some(j) = existing.as_ref().filter(|j| j.in_progress()) {
+        if same(j) {
+            resumed = existing.clone();
+        } else if !(req.force_new && req.verb.changes_root()) && req.verb != Verb::Check {
+            return Err(fail(
+                ExitCode::Inhibited,
+                format!(
+                    "migration {} on this root is unfinished and used another plan or image; continue it with the same plan and image, roll it back, or pass --force-new",
+                    j.migration_id
+                ),
+            ));
+        }
+    }
+    let cutover_started = resumed.as_ref().is_some_and(Journal::cutover_started);
+    if req.verb == Verb::Sync && cutover_started {
+        return Err(fail(
+            ExitCode::BadInput,
+            "the cutover of this migration has started; continue it with `migrate run`",
+        ));
+    }
+    let source = match &resumed {
+        Some(j) => j.source.clone(),
+        None => OsRelease::read_from_root(root).exit_code(ExitCode::BadInput)?,
+    };
+    let target: Release = def.target_release().exit_code(ExitCode::BadInput)?;
+
+    let wanted = phases(req.verb);
+    let steps: Vec<&PlanStep> = req.plan.steps_in(wanted).collect();
+    let kinds: Vec<Box<dyn StepKind>> = steps
+        .iter()
+        .map(|s| instantiate(s))
+        .collect::<Result<_>>()
+        .exit_code(ExitCode::BadInput)?;
+
+    sink.emit(Event::RunStarted {
+        run_id: req.run_id.clone(),
+        verb: req.verb,
+        resumed: resumed.is_some(),
+        source: source.release(),
+        target: target.clone(),
+        steps: steps
+            .iter()
+            .zip(&kinds)
+            .map(|(s, k)| PlannedStep {
+                id: s.id.clone(),
+                kind: s.kind.clone(),
+                phase: s.phase,
+                description: s.description.clone().unwrap_or_else(|| k.describe()),
+            })
+            .collect(),
+    });
+
+    let pristine = mounts::pristine_view(root).exit_code(ExitCode::Environment)?;
+    let prepared = mounts::prepare(root).exit_code(ExitCode::Environment)?;
+    for action in prepared.actions {
+        sink.emit(Event::Output {
+            step: None,
+            stream: OutputStream::Stderr,
+            line: format!("system-root: {action}"),
+        });
+    }
+
+    let run = RunContext {
+        root: root.to_path_buf(),
+        pristine,
+        run_id: req.run_id.clone(),
+        source,
+        target: def.target.clone(),
+        accepts: def.accepts.clone(),
+        plan: req.plan.clone(),
+        sink: sink.clone(),
+        packages: OnceCell::new(),
+        findings: RefCell::new(Vec::new()),
+        journal: RefCell::new(resumed),
+    };
+
+    let mut checks_judged = false;
+    for (step, kind) in steps.iter().zip(&kinds) {
+        if step.phase != Phase::Check && !checks_judged {
+            judge_checks(&run)?;
+            checks_judged = true;
+        }
+        let earlier = run
+            .journal
+            .borrow()
+            .as_ref()
+            .and_then(|j| j.step(&step.id).map(|s| s.status));
+        let skip_reason = if step.phase <= Phase::Sync && cutover_started {
+            Some("the cutover had started; not repeated on resume")
+        } else if step.phase >= Phase::Cutover
+            && matches!(earlier, Some(StepState::Succeeded | StepState::Skipped))
+        {
+            Some("done in an earlier attempt")
+        } else {
+            None
+        };
+        if let Some(reason) = skip_reason {
+            sink.emit(Event::StepStarted {
+                step: step.id.clone(),
+            });
+            sink.emit(Event::StepFinished {
+                step: step.id.clone(),
+                status: StepStatus::Skipped,
+                duration_ms: 0,
+                message: Some(reason.to_string()),
+            });
+            continue;
+        }
+        let changes = req.verb.changes_root() && step.phase != Phase::Check;
+        if changes {
+            ensure_journal(&run, &req, existing.as_ref(), &target)?;
+            with_journal(&run, |j| j.start_step(&step.id, step.phase))?;
+        }
+        sink.emit(Event::StepStarted {
+            step: step.id.clone(),
+        });
+        let ctx = StepContext { run: &run, step };
+        let started = Instant::now();
+        let result = if req.verb == Verb::DryRun && step.phase != Phase::Check {
+            kind.dry_run(&ctx).map(|()| StepStatus::Succeeded)
+        } else {
+            kind.run(&ctx)
+        };
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (status, message) = match &result {
+            Ok(s) => (*s, None),
+            Err(e) => (StepStatus::Failed, Some(format!("{e:#}"))),
+        };
+        if changes {
+            with_journal(&run, |j| {
+                j.finish_step(&step.id, step.phase, status.into(), message.clone())
+            })?;
+        }
+        sink.emit(Event::StepFinished {
+            step: step.id.clone(),
+            status,
+            duration_ms,
+            message: message.clone(),
+        });
+        if let Some(m) = message {
+            return Err(fail(
+                ExitCode::StepFailed,
+                format!("step {} failed: {m}", step.id),
+            ));
+        }
+    }
+    if !checks_judged {
+        judge_checks(&run)?;
+    }
+    if req.verb == Verb::Run {
+        with_journal(&run, |j| j.status = MigrationStatus::Completed)?;
+    }
+    Ok(())
+}
+
+/// Ends the run with exit code 3 if a check found an inhibitor.
+fn judge_checks(run: &RunContext) -> Result<()> {
+    let findings = run.findings.borrow();
+    let inhibitors: Vec<&str> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Inhibitor)
+        .map(|f| f.message.as_str())
+        .collect();
+    if inhibitors.is_empty() {
+        return Ok(());
+    }
+    Err(fail(
+        ExitCode::Inhibited,
+        format!(
+            "{} inhibitor{} stopped the run before anything changed: {}",
+            inhibitors.len(),
+            if inhibitors.len() == 1 { "" } else { "s" },
+            inhibitors.join("; ")
+        ),
+    ))
+}
+
+/// Creates the journal when the first changing step starts (archiving a
+/// finished or abandoned one), and records this run in it.
+fn ensure_journal(
+    run: &RunContext,
+    req: &Request,
+    existing: Option<&Journal>,
+    target: &Release,
+) -> Result<()> {
+    let mut slot = run.journal.borrow_mut();
+    if slot.is_none() {
+        if let Some(old) = existing {
+            old.archive(&run.pristine)
+                .exit_code(ExitCode::Environment)?;
+        }
+        *slot = Some(Journal::new(
+            &req.run_id,
+            &req.plan,
+            req.image.clone(),
+            run.source.clone(),
+            target.clone(),
+        ));
+    }
+    if let Some(j) = slot.as_mut()
+        && !j.runs.iter().any(|r| r.run_id == req.run_id)
+    {
+        j.runs.push(JournalRun {
+            run_id: req.run_id.clone(),
+            verb: req.verb.name().to_string(),
+            started_at: timestamp(std::time::SystemTime::now()),
+        });
+    }
+    Ok(())
+}
+
+/// Changes the journal (if this run keeps one) and saves it.
+fn with_journal(run: &RunContext, f: impl FnOnce(&mut Journal)) -> Result<()> {
+    if let Some(j) = run.journal.borrow_mut().as_mut() {
+        f(j);
+        j.save(&run.pristine).exit_code(ExitCode::Environment)?;
+    }
+    Ok(())
+}
+
+/// The image definition shipped in the image.
+pub fn image_definition() -> Result<ImageDefinition> {
+    let path = Path::new(crate::image::IMAGE_DATA_DIR).join("image.toml");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        fail(
+            ExitCode::BadInput,
+            format!("reading {}: {e}", path.display()),
+        )
+    })?;
+    ImageDefinition::parse(&text, &path.display().to_string()).exit_code(ExitCode::BadInput)
+}

@@ -1,0 +1,326 @@
+//! The state journal, `ROOT/var/lib/migrate/state.json`: which migration is
+//! under way on this root, with which plan and image, and where each step got
+//! to. Written atomically (temporary file, fsync, rename) at every step
+//! transition, so that after a crash or a killed container the next run knows
+//! exactly where to continue.
+//!
+//! Only runs that change the root write it (`sync`, `run`, `rollback`), and
+//! only once their check phase has passed.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::event::timestamp;
+use crate::plan::{Phase, Plan};
+use crate::release::{OsRelease, Release};
+pub use crate::report::ImageInfo as ImageIdentity;
+use crate::report::StepState;
+
+/// Journal location relative to the root.
+pub const STATE_PATH: &str = "var/lib/migrate/state.json";
+/// Journal format version.
+pub const JOURNAL_VERSION: u32 = 1;
+
+/// Where a migration stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationStatus {
+    /// Started (sync or cutover), not finished: the next run continues it.
+    InProgress,
+    /// Every step through the cutover succeeded; the post phase may follow.
+    Completed,
+    /// Restored from the safety backup.
+    RolledBack,
+}
+
+/// One invocation of migrate on this migration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRun {
+    /// Run id.
+    pub run_id: String,
+    /// Verb (`sync`, `run`, `rollback`).
+    pub verb: String,
+    /// When it started.
+    pub started_at: String,
+}
+
+/// One step's progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalStep {
+    /// Step id.
+    pub id: String,
+    /// Its phase.
+    pub phase: Phase,
+    /// Where it got to.
+    pub status: StepState,
+    /// How many times it was started.
+    pub attempts: u32,
+    /// Start of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// End of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Failure message of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where the safety backup is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// `tar`, `btrfs` or `snapper`.
+    pub method: String,
+    /// Location: a directory relative to the root (tar), a snapshot path
+    /// (btrfs) or a snapshot number (snapper).
+    pub location: String,
+    /// When it was taken.
+    pub created_at: String,
+}
+
+/// A service the plan stopped or disabled, so that rollback can step it back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceChange {
+    /// Unit name.
+    pub unit: String,
+    /// What the plan did (`stop`, `disable`, `mask`).
+    pub action: String,
+    /// Whether it was active before.
+    pub was_active: bool,
+    /// Whether it was enabled before.
+    pub was_enabled: bool,
+}
+
+/// The journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Journal {
+    /// Format version.
+    pub version: u32,
+    /// Id of the migration: the run id of its first changing run.
+    pub migration_id: String,
+    /// Hash of the plan ([`Plan::hash`]).
+    pub plan_hash: String,
+    /// The image.
+    pub image: ImageIdentity,
+    /// The root's release before the migration.
+    pub source: OsRelease,
+    /// The release the image upgrades to.
+    pub target: Release,
+    /// Where the migration stands.
+    pub status: MigrationStatus,
+    /// When the journal was created.
+    pub created_at: String,
+    /// When it was last written.
+    pub updated_at: String,
+    /// Every run on this migration.
+    pub runs: Vec<JournalRun>,
+    /// Every step of the plan, in order.
+    pub steps: Vec<JournalStep>,
+    /// The safety backup, once taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupRecord>,
+    /// Services changed by the plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceChange>,
+}
+
+impl Journal {
+    /// A journal for a migration that starts now.
+    pub fn new(
+        run_id: &str,
+        plan: &Plan,
+        image: ImageIdentity,
+        source: OsRelease,
+        target: Release,
+    ) -> Self {
+        let now = timestamp(std::time::SystemTime::now());
+        Self {
+            version: JOURNAL_VERSION,
+            migration_id: run_id.to_string(),
+            plan_hash: plan.hash(),
+            image,
+            source,
+            target,
+            status: MigrationStatus::InProgress,
+            created_at: now.clone(),
+            updated_at: now,
+            runs: Vec::new(),
+            steps: plan
+                .steps
+                .iter()
+                .map(|s| JournalStep {
+                    id: s.id.clone(),
+                    phase: s.phase,
+                    status: StepState::Pending,
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    message: None,
+                })
+                .collect(),
+            backup: None,
+            services: Vec::new(),
+        }
+    }
+
+    /// Reads the journal of `root`, if there is one.
+    pub fn load(root: &Path) -> Result<Option<Self>> {
+        let path = root.join(STATE_PATH);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Writes the journal atomically.
+    pub fn save(&mut self, root: &Path) -> Result<()> {
+        self.updated_at = timestamp(std::time::SystemTime::now());
+        let json = serde_json::to_vec_pretty(self).context("encoding the journal")?;
+        crate::fsutil::write_atomic(&root.join(STATE_PATH), &json)
+    }
+
+    /// Moves the journal aside (`state-MIGRATION.json`) so a new migration can
+    /// start: `--force-new`.
+    pub fn archive(&self, root: &Path) -> Result<()> {
+        let from = root.join(STATE_PATH);
+        let to = from.with_file_name(format!("state-{}.json", self.migration_id));
+        std::fs::rename(&from, &to)
+            .with_context(|| format!("moving {} to {}", from.display(), to.display()))
+    }
+
+    /// Whether it is unfinished (the next run continues it).
+    pub fn in_progress(&self) -> bool {
+        self.status == MigrationStatus::InProgress
+    }
+
+    /// Whether a cutover step has started: from then on the root is no
+    /// longer the source release as it was, and checks and pre-copies are
+    /// not repeated.
+    pub fn cutover_started(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| s.phase >= Phase::Cutover && s.attempts > 0)
+    }
+
+    /// The entry of step `id`.
+    pub fn step(&self, id: &str) -> Option<&JournalStep> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// The entry of step `id`, created (pending) if the plan gained it.
+    pub fn step_mut(&mut self, id: &str, phase: Phase) -> &mut JournalStep {
+        let index = match self.steps.iter().position(|s| s.id == id) {
+            Some(i) => i,
+            None => {
+                self.steps.push(JournalStep {
+                    id: id.to_string(),
+                    phase,
+                    status: StepState::Pending,
+                    attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    message: None,
+                });
+                self.steps.len() - 1
+            }
+        };
+        &mut self.steps[index]
+    }
+
+    /// Records that step `id` starts.
+    pub fn start_step(&mut self, id: &str, phase: Phase) {
+        let s = self.step_mut(id, phase);
+        s.status = StepState::Running;
+        s.attempts += 1;
+        s.started_at = Some(timestamp(std::time::SystemTime::now()));
+        s.finished_at = None;
+        s.message = None;
+    }
+
+    /// Records how step `id` ended.
+    pub fn finish_step(
+        &mut self,
+        id: &str,
+        phase: Phase,
+        status: StepState,
+        message: Option<String>,
+    ) {
+        let s = self.step_mut(id, phase);
+        s.status = status;
+        s.finished_at = Some(timestamp(std::time::SystemTime::now()));
+        s.message = message;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{PlanSource, resolve};
+
+    fn plan() -> Plan {
+        resolve(
+            &PlanSource {
+                name: "p".into(),
+                text: "[[step]]\nid = \"c\"\nkind = \"check-package-db\"\nphase = \"check\"\n[[step]]\nid = \"u\"\nkind = \"apt\"\nphase = \"cutover\"\n".into(),
+            },
+            &[],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn step_transitions_are_persisted_and_reloaded() {
+        let root = tempfile::tempdir().unwrap();
+        let plan = plan();
+        let mut j = Journal::new(
+            "run1",
+            &plan,
+            ImageIdentity::default(),
+            OsRelease::parse("ID=debian\nVERSION_ID=12\n"),
+            "debian:13".parse().unwrap(),
+        );
+        assert!(!j.cutover_started());
+        j.start_step("c", Phase::Check);
+        j.finish_step("c", Phase::Check, StepState::Succeeded, None);
+        assert!(!j.cutover_started(), "checks do not start the cutover");
+        j.start_step("u", Phase::Cutover);
+        j.save(root.path()).unwrap();
+        let loaded = Journal::load(root.path()).unwrap().unwrap();
+        assert_eq!(loaded.step("u").unwrap().status, StepState::Running);
+        assert_eq!(loaded.step("u").unwrap().attempts, 1);
+        assert!(loaded.cutover_started());
+        assert_eq!(loaded.plan_hash, plan.hash());
+        assert_eq!(loaded.source.version_id(), Some("12"));
+    }
+
+    #[test]
+    fn archiving_makes_room_for_a_new_migration() {
+        let root = tempfile::tempdir().unwrap();
+        let mut j = Journal::new(
+            "m1",
+            &plan(),
+            ImageIdentity::default(),
+            OsRelease::default(),
+            "debian:13".parse().unwrap(),
+        );
+        j.save(root.path()).unwrap();
+        j.archive(root.path()).unwrap();
+        assert!(Journal::load(root.path()).unwrap().is_none());
+        assert!(root.path().join("var/lib/migrate/state-m1.json").exists());
+    }
+
+    #[test]
+    fn no_journal_is_not_an_error_but_a_broken_one_is() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(Journal::load(root.path()).unwrap().is_none());
+        std::fs::create_dir_all(root.path().join("var/lib/migrate")).unwrap();
+        std::fs::write(root.path().join(STATE_PATH), "{").unwrap();
+        assert!(Journal::load(root.path()).is_err());
+    }
+}

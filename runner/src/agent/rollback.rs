@@ -1,0 +1,262 @@
+//! `migrate rollback`: returns the root to its safety backup and says
+//! honestly what could not be returned.
+//!
+//! - tar backup: `/etc` is restored exactly (removed files come back, added
+//!   ones go, owners, modes and mtimes as they were); packages upgraded since
+//!   the backup are listed: they cannot be downgraded without a snapshot.
+//! - btrfs/snapper snapshot: the snapshot holds the whole system; returning
+//!   to it means booting it, which the rollback says how to do.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::journal::{Journal, MigrationStatus};
+use super::mounts;
+use super::sink::EventSink;
+use crate::event::{Event, Finding, PlannedStep, Severity, StepStatus, Verb};
+use crate::exit::{ExitCode, WithExitCode, fail};
+use crate::plan::Phase;
+use crate::steps::backup::{ETC_ARCHIVE, PACKAGES_FILE, restore_etc};
+use crate::steps::chroot;
+
+/// Rolls the root back. The caller has entered the private mount namespace.
+pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Result<()> {
+    let mut journal = Journal::load(root)
+        .exit_code(ExitCode::BadInput)?
+        .ok_or_else(|| {
+            fail(
+                ExitCode::BadInput,
+                "no migration is recorded on this root (no var/lib/migrate/state.json); nothing to roll back",
+            )
+        })?;
+    if journal.status == MigrationStatus::RolledBack {
+        return Err(fail(
+            ExitCode::BadInput,
+            format!("migration {} was already rolled back", journal.migration_id),
+        ));
+    }
+    let backup = journal.backup.clone().ok_or_else(|| {
+        fail(
+            ExitCode::BadInput,
+            format!(
+                "migration {} has no safety backup (its cutover never started): nothing was changed that a rollback could undo",
+                journal.migration_id
+            ),
+        )
+    })?;
+    let snapshot = backup.method != "tar";
+    let mut steps = vec![PlannedStep {
+        id: if snapshot { "snapshot" } else { "restore-etc" }.into(),
+        kind: "rollback".into(),
+        phase: Phase::Cutover,
+        description: if snapshot {
+            format!(
+                "Return to the {} snapshot {}",
+                backup.method, backup.location
+            )
+        } else {
+            "Restore /etc from the safety backup".into()
+        },
+    }];
+    if !snapshot {
+        steps.push(PlannedStep {
+            id: "compare-packages".into(),
+            kind: "rollback".into(),
+            phase: Phase::Cutover,
+            description: "Compare the installed packages with the backup".into(),
+        });
+    }
+    sink.emit(Event::RunStarted {
+        run_id: run_id.to_string(),
+        verb: Verb::Rollback,
+        resumed: false,
+        source: journal.target.clone(),
+        target: journal.source.release(),
+        steps,
+    });
+    let pristine = mounts::pristine_view(root).exit_code(ExitCode::Environment)?;
+    mounts::prepare(root).exit_code(ExitCode::Environment)?;
+
+    if snapshot {
+        step(sink, "snapshot", || {
+            let how = if backup.method == "snapper" {
+                format!(
+                    "`snapper rollback {}` in the root, then reboot",
+                    backup.location
+                )
+            } else {
+                format!(
+                    "make {} the default subvolume (btrfs subvolume set-default), then reboot",
+                    backup.location
+                )
+            };
+            finding(
+                sink,
+                "snapshot",
+                Severity::Warning,
+                format!(
+                    "the system as it was is in the {} snapshot {}; the running root is not replaced while it runs",
+                    backup.method, backup.location
+                ),
+                &format!("to return to it: {how}"),
+            );
+            Ok(StepStatus::Succeeded)
+        })?;
+    } else {
+        let dir = pristine.join(&backup.location);
+        step(sink, "restore-etc", || {
+            let restored = restore_etc(&pristine, &dir.join(ETC_ARCHIVE))?;
+            say(
+                sink,
+                "restore-etc",
+                format!(
+                    "/etc restored from {}: {} entries written, {} removed that the backup did not have",
+                    backup.location,
+                    restored.restored,
+                    restored.removed.len()
+                ),
+            );
+            for r in restored.removed.iter().take(50) {
+                say(sink, "restore-etc", format!("removed {r}"));
+            }
+            Ok(StepStatus::Succeeded)
+        })?;
+        step(sink, "compare-packages", || {
+            let before = std::fs::read_to_string(dir.join(PACKAGES_FILE))
+                .with_context(|| format!("reading {}", dir.join(PACKAGES_FILE).display()))?;
+            let now = chroot(root, "dpkg-query")
+                .args([
+                    "-W",
+                    "-f",
+                    "${binary:Package}\\t${Version}\\t${db:Status-Abbrev}\\n",
+                ])
+                .output()
+                .context("running dpkg-query")?;
+            let changed = package_changes(&before, &String::from_utf8_lossy(&now.stdout));
+            if changed.is_empty() {
+                say(
+                    sink,
+                    "compare-packages",
+                    "every package is as it was at the backup".to_string(),
+                );
+            } else {
+                for c in &changed {
+                    say(sink, "compare-packages", c.clone());
+                }
+                finding(
+                    sink,
+                    "compare-packages",
+                    Severity::Warning,
+                    format!(
+                        "{} packages changed since the backup and were not restored (a tar backup holds /etc and the package list, not the packages): {}",
+                        changed.len(),
+                        changed
+                            .iter()
+                            .take(10)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    "reinstall the listed versions from the source release's repositories, or restore the system from a full backup",
+                );
+            }
+            Ok(StepStatus::Succeeded)
+        })?;
+    }
+    journal.status = MigrationStatus::RolledBack;
+    journal.save(&pristine).exit_code(ExitCode::Environment)?;
+    Ok(())
+}
+
+fn say(sink: &EventSink, step: &str, line: String) {
+    sink.output(step, crate::event::OutputStream::Stdout, line);
+}
+
+fn finding(sink: &EventSink, step: &str, severity: Severity, message: String, hint: &str) {
+    sink.emit(Event::Finding {
+        step: step.to_string(),
+        finding: Finding {
+            id: step.to_string(),
+            severity,
+            message,
+            hint: hint.to_string(),
+        },
+    });
+}
+
+fn step(sink: &EventSink, id: &str, f: impl FnOnce() -> Result<StepStatus>) -> Result<()> {
+    sink.emit(Event::StepStarted {
+        step: id.to_string(),
+    });
+    let started = Instant::now();
+    let result = f();
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (status, message) = match &result {
+        Ok(s) => (*s, None),
+        Err(e) => (StepStatus::Failed, Some(format!("{e:#}"))),
+    };
+    sink.emit(Event::StepFinished {
+        step: id.to_string(),
+        status,
+        duration_ms,
+        message: message.clone(),
+    });
+    match message {
+        Some(m) => Err(fail(
+            ExitCode::StepFailed,
+            format!("rollback step {id} failed: {m}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Packages whose version or presence differs: "libc6 2.36-9 -> 2.41-12".
+fn package_changes(before: &str, now: &str) -> Vec<String> {
+    let parse = |text: &str| -> BTreeMap<String, String> {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split('\t');
+                let (name, version, status) = (f.next()?, f.next()?, f.next().unwrap_or("ii"));
+                status
+                    .starts_with('i')
+                    .then(|| (name.to_string(), version.to_string()))
+            })
+            .collect()
+    };
+    let (a, b) = (parse(before), parse(now));
+    let mut out = Vec::new();
+    for (name, old) in &a {
+        match b.get(name) {
+            Some(new) if new != old => out.push(format!("{name} {old} -> {new}")),
+            None => out.push(format!("{name} {old} -> removed")),
+            _ => {}
+        }
+    }
+    for (name, new) in &b {
+        if !a.contains_key(name) {
+            out.push(format!("{name} new {new}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_changes_list_upgrades_removals_and_additions() {
+        let before = "libc6\t2.36-9\tii \nlibdb5.3\t5.3.28\tii \nbash\t5.2\tii \n";
+        let now = "libc6\t2.41-12\tii \nbash\t5.2\tii \nlibdb5.3t64\t5.3.28+t64\tii \n";
+        assert_eq!(
+            package_changes(before, now),
+            vec![
+                "libc6 2.36-9 -> 2.41-12".to_string(),
+                "libdb5.3 5.3.28 -> removed".to_string(),
+                "libdb5.3t64 new 5.3.28+t64".to_string(),
+            ]
+        );
+    }
+}

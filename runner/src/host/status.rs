@@ -1,0 +1,85 @@
+//! `migrate status`: where the current or last migration of a root stands,
+//! from the state journal (per step, kept by the agent at every transition)
+//! and the last run's report.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::render::OutputFormat;
+use crate::agent::journal::Journal;
+use crate::exit::{ExitCode, WithExitCode};
+use crate::report::{REPORT_PATH, Report};
+
+/// Prints the status of `root`.
+pub fn status(root: &Path, output: OutputFormat) -> Result<()> {
+    let (root, _) = super::preflight::inspect_root(root)?;
+    let journal = Journal::load(&root).exit_code(ExitCode::BadInput)?;
+    let report = if root.join(REPORT_PATH).exists() {
+        Some(Report::read(&root).exit_code(ExitCode::BadInput)?)
+    } else {
+        None
+    };
+    if output == OutputFormat::Json {
+        let value = serde_json::json!({
+            "root": root,
+            "migration": journal,
+            "last_run": report,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let Some(j) = journal else {
+        match report {
+            Some(r) => print!("{}", r.summary()),
+            None => println!("no migration has run on {}", root.display()),
+        }
+        return Ok(());
+    };
+    println!(
+        "migration {} on {}: {} ({} -> {}, image {})",
+        j.migration_id,
+        root.display(),
+        serde_json::to_value(j.status)?.as_str().unwrap_or("?"),
+        j.source.release(),
+        j.target,
+        j.image.reference
+    );
+    println!(
+        "  {:<22} {:<8} {:<10} {:>8}  FINISHED",
+        "STEP", "PHASE", "STATUS", "ATTEMPTS"
+    );
+    for s in &j.steps {
+        println!(
+            "  {:<22} {:<8} {:<10} {:>8}  {}{}",
+            s.id,
+            s.phase.name(),
+            serde_json::to_value(s.status)?.as_str().unwrap_or("?"),
+            s.attempts,
+            s.finished_at.as_deref().unwrap_or("-"),
+            s.message
+                .as_deref()
+                .map(|m| format!("  {m}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(b) = &j.backup {
+        println!(
+            "  backup: {} at {} ({})",
+            b.method, b.location, b.created_at
+        );
+    }
+    if let Some(r) = report {
+        println!(
+            "  last run {} ({}): {}{}",
+            r.run_id,
+            r.verb.name(),
+            serde_json::to_value(r.result)?.as_str().unwrap_or("?"),
+            r.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

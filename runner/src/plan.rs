@@ -1,0 +1,803 @@
+//! Plans: which steps a migration runs, in which phase, with which options.
+//!
+//! A plan is TOML. The image ships one (`/usr/share/migrate/plan.toml`, also
+//! carried in the image's `io.migrate.plan` label so that the host can validate
+//! it before anything runs); `--plan FILE` replaces it; drop-ins in
+//! `ROOT/etc/migrate/plan.d/*.toml` are merged on top, in name order, by step id.
+//!
+//! ```toml
+//! description = "Debian 12 -> 13"
+//!
+//! [[step]]
+//! id = "disk-space"          # unique; letters, digits, '-', '_', '.'
+//! kind = "check-disk-space"  # see `migrate plan kinds` / README
+//! phase = "check"            # check, sync, cutover or post
+//! margin_mb = 200            # options of the kind
+//! ```
+//!
+//! A drop-in step with an existing id overrides that step's keys
+//! (`enabled = false` removes it); a new id adds a step at the end of its phase.
+//! Every error names the file, the line and the key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::steps::{KINDS, KindSpec, OptionType};
+
+/// Drop-in directory, relative to the migrated root.
+pub const DROPIN_DIR: &str = "etc/migrate/plan.d";
+/// Kind and id of the safety backup inserted before the first cutover step.
+pub const SAFETY_BACKUP: &str = "safety-backup";
+
+/// The phases, in the order they run.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Read-only checks; an inhibitor stops the run.
+    Check,
+    /// Online, repeatable work while services run (pre-copies, dumps).
+    Sync,
+    /// The downtime window: stop services, final sync, upgrade, start services.
+    Cutover,
+    /// After the reboot into the new release (run by the cleanup unit).
+    Post,
+}
+
+impl Phase {
+    /// All phases in order.
+    pub const ALL: [Phase; 4] = [Phase::Check, Phase::Sync, Phase::Cutover, Phase::Post];
+
+    /// The name used in plans.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Check => "check",
+            Phase::Sync => "sync",
+            Phase::Cutover => "cutover",
+            Phase::Post => "post",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == s)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A resolved, validated plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// What the plan does.
+    pub description: String,
+    /// Steps in the order they run (phases ascending).
+    pub steps: Vec<PlanStep>,
+}
+
+/// One step of a resolved plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanStep {
+    /// Unique id.
+    pub id: String,
+    /// Step kind.
+    pub kind: String,
+    /// Phase.
+    pub phase: Phase,
+    /// Description override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Kind-specific options, validated against the kind's schema.
+    #[serde(default)]
+    pub options: serde_json::Map<String, serde_json::Value>,
+    /// Where the step was defined (`FILE:LINE`).
+    pub defined_at: String,
+}
+
+impl Plan {
+    /// A stable hash of the plan (what runs, not where it was written), so
+    /// that a resumed run can tell it is running the same plan.
+    pub fn hash(&self) -> String {
+        let canonical: Vec<_> = self
+            .steps
+            .iter()
+            .map(|s| (&s.id, &s.kind, s.phase, &s.description, &s.options))
+            .collect();
+        let json = serde_json::to_vec(&canonical).unwrap_or_default();
+        format!("sha256:{:x}", Sha256::digest(json))
+    }
+
+    /// The steps of some phases, in order.
+    pub fn steps_in<'a>(&'a self, phases: &'a [Phase]) -> impl Iterator<Item = &'a PlanStep> + 'a {
+        self.steps.iter().filter(move |s| phases.contains(&s.phase))
+    }
+
+    /// The step with `id`.
+    pub fn step(&self, id: &str) -> Option<&PlanStep> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    /// The first step of one of `kinds`.
+    pub fn first_of_kind(&self, kinds: &[&str]) -> Option<&PlanStep> {
+        self.steps.iter().find(|s| kinds.contains(&s.kind.as_str()))
+    }
+}
+
+/// A plan file's text and the name it is shown by in errors.
+#[derive(Clone, Debug)]
+pub struct PlanSource {
+    /// Shown in errors (a path, or `image REF`).
+    pub name: String,
+    /// The TOML text.
+    pub text: String,
+}
+
+impl PlanSource {
+    /// Reads a plan file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let reason = match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file".to_string(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                std::io::ErrorKind::IsADirectory => "is a directory".to_string(),
+                std::io::ErrorKind::InvalidData => "not UTF-8 text".to_string(),
+                _ => e.to_string(),
+            };
+            anyhow::anyhow!("{}: {reason}", path.display())
+        })?;
+        Ok(Self {
+            name: path.display().to_string(),
+            text,
+        })
+    }
+}
+
+/// The drop-ins of a root (`ROOT/etc/migrate/plan.d/*.toml`), in name order.
+pub fn read_dropins(root: &Path) -> Result<Vec<PlanSource>> {
+    let dir = root.join(DROPIN_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| PlanSource::read(p)).collect()
+}
+
+/// Where a key was written.
+#[derive(Clone, Debug)]
+struct At {
+    file: String,
+    line: usize,
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// A step as written, keys with their positions, before validation.
+#[derive(Clone, Debug)]
+struct RawStep {
+    at: At,
+    id: String,
+    keys: BTreeMap<String, (toml::Value, At)>,
+}
+
+type SpannedTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
+
+/// The `[[step]]` tables of a file, each key with its position.
+#[derive(Deserialize)]
+struct StepTables {
+    #[serde(default)]
+    step: Vec<Spanned<SpannedTable>>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parses one plan file into raw steps; checks its syntax, top-level keys,
+/// ids (present, well-formed, unique in the file) and phase order.
+fn parse_file(src: &PlanSource) -> Result<(Option<String>, Vec<RawStep>)> {
+    let syntax = |e: toml::de::Error| {
+        let line = e.span().map(|s| line_of(&src.text, s.start)).unwrap_or(1);
+        let message: Vec<&str> = e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        anyhow::anyhow!("{}:{line}: {}", src.name, message.join("; "))
+    };
+    let at = |offset: usize| At {
+        file: src.name.clone(),
+        line: line_of(&src.text, offset),
+    };
+    let top: SpannedTable = toml::from_str(&src.text).map_err(syntax)?;
+    let mut description = None;
+    for (key, value) in &top {
+        let here = at(key.span().start);
+        match (key.get_ref().as_str(), value.get_ref()) {
+            ("description", toml::Value::String(s)) => description = Some(s.clone()),
+            ("description", other) => bail!(
+                "{here}: key `description`: expected a string, found {}",
+                type_name(other)
+            ),
+            ("step", toml::Value::Array(items))
+                if items.iter().all(|i| matches!(i, toml::Value::Table(_))) => {}
+            ("step", _) => bail!("{here}: `step` must be an array of tables ([[step]])"),
+            (other, _) => bail!(
+                "{here}: unknown key `{other}` (a plan has `description` and [[step]] tables)"
+            ),
+        }
+    }
+    let tables: StepTables = toml::from_str(&src.text).map_err(syntax)?;
+    let mut steps = Vec::new();
+    for table in tables.step {
+        let step_at = at(table.span().start);
+        let mut keys = BTreeMap::new();
+        for (k, v) in table.into_inner() {
+            keys.insert(
+                k.get_ref().clone(),
+                (v.get_ref().clone(), at(k.span().start)),
+            );
+        }
+        let id = match keys.get("id") {
+            Some((toml::Value::String(id), id_at)) => {
+                check_id(id).map_err(|e| anyhow::anyhow!("{id_at}: key `id`: {e}"))?;
+                id.clone()
+            }
+            Some((other, id_at)) => bail!(
+                "{id_at}: key `id`: expected a string, found {}",
+                type_name(other)
+            ),
+            None => bail!("{step_at}: a step has no `id`"),
+        };
+        steps.push(RawStep {
+            at: step_at,
+            id,
+            keys,
+        });
+    }
+    let mut seen = HashSet::new();
+    for s in &steps {
+        if !seen.insert(s.id.clone()) {
+            bail!(
+                "{}: key `id`: duplicate step id {:?} in this file",
+                s.keys["id"].1,
+                s.id
+            );
+        }
+    }
+    Ok((description, steps))
+}
+
+fn check_id(id: &str) -> std::result::Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not a valid step id (1-64 letters, digits, '-', '_', '.', starting with a letter or digit)"
+        ))
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+/// Resolves a plan: `base` (the image's plan or `--plan`), then each drop-in
+/// merged on top; validates every step; inserts the safety backup before the
+/// first cutover step.
+pub fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
+    let (description, base_steps) = parse_file(base)?;
+    check_phase_order(&base_steps)?;
+    let mut merged: Vec<RawStep> = Vec::new();
+    for s in base_steps {
+        require_new_step_keys(&s)?;
+        merged.push(s);
+    }
+    for dropin in dropins {
+        let (_, steps) = parse_file(dropin)?;
+        check_phase_order(
+            steps
+                .iter()
+                .filter(|s| !merged.iter().any(|m| m.id == s.id)),
+        )?;
+        for s in steps {
+            match merged.iter_mut().find(|m| m.id == s.id) {
+                Some(existing) => {
+                    if let Some((kind, at)) = s.keys.get("kind")
+                        && existing.keys.get("kind").map(|k| &k.0) != Some(kind)
+                    {
+                        bail!(
+                            "{at}: key `kind`: cannot change the kind of step {:?} (defined at {})",
+                            s.id,
+                            existing.at
+                        );
+                    }
+                    for (k, v) in s.keys {
+                        existing.keys.insert(k, v);
+                    }
+                }
+                None => {
+                    require_new_step_keys(&s)?;
+                    merged.push(s);
+                }
+            }
+        }
+    }
+
+    let mut steps = Vec::new();
+    for raw in merged {
+        if let Some(step) = validate(raw)? {
+            steps.push(step);
+        }
+    }
+    // Stable: steps keep their order within a phase; added steps come last.
+    steps.sort_by_key(|s| s.phase);
+    if !steps.iter().any(|s| s.kind == SAFETY_BACKUP)
+        && let Some(first) = steps.iter().position(|s| s.phase == Phase::Cutover)
+    {
+        steps.insert(
+            first,
+            PlanStep {
+                id: SAFETY_BACKUP.to_string(),
+                kind: SAFETY_BACKUP.to_string(),
+                phase: Phase::Cutover,
+                description: None,
+                options: serde_json::Map::new(),
+                defined_at: "(inserted before the first cutover step)".to_string(),
+            },
+        );
+    }
+    let mut ids = HashSet::new();
+    for s in &steps {
+        if !ids.insert(&s.id) {
+            bail!("{}: step id {:?} is used twice", s.defined_at, s.id);
+        }
+    }
+    Ok(Plan {
+        description: description.unwrap_or_else(|| "migration plan".to_string()),
+        steps,
+    })
+}
+
+fn require_new_step_keys(s: &RawStep) -> Result<()> {
+    for key in ["kind", "phase"] {
+        if !s.keys.contains_key(key) {
+            bail!("{}: step {:?}: missing key `{key}`", s.at, s.id);
+        }
+    }
+    Ok(())
+}
+
+fn phase_of(s: &RawStep) -> Option<Phase> {
+    match s.keys.get("phase") {
+        Some((toml::Value::String(p), _)) => Phase::parse(p),
+        _ => None,
+    }
+}
+
+fn check_phase_order<'a>(steps: impl IntoIterator<Item = &'a RawStep>) -> Result<()> {
+    let mut last: Option<(Phase, &RawStep)> = None;
+    for s in steps {
+        let Some(phase) = phase_of(s) else { continue };
+        if let Some((prev, prev_step)) = last
+            && phase < prev
+        {
+            bail!(
+                "{}: key `phase`: step {:?} ({phase}) comes after step {:?} ({prev}); phases must be in the order check, sync, cutover, post",
+                s.keys["phase"].1,
+                s.id,
+                prev_step.id
+            );
+        }
+        last = Some((phase, s));
+    }
+    Ok(())
+}
+
+/// Validates a merged step against its kind's schema; `None` if disabled.
+fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
+    let RawStep { at, id, mut keys } = raw;
+    let (kind, kind_at) = match keys.remove("kind") {
+        Some((toml::Value::String(k), a)) => (k, a),
+        Some((other, a)) => bail!(
+            "{a}: key `kind`: expected a string, found {}",
+            type_name(&other)
+        ),
+        None => bail!("{at}: step {id:?}: missing key `kind`"),
+    };
+    let spec: &KindSpec = KINDS.iter().find(|k| k.kind == kind).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{kind_at}: key `kind`: unknown step kind {kind:?} (known: {})",
+            KINDS.iter().map(|k| k.kind).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    let phase = match keys.remove("phase") {
+        Some((toml::Value::String(p), a)) => {
+            let phase = Phase::parse(&p).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{a}: key `phase`: unknown phase {p:?} (check, sync, cutover, post)"
+                )
+            })?;
+            if !spec.phases.contains(&phase) {
+                bail!(
+                    "{a}: key `phase`: a {kind} step cannot run in the {phase} phase (allowed: {})",
+                    spec.phases
+                        .iter()
+                        .map(|p| p.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            phase
+        }
+        Some((other, a)) => bail!(
+            "{a}: key `phase`: expected a string, found {}",
+            type_name(&other)
+        ),
+        None => bail!("{at}: step {id:?}: missing key `phase`"),
+    };
+    keys.remove("id");
+    let enabled = match keys.remove("enabled") {
+        Some((toml::Value::Boolean(b), _)) => b,
+        Some((other, a)) => bail!(
+            "{a}: key `enabled`: expected a boolean, found {}",
+            type_name(&other)
+        ),
+        None => true,
+    };
+    let description = match keys.remove("description") {
+        Some((toml::Value::String(d), _)) => Some(d),
+        Some((other, a)) => {
+            bail!(
+                "{a}: key `description`: expected a string, found {}",
+                type_name(&other)
+            )
+        }
+        None => None,
+    };
+    let mut options = serde_json::Map::new();
+    for (key, (value, key_at)) in keys {
+        let Some(opt) = spec.options.iter().find(|o| o.key == key) else {
+            let known: Vec<&str> = spec.options.iter().map(|o| o.key).collect();
+            bail!(
+                "{key_at}: key `{key}`: unknown option for a {kind} step ({})",
+                if known.is_empty() {
+                    "it takes none".to_string()
+                } else {
+                    format!("it takes: {}", known.join(", "))
+                }
+            );
+        };
+        if !opt.ty.accepts(&value) {
+            bail!(
+                "{key_at}: key `{key}`: expected {}, found {}",
+                opt.ty.describe(),
+                type_name(&value)
+            );
+        }
+        options.insert(key, toml_to_json(value));
+    }
+    for opt in spec.options.iter().filter(|o| o.required) {
+        if !options.contains_key(opt.key) {
+            bail!(
+                "{at}: step {id:?}: missing option `{}` ({} step)",
+                opt.key,
+                kind
+            );
+        }
+    }
+    if !enabled {
+        return Ok(None);
+    }
+    Ok(Some(PlanStep {
+        id,
+        kind,
+        phase,
+        description,
+        options,
+        defined_at: at.to_string(),
+    }))
+}
+
+impl OptionType {
+    fn accepts(self, v: &toml::Value) -> bool {
+        match (self, v) {
+            (OptionType::String, toml::Value::String(_))
+            | (OptionType::Integer, toml::Value::Integer(_))
+            | (OptionType::Bool, toml::Value::Boolean(_))
+            | (OptionType::Table, toml::Value::Table(_)) => true,
+            (OptionType::Number, toml::Value::Integer(_) | toml::Value::Float(_)) => true,
+            (OptionType::StringList, toml::Value::Array(items)) => {
+                items.iter().all(|i| matches!(i, toml::Value::String(_)))
+            }
+            (OptionType::IntegerList, toml::Value::Array(items)) => {
+                items.iter().all(|i| matches!(i, toml::Value::Integer(_)))
+            }
+            (OptionType::TableList, toml::Value::Array(items)) => {
+                items.iter().all(|i| matches!(i, toml::Value::Table(_)))
+            }
+            _ => false,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            OptionType::String => "a string",
+            OptionType::Integer => "an integer",
+            OptionType::Number => "a number",
+            OptionType::Bool => "a boolean",
+            OptionType::StringList => "an array of strings",
+            OptionType::IntegerList => "an array of integers",
+            OptionType::Table => "a table",
+            OptionType::TableList => "an array of tables",
+        }
+    }
+}
+
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => serde_json::Value::String(s),
+        toml::Value::Integer(i) => serde_json::Value::from(i),
+        toml::Value::Float(f) => serde_json::Value::from(f),
+        toml::Value::Boolean(b) => serde_json::Value::Bool(b),
+        toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+        toml::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(toml_to_json).collect())
+        }
+        toml::Value::Table(t) => {
+            serde_json::Value::Object(t.into_iter().map(|(k, v)| (k, toml_to_json(v))).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(name: &str, text: &str) -> PlanSource {
+        PlanSource {
+            name: name.to_string(),
+            text: text.to_string(),
+        }
+    }
+
+    const BASE: &str = r#"
+description = "test plan"
+
+[[step]]
+id = "disk-space"
+kind = "check-disk-space"
+phase = "check"
+margin_mb = 100
+
+[[step]]
+id = "switch-sources"
+kind = "apt-sources"
+phase = "cutover"
+
+[[step]]
+id = "upgrade-packages"
+kind = "apt"
+phase = "cutover"
+"#;
+
+    fn err(base: &str, dropins: &[(&str, &str)]) -> String {
+        let d: Vec<_> = dropins.iter().map(|(n, t)| src(n, t)).collect();
+        format!("{:#}", resolve(&src("plan.toml", base), &d).unwrap_err())
+    }
+
+    #[test]
+    fn a_valid_plan_resolves_with_the_safety_backup_before_cutover() {
+        let plan = resolve(&src("plan.toml", BASE), &[]).unwrap();
+        let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "disk-space",
+                "safety-backup",
+                "switch-sources",
+                "upgrade-packages"
+            ]
+        );
+        assert_eq!(plan.description, "test plan");
+        assert_eq!(plan.steps[0].options["margin_mb"], 100);
+        assert_eq!(plan.steps[0].defined_at, "plan.toml:4");
+    }
+
+    #[test]
+    fn dropins_override_add_and_disable_steps_by_id() {
+        let d1 = src(
+            "10-a.toml",
+            "[[step]]\nid = \"disk-space\"\nmargin_mb = 500\n\n[[step]]\nid = \"hold-check\"\nkind = \"check-held-packages\"\nphase = \"check\"\n",
+        );
+        let d2 = src(
+            "20-b.toml",
+            "[[step]]\nid = \"switch-sources\"\nenabled = false\n",
+        );
+        let plan = resolve(&src("plan.toml", BASE), &[d1, d2]).unwrap();
+        let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "disk-space",
+                "hold-check",
+                "safety-backup",
+                "upgrade-packages"
+            ]
+        );
+        assert_eq!(plan.steps[0].options["margin_mb"], 500);
+    }
+
+    #[test]
+    fn the_hash_changes_with_what_runs_only() {
+        let a = resolve(&src("a.toml", BASE), &[]).unwrap();
+        let b = resolve(&src("b.toml", &format!("\n\n{BASE}")), &[]).unwrap();
+        assert_eq!(a.hash(), b.hash());
+        let c = resolve(&src("a.toml", &BASE.replace("100", "101")), &[]).unwrap();
+        assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            ("[[step]\nid = 1", &[], "plan.toml:1:"),
+            (
+                &BASE.replace("margin_mb = 100", "margin_mb = \"lots\""),
+                &[],
+                "plan.toml:8: key `margin_mb`: expected an integer, found a string",
+            ),
+            (
+                &BASE.replace("margin_mb = 100", "margni_mb = 100"),
+                &[],
+                "plan.toml:8: key `margni_mb`: unknown option",
+            ),
+            (
+                &BASE.replace("kind = \"apt\"", "kind = \"yum\""),
+                &[],
+                "plan.toml:17: key `kind`: unknown step kind \"yum\"",
+            ),
+            (
+                &BASE.replace("phase = \"check\"", "phase = \"later\""),
+                &[],
+                "plan.toml:7: key `phase`: unknown phase",
+            ),
+            (
+                &BASE.replace("id = \"upgrade-packages\"", "id = \"switch-sources\""),
+                &[],
+                "plan.toml:16: key `id`: duplicate step id",
+            ),
+            (
+                &BASE.replace("id = \"upgrade-packages\"", "id = \"bad id!\""),
+                &[],
+                "plan.toml:16: key `id`: \"bad id!\" is not a valid step id",
+            ),
+            (
+                &BASE
+                    .replace("kind = \"apt\"\n", "")
+                    .replace("phase = \"cutover\"\n\"", ""),
+                &[],
+                "missing key `kind`",
+            ),
+            (
+                &format!(
+                    "{BASE}\n[[step]]\nid = \"late\"\nkind = \"check-held-packages\"\nphase = \"check\"\n"
+                ),
+                &[],
+                "plan.toml:23: key `phase`: step \"late\" (check) comes after step \"upgrade-packages\" (cutover)",
+            ),
+            (
+                &format!("frobnicate = 1\n{BASE}"),
+                &[],
+                "plan.toml:1: unknown key `frobnicate`",
+            ),
+            (
+                &BASE.replace(
+                    "kind = \"check-disk-space\"",
+                    "kind = \"check-disk-space\"\nenabled = \"no\"",
+                ),
+                &[],
+                "plan.toml:7: key `enabled`: expected a boolean",
+            ),
+            (
+                BASE,
+                &[("10-x.toml", "[[step]]\nid = \"new\"\nkind = \"apt\"\n")],
+                "10-x.toml:1: step \"new\": missing key `phase`",
+            ),
+            (
+                BASE,
+                &[(
+                    "10-x.toml",
+                    "[[step]]\nid = \"upgrade-packages\"\nkind = \"apt-sources\"\n",
+                )],
+                "10-x.toml:3: key `kind`: cannot change the kind",
+            ),
+            (
+                BASE,
+                &[("10-x.toml", "step = 3\n")],
+                "10-x.toml:1: `step` must be an array of tables",
+            ),
+            (
+                BASE,
+                &[("10-x.toml", "[[step]]\nkind = \"apt\"\n")],
+                "10-x.toml:1: a step has no `id`",
+            ),
+            (
+                BASE,
+                &[(
+                    "10-x.toml",
+                    "[[step]]\nid = \"disk-space\"\nphase = \"cutover\"\n",
+                )],
+                "a check-disk-space step cannot run in the cutover phase",
+            ),
+        ];
+        for (base, dropins, expect) in cases {
+            let e = err(base, dropins);
+            assert!(e.contains(expect), "expected {expect:?} in {e:?}");
+            assert_eq!(e.lines().count(), 1, "one line: {e:?}");
+        }
+    }
+
+    #[test]
+    fn missing_required_options_are_named() {
+        let plan = "[[step]]\nid = \"run-it\"\nkind = \"command\"\nphase = \"cutover\"\n";
+        let e = err(plan, &[]);
+        assert!(
+            e.contains("plan.toml:1: step \"run-it\": missing option `command`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unreadable_plan_files_are_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = PlanSource::read(&dir.path().join("nope.toml")).unwrap_err();
+        assert!(e.to_string().ends_with("nope.toml: no such file"), "{e}");
+        let e = PlanSource::read(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("is a directory"), "{e}");
+    }
+}

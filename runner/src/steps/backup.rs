@@ -1,0 +1,510 @@
+//! `safety-backup`: taken before the first cutover step, so that
+//! `migrate rollback` has something to return to.
+//!
+//! - Where the root is a btrfs subvolume: a read-only snapshot (through
+//!   snapper when the root has it configured), which holds everything.
+//! - Otherwise: `var/lib/migrate/backup/<migration>/` with a gzip tarball of
+//!   `/etc` (owners, modes, symlinks and nanosecond mtimes, so a restore is
+//!   exact), the package selection with versions, and a manifest.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use super::{StepContext, StepKind, chroot};
+use crate::agent::journal::BackupRecord;
+use crate::cmd::CommandExt;
+use crate::event::{StepStatus, timestamp};
+
+/// Backup directory relative to the root.
+pub const BACKUP_DIR: &str = "var/lib/migrate/backup";
+/// The tarball of /etc in a backup directory.
+pub const ETC_ARCHIVE: &str = "etc.tar.gz";
+/// The package selection in a backup directory.
+pub const PACKAGES_FILE: &str = "packages.txt";
+
+/// How to back up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Snapshot where the file system can, else tar.
+    Auto,
+    /// Tarball of /etc and the package selection.
+    Tar,
+    /// btrfs read-only snapshot of the root subvolume.
+    Btrfs,
+    /// snapper snapshot (the root's snapper configuration `root`).
+    Snapper,
+}
+
+/// Options of `safety-backup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupOptions {
+    #[serde(default)]
+    method: Option<String>,
+}
+
+/// The `safety-backup` step.
+pub struct SafetyBackup {
+    method: Method,
+}
+
+impl SafetyBackup {
+    /// From the step's options.
+    pub fn from_options(o: BackupOptions) -> Result<Self> {
+        let method = match o.method.as_deref().unwrap_or("auto") {
+            "auto" => Method::Auto,
+            "tar" => Method::Tar,
+            "btrfs" => Method::Btrfs,
+            "snapper" => Method::Snapper,
+            other => bail!(
+                "option `method`: unknown backup method {other:?} (auto, tar, btrfs, snapper)"
+            ),
+        };
+        Ok(Self { method })
+    }
+}
+
+impl StepKind for SafetyBackup {
+    fn describe(&self) -> String {
+        "Take a safety backup (snapshot, or /etc and the package selection)".into()
+    }
+
+    fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        let migration = {
+            let journal = ctx.run.journal.borrow();
+            let journal = journal
+                .as_ref()
+                .context("the safety backup needs the state journal")?;
+            if let Some(b) = &journal.backup {
+                ctx.say(format!(
+                    "backup of this migration already taken ({} at {}, {})",
+                    b.method, b.location, b.created_at
+                ));
+                return Ok(StepStatus::Skipped);
+            }
+            journal.migration_id.clone()
+        };
+        let pristine = &ctx.run.pristine;
+        let method = match self.method {
+            Method::Auto if snapper_configured(pristine) => Method::Snapper,
+            Method::Auto if btrfs_subvolume(pristine) && has_tool(pristine, "btrfs") => {
+                Method::Btrfs
+            }
+            Method::Auto => Method::Tar,
+            m => m,
+        };
+        let record = match method {
+            Method::Tar | Method::Auto => tar_backup(ctx, &migration)?,
+            Method::Btrfs => btrfs_snapshot(ctx, &migration)?,
+            Method::Snapper => snapper_snapshot(ctx, &migration)?,
+        };
+        ctx.say(format!("backup: {} at {}", record.method, record.location));
+        if let Some(j) = ctx.run.journal.borrow_mut().as_mut() {
+            j.backup = Some(record);
+        }
+        Ok(StepStatus::Succeeded)
+    }
+
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        let pristine = &ctx.run.pristine;
+        let what = if snapper_configured(pristine) && self.method != Method::Tar {
+            "a snapper snapshot of the root"
+        } else if btrfs_subvolume(pristine) && self.method != Method::Tar {
+            "a read-only btrfs snapshot of the root"
+        } else {
+            "a tarball of /etc and the package selection under /var/lib/migrate/backup/"
+        };
+        ctx.say(format!("would take {what}"));
+        Ok(())
+    }
+}
+
+fn has_tool(root: &Path, name: &str) -> bool {
+    ["usr/bin", "usr/sbin", "bin", "sbin"]
+        .iter()
+        .any(|d| root.join(d).join(name).is_file())
+}
+
+fn snapper_configured(root: &Path) -> bool {
+    root.join("etc/snapper/configs/root").is_file() && has_tool(root, "snapper")
+}
+
+fn btrfs_subvolume(root: &Path) -> bool {
+    let on_btrfs = nix::sys::statfs::statfs(root)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
+        .unwrap_or(false);
+    // The top directory of a btrfs subvolume has inode 256.
+    on_btrfs
+        && std::fs::metadata(root)
+            .map(|m| m.ino() == 256)
+            .unwrap_or(false)
+}
+
+fn btrfs_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
+    let pristine = &ctx.run.pristine;
+    if !btrfs_subvolume(pristine) {
+        bail!("the root is not a btrfs subvolume; use method tar");
+    }
+    std::fs::create_dir_all(pristine.join(".snapshots")).context("creating /.snapshots")?;
+    let location = format!("/.snapshots/migrate-{migration}");
+    ctx.run(chroot(pristine, "btrfs").args(["subvolume", "snapshot", "-r", "/", &location]))?;
+    Ok(BackupRecord {
+        method: "btrfs".into(),
+        location,
+        created_at: timestamp(std::time::SystemTime::now()),
+    })
+}
+
+fn snapper_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
+    let number = chroot(&ctx.run.pristine, "snapper")
+        .args(["--no-dbus", "-c", "root", "create", "--type", "single"])
+        .args(["--cleanup-algorithm", "number", "--print-number"])
+        .args([
+            "--description",
+            &format!("migrate {migration} safety backup"),
+        ])
+        .run_get_string()?;
+    Ok(BackupRecord {
+        method: "snapper".into(),
+        location: number.trim().to_string(),
+        created_at: timestamp(std::time::SystemTime::now()),
+    })
+}
+
+fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
+    let pristine = &ctx.run.pristine;
+    let rel = format!("{BACKUP_DIR}/{migration}");
+    let dir = pristine.join(&rel);
+    let partial = pristine.join(format!("{rel}.partial"));
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial)
+            .with_context(|| format!("removing {}", partial.display()))?;
+    }
+    std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    std::fs::set_permissions(
+        &partial,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+
+    let entries = archive_etc(pristine, &partial.join(ETC_ARCHIVE))?;
+    ctx.say(format!("/etc: {entries} entries archived"));
+    let selection = ctx.run.packages()?.package_selection()?;
+    write_synced(&partial.join(PACKAGES_FILE), selection.as_bytes())?;
+    ctx.say(format!(
+        "package selection: {} packages",
+        selection.lines().count()
+    ));
+    let manifest = serde_json::json!({
+        "migration": migration,
+        "method": "tar",
+        "created_at": timestamp(std::time::SystemTime::now()),
+        "source": ctx.run.source.pretty_name(),
+        "contents": { ETC_ARCHIVE: "/etc", PACKAGES_FILE: "installed packages: name, version, status" },
+    });
+    write_synced(
+        &partial.join("manifest.json"),
+        manifest.to_string().as_bytes(),
+    )?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::rename(&partial, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
+    Ok(BackupRecord {
+        method: "tar".into(),
+        location: rel,
+        created_at: timestamp(std::time::SystemTime::now()),
+    })
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Archives `root/etc` into a gzip tarball, every entry preceded by a PAX
+/// `mtime` with nanoseconds. Returns the number of entries.
+fn archive_etc(root: &Path, archive: &Path) -> Result<usize> {
+    let file = File::create(archive).with_context(|| format!("creating {}", archive.display()))?;
+    let gz = flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Complete);
+    let mut count = 0;
+    let mut stack = vec![PathBuf::from("etc")];
+    while let Some(rel) = stack.pop() {
+        let abs = root.join(&rel);
+        let meta =
+            std::fs::symlink_metadata(&abs).with_context(|| format!("stat {}", abs.display()))?;
+        let ft = meta.file_type();
+        if !(ft.is_file() || ft.is_dir() || ft.is_symlink()) {
+            continue; // sockets, fifos, devices do not belong in /etc
+        }
+        let mtime = format!("{}.{:09}", meta.mtime(), meta.mtime_nsec());
+        tar.append_pax_extensions([("mtime", mtime.as_bytes())])?;
+        tar.append_path_with_name(&abs, &rel)
+            .with_context(|| format!("archiving {}", abs.display()))?;
+        count += 1;
+        if ft.is_dir() {
+            let mut children: Vec<PathBuf> = std::fs::read_dir(&abs)
+                .with_context(|| format!("reading {}", abs.display()))?
+                .filter_map(|e| e.ok().map(|e| rel.join(e.file_name())))
+                .collect();
+            children.sort();
+            children.reverse();
+            stack.extend(children);
+        }
+    }
+    let gz = tar.into_inner().context("finishing the archive")?;
+    let mut writer = gz.finish().context("finishing the compression")?;
+    writer.flush()?;
+    writer
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("flushing the archive: {}", e.error()))?
+        .sync_all()?;
+    Ok(count)
+}
+
+/// What a restore of /etc did.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Entries written from the archive.
+    pub restored: usize,
+    /// Paths removed because the backup did not have them.
+    pub removed: Vec<String>,
+}
+
+struct ArchivedEntry {
+    path: PathBuf,
+    kind: tar::EntryType,
+    mtime: (i64, i64),
+}
+
+/// Restores `root/etc` exactly as archived: paths the backup does not have
+/// are removed, every archived entry is written back with its owner, mode and
+/// mtime (symlinks and directories included).
+pub fn restore_etc(root: &Path, archive: &Path) -> Result<Restored> {
+    let open = || -> Result<tar::Archive<flate2::read::GzDecoder<File>>> {
+        let f = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
+        Ok(tar::Archive::new(flate2::read::GzDecoder::new(f)))
+    };
+    // Pass 1: what the backup holds.
+    let mut entries = Vec::new();
+    for entry in open()?.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let kind = entry.header().entry_type();
+        let mut mtime = (i64::try_from(entry.header().mtime()?).unwrap_or(0), 0);
+        if let Some(exts) = entry.pax_extensions()? {
+            for ext in exts.flatten() {
+                if ext.key() == Ok("mtime")
+                    && let Ok(v) = ext.value()
+                {
+                    mtime = parse_pax_time(v).unwrap_or(mtime);
+                }
+            }
+        }
+        if !path.starts_with("etc")
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            bail!("the backup holds an entry outside etc/: {}", path.display());
+        }
+        entries.push(ArchivedEntry { path, kind, mtime });
+    }
+    let wanted: BTreeMap<&Path, tar::EntryType> =
+        entries.iter().map(|e| (e.path.as_path(), e.kind)).collect();
+
+    // Pass 2: remove what the backup does not have, or has as another type.
+    let mut removed = Vec::new();
+    remove_unwanted(root, Path::new("etc"), &wanted, &mut removed)?;
+
+    // Pass 3: write everything back.
+    let mut archive = open()?;
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(true);
+    archive
+        .unpack(root)
+        .with_context(|| format!("unpacking the /etc backup into {}", root.display()))?;
+
+    // Pass 4: exact mtimes, deepest first so that directories end up right.
+    let mut by_depth: Vec<&ArchivedEntry> = entries.iter().collect();
+    by_depth.sort_by_key(|e| std::cmp::Reverse(e.path.components().count()));
+    for e in by_depth {
+        let (secs, nanos) = e.mtime;
+        let t = nix::sys::time::TimeSpec::new(secs, nanos);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &root.join(&e.path),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .with_context(|| format!("setting the mtime of {}", e.path.display()))?;
+    }
+    Ok(Restored {
+        restored: entries.len(),
+        removed,
+    })
+}
+
+fn parse_pax_time(v: &str) -> Option<(i64, i64)> {
+    let (secs, frac) = v.split_once('.').unwrap_or((v, "0"));
+    let secs: i64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos: i64 = format!("{digits:0<9}").parse().ok()?;
+    Some((secs, nanos))
+}
+
+fn same_type(meta: &std::fs::Metadata, kind: tar::EntryType) -> bool {
+    let ft = meta.file_type();
+    match kind {
+        tar::EntryType::Directory => ft.is_dir(),
+        tar::EntryType::Symlink => ft.is_symlink(),
+        _ => ft.is_file(),
+    }
+}
+
+fn remove_unwanted(
+    root: &Path,
+    rel: &Path,
+    wanted: &BTreeMap<&Path, tar::EntryType>,
+    removed: &mut Vec<String>,
+) -> Result<()> {
+    let abs = root.join(rel);
+    let Ok(meta) = std::fs::symlink_metadata(&abs) else {
+        return Ok(());
+    };
+    let keep = wanted.get(rel).is_some_and(|k| same_type(&meta, *k));
+    if !keep {
+        removed.push(format!("/{}", rel.display()));
+        if meta.is_dir() {
+            std::fs::remove_dir_all(&abs)
+        } else {
+            std::fs::remove_file(&abs)
+        }
+        .with_context(|| format!("removing {}", abs.display()))?;
+        return Ok(());
+    }
+    if meta.is_dir() {
+        let children: HashSet<PathBuf> = std::fs::read_dir(&abs)
+            .with_context(|| format!("reading {}", abs.display()))?
+            .filter_map(|e| e.ok().map(|e| rel.join(e.file_name())))
+            .collect();
+        for child in children {
+            remove_unwanted(root, &child, wanted, removed)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// path, type, mode, size, mtime (s, ns), symlink target, content.
+    fn snapshot(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.join("etc")];
+        while let Some(p) = stack.pop() {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let target = std::fs::read_link(&p)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default();
+            let content = if m.is_file() {
+                std::fs::read_to_string(&p).unwrap()
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                "{} {:o} {} {}.{} {target} {content}",
+                p.strip_prefix(root).unwrap().display(),
+                m.mode(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec()
+            ));
+            if m.is_dir() {
+                stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn etc_is_restored_exactly_with_extras_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        std::fs::create_dir_all(etc.join("apt/sources.list.d")).unwrap();
+        std::fs::write(
+            etc.join("apt/sources.list"),
+            "deb http://mirror/debian bookworm main\n",
+        )
+        .unwrap();
+        std::fs::write(etc.join("issue"), "Debian 12\n").unwrap();
+        std::os::unix::fs::symlink("../usr/lib/os-release", etc.join("os-release")).unwrap();
+        std::fs::set_permissions(
+            etc.join("issue"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let before = snapshot(root.path());
+
+        let archive = root.path().join("etc.tar.gz");
+        assert_eq!(archive_etc(root.path(), &archive).unwrap(), 6);
+
+        // What an upgrade does to /etc.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(
+            etc.join("apt/sources.list"),
+            "deb http://mirror/debian trixie main\n",
+        )
+        .unwrap();
+        std::fs::write(etc.join("issue.dpkg-dist"), "Debian 13\n").unwrap();
+        std::fs::remove_file(etc.join("os-release")).unwrap();
+        std::fs::write(etc.join("os-release"), "now a file\n").unwrap();
+        std::fs::create_dir_all(etc.join("new.d/sub")).unwrap();
+        std::fs::remove_dir(etc.join("apt/sources.list.d")).unwrap();
+        assert_ne!(snapshot(root.path()), before);
+
+        let r = restore_etc(root.path(), &archive).unwrap();
+        assert_eq!(r.restored, 6);
+        assert!(
+            r.removed.contains(&"/etc/issue.dpkg-dist".to_string()),
+            "{:?}",
+            r.removed
+        );
+        assert!(
+            r.removed.contains(&"/etc/new.d".to_string()),
+            "{:?}",
+            r.removed
+        );
+        assert_eq!(snapshot(root.path()), before);
+    }
+
+    #[test]
+    fn pax_times_keep_nanoseconds() {
+        assert_eq!(
+            parse_pax_time("1700000000.123456789"),
+            Some((1_700_000_000, 123_456_789))
+        );
+        assert_eq!(
+            parse_pax_time("1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
+        assert_eq!(parse_pax_time("1700000000"), Some((1_700_000_000, 0)));
+        assert_eq!(parse_pax_time("x"), None);
+    }
+}

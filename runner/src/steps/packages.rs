@@ -1,0 +1,97 @@
+//! What the checks, the dry run and the safety backup need from a package
+//! manager, whichever the plan uses (apt now; zypper and dnf alike).
+//!
+//! Everything here is read-only with respect to the root: questions about the
+//! *target* release are answered from a scratch area (package lists, caches,
+//! switched repository configuration) on a tmpfs the agent mounts in its own
+//! mount namespace.
+
+use anyhow::{Result, bail};
+
+use super::RunContext;
+
+/// Space an upgrade needs, as the package manager estimates it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpaceEstimate {
+    /// Bytes to download (into the package cache, under /var).
+    pub download: u64,
+    /// Change of the installed size in bytes (mostly under /usr); negative
+    /// when the upgrade frees space.
+    pub installed_delta: i64,
+    /// Whether a kernel is installed or upgraded (space needed in /boot).
+    pub kernel: bool,
+}
+
+/// Packages and repositories not from the distribution.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Foreign {
+    /// Repositories whose origin is not the distribution's.
+    pub repositories: Vec<String>,
+    /// Installed packages whose installed version no distribution repository
+    /// has (installed by hand, or from a third-party repository).
+    pub packages: Vec<String>,
+}
+
+/// A package manager, as seen by checks, dry runs and backups.
+pub trait PackageManager {
+    /// Its name (`apt`).
+    fn name(&self) -> &'static str;
+    /// Problems of the package database: half-installed packages, or a
+    /// lock held by another process. Empty when healthy.
+    fn database_problems(&self) -> Result<Vec<String>>;
+    /// Fetches the target release's repository metadata into the scratch
+    /// area; fails naming the repository that does not answer.
+    fn refresh_target(&self) -> Result<()>;
+    /// What the upgrade to the target release would need.
+    fn estimate(&self) -> Result<SpaceEstimate>;
+    /// Held (locked) packages that the upgrade would have to change.
+    fn blocking_holds(&self) -> Result<Vec<String>>;
+    /// Third-party repositories and packages, given the distribution's origins.
+    fn foreign(&self, origins: &[String]) -> Result<Foreign>;
+    /// Streams what the upgrade would do (a simulation) as output of the step.
+    fn simulate(&self, ctx: &super::StepContext<'_>) -> Result<()>;
+    /// The installed packages with versions, one per line, for the backup.
+    fn package_selection(&self) -> Result<String>;
+}
+
+/// The package manager of the plan: the kind of its package upgrade step.
+pub fn for_plan(run: &RunContext) -> Result<Box<dyn PackageManager>> {
+    match run.plan.first_of_kind(&["apt", "apt-sources"]) {
+        Some(_) => Ok(Box::new(super::apt::Apt::new(run)?)),
+        None => bail!("the plan has no package upgrade step (apt), which this step needs"),
+    }
+}
+
+/// Parses a size as package managers print it: `36.4 MB`, `812 kB`, `1,024 B`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let mut parts = text.split_whitespace();
+    let number: f64 = parts.next()?.replace(',', "").parse().ok()?;
+    let unit = parts.next().unwrap_or("B");
+    let factor = match unit.trim_end_matches('.') {
+        "B" => 1.0,
+        "kB" | "KB" | "k" => 1e3,
+        "KiB" => 1024.0,
+        "MB" | "M" => 1e6,
+        "MiB" => 1024.0 * 1024.0,
+        "GB" | "G" => 1e9,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * factor;
+    (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_in_package_manager_units() {
+        assert_eq!(parse_size("36.4 MB"), Some(36_400_000));
+        assert_eq!(parse_size("812 kB"), Some(812_000));
+        assert_eq!(parse_size("1,024 B"), Some(1024));
+        assert_eq!(parse_size("2 GiB"), Some(2 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("3 parsecs"), None);
+    }
+}
