@@ -21,7 +21,9 @@ use anyhow::Result;
 use super::journal::{ImageIdentity, Journal, JournalRun, MigrationStatus};
 use super::mounts;
 use super::sink::EventSink;
-use crate::event::{Event, OutputStream, PlannedStep, Severity, StepStatus, Verb, timestamp};
+use crate::event::{
+    Event, Finding, OutputStream, PlannedStep, Severity, StepStatus, Verb, timestamp,
+};
 use crate::exit::{ExitCode, WithExitCode, fail};
 use crate::image::ImageDefinition;
 use crate::plan::{Phase, Plan, PlanStep};
@@ -140,6 +142,9 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
     };
 
     let mut checks_judged = false;
+    // Outcomes of steps run before the journal existed (the checks), recorded
+    // in it once it is created.
+    let mut unjournaled: Vec<(&PlanStep, StepStatus)> = Vec::new();
     for (step, kind) in steps.iter().zip(&kinds) {
         if step.phase != Phase::Check && !checks_judged {
             judge_checks(&run)?;
@@ -174,7 +179,13 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
         let changes = req.verb.changes_root() && step.phase != Phase::Check;
         if changes {
             ensure_journal(&run, &req, existing.as_ref(), &target)?;
-            with_journal(&run, |j| j.start_step(&step.id, step.phase))?;
+            with_journal(&run, |j| {
+                for (done, status) in unjournaled.drain(..) {
+                    j.start_step(&done.id, done.phase);
+                    j.finish_step(&done.id, done.phase, status.into(), None);
+                }
+                j.start_step(&step.id, step.phase);
+            })?;
         }
         sink.emit(Event::StepStarted {
             step: step.id.clone(),
@@ -183,6 +194,18 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
         let started = Instant::now();
         let result = if req.verb == Verb::DryRun && step.phase != Phase::Check {
             kind.dry_run(&ctx).map(|()| StepStatus::Succeeded)
+        } else if step.phase == Phase::Check {
+            // A check that cannot run cannot vouch for the upgrade: it
+            // inhibits, and the other checks still run.
+            kind.run(&ctx).or_else(|e| {
+                ctx.finding(Finding {
+                    id: step.id.clone(),
+                    severity: Severity::Inhibitor,
+                    message: format!("the check could not run: {e:#}"),
+                    hint: "fix the cause, or disable the check with a drop-in (enabled = false) if it does not apply".into(),
+                });
+                Ok(StepStatus::Failed)
+            })
         } else {
             kind.run(&ctx)
         };
@@ -191,10 +214,14 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
             Ok(s) => (*s, None),
             Err(e) => (StepStatus::Failed, Some(format!("{e:#}"))),
         };
+        // A check that could not run already became an inhibitor finding.
+        let failed_check = step.phase == Phase::Check && status == StepStatus::Failed;
         if changes {
             with_journal(&run, |j| {
                 j.finish_step(&step.id, step.phase, status.into(), message.clone())
             })?;
+        } else {
+            unjournaled.push((step, status));
         }
         sink.emit(Event::StepFinished {
             step: step.id.clone(),
@@ -202,7 +229,7 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
             duration_ms,
             message: message.clone(),
         });
-        if let Some(m) = message {
+        if let Some(m) = message.filter(|_| !failed_check) {
             return Err(fail(
                 ExitCode::StepFailed,
                 format!("step {} failed: {m}", step.id),

@@ -30,6 +30,11 @@ pub fn enter_private_namespace() -> Result<()> {
     Ok(())
 }
 
+/// Temporary directory for tools run in the root, as seen inside the root:
+/// on the agent's scratch tmpfs, so that it is writable even when the root is
+/// mounted read-only (`check`, `--dry-run`).
+pub const ROOT_TMP: &str = "/run/migrate/tmp";
+
 /// Where the pristine view of the root is mounted in the container.
 const PRISTINE: &str = "/run/migrate-pristine";
 
@@ -113,6 +118,9 @@ pub fn prepare(root: &Path) -> Result<Prepared> {
         Some("mode=0755"),
     )
     .with_context(|| format!("mounting a tmpfs on {}", scratch.display()))?;
+    let tmp = root.join(ROOT_TMP.trim_start_matches('/'));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
 
     done.actions.push(provide_name_resolution(root)?);
     Ok(done)

@@ -3,7 +3,22 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = migrate::cli::Cli::parse();
+    let cli = match migrate::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's own message is several.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid usage").trim();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {first} (see migrate --help)");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let filter = match cli.global.verbose {
         0 => "warn",
         1 => "info",

@@ -1,14 +1,13 @@
 //! Debian-family package upgrade with apt, run chrooted in the root so that the
 //! root's own apt and dpkg (and their maintainer scripts) do the work.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::packages::{Foreign, PackageManager, SpaceEstimate, parse_size};
+use super::packages::{Foreign, PackageManager, SpaceEstimate, TargetUnavailable, parse_size};
 use super::{RunContext, StepContext, StepKind, chroot};
 use crate::cmd::{CommandExt, stderr_tail};
 use crate::event::StepStatus;
@@ -409,7 +408,8 @@ pub struct Apt {
     root: PathBuf,
     from: String,
     to: String,
-    refreshed: Cell<bool>,
+    /// The outcome of fetching the target's metadata, once tried.
+    refreshed: std::cell::RefCell<Option<std::result::Result<(), String>>>,
 }
 
 impl Apt {
@@ -420,7 +420,7 @@ impl Apt {
             root: run.root.clone(),
             from: from.to_string(),
             to: to.to_string(),
-            refreshed: Cell::new(false),
+            refreshed: std::cell::RefCell::new(None),
         })
     }
 
@@ -449,9 +449,7 @@ impl Apt {
     /// `program` (apt-get, apt-cache) in the root, looking at the scratch area.
     fn scratch_cmd(&self, program: &str, args: &[&str]) -> Command {
         let mut cmd = apt(&self.root, program, &[]);
-        cmd.args(Self::scratch_options())
-            .args(args)
-            .env("TMPDIR", format!("{SCRATCH}/tmp"));
+        cmd.args(Self::scratch_options()).args(args);
         cmd
     }
 
@@ -492,11 +490,43 @@ impl Apt {
         Ok(())
     }
 
-    fn ensure_refreshed(&self) -> Result<()> {
-        if !self.refreshed.get() {
-            self.refresh_target()?;
+    /// `apt-get update` of the target's repositories into the scratch area.
+    fn fetch_target(&self) -> Result<()> {
+        self.prepare_scratch()?;
+        let out = self
+            .scratch_cmd(
+                "apt-get",
+                &["-q", "-o", "APT::Update::Error-Mode=any", "update"],
+            )
+            .output()
+            .context("running apt-get update")?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let errors: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.starts_with("E:") || l.starts_with("W:") || l.starts_with("Err:"))
+                .collect();
+            bail!(
+                "apt-get update against the {} repositories failed: {}",
+                self.to,
+                if errors.is_empty() {
+                    stderr_tail(&stderr)
+                } else {
+                    errors.join(" | ")
+                }
+            );
         }
         Ok(())
+    }
+
+    /// Fetches the target's metadata once; later calls repeat the outcome.
+    fn ensure_refreshed(&self) -> Result<()> {
+        let known = self.refreshed.borrow().clone();
+        match known {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(TargetUnavailable(e).into()),
+            None => self.refresh_target(),
+        }
     }
 
     fn policy(&self, cmd: &mut Command) -> Result<String> {
@@ -533,32 +563,12 @@ impl PackageManager for Apt {
     }
 
     fn refresh_target(&self) -> Result<()> {
-        self.prepare_scratch()?;
-        let out = self
-            .scratch_cmd(
-                "apt-get",
-                &["-q", "-o", "APT::Update::Error-Mode=any", "update"],
-            )
-            .output()
-            .context("running apt-get update")?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let errors: Vec<&str> = stderr
-                .lines()
-                .filter(|l| l.starts_with("E:") || l.starts_with("W:") || l.starts_with("Err:"))
-                .collect();
-            bail!(
-                "apt-get update against the {} repositories failed: {}",
-                self.to,
-                if errors.is_empty() {
-                    stderr_tail(&stderr)
-                } else {
-                    errors.join(" | ")
-                }
-            );
-        }
-        self.refreshed.set(true);
-        Ok(())
+        let result = self.fetch_target();
+        *self.refreshed.borrow_mut() = Some(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(format!("{e:#}")),
+        });
+        result
     }
 
     fn estimate(&self) -> Result<SpaceEstimate> {

@@ -12,6 +12,32 @@ use super::{StepContext, StepKind};
 use crate::event::{Finding, Severity, StepStatus};
 use crate::release::ReleasePattern;
 
+/// Runs a check that needs the target release's metadata: if the
+/// repositories did not answer, it reports "not checked" as a warning (the
+/// repositories check reports the cause as an inhibitor).
+fn needs_target(
+    ctx: &StepContext<'_>,
+    id: &str,
+    check: impl FnOnce() -> Result<()>,
+) -> Result<StepStatus> {
+    match check() {
+        Ok(()) => Ok(StepStatus::Succeeded),
+        Err(e)
+            if e.downcast_ref::<super::packages::TargetUnavailable>()
+                .is_some() =>
+        {
+            ctx.finding(finding(
+                id,
+                Severity::Warning,
+                "not checked: the target release's repositories did not answer".to_string(),
+                "see the repositories finding",
+            ));
+            Ok(StepStatus::Skipped)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn finding(id: &str, severity: Severity, message: String, hint: &str) -> Finding {
     Finding {
         id: id.to_string(),
@@ -152,6 +178,12 @@ impl StepKind for DiskSpace {
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        needs_target(ctx, "disk-space", || self.check(ctx))
+    }
+}
+
+impl DiskSpace {
+    fn check(&self, ctx: &StepContext<'_>) -> Result<()> {
         let estimate = ctx.run.packages()?.estimate()?;
         let boot_need = if estimate.kernel {
             largest_kernel_set(ctx)?
@@ -205,7 +237,7 @@ impl StepKind for DiskSpace {
                 ctx.say(line);
             }
         }
-        Ok(StepStatus::Succeeded)
+        Ok(())
     }
 }
 
@@ -237,18 +269,20 @@ impl StepKind for HeldPackages {
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        let blocking = ctx.run.packages()?.blocking_holds()?;
-        if blocking.is_empty() {
-            ctx.say("no held package blocks the upgrade");
-        } else {
-            ctx.finding(finding(
-                "held-packages",
-                Severity::Inhibitor,
-                format!("held packages block the upgrade: {}", blocking.join(", ")),
-                "release the holds (apt-mark unhold PACKAGE) or remove the packages",
-            ));
-        }
-        Ok(StepStatus::Succeeded)
+        needs_target(ctx, "held-packages", || {
+            let blocking = ctx.run.packages()?.blocking_holds()?;
+            if blocking.is_empty() {
+                ctx.say("no held package blocks the upgrade");
+            } else {
+                ctx.finding(finding(
+                    "held-packages",
+                    Severity::Inhibitor,
+                    format!("held packages block the upgrade: {}", blocking.join(", ")),
+                    "release the holds (apt-mark unhold PACKAGE) or remove the packages",
+                ));
+            }
+            Ok(())
+        })
     }
 }
 

@@ -336,7 +336,8 @@ pub fn chroot(root: &Path, program: &str) -> Command {
         .env_clear()
         .env("PATH", ROOT_PATH)
         .env("LANG", "C.UTF-8")
-        .env("HOME", "/root");
+        .env("HOME", "/root")
+        .env("TMPDIR", crate::agent::mounts::ROOT_TMP);
     cmd
 }
 

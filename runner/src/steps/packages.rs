@@ -10,6 +10,12 @@ use anyhow::{Result, bail};
 
 use super::RunContext;
 
+/// The target release's repository metadata could not be fetched; checks that
+/// need it report "not checked" (the repositories check reports the cause).
+#[derive(Debug, thiserror::Error)]
+#[error("the target release's repositories did not answer: {0}")]
+pub struct TargetUnavailable(pub String);
+
 /// Space an upgrade needs, as the package manager estimates it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpaceEstimate {

@@ -1,0 +1,173 @@
+//! The check phase: `migrate check`, inhibitors in `migrate run`, and
+//! `migrate run --dry-run` all leave the root byte-identical.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use fixtures::{Fixtures, MIGRATION_IMAGE, dropin, serial, show, tree_checksum};
+
+#[test]
+fn migrate_check_changes_nothing_and_gives_a_stable_json_report() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let before = tree_checksum(&root.path).unwrap();
+    let out = f
+        .migrate()
+        .args([
+            "check",
+            "--output",
+            "json",
+            "--image",
+            MIGRATION_IMAGE,
+            "--root",
+        ])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        tree_checksum(&root.path).unwrap(),
+        before,
+        "check changed the root"
+    );
+
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "migrate_version",
+        "run_id",
+        "verb",
+        "result",
+        "exit_code",
+        "root",
+        "image",
+        "source",
+        "target",
+        "started_at",
+        "finished_at",
+        "steps",
+        "findings",
+    ] {
+        assert!(
+            report.get(key).is_some(),
+            "the report has {key}: {report:#}"
+        );
+    }
+    assert_eq!(report["verb"], "check");
+    assert_eq!(report["result"], "succeeded");
+    let ids: Vec<&str> = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "source-release",
+            "package-db",
+            "repositories",
+            "disk-space",
+            "held-packages",
+            "third-party"
+        ]
+    );
+    assert!(
+        report["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "succeeded")
+    );
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["severity"] != "inhibitor"),
+        "{report:#}"
+    );
+}
+
+#[test]
+fn an_inhibitor_stops_migrate_run_with_exit_3_and_the_root_unchanged() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    // A held package that the upgrade must change, and a margin no disk has.
+    let hold = root.chroot(&["apt-mark", "hold", "libc6"]).unwrap();
+    assert!(hold.status.success(), "{}", show(&hold));
+    dropin(
+        &root.path,
+        "50-margin.toml",
+        "[[step]]\nid = \"disk-space\"\nmargin_mb = 100000000\n",
+    )
+    .unwrap();
+    let before = tree_checksum(&root.path).unwrap();
+
+    let out = f
+        .migrate()
+        .args(["run", "--image", MIGRATION_IMAGE, "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("2 inhibitors stopped the run"), "{stderr}");
+    assert!(
+        stderr.contains("libc6 (held at"),
+        "the held package is named: {stderr}"
+    );
+    assert!(stderr.contains("100000000 MB margin"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("nothing was changed"), "{stdout}");
+    assert_eq!(
+        tree_checksum(&root.path).unwrap(),
+        before,
+        "the root changed"
+    );
+}
+
+#[test]
+fn a_dry_run_shows_the_plan_and_the_simulated_upgrade_and_changes_nothing() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let before = tree_checksum(&root.path).unwrap();
+    let out = f
+        .migrate()
+        .args(["run", "--dry-run", "--image", MIGRATION_IMAGE, "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        tree_checksum(&root.path).unwrap(),
+        before,
+        "the dry run changed the root"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The resolved plan, with the safety backup inserted before the cutover.
+    assert!(
+        stdout.contains("plan: Debian 12 (bookworm) to Debian 13 (trixie) with apt"),
+        "{stdout}"
+    );
+    for line in [
+        "check    disk-space",
+        "cutover  safety-backup",
+        "cutover  upgrade-packages",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in {stdout}");
+    }
+    // What apt would do, and what the other steps would do.
+    assert!(
+        stdout
+            .contains("would switch /etc/apt/sources.list: 1 entries switched bookworm -> trixie"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Inst base-files"),
+        "apt-get -s output: {stdout}"
+    );
+    assert!(stdout.contains("would take a tarball of /etc"), "{stdout}");
+}

@@ -1,0 +1,132 @@
+//! Crashes: the migration container is killed with SIGKILL mid-run; the next
+//! `migrate run` continues at the interrupted step and the root converges to
+//! a clean Debian 13.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use fixtures::{Fixtures, LiveRun, MIGRATION_IMAGE, kill_container, report, serial, show};
+
+/// Runs the migration, kills the container when `trigger` sees its event,
+/// then runs again and checks that the root converged.
+fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &str) {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let mut run = LiveRun::start(f, &["run", "--image", MIGRATION_IMAGE], &root.path).unwrap();
+    let event = run.until(&trigger).expect("the trigger event came");
+    kill_container(f, &run.run_id().unwrap()).unwrap();
+    let (code, stderr) = run.finish().unwrap();
+    assert_eq!(code, Some(1), "the killed run failed: {stderr}");
+    assert!(stderr.contains("killed by signal 9"), "{stderr}");
+
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["status"], "in_progress", "{state:#}");
+    let step = state["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == killed_step)
+        .unwrap();
+    assert_eq!(
+        step["attempts"], 1,
+        "killed during {killed_step} ({event}): {state:#}"
+    );
+    assert_ne!(
+        step["status"], "succeeded",
+        "killed during {killed_step} ({event}): {state:#}"
+    );
+
+    let out = f
+        .migrate()
+        .args(["run", "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the resumed run: {}",
+        show(&out)
+    );
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+    let audit = root.chroot(&["dpkg", "--audit"]).unwrap();
+    assert!(
+        audit.status.success() && audit.stdout.is_empty(),
+        "{}",
+        show(&audit)
+    );
+
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["result"], "succeeded", "{r:#}");
+    assert_eq!(r["resumed"], true);
+    let steps = r["steps"].as_array().unwrap();
+    let killed_at = steps.iter().position(|s| s["id"] == killed_step).unwrap();
+    // Checks and the cutover steps finished before the kill are not repeated.
+    for (i, s) in steps.iter().enumerate() {
+        let expected = if i < killed_at {
+            "skipped"
+        } else {
+            "succeeded"
+        };
+        assert_eq!(s["status"], expected, "step {}: {r:#}", s["id"]);
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["status"], "completed");
+    let resumed = state["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == killed_step)
+        .unwrap();
+    assert_eq!(resumed["attempts"], 2, "{state:#}");
+    assert_eq!(state["runs"].as_array().unwrap().len(), 2);
+}
+
+fn in_step<'a>(e: &'a serde_json::Value, step: &str) -> bool {
+    e["step"] == step
+}
+
+#[test]
+fn a_run_killed_while_downloading_packages_resumes_to_a_clean_debian_13() {
+    kill_then_resume(
+        |e| {
+            in_step(e, "upgrade-packages")
+                && e["event"] == "progress"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Downloading"))
+        },
+        "upgrade-packages",
+    );
+}
+
+#[test]
+fn a_run_killed_while_dpkg_unpacks_and_configures_resumes_to_a_clean_debian_13() {
+    kill_then_resume(
+        |e| {
+            in_step(e, "upgrade-packages")
+                && e["event"] == "progress"
+                && e["percent"].as_f64().is_some_and(|p| p >= 30.0)
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.starts_with("Downloading"))
+        },
+        "upgrade-packages",
+    );
+}
+
+#[test]
+fn a_run_killed_between_two_steps_resumes_to_a_clean_debian_13() {
+    // Killed as upgrade-packages starts, right after switch-sources finished:
+    // the sources are switched, nothing is upgraded yet.
+    kill_then_resume(
+        |e| e["event"] == "step_started" && in_step(e, "upgrade-packages"),
+        "upgrade-packages",
+    );
+}
