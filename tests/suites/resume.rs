@@ -88,7 +88,7 @@ fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &
     assert_eq!(state["runs"].as_array().unwrap().len(), 2);
 }
 
-fn in_step<'a>(e: &'a serde_json::Value, step: &str) -> bool {
+fn in_step(e: &serde_json::Value, step: &str) -> bool {
     e["step"] == step
 }
 

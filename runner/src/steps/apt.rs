@@ -36,6 +36,23 @@ const KEEP_LOCAL_CONFIG: [&str; 4] = [
     "Dpkg::Options::=--force-confold",
 ];
 
+/// Options for questions to the root's own apt: without them apt rewrites
+/// `/var/cache/apt/*.bin` of a writable root, and a check must change nothing.
+const NO_CACHE_FILES: [&str; 4] = [
+    "-o",
+    "Dir::Cache::pkgcache=",
+    "-o",
+    "Dir::Cache::srcpkgcache=",
+];
+
+/// `program ARGS` of the root's apt, asking questions only (no cache files
+/// written).
+fn apt_query(root: &Path, program: &str, args: &[&str]) -> Command {
+    let mut cmd = apt(root, program, &NO_CACHE_FILES);
+    cmd.args(args);
+    cmd
+}
+
 /// Switches the apt sources of the root from the source release's suite to the
 /// target's.
 pub struct SwitchSources;
@@ -528,10 +545,6 @@ impl Apt {
             None => self.refresh_target(),
         }
     }
-
-    fn policy(&self, cmd: &mut Command) -> Result<String> {
-        cmd.run_get_string()
-    }
 }
 
 impl PackageManager for Apt {
@@ -581,13 +594,16 @@ impl PackageManager for Apt {
     }
 
     fn blocking_holds(&self) -> Result<Vec<String>> {
-        let held = apt(&self.root, "apt-mark", &["showhold"]).run_get_string()?;
+        let held = apt_query(&self.root, "apt-mark", &["showhold"]).run_get_string()?;
         let held: Vec<&str> = held.split_whitespace().collect();
         if held.is_empty() {
             return Ok(Vec::new());
         }
         self.ensure_refreshed()?;
-        let text = self.policy(self.scratch_cmd("apt-cache", &["policy"]).args(&held))?;
+        let text = self
+            .scratch_cmd("apt-cache", &["policy"])
+            .args(&held)
+            .run_get_string()?;
         Ok(parse_policy_versions(&text)
             .into_iter()
             .filter(|(_, installed, candidate)| {
@@ -608,7 +624,7 @@ impl PackageManager for Apt {
 
     fn foreign(&self, origins: &[String]) -> Result<Foreign> {
         // The root's own, current lists: what it was installed from.
-        let sources = self.policy(&mut apt(&self.root, "apt-cache", &["policy"]))?;
+        let sources = apt_query(&self.root, "apt-cache", &["policy"]).run_get_string()?;
         let origin_of = parse_package_files(&sources);
         if origin_of.is_empty() {
             bail!(
@@ -639,7 +655,9 @@ impl PackageManager for Apt {
             .collect();
         let mut packages = Vec::new();
         for chunk in names.chunks(500) {
-            let text = self.policy(apt(&self.root, "apt-cache", &["policy"]).args(chunk))?;
+            let text = apt_query(&self.root, "apt-cache", &["policy"])
+                .args(chunk)
+                .run_get_string()?;
             for (pkg, files) in parse_installed_sources(&text) {
                 let from_distribution = files
                     .iter()
