@@ -83,7 +83,7 @@ fn after_a_failed_cutover_rollback_restores_etc_exactly() {
         stdout.contains("packages changed since the backup and were not restored"),
         "the rollback says what it could not restore: {stdout}"
     );
-    assert!(stdout.contains("libc6 2.36"), "{stdout}");
+    assert!(stdout.contains("libc6:amd64 2.36"), "{stdout}");
 
     let status = f
         .migrate()
