@@ -368,6 +368,10 @@ pub fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
         }
     }
 
+    // A plan that names a safety backup, even a disabled one, decides itself.
+    let names_backup = merged.iter().any(|s| {
+        matches!(s.keys.get("kind"), Some((toml::Value::String(k), _)) if k == SAFETY_BACKUP)
+    });
     let mut steps = Vec::new();
     for raw in merged {
         if let Some(step) = validate(raw)? {
@@ -376,7 +380,7 @@ pub fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
     }
     // Stable: steps keep their order within a phase; added steps come last.
     steps.sort_by_key(|s| s.phase);
-    if !steps.iter().any(|s| s.kind == SAFETY_BACKUP)
+    if !names_backup
         && let Some(first) = steps.iter().position(|s| s.phase == Phase::Cutover)
     {
         steps.insert(
@@ -670,6 +674,16 @@ phase = "cutover"
             ]
         );
         assert_eq!(plan.steps[0].options["margin_mb"], 500);
+    }
+
+    #[test]
+    fn a_disabled_safety_backup_is_not_inserted_again() {
+        let d = src(
+            "10-no-backup.toml",
+            "[[step]]\nid = \"safety-backup\"\nkind = \"safety-backup\"\nphase = \"cutover\"\nenabled = false\n",
+        );
+        let plan = resolve(&src("plan.toml", BASE), &[d]).unwrap();
+        assert!(plan.steps.iter().all(|s| s.kind != SAFETY_BACKUP), "{plan:?}");
     }
 
     #[test]

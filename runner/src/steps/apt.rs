@@ -36,19 +36,20 @@ const KEEP_LOCAL_CONFIG: [&str; 4] = [
     "Dpkg::Options::=--force-confold",
 ];
 
-/// Options for questions to the root's own apt: without them apt rewrites
-/// `/var/cache/apt/*.bin` of a writable root, and a check must change nothing.
-const NO_CACHE_FILES: [&str; 4] = [
+/// Options for questions to the root's own apt: its cache files go to the
+/// agent's scratch tmpfs (built once, reused by later questions). Without them
+/// apt rewrites `/var/cache/apt/*.bin` of a writable root, and a check must
+/// change nothing.
+const QUERY_CACHE_FILES: [&str; 4] = [
     "-o",
-    "Dir::Cache::pkgcache=",
+    "Dir::Cache::pkgcache=/run/migrate/root-pkgcache.bin",
     "-o",
-    "Dir::Cache::srcpkgcache=",
+    "Dir::Cache::srcpkgcache=/run/migrate/root-srcpkgcache.bin",
 ];
 
-/// `program ARGS` of the root's apt, asking questions only (no cache files
-/// written).
+/// `program ARGS` of the root's apt, asking questions only.
 fn apt_query(root: &Path, program: &str, args: &[&str]) -> Command {
-    let mut cmd = apt(root, program, &NO_CACHE_FILES);
+    let mut cmd = apt(root, program, &QUERY_CACHE_FILES);
     cmd.args(args);
     cmd
 }
@@ -594,8 +595,17 @@ impl PackageManager for Apt {
     }
 
     fn blocking_holds(&self) -> Result<Vec<String>> {
-        let held = apt_query(&self.root, "apt-mark", &["showhold"]).run_get_string()?;
-        let held: Vec<&str> = held.split_whitespace().collect();
+        // Holds are dpkg selections; dpkg reads them without building apt's cache.
+        let selections = apt(
+            &self.root,
+            "dpkg-query",
+            &["-W", "-f", "${db:Status-Want} ${binary:Package}\\n"],
+        )
+        .run_get_string()?;
+        let held: Vec<&str> = selections
+            .lines()
+            .filter_map(|l| l.strip_prefix("hold "))
+            .collect();
         if held.is_empty() {
             return Ok(Vec::new());
         }
