@@ -10,7 +10,7 @@
 //!
 //! [[step]]
 //! id = "disk-space"          # unique; letters, digits, '-', '_', '.'
-//! kind = "check-disk-space"  # see `migrate plan kinds` / README
+//! kind = "check-disk-space"  # see docs/plans.md
 //! phase = "check"            # check, sync, cutover or post
 //! margin_mb = 200            # options of the kind
 //! ```
@@ -369,9 +369,9 @@ pub fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
     }
 
     // A plan that names a safety backup, even a disabled one, decides itself.
-    let names_backup = merged.iter().any(|s| {
-        matches!(s.keys.get("kind"), Some((toml::Value::String(k), _)) if k == SAFETY_BACKUP)
-    });
+    let names_backup = merged.iter().any(
+        |s| matches!(s.keys.get("kind"), Some((toml::Value::String(k), _)) if k == SAFETY_BACKUP),
+    );
     let mut steps = Vec::new();
     for raw in merged {
         if let Some(step) = validate(raw)? {
@@ -380,9 +380,7 @@ pub fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
     }
     // Stable: steps keep their order within a phase; added steps come last.
     steps.sort_by_key(|s| s.phase);
-    if !names_backup
-        && let Some(first) = steps.iter().position(|s| s.phase == Phase::Cutover)
-    {
+    if !names_backup && let Some(first) = steps.iter().position(|s| s.phase == Phase::Cutover) {
         steps.insert(
             first,
             PlanStep {
@@ -683,7 +681,10 @@ phase = "cutover"
             "[[step]]\nid = \"safety-backup\"\nkind = \"safety-backup\"\nphase = \"cutover\"\nenabled = false\n",
         );
         let plan = resolve(&src("plan.toml", BASE), &[d]).unwrap();
-        assert!(plan.steps.iter().all(|s| s.kind != SAFETY_BACKUP), "{plan:?}");
+        assert!(
+            plan.steps.iter().all(|s| s.kind != SAFETY_BACKUP),
+            "{plan:?}"
+        );
     }
 
     #[test]

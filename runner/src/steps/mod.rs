@@ -346,6 +346,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_kind_and_option_is_documented_in_docs_plans_md() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/plans.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        for spec in KINDS {
+            let heading = format!("### `{}` (", spec.kind);
+            let at = doc
+                .find(&heading)
+                .unwrap_or_else(|| panic!("{} is not documented", spec.kind));
+            let section = &doc[at..];
+            let section = &section[..section[4..].find("### ").map_or(section.len(), |e| e + 4)];
+            for phase in spec.phases {
+                assert!(
+                    section.lines().next().unwrap().contains(phase.name()),
+                    "{}: phase {phase}",
+                    spec.kind
+                );
+            }
+            for o in spec.options {
+                assert!(
+                    section.contains(&format!("| `{}` |", o.key)),
+                    "{}: option {}",
+                    spec.kind,
+                    o.key
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_registered_kind_can_be_instantiated_with_default_options() {
         for spec in KINDS {
             let mut options = serde_json::Map::new();
