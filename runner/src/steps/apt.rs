@@ -828,13 +828,13 @@ mod tests {
     fn one_line_sources_switch_only_the_suite_field() {
         let text = "\
 # bookworm main sources
-deb http://deb.debian.org/debian bookworm main contrib
-deb-src http://deb.debian.org/debian bookworm main
+deb http://mirror.example/debian bookworm main contrib
+deb-src http://mirror.example/debian bookworm main
 deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://mirror/bookworm bookworm-updates main
-deb [ trusted=yes ] http://security.debian.org/debian-security bookworm-security main # sec
+deb [ trusted=yes ] http://security.example/debian-security bookworm-security main # sec
 deb http://apt.example.com/ bookworm-backportsx main
 deb http://example.com/ stable main
-#deb http://deb.debian.org/debian bookworm main
+#deb http://mirror.example/debian bookworm main
 deb http://example.com/bookworm/ ./
 ";
         let (new, n) = switch_one_line(text, "bookworm", "trixie");
@@ -843,13 +843,13 @@ deb http://example.com/bookworm/ ./
             new,
             "\
 # bookworm main sources
-deb http://deb.debian.org/debian trixie main contrib
-deb-src http://deb.debian.org/debian trixie main
+deb http://mirror.example/debian trixie main contrib
+deb-src http://mirror.example/debian trixie main
 deb [arch=amd64 signed-by=/usr/share/keyrings/x.gpg] http://mirror/bookworm trixie-updates main
-deb [ trusted=yes ] http://security.debian.org/debian-security trixie-security main # sec
+deb [ trusted=yes ] http://security.example/debian-security trixie-security main # sec
 deb http://apt.example.com/ trixie-backportsx main
 deb http://example.com/ stable main
-#deb http://deb.debian.org/debian bookworm main
+#deb http://mirror.example/debian bookworm main
 deb http://example.com/bookworm/ ./
 "
         );
@@ -862,14 +862,14 @@ deb http://example.com/bookworm/ ./
     fn deb822_sources_switch_the_suites_field_with_continuations() {
         let text = "\
 Types: deb deb-src
-URIs: http://deb.debian.org/debian
+URIs: http://mirror.example/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 # bookworm security
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: http://mirror.example/debian-security
 suites:
  bookworm-security
  stable
