@@ -96,13 +96,16 @@ pub enum Command {
 /// `migrate image ...`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build a migration image from a built-in definition (e.g. debian-13).
+    /// Build a migration image from a built-in definition (e.g. debian-13)
+    /// or a definition directory.
     ///
     /// Sends the Containerfile, the definition and the static migrate-agent
     /// binary to podman as the build context, and labels the image with the
-    /// release it upgrades to and the releases it accepts.
+    /// release it upgrades to, the releases it accepts and its plan. A
+    /// definition directory holds image.toml, plan.toml, a Containerfile and
+    /// any files the Containerfile copies from image/.
     Build {
-        /// Name of the definition.
+        /// Name of a built-in definition, or a definition directory.
         #[arg(value_name = "TARGET")]
         target: String,
         /// Base image built from the target release (the Containerfile's BASE).

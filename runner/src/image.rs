@@ -166,9 +166,10 @@ impl ImageLabels {
         }))
     }
 
-    /// Whether the image can upgrade `source`.
-    pub fn accepts(&self, source: &Release) -> bool {
-        self.accepts.iter().any(|p| p.matches(source))
+    /// Whether the image can upgrade the system `source` describes (by `ID`
+    /// or `ID_LIKE`, and `VERSION_ID`).
+    pub fn accepts(&self, source: &crate::release::OsRelease) -> bool {
+        self.accepts.iter().any(|p| p.matches_os(source))
     }
 
     /// The accepted releases as a human list.
@@ -204,43 +205,118 @@ impl EmbeddedImage {
     pub fn names() -> Vec<&'static str> {
         EMBEDDED.iter().map(|i| i.name).collect()
     }
+}
+
+/// An image definition to build from: one compiled into the binary, or a
+/// directory with `image.toml`, `plan.toml`, a `Containerfile` and any other
+/// files the Containerfile copies from `image/`.
+#[derive(Clone, Debug)]
+pub struct DefinitionSource {
+    /// Name of the definition (the directory's name).
+    pub name: String,
+    /// Where it comes from, for messages (`images/debian-13`, a path).
+    pub origin: String,
+    /// The Containerfile.
+    pub containerfile: Vec<u8>,
+    /// The other files, by path relative to the definition.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+impl DefinitionSource {
+    /// A built-in definition.
+    pub fn embedded(img: &EmbeddedImage) -> Self {
+        Self {
+            name: img.name.to_string(),
+            origin: format!("images/{}", img.name),
+            containerfile: img.containerfile.to_vec(),
+            files: img
+                .files
+                .iter()
+                .map(|(p, b)| ((*p).to_string(), b.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// A definition in a directory.
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
+        let name = dir
+            .canonicalize()
+            .with_context(|| format!("{}", dir.display()))?
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+            .with_context(|| format!("{} has no usable name", dir.display()))?;
+        let containerfile = std::fs::read(dir.join("Containerfile"))
+            .with_context(|| format!("reading {}", dir.join("Containerfile").display()))?;
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in
+                std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))?
+            {
+                let path = entry?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
+                if rel != "Containerfile" {
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    files.push((rel, bytes));
+                }
+            }
+        }
+        files.sort();
+        Ok(Self {
+            name,
+            origin: dir.display().to_string(),
+            containerfile,
+            files,
+        })
+    }
 
     /// A file of the definition as text.
-    fn text(&self, file: &str) -> Result<&'static str> {
+    fn text(&self, file: &str) -> Result<&str> {
         let (_, bytes) = self
             .files
             .iter()
-            .find(|(p, _)| *p == file)
-            .with_context(|| format!("image definition {} has no {file}", self.name))?;
-        std::str::from_utf8(bytes)
-            .with_context(|| format!("images/{}/{file} is not UTF-8", self.name))
+            .find(|(p, _)| p == file)
+            .with_context(|| format!("{} has no {file}", self.origin))?;
+        std::str::from_utf8(bytes).with_context(|| format!("{}/{file} is not UTF-8", self.origin))
     }
 
     /// The parsed `image.toml`.
     pub fn definition(&self) -> Result<ImageDefinition> {
         ImageDefinition::parse(
             self.text("image.toml")?,
-            &format!("images/{}/image.toml", self.name),
+            &format!("{}/image.toml", self.origin),
         )
     }
 
     /// The default plan, `plan.toml`.
     pub fn plan(&self) -> Result<crate::plan::PlanSource> {
         Ok(crate::plan::PlanSource {
-            name: format!("images/{}/plan.toml", self.name),
+            name: format!("{}/plan.toml", self.origin),
             text: self.text("plan.toml")?.to_string(),
         })
     }
 }
 
 /// The embedded image definition whose image accepts `source`, if any.
-pub fn default_image_for(source: &Release) -> Option<(&'static EmbeddedImage, ImageDefinition)> {
+pub fn default_image_for(
+    source: &crate::release::OsRelease,
+) -> Option<(&'static EmbeddedImage, ImageDefinition)> {
     EMBEDDED.iter().find_map(|img| {
-        let def = img.definition().ok()?;
+        let def = DefinitionSource::embedded(img).definition().ok()?;
         let accepted = def.accepted().ok()?;
         accepted
             .iter()
-            .any(|p| p.matches(source))
+            .any(|p| p.matches_os(source))
             .then_some((img, def))
     })
 }
@@ -273,9 +349,10 @@ codename = "trixie"
         assert_eq!(parsed.image, "debian-13");
         assert_eq!(parsed.target.to_string(), "debian:13");
         assert_eq!(parsed.protocol, PROTOCOL_VERSION);
-        assert!(parsed.accepts(&"debian:12".parse().unwrap()));
-        assert!(!parsed.accepts(&"debian:11".parse().unwrap()));
-        assert!(!parsed.accepts(&"ubuntu:12".parse().unwrap()));
+        let os = |t: &str| crate::release::OsRelease::parse(t);
+        assert!(parsed.accepts(&os("ID=debian\nVERSION_ID=12\n")));
+        assert!(!parsed.accepts(&os("ID=debian\nVERSION_ID=11\n")));
+        assert!(!parsed.accepts(&os("ID=ubuntu\nVERSION_ID=12\n")));
         assert_eq!(parsed.plan.as_deref(), Some("[[step]]\n"));
     }
 
@@ -312,17 +389,40 @@ codename = "trixie"
     #[test]
     fn the_embedded_debian_13_definition_accepts_debian_12() {
         let img = EmbeddedImage::find("debian-13").expect("debian-13 is embedded");
-        let def = img.definition().unwrap();
+        let def = DefinitionSource::embedded(img).definition().unwrap();
         assert_eq!(def.target_release().unwrap().to_string(), "debian:13");
-        let (found, _) = default_image_for(&"debian:12".parse().unwrap()).unwrap();
+        let os = |t: &str| crate::release::OsRelease::parse(t);
+        let (found, _) = default_image_for(&os("ID=debian\nVERSION_ID=12\n")).unwrap();
         assert_eq!(found.name, "debian-13");
-        assert!(default_image_for(&"ubuntu:22.04".parse().unwrap()).is_none());
+        assert!(default_image_for(&os("ID=ubuntu\nVERSION_ID=22.04\n")).is_none());
+    }
+
+    #[test]
+    fn a_definition_directory_reads_like_an_embedded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let def = dir.path().join("my-image");
+        std::fs::create_dir_all(def.join("files")).unwrap();
+        std::fs::write(def.join("image.toml"), DEF).unwrap();
+        std::fs::write(def.join("plan.toml"), "description = \"x\"\n").unwrap();
+        std::fs::write(def.join("Containerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(def.join("files/extra.conf"), "x").unwrap();
+        let src = DefinitionSource::from_dir(&def).unwrap();
+        assert_eq!(src.name, "my-image");
+        assert_eq!(src.containerfile, b"FROM scratch\n");
+        let names: Vec<&str> = src.files.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, ["files/extra.conf", "image.toml", "plan.toml"]);
+        assert_eq!(src.definition().unwrap().target.id, "debian");
+        assert!(DefinitionSource::from_dir(&dir.path().join("missing")).is_err());
     }
 
     #[test]
     fn every_embedded_definition_has_a_valid_plan() {
         for img in EMBEDDED {
-            let plan = crate::plan::resolve(&img.plan().unwrap(), &[])
+            let source = DefinitionSource::embedded(img);
+            source
+                .definition()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", img.name));
+            let plan = crate::plan::resolve(&source.plan().unwrap(), &[])
                 .unwrap_or_else(|e| panic!("{}: {e:#}", img.name));
             for step in &plan.steps {
                 crate::steps::instantiate(step).unwrap_or_else(|e| panic!("{}: {e:#}", img.name));

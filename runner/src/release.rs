@@ -182,12 +182,22 @@ pub struct ReleasePattern {
 impl ReleasePattern {
     /// Whether `release` matches this pattern.
     pub fn matches(&self, release: &Release) -> bool {
-        if release.id != self.id {
-            return false;
-        }
+        release.id == self.id && self.version_matches(&release.version_id)
+    }
+
+    /// Whether the system `os` describes matches: by `ID`, or by one of its
+    /// `ID_LIKE` identifiers (a pattern `rhel:9.*` accepts Rocky Linux 9.4,
+    /// whose os-release says `ID=rocky`, `ID_LIKE="rhel centos fedora"`).
+    pub fn matches_os(&self, os: &OsRelease) -> bool {
+        let version = os.version_id().unwrap_or_default();
+        (os.id() == self.id || os.id_like().contains(&self.id.as_str()))
+            && self.version_matches(version)
+    }
+
+    fn version_matches(&self, version: &str) -> bool {
         match self.version.strip_suffix('*') {
-            Some(prefix) => release.version_id.starts_with(prefix),
-            None => release.version_id == self.version,
+            Some(prefix) => version.starts_with(prefix),
+            None => version == self.version,
         }
     }
 }
@@ -296,6 +306,76 @@ HOME_URL="https://distribution.example/"
         let p: ReleasePattern = "sles:12.*".parse().unwrap();
         assert!(p.matches(&"sles:12.5".parse().unwrap()));
         assert!(!p.matches(&"sles:15.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn distribution_families_are_recognized_by_id_and_id_like() {
+        let samples = [
+            (
+                "sles 15 SP6",
+                "NAME=\"SLES\"\nVERSION=\"15-SP6\"\nVERSION_ID=\"15.6\"\nID=\"sles\"\nID_LIKE=\"suse\"\n",
+                "sles:15.6",
+            ),
+            (
+                "sles 12 SP5",
+                "NAME=\"SLES\"\nVERSION_ID=\"12.5\"\nID=\"sles\"\n",
+                "sles:12.5",
+            ),
+            (
+                "leap 15.6",
+                "NAME=\"openSUSE Leap\"\nVERSION_ID=\"15.6\"\nID=\"opensuse-leap\"\nID_LIKE=\"suse opensuse\"\n",
+                "opensuse-leap:15.6",
+            ),
+            ("debian 12", "ID=debian\nVERSION_ID=\"12\"\n", "debian:12"),
+            (
+                "ubuntu 24.04",
+                "NAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\nID=ubuntu\nID_LIKE=debian\n",
+                "ubuntu:24.04",
+            ),
+            (
+                "fedora 42",
+                "NAME=\"Fedora Linux\"\nVERSION_ID=42\nID=fedora\n",
+                "fedora:42",
+            ),
+            (
+                "rocky 9.4",
+                "NAME=\"Rocky Linux\"\nVERSION_ID=\"9.4\"\nID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\n",
+                "rocky:9.4",
+            ),
+            (
+                "alma 9.4",
+                "NAME=\"AlmaLinux\"\nVERSION_ID=\"9.4\"\nID=\"almalinux\"\nID_LIKE=\"rhel centos fedora\"\n",
+                "almalinux:9.4",
+            ),
+        ];
+        for (name, text, release) in samples {
+            assert_eq!(
+                OsRelease::parse(text).release().to_string(),
+                release,
+                "{name}"
+            );
+        }
+        let os = |i: usize| OsRelease::parse(samples[i].1);
+        let pattern = |p: &str| p.parse::<ReleasePattern>().unwrap();
+        assert!(pattern("sles:12.*").matches_os(&os(1)));
+        assert!(!pattern("sles:12.*").matches_os(&os(0)));
+        assert!(pattern("suse:15.*").matches_os(&os(0)), "SLES is suse-like");
+        assert!(pattern("opensuse-leap:15.*").matches_os(&os(2)));
+        assert!(pattern("rhel:9.*").matches_os(&os(6)), "Rocky is rhel-like");
+        assert!(pattern("rhel:9.*").matches_os(&os(7)), "Alma is rhel-like");
+        assert!(
+            !pattern("fedora:9.*").matches_os(&os(5)),
+            "the version still has to match"
+        );
+        assert!(
+            !pattern("fedora:41").matches_os(&os(6)),
+            "Rocky 9.4 is not Fedora 41"
+        );
+        assert!(
+            pattern("debian:24.04").matches_os(&os(4)),
+            "Ubuntu is debian-like by ID_LIKE"
+        );
+        assert!(!pattern("debian:12").matches_os(&os(4)));
     }
 
     #[test]

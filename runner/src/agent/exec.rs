@@ -37,6 +37,21 @@ pub fn run_streaming(
     .map(|_| ())
 }
 
+/// A tool that ended unsuccessfully: what the failure message says, plus the
+/// exit code for callers that interpret it (zypper's, for one).
+#[derive(Debug, thiserror::Error)]
+#[error("{tool} failed ({status}){detail}")]
+pub struct ToolFailed {
+    /// The tool's name.
+    pub tool: String,
+    /// How it ended, as the OS says it.
+    pub status: String,
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// `": "` and the lines that explain the failure, or nothing.
+    pub detail: String,
+}
+
 /// Options of [`run_streaming_with`].
 #[derive(Default)]
 pub struct Streaming<'a> {
@@ -46,6 +61,10 @@ pub struct Streaming<'a> {
     pub timeout: Option<Duration>,
     /// Exit codes that count as success (empty: only 0).
     pub ok_exit_codes: &'a [i32],
+    /// Lines (of either stream) that explain a failure better than the tail
+    /// of stderr, e.g. a solver's "Problem:" lines; a failure names the first
+    /// two instead of the tail.
+    pub notable: Option<&'a (dyn Fn(&str) -> bool + Sync)>,
 }
 
 /// [`run_streaming`] with a timeout and accepted exit codes; returns the exit
@@ -69,6 +88,15 @@ pub fn run_streaming_with(
     let stdout = child.stdout.take().context("child stdout")?;
     let stderr = child.stderr.take().context("child stderr")?;
     let tail = Arc::new(Mutex::new(String::new()));
+    let notable_lines = Mutex::new(Vec::<String>::new());
+    let remember = |l: &str| {
+        if opts.notable.is_some_and(|n| n(l)) {
+            let mut n = notable_lines.lock().unwrap_or_else(|p| p.into_inner());
+            if n.len() < 20 {
+                n.push(l.trim().to_string());
+            }
+        }
+    };
     let pid = child.id();
     let (done, finished) = mpsc::channel::<()>();
     let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -89,8 +117,10 @@ pub fn run_streaming_with(
             });
         }
         let tail = Arc::clone(&tail);
+        let remember = &remember;
         scope.spawn(move || {
             for_each_line(stderr, |l| {
+                remember(l);
                 sink.output(step, OutputStream::Stderr, l);
                 let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
                 t.push_str(l);
@@ -111,7 +141,10 @@ pub fn run_streaming_with(
                 percent,
                 message,
             }),
-            None => sink.output(step, OutputStream::Stdout, l),
+            None => {
+                remember(l);
+                sink.output(step, OutputStream::Stdout, l);
+            }
         });
         let status = child.wait();
         let _ = done.send(());
@@ -135,7 +168,27 @@ pub fn run_streaming_with(
             None => false,
         };
         if !ok {
-            bail!("{} failed ({status}){}", tool_name(cmd), stderr_tail(&t));
+            let notable = notable_lines.lock().unwrap_or_else(|p| p.into_inner());
+            let why = if notable.is_empty() {
+                stderr_tail(&t)
+            } else {
+                format!(
+                    ": {}",
+                    notable
+                        .iter()
+                        .take(2)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                )
+            };
+            return Err(ToolFailed {
+                tool: tool_name(cmd),
+                status: status.to_string(),
+                code,
+                detail: why,
+            }
+            .into());
         }
         Ok(code.unwrap_or(0))
     })
@@ -255,6 +308,26 @@ mod tests {
         assert!(
             format!("{err:#}").contains("sleep did not finish within 0s"),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn notable_lines_explain_a_failure() {
+        let sink = EventSink::to_writer(Box::new(Captured::default()));
+        let notable = |l: &str| l.starts_with("Problem:");
+        let err = run_streaming_with(
+            Command::new("sh").args(["-c", "echo Loading; echo 'Problem: nothing provides libfoo >= 3'; echo 'noise' >&2; exit 4"]),
+            &sink,
+            "s",
+            &Streaming {
+                notable: Some(&notable),
+                ..Streaming::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sh failed (exit status: 4): Problem: nothing provides libfoo >= 3"
         );
     }
 

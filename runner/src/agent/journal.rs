@@ -78,6 +78,9 @@ pub struct BackupRecord {
     pub location: String,
     /// When it was taken.
     pub created_at: String,
+    /// The package manager whose package selection the backup holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package_manager: Option<String>,
 }
 
 /// A service the plan stopped or disabled, so that rollback can step it back.

@@ -19,7 +19,6 @@ use crate::event::{Event, Finding, PlannedStep, Severity, StepStatus, Verb};
 use crate::exit::{ExitCode, WithExitCode, fail};
 use crate::plan::Phase;
 use crate::steps::backup::{ETC_ARCHIVE, PACKAGES_FILE, restore_etc};
-use crate::steps::chroot;
 
 /// Rolls the root back. The caller has entered the private mount namespace.
 pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Result<()> {
@@ -126,14 +125,10 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
         step(sink, "compare-packages", || {
             let before = std::fs::read_to_string(dir.join(PACKAGES_FILE))
                 .with_context(|| format!("reading {}", dir.join(PACKAGES_FILE).display()))?;
-            let now = chroot(root, "dpkg-query")
-                .args([
-                    "-W",
-                    "-f",
-                    "${binary:Package}\\t${Version}\\t${db:Status-Abbrev}\\n",
-                ])
+            let manager = backup.package_manager.as_deref().unwrap_or("apt");
+            let now = crate::steps::packages::selection_command(manager, root)
                 .output()
-                .context("running dpkg-query")?;
+                .context("listing the installed packages")?;
             let changed = package_changes(&before, &String::from_utf8_lossy(&now.stdout));
             if changed.is_empty() {
                 say(

@@ -10,12 +10,12 @@ use super::podman::{BuildRequest, Podman};
 use super::preflight::require_root;
 use super::render::OutputFormat;
 use crate::exit::{ExitCode, WithExitCode, fail};
-use crate::image::{EmbeddedImage, ImageLabels, LABEL_PROTOCOL};
+use crate::image::{DefinitionSource, EmbeddedImage, ImageLabels, LABEL_PROTOCOL};
 
 /// Options of `migrate image build`.
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
-    /// Name of the image definition.
+    /// Name of a built-in image definition, or a definition directory.
     pub target: String,
     /// Base image (the Containerfile's `BASE` argument).
     pub base: Option<String>,
@@ -29,17 +29,8 @@ pub struct BuildOptions {
 
 /// Builds a migration image.
 pub async fn build(opts: &BuildOptions) -> Result<()> {
-    let embedded = EmbeddedImage::find(&opts.target).ok_or_else(|| {
-        fail(
-            ExitCode::BadInput,
-            format!(
-                "no image definition named {:?}; known: {}",
-                opts.target,
-                EmbeddedImage::names().join(", ")
-            ),
-        )
-    })?;
-    let def = embedded.definition().exit_code(ExitCode::BadInput)?;
+    let source = definition_source(&opts.target)?;
+    let def = source.definition().exit_code(ExitCode::BadInput)?;
     let agent_path = locate_agent(opts.agent.as_deref())?;
     let agent = std::fs::read(&agent_path)
         .with_context(|| format!("reading the agent {}", agent_path.display()))
@@ -53,19 +44,19 @@ pub async fn build(opts: &BuildOptions) -> Result<()> {
     require_root()?;
     let tag = opts.tag.clone().unwrap_or_else(|| def.default_tag.clone());
     // The plan travels in a label too: check it before it goes into an image.
-    let plan = embedded.plan().exit_code(ExitCode::BadInput)?;
+    let plan = source.plan().exit_code(ExitCode::BadInput)?;
     let resolved = crate::plan::resolve(&plan, &[]).exit_code(ExitCode::BadInput)?;
     for step in &resolved.steps {
         crate::steps::instantiate(step).exit_code(ExitCode::BadInput)?;
     }
     let labels = def
-        .labels(embedded.name, &plan.text)
+        .labels(&source.name, &plan.text)
         .exit_code(ExitCode::BadInput)?;
     let mut build_args = BTreeMap::new();
     if let Some(base) = &opts.base {
         build_args.insert("BASE".to_string(), base.clone());
     }
-    let context = build_context(embedded, &agent).context("assembling the build context")?;
+    let context = build_context(&source, &agent).context("assembling the build context")?;
 
     let podman = Podman::connect().await?;
     let human = opts.output == OutputFormat::Human;
@@ -100,13 +91,36 @@ pub async fn build(opts: &BuildOptions) -> Result<()> {
     podman.shutdown().await;
     let (_, id) = result?;
     match opts.output {
-        OutputFormat::Human => println!("built {tag} ({id}) from images/{}", embedded.name),
+        OutputFormat::Human => println!("built {tag} ({id}) from {}", source.origin),
         OutputFormat::Json => println!(
             "{}",
-            serde_json::json!({ "image": tag, "id": id, "definition": embedded.name })
+            serde_json::json!({ "image": tag, "id": id, "definition": source.name })
         ),
     }
     Ok(())
+}
+
+/// A built-in definition by name, or a definition directory (a path).
+fn definition_source(target: &str) -> Result<DefinitionSource> {
+    if let Some(img) = EmbeddedImage::find(target) {
+        return Ok(DefinitionSource::embedded(img));
+    }
+    let dir = Path::new(target);
+    if target.contains('/') || dir.is_dir() {
+        return DefinitionSource::from_dir(dir).map_err(|e| {
+            fail(
+                ExitCode::BadInput,
+                format!("image definition {target}: {e:#}"),
+            )
+        });
+    }
+    Err(fail(
+        ExitCode::BadInput,
+        format!(
+            "no image definition named {target:?} (built in: {}; or give a directory with image.toml, plan.toml and a Containerfile)",
+            EmbeddedImage::names().join(", ")
+        ),
+    ))
 }
 
 /// The agent binary: `--agent`, `$MIGRATE_AGENT`, or `migrate-agent` beside
@@ -174,7 +188,7 @@ pub fn check_static(bytes: &[u8]) -> Result<()> {
 
 /// The build context: `Containerfile`, `image/` (the definition) and
 /// `migrate-agent`, as an uncompressed tar archive.
-fn build_context(image: &EmbeddedImage, agent: &[u8]) -> Result<Vec<u8>> {
+fn build_context(image: &DefinitionSource, agent: &[u8]) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |path: &str, bytes: &[u8], mode: u32| -> Result<()> {
         let mut header = tar::Header::new_gnu();
@@ -187,9 +201,9 @@ fn build_context(image: &EmbeddedImage, agent: &[u8]) -> Result<Vec<u8>> {
         tar.append_data(&mut header, path, bytes)
             .with_context(|| format!("adding {path}"))
     };
-    add("Containerfile", image.containerfile, 0o644)?;
+    add("Containerfile", &image.containerfile, 0o644)?;
     add("migrate-agent", agent, 0o755)?;
-    for (rel, bytes) in image.files {
+    for (rel, bytes) in &image.files {
         add(&format!("image/{rel}"), bytes, 0o644)?;
     }
     tar.into_inner().context("finishing the tar archive")
@@ -292,8 +306,8 @@ mod tests {
 
     #[test]
     fn the_context_holds_containerfile_definition_and_agent() {
-        let img = EmbeddedImage::find("debian-13").unwrap();
-        let bytes = build_context(img, b"agent").unwrap();
+        let img = DefinitionSource::embedded(EmbeddedImage::find("debian-13").unwrap());
+        let bytes = build_context(&img, b"agent").unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());
         let names: Vec<String> = archive
             .entries()

@@ -61,7 +61,7 @@ pub fn image_reference(given: Option<&str>, source: &OsRelease) -> Result<String
     if let Some(r) = given {
         return Ok(r.to_string());
     }
-    match default_image_for(&source.release()) {
+    match default_image_for(source) {
         Some((_, def)) => Ok(def.default_tag),
         None => Err(fail(
             ExitCode::BadInput,
@@ -139,7 +139,7 @@ pub fn check_compatible(labels: &ImageLabels, reference: &str, source: &OsReleas
             ),
         ));
     }
-    if !labels.accepts(&release) {
+    if !labels.accepts(source) {
         return Err(fail(
             ExitCode::BadInput,
             format!(

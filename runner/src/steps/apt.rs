@@ -12,7 +12,6 @@ use super::{RunContext, StepContext, StepKind, chroot};
 use crate::cmd::{CommandExt, stderr_tail};
 use crate::event::StepStatus;
 use crate::fsutil::write_atomic;
-use crate::release::{OsRelease, Release};
 
 /// Scratch area for questions about the target release, inside the root's
 /// `/run` (a tmpfs the agent mounts in its own namespace).
@@ -60,9 +59,6 @@ pub struct SwitchSources;
 
 /// Updates the package lists and runs `apt-get dist-upgrade`.
 pub struct DistUpgrade;
-
-/// Checks that the root now is the target release and dpkg is consistent.
-pub struct VerifyRelease;
 
 /// The source and target suites (codenames) of the migration.
 fn suites(run: &RunContext) -> Result<(&str, &str)> {
@@ -385,40 +381,6 @@ pub fn apt_progress(line: &str) -> Option<(f32, String)> {
     Some((percent.clamp(0.0, 100.0), format!("{prefix}{message}")))
 }
 
-impl StepKind for VerifyRelease {
-    fn describe(&self) -> String {
-        "Verify the root is the target release and dpkg is consistent".into()
-    }
-
-    fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        let now = OsRelease::read_from_root(ctx.root())?;
-        let target = Release {
-            id: ctx.run.target.id.clone(),
-            version_id: ctx.run.target.version_id.clone(),
-        };
-        if now.release() != target {
-            bail!(
-                "after the upgrade the root's os-release says {} ({}), not {target}",
-                now.release(),
-                now.pretty_name()
-            );
-        }
-        ctx.say(format!("os-release: {}", now.pretty_name()));
-        let problems = dpkg_audit(ctx.root())?;
-        if !problems.is_empty() {
-            for line in problems.lines() {
-                ctx.say(line);
-            }
-            bail!(
-                "dpkg --audit reports problems: {}",
-                problems.lines().next().unwrap_or("see the log")
-            );
-        }
-        ctx.say("dpkg --audit: clean");
-        Ok(StepStatus::Succeeded)
-    }
-}
-
 /// apt as a [`PackageManager`]: questions about the target release are asked
 /// with the root's own apt, pointed at a scratch copy of its sources (switched
 /// to the target suite), lists and caches on the agent's tmpfs.
@@ -697,16 +659,14 @@ impl PackageManager for Apt {
     }
 
     fn package_selection(&self) -> Result<String> {
-        apt(
-            &self.root,
-            "dpkg-query",
-            &[
-                "-W",
-                "-f",
-                "${binary:Package}\\t${Version}\\t${db:Status-Abbrev}\\n",
-            ],
-        )
-        .run_get_string()
+        super::packages::selection_command("apt", &self.root).run_get_string()
+    }
+
+    fn verify(&self) -> Result<Vec<String>> {
+        Ok(dpkg_audit(&self.root)?
+            .lines()
+            .map(|l| format!("dpkg --audit: {l}"))
+            .collect())
     }
 }
 

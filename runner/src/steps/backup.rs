@@ -158,6 +158,7 @@ fn btrfs_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord
         method: "btrfs".into(),
         location,
         created_at: timestamp(std::time::SystemTime::now()),
+        package_manager: None,
     })
 }
 
@@ -174,6 +175,7 @@ fn snapper_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupReco
         method: "snapper".into(),
         location: number.trim().to_string(),
         created_at: timestamp(std::time::SystemTime::now()),
+        package_manager: None,
     })
 }
 
@@ -194,7 +196,8 @@ fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
 
     let entries = archive_etc(pristine, &partial.join(ETC_ARCHIVE))?;
     ctx.say(format!("/etc: {entries} entries archived"));
-    let selection = ctx.run.packages()?.package_selection()?;
+    let pm = ctx.run.packages()?;
+    let selection = pm.package_selection()?;
     write_synced(&partial.join(PACKAGES_FILE), selection.as_bytes())?;
     ctx.say(format!(
         "package selection: {} packages",
@@ -219,6 +222,7 @@ fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
         method: "tar".into(),
         location: rel,
         created_at: timestamp(std::time::SystemTime::now()),
+        package_manager: Some(pm.name().to_string()),
     })
 }
 

@@ -63,7 +63,7 @@ impl StepKind for Release {
             .iter()
             .map(|a| a.parse::<ReleasePattern>())
             .collect::<Result<Vec<_>>>()?;
-        if accepted.iter().any(|p| p.matches(&release)) {
+        if accepted.iter().any(|p| p.matches_os(&ctx.run.source)) {
             ctx.say(format!(
                 "{} ({}) is accepted",
                 release,

@@ -10,7 +10,12 @@ pub mod apt;
 pub mod backup;
 pub mod checks;
 pub mod command;
+pub mod dnf;
 pub mod packages;
+pub mod repofile;
+pub mod rpm;
+pub mod verify;
+pub mod zypper;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -158,6 +163,51 @@ pub static KINDS: &[KindSpec] = &[
         doc: "apt-get update and dist-upgrade in the root, keeping locally edited configuration",
     },
     KindSpec {
+        kind: "zypper",
+        phases: &[Cutover],
+        options: &[
+            opt("mode", T::String, "dup (default) or migration"),
+            opt(
+                "product",
+                T::String,
+                "target product of migration mode, e.g. SLES/15.6/x86_64",
+            ),
+            opt(
+                "releasever",
+                T::String,
+                "zypper --releasever, for repository URLs using $releasever",
+            ),
+            opt(
+                "repositories",
+                T::TableList,
+                "repository changes: id, action (add, replace, disable), url, name, gpgcheck",
+            ),
+        ],
+        doc: "zypper dup (or zypper migration) against the root, everything downloaded before anything changes",
+    },
+    KindSpec {
+        kind: "dnf",
+        phases: &[Cutover],
+        options: &[
+            required(
+                "releasever",
+                T::String,
+                "the target release (dnf --releasever)",
+            ),
+            opt(
+                "repositories",
+                T::TableList,
+                "repository changes: id, action (add, replace, disable), url, name, gpgcheck",
+            ),
+            opt(
+                "allow_erasing",
+                T::Bool,
+                "let the solver remove packages that block the upgrade (default true)",
+            ),
+        ],
+        doc: "dnf distro-sync against the root, everything downloaded before anything changes",
+    },
+    KindSpec {
         kind: "verify-release",
         phases: &[Cutover, Post],
         options: &[],
@@ -223,7 +273,9 @@ pub fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
         "check-third-party" => Box::new(checks::ThirdParty::from_options(options(step)?)),
         "apt-sources" => Box::new(apt::SwitchSources),
         "apt" => Box::new(apt::DistUpgrade),
-        "verify-release" => Box::new(apt::VerifyRelease),
+        "zypper" => Box::new(zypper::ZypperStep::from_options(options(step)?)?),
+        "dnf" => Box::new(dnf::DnfStep::from_options(options(step)?)?),
+        "verify-release" => Box::new(verify::VerifyRelease),
         "safety-backup" => Box::new(backup::SafetyBackup::from_options(options(step)?)?),
         "command" => Box::new(command::CommandStep::from_options(options(step)?)?),
         other => bail!("step {}: unknown kind {other:?}", step.id),

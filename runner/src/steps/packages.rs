@@ -56,15 +56,58 @@ pub trait PackageManager {
     fn foreign(&self, origins: &[String]) -> Result<Foreign>;
     /// Streams what the upgrade would do (a simulation) as output of the step.
     fn simulate(&self, ctx: &super::StepContext<'_>) -> Result<()>;
-    /// The installed packages with versions, one per line, for the backup.
+    /// The installed packages with versions, one per line, for the backup:
+    /// `NAME<TAB>VERSION<TAB>STATUS`.
     fn package_selection(&self) -> Result<String>;
+    /// Problems of the installed system after the upgrade (half-installed
+    /// packages, unsatisfied dependencies). Empty when consistent.
+    fn verify(&self) -> Result<Vec<String>>;
 }
 
 /// The package manager of the plan: the kind of its package upgrade step.
 pub fn for_plan(run: &RunContext) -> Result<Box<dyn PackageManager>> {
-    match run.plan.first_of_kind(&["apt", "apt-sources"]) {
-        Some(_) => Ok(Box::new(super::apt::Apt::new(run)?)),
-        None => bail!("the plan has no package upgrade step (apt), which this step needs"),
+    let Some(step) = run
+        .plan
+        .first_of_kind(&["apt", "apt-sources", "zypper", "dnf"])
+    else {
+        bail!("the plan has no package upgrade step (apt, zypper or dnf), which this step needs");
+    };
+    let options = || serde_json::Value::Object(step.options.clone());
+    Ok(match step.kind.as_str() {
+        "zypper" => Box::new(super::zypper::Zypper::new(
+            run,
+            serde_json::from_value(options())?,
+        )),
+        "dnf" => Box::new(super::dnf::Dnf::new(
+            run,
+            serde_json::from_value(options())?,
+        )),
+        _ => Box::new(super::apt::Apt::new(run)?),
+    })
+}
+
+/// The command that lists the installed packages of `root` as
+/// [`PackageManager::package_selection`] does, for the package manager named
+/// `name` (rollback compares the backup with it).
+pub fn selection_command(name: &str, root: &std::path::Path) -> std::process::Command {
+    match name {
+        "zypper" | "dnf" => super::rpm::rpm(
+            root,
+            &[
+                "-qa",
+                "--qf",
+                "%{NAME}.%{ARCH}\\t%{VERSION}-%{RELEASE}\\tinstalled\\n",
+            ],
+        ),
+        _ => {
+            let mut cmd = super::chroot(root, "dpkg-query");
+            cmd.args([
+                "-W",
+                "-f",
+                "${binary:Package}\\t${Version}\\t${db:Status-Abbrev}\\n",
+            ]);
+            cmd
+        }
     }
 }
 

@@ -1,0 +1,395 @@
+//! Fedora/RHEL-family upgrades with dnf, run from the migration image against
+//! the root: `dnf --installroot=/system-root --releasever=N distro-sync
+//! --allowerasing`, with the repositories the plan names.
+//!
+//! As with zypper, everything is downloaded against the switched repository
+//! configuration (a scratch copy) before the root changes; then the
+//! repository files are switched in the root and the upgrade installs from the
+//! cache (`-C`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use super::packages::{Foreign, PackageManager, SpaceEstimate, TargetUnavailable, parse_size};
+use super::repofile::RepoChange;
+use super::rpm::{self, RepoDir, run_pm};
+use super::{RunContext, StepContext, StepKind};
+use crate::cmd::{CommandExt, stderr_tail};
+use crate::event::StepStatus;
+
+/// Repository files in the root.
+pub const REPOS: RepoDir = RepoDir {
+    in_root: "etc/yum.repos.d",
+};
+/// Scratch area: the switched repositories (a path in the container), and
+/// dnf's log and state directories, which dnf puts below the installroot
+/// (the root's /run is the agent's tmpfs). hawkey opens its log at the same
+/// path without the installroot, so both exist.
+const SCRATCH: &str = "/run/migrate/dnf";
+
+/// Options of a `dnf` step.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnfOptions {
+    /// The target release (`--releasever`).
+    pub releasever: String,
+    /// Repository changes.
+    #[serde(default)]
+    pub repositories: Vec<RepoChange>,
+    /// `--allowerasing` (default true): let the solver remove packages that
+    /// block the upgrade.
+    #[serde(default = "yes")]
+    pub allow_erasing: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The `dnf` step.
+pub struct DnfStep {
+    opts: DnfOptions,
+}
+
+impl DnfStep {
+    /// From the step's options.
+    pub fn from_options(opts: DnfOptions) -> Result<Self> {
+        if opts.releasever.trim().is_empty() {
+            bail!("option `releasever` must not be empty");
+        }
+        for r in &opts.repositories {
+            r.validate()?;
+        }
+        Ok(Self { opts })
+    }
+}
+
+/// Lines that say why dnf failed.
+fn notable(line: &str) -> bool {
+    let l = line.trim_start();
+    l.starts_with("Problem")
+        || l.starts_with("Error")
+        || l.contains("Curl error")
+        || l.contains("Failed to download")
+        || l.contains("Cannot download")
+}
+
+/// dnf pointed at the root, with the repositories of `reposdir`.
+fn dnf(root: &Path, reposdir: &Path, releasever: &str) -> Result<Command> {
+    for dir in [
+        PathBuf::from(SCRATCH).join("log"),
+        root.join(SCRATCH.trim_start_matches('/')).join("log"),
+    ] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(dnf_command(root, reposdir, releasever))
+}
+
+fn dnf_command(root: &Path, reposdir: &Path, releasever: &str) -> Command {
+    let mut cmd = Command::new("dnf");
+    cmd.args(["-y", "--color=never"])
+        .arg(format!("--installroot={}", root.display()))
+        .arg(format!("--releasever={releasever}"))
+        .arg(format!("--setopt=reposdir={}", reposdir.display()))
+        .arg(format!("--setopt=logdir={SCRATCH}/log"))
+        .arg(format!("--setopt=persistdir={SCRATCH}/persist"));
+    cmd
+}
+
+fn distro_sync_args(opts: &DnfOptions) -> Vec<&'static str> {
+    let mut args = vec!["distro-sync"];
+    if opts.allow_erasing {
+        args.push("--allowerasing");
+    }
+    args
+}
+
+fn scratch_repos(root: &Path, changes: &[RepoChange]) -> Result<(PathBuf, Vec<String>)> {
+    let (files, said) = REPOS.switched(root, changes)?;
+    let dir = PathBuf::from(SCRATCH).join("repos.d");
+    RepoDir::write_scratch(&files, &dir)?;
+    Ok((dir, said))
+}
+
+impl StepKind for DnfStep {
+    fn describe(&self) -> String {
+        format!(
+            "Upgrade the distribution to release {} with dnf distro-sync",
+            self.opts.releasever
+        )
+    }
+
+    fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        let root = ctx.root();
+        rpm::back_up_dirs(ctx, &[REPOS.in_root])?;
+        let (scratch, said) = scratch_repos(root, &self.opts.repositories)?;
+        for line in said {
+            ctx.say(line);
+        }
+        let sync = distro_sync_args(&self.opts);
+        // 1. Everything downloaded; the root is not changed if this fails.
+        run_pm(
+            ctx,
+            dnf(root, &scratch, &self.opts.releasever)?
+                .args(&sync)
+                .arg("--downloadonly"),
+            &notable,
+            &[],
+        )
+        .context("dnf distro-sync (download)")?;
+        // 2. The switched repositories go into the root; install from the cache.
+        let (files, _) = REPOS.switched(root, &self.opts.repositories)?;
+        let written = REPOS.write_root(root, &files)?;
+        ctx.say(format!(
+            "{written} repository files switched in /{}",
+            REPOS.in_root
+        ));
+        run_pm(
+            ctx,
+            dnf(root, &REPOS.path(root)?, &self.opts.releasever)?
+                .arg("-C")
+                .args(&sync),
+            &notable,
+            &[],
+        )
+        .context("dnf distro-sync")?;
+        Ok(StepStatus::Succeeded)
+    }
+
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        ctx.run.packages()?.simulate(ctx)
+    }
+}
+
+/// dnf as a [`PackageManager`].
+pub struct Dnf {
+    root: PathBuf,
+    opts: DnfOptions,
+    refreshed: std::cell::RefCell<Option<std::result::Result<(), String>>>,
+}
+
+impl Dnf {
+    /// dnf for the run's root, configured by the plan's dnf step.
+    pub fn new(run: &RunContext, opts: DnfOptions) -> Self {
+        Self {
+            root: run.root.clone(),
+            opts,
+            refreshed: std::cell::RefCell::new(None),
+        }
+    }
+
+    fn scratch_dnf(&self) -> Result<Command> {
+        let (dir, _) = scratch_repos(&self.root, &self.opts.repositories)?;
+        dnf(&self.root, &dir, &self.opts.releasever)
+    }
+
+    fn ensure_refreshed(&self) -> Result<()> {
+        let known = self.refreshed.borrow().clone();
+        match known {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(TargetUnavailable(e).into()),
+            None => self.refresh_target(),
+        }
+    }
+
+    /// The output of a simulated distro-sync (`--assumeno` answers no: dnf
+    /// exits with 1 after printing the transaction).
+    fn transaction(&self) -> Result<String> {
+        self.ensure_refreshed()?;
+        let out = self
+            .scratch_dnf()?
+            .args(distro_sync_args(&self.opts))
+            .arg("--assumeno")
+            .output()
+            .context("running dnf distro-sync --assumeno")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.lines().any(|l| l.trim_start().starts_with("Problem")) {
+            bail!(
+                "dnf distro-sync would fail: {}",
+                text.lines()
+                    .filter(|l| notable(l))
+                    .take(2)
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        Ok(text)
+    }
+}
+
+impl PackageManager for Dnf {
+    fn name(&self) -> &'static str {
+        "dnf"
+    }
+
+    fn database_problems(&self) -> Result<Vec<String>> {
+        rpm::database_problems(&self.root)
+    }
+
+    fn refresh_target(&self) -> Result<()> {
+        let result = (|| {
+            let out = self
+                .scratch_dnf()?
+                .args(["makecache", "--refresh"])
+                .output()
+                .context("running dnf makecache")?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| notable(l))
+                .take(2)
+                .map(str::trim)
+                .collect();
+            bail!(
+                "dnf makecache of the target repositories failed{}",
+                if lines.is_empty() {
+                    stderr_tail(&text)
+                } else {
+                    format!(": {}", lines.join(" | "))
+                }
+            )
+        })();
+        *self.refreshed.borrow_mut() = Some(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(format!("{e:#}")),
+        });
+        result
+    }
+
+    fn estimate(&self) -> Result<SpaceEstimate> {
+        Ok(parse_estimate(&self.transaction()?))
+    }
+
+    fn blocking_holds(&self) -> Result<Vec<String>> {
+        // dnf has no holds of its own; the versionlock plugin's list lives in
+        // /etc/dnf/plugins/versionlock.list.
+        let list = self.root.join("etc/dnf/plugins/versionlock.list");
+        Ok(std::fs::read_to_string(list)
+            .unwrap_or_default()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| format!("{l} (versionlock)"))
+            .collect())
+    }
+
+    fn foreign(&self, _origins: &[String]) -> Result<Foreign> {
+        // Extras: installed packages that no enabled repository has.
+        let out = dnf(&self.root, &REPOS.path(&self.root)?, &self.opts.releasever)?
+            .args(["-q", "list", "--installed", "--extras"])
+            .run_get_string()?;
+        Ok(Foreign {
+            repositories: Vec::new(),
+            packages: out
+                .lines()
+                .filter(|l| !l.starts_with("Extra") && !l.trim().is_empty())
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    fn simulate(&self, ctx: &StepContext<'_>) -> Result<()> {
+        for line in self.transaction()?.lines() {
+            ctx.say(line.to_string());
+        }
+        Ok(())
+    }
+
+    fn package_selection(&self) -> Result<String> {
+        rpm::package_selection(&self.root)
+    }
+
+    fn verify(&self) -> Result<Vec<String>> {
+        rpm::verify(&self.root)
+    }
+}
+
+/// "Total download size: 19 k" and "Installed size: 33 k" (dnf 4).
+fn parse_estimate(text: &str) -> SpaceEstimate {
+    let mut e = SpaceEstimate::default();
+    let size = |v: &str| {
+        let v = v.trim();
+        let (n, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+        let unit = match unit.trim() {
+            "k" => "kB",
+            "M" => "MB",
+            "G" => "GB",
+            other => other,
+        };
+        parse_size(&format!("{} {unit}", n.trim()))
+    };
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("Total download size:") {
+            e.download = size(v).unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Installed size:") {
+            e.installed_delta = i64::try_from(size(v).unwrap_or(0)).unwrap_or(0);
+        } else if let Some(v) = line.strip_prefix("Freed space:") {
+            e.installed_delta = -i64::try_from(size(v).unwrap_or(0)).unwrap_or(0);
+        }
+        if line
+            .split_whitespace()
+            .any(|w| w.starts_with("kernel-core"))
+        {
+            e.kernel = true;
+        }
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transaction_sizes_are_read() {
+        let e =
+            parse_estimate("Total download size: 19 k\nInstalled size: 33 k\nOperation aborted.\n");
+        assert_eq!((e.download, e.installed_delta), (19_000, 33_000));
+        let e = parse_estimate("Total download size: 1.5 M\nFreed space: 2 M\n");
+        assert_eq!((e.download, e.installed_delta), (1_500_000, -2_000_000));
+    }
+
+    #[test]
+    fn dnf_runs_against_the_root_with_the_plans_release() {
+        let opts = DnfOptions {
+            releasever: "43".into(),
+            repositories: vec![],
+            allow_erasing: true,
+        };
+        let cmd = dnf_command(
+            Path::new("/tmp"),
+            Path::new("/run/migrate/dnf/repos.d"),
+            &opts.releasever,
+        );
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.contains(&"--installroot=/tmp".to_string()));
+        assert!(args.contains(&"--releasever=43".to_string()));
+        assert_eq!(distro_sync_args(&opts), ["distro-sync", "--allowerasing"]);
+        assert!(
+            DnfStep::from_options(DnfOptions {
+                releasever: " ".into(),
+                ..opts
+            })
+            .is_err()
+        );
+    }
+}

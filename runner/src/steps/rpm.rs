@@ -1,0 +1,201 @@
+//! What zypper and dnf upgrades share: the rpm database queries, and the
+//! two-phase upgrade that downloads everything before it changes anything.
+//!
+//! 1. The root's repository files, with the plan's changes applied, are
+//!    written to a scratch directory; the package manager resolves the whole
+//!    upgrade against them and downloads every package. A solver problem or an
+//!    unreachable repository fails here, with the root unchanged.
+//! 2. The repository files (and zypper's `/etc/products.d`) are backed up,
+//!    the new ones written into the root, and the upgrade runs from the
+//!    packages already downloaded.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::StepContext;
+use super::repofile::{self, RepoChange, RepoFiles};
+use crate::agent::exec::{Streaming, run_streaming_with};
+use crate::cmd::CommandExt;
+use crate::fsutil::write_atomic;
+
+/// `rpm --root ROOT ARGS`, run from the migration image.
+pub fn rpm(root: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("rpm");
+    cmd.arg("--root").arg(root).args(args);
+    cmd
+}
+
+/// The installed packages: `NAME.ARCH<TAB>VERSION-RELEASE<TAB>installed`.
+pub fn package_selection(root: &Path) -> Result<String> {
+    super::packages::selection_command("dnf", root).run_get_string()
+}
+
+/// Problems of the rpm database: unreadable, or dependencies unsatisfied.
+pub fn database_problems(root: &Path) -> Result<Vec<String>> {
+    let query = rpm(root, &["-qa"]).output().context("running rpm -qa")?;
+    if !query.status.success() {
+        return Ok(vec![format!(
+            "the rpm database cannot be read{}",
+            crate::cmd::stderr_tail(&String::from_utf8_lossy(&query.stderr))
+        )]);
+    }
+    Ok(verify(root)?
+        .into_iter()
+        .map(|l| format!("rpm: {l}"))
+        .collect())
+}
+
+/// Unsatisfied dependencies of the installed packages (`rpm -Va --nofiles`).
+pub fn verify(root: &Path) -> Result<Vec<String>> {
+    let out = rpm(
+        root,
+        &[
+            "-Va",
+            "--nofiles",
+            "--noscripts",
+            "--nodigest",
+            "--nosignature",
+        ],
+    )
+    .output()
+    .context("running rpm -Va")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Where a package manager keeps its repository files, inside the root.
+pub struct RepoDir {
+    /// e.g. `etc/zypp/repos.d`.
+    pub in_root: &'static str,
+}
+
+impl RepoDir {
+    /// The directory in the root.
+    pub fn path(&self, root: &Path) -> Result<PathBuf> {
+        crate::rootfs::resolve(root, self.in_root)
+    }
+
+    /// The root's repository files with `changes` applied.
+    pub fn switched(
+        &self,
+        root: &Path,
+        changes: &[RepoChange],
+    ) -> Result<(RepoFiles, Vec<String>)> {
+        let current = repofile::read_dir(&self.path(root)?)?;
+        repofile::apply(&current, changes)
+    }
+
+    /// Writes `files` into `dir` (a scratch directory), replacing what is there.
+    pub fn write_scratch(files: &RepoFiles, dir: &Path) -> Result<()> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text)
+                .with_context(|| format!("writing {}", dir.join(name).display()))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the changed files into the root (atomically, one by one).
+    pub fn write_root(&self, root: &Path, files: &RepoFiles) -> Result<usize> {
+        let dir = self.path(root)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut written = 0;
+        for (name, text) in files {
+            let path = dir.join(name);
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                write_atomic(&path, text.as_bytes())?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Copies `dirs` of the root (e.g. the repository files) into
+/// `var/lib/migrate/backup/<migration>/<step>/`, once per migration.
+pub fn back_up_dirs(ctx: &StepContext<'_>, dirs: &[&str]) -> Result<()> {
+    let migration = ctx
+        .run
+        .journal
+        .borrow()
+        .as_ref()
+        .map(|j| j.migration_id.clone())
+        .unwrap_or_else(|| ctx.run.run_id.clone());
+    let base = ctx
+        .run
+        .pristine
+        .join(super::backup::BACKUP_DIR)
+        .join(&migration)
+        .join(&ctx.step.id);
+    if base.exists() {
+        return Ok(()); // taken by an earlier attempt, before anything changed
+    }
+    let partial = base.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    for dir in dirs {
+        let from = crate::rootfs::resolve(&ctx.run.pristine, dir)?;
+        if from.is_dir() {
+            copy_tree(&from, &partial.join(dir))?;
+        }
+    }
+    std::fs::create_dir_all(&partial)?;
+    std::fs::rename(&partial, &base).with_context(|| format!("renaming to {}", base.display()))?;
+    ctx.say(format!(
+        "backed up {} to /{}",
+        dirs.iter()
+            .map(|d| format!("/{d}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        base.strip_prefix(&ctx.run.pristine)
+            .unwrap_or(&base)
+            .display()
+    ));
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a package manager command of an upgrade, streaming its output; a
+/// failure names the lines `notable` picks (solver problems, download
+/// errors), and `accept` may declare other exit codes successful.
+pub fn run_pm(
+    ctx: &StepContext<'_>,
+    cmd: &mut Command,
+    notable: &(dyn Fn(&str) -> bool + Sync),
+    ok_exit_codes: &[i32],
+) -> Result<i32> {
+    run_streaming_with(
+        cmd,
+        &ctx.run.sink,
+        &ctx.step.id,
+        &Streaming {
+            notable: Some(notable),
+            ok_exit_codes,
+            ..Streaming::default()
+        },
+    )
+}

@@ -1,0 +1,562 @@
+//! SUSE-family upgrades with zypper, run from the migration image against the
+//! root (`zypper --root /system-root`), as SUSE's own container migration does.
+//!
+//! Two modes, chosen in the plan:
+//! - `dup`: the plan switches the repositories (or sets `releasever` for
+//!   repository URLs that use `$releasever`); everything is downloaded against
+//!   the switched configuration before the root changes, then `zypper dup`
+//!   installs from the cache.
+//! - `migration`: `zypper migration` (SUSE's product migration, through
+//!   the registration server) to `product`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use super::packages::{Foreign, PackageManager, SpaceEstimate, TargetUnavailable, parse_size};
+use super::repofile::RepoChange;
+use super::rpm::{self, RepoDir, run_pm};
+use super::{RunContext, StepContext, StepKind};
+use crate::agent::exec::ToolFailed;
+use crate::cmd::{CommandExt, stderr_tail};
+use crate::event::StepStatus;
+
+/// Repository files in the root.
+pub const REPOS: RepoDir = RepoDir {
+    in_root: "etc/zypp/repos.d",
+};
+/// Scratch area in the container (metadata, solver cache, switched repos).
+const SCRATCH: &str = "/run/migrate/zypp";
+
+/// Options of a `zypper` step.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZypperOptions {
+    /// `dup` (default) or `migration`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Target product for `migration` (e.g. `SLES/15.6/x86_64`).
+    #[serde(default)]
+    pub product: Option<String>,
+    /// `--releasever` for repository URLs that use `$releasever`.
+    #[serde(default)]
+    pub releasever: Option<String>,
+    /// Repository changes.
+    #[serde(default)]
+    pub repositories: Vec<RepoChange>,
+}
+
+fn default_mode() -> String {
+    "dup".to_string()
+}
+
+impl ZypperOptions {
+    /// Checks the options fit together.
+    pub fn validate(&self) -> Result<()> {
+        match self.mode.as_str() {
+            "dup" => {}
+            "migration" if self.product.is_none() => {
+                bail!("option `product` is required in migration mode")
+            }
+            "migration" => {}
+            other => bail!("option `mode`: unknown mode {other:?} (dup, migration)"),
+        }
+        for r in &self.repositories {
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// The `zypper` step.
+pub struct ZypperStep {
+    opts: ZypperOptions,
+}
+
+impl ZypperStep {
+    /// From the step's options.
+    pub fn from_options(opts: ZypperOptions) -> Result<Self> {
+        opts.validate()?;
+        Ok(Self { opts })
+    }
+}
+
+/// The flags of a distribution upgrade (after `dup`).
+const DUP_FLAGS: [&str; 4] = [
+    "--auto-agree-with-licenses",
+    "--allow-vendor-change",
+    "--replacefiles",
+    "--allow-downgrade",
+];
+
+/// zypper's exit codes (zypper(8)): 0 and the informational 100-series
+/// codes 100-103 and 107 are success; 1-8, 104, 105 and 106 are failures.
+pub fn exit_meaning(code: i32) -> (bool, &'static str) {
+    match code {
+        0 => (true, "success"),
+        1 => (false, "internal error"),
+        2 => (false, "syntax error"),
+        3 => (false, "invalid arguments"),
+        4 => (
+            false,
+            "a problem reported by libzypp, such as an unsolvable dependency",
+        ),
+        5 => (false, "insufficient privileges"),
+        6 => (false, "no repositories are defined"),
+        7 => (false, "the package manager is locked by another process"),
+        8 => (false, "the installation of packages failed"),
+        100 => (true, "patches are available"),
+        101 => (true, "security patches are available"),
+        102 => (true, "a reboot is needed"),
+        103 => (true, "the package manager itself was updated"),
+        104 => (false, "a requested capability was not found"),
+        105 => (false, "cancelled by a signal"),
+        106 => (
+            false,
+            "repositories were skipped because they could not be refreshed",
+        ),
+        107 => (true, "an RPM scriptlet failed"),
+        _ => (false, "an unknown exit code"),
+    }
+}
+
+/// zypper's exit codes that count as success.
+const OK_CODES: [i32; 6] = [0, 100, 101, 102, 103, 107];
+
+/// Lines that say why zypper failed.
+fn notable(line: &str) -> bool {
+    let l = line.trim_start();
+    l.starts_with("Problem:")
+        || l.contains("(curl) error")
+        || l.starts_with("Error")
+        || l.starts_with("ABORT")
+        || l.contains("No migration available")
+}
+
+/// Adds the meaning of zypper's exit code to its failure.
+fn explain(what: &str, e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<ToolFailed>() {
+        Some(f) => {
+            let code = f.code.unwrap_or(-1);
+            anyhow::anyhow!(
+                "zypper {what} failed with exit code {code} ({}){}",
+                exit_meaning(code).1,
+                f.detail
+            )
+        }
+        None => e,
+    }
+}
+
+/// zypper pointed at the root, with metadata and solver caches in the scratch
+/// area and packages in the root's own package cache.
+fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>) -> Command {
+    let mut cmd = Command::new("zypper");
+    cmd.args(["--non-interactive", "--no-color", "--gpg-auto-import-keys"])
+        .arg("--root")
+        .arg(root)
+        .arg("--reposd-dir")
+        .arg(reposd)
+        .args(["--raw-cache-dir", &format!("{SCRATCH}/raw")])
+        .args(["--solv-cache-dir", &format!("{SCRATCH}/solv")])
+        .arg("--pkg-cache-dir")
+        .arg(root.join("var/cache/zypp/packages"));
+    if let Some(v) = releasever {
+        cmd.args(["--releasever", v]);
+    }
+    cmd
+}
+
+/// Creates the scratch directories zypper needs: in the container, and the
+/// solver cache of the installed system under the root (zypper puts that one
+/// below `--root`; the root's /run is the agent's tmpfs).
+fn prepare_scratch(root: &Path) -> Result<PathBuf> {
+    for dir in [
+        PathBuf::from(SCRATCH).join("raw"),
+        PathBuf::from(SCRATCH).join("solv"),
+        root.join(SCRATCH.trim_start_matches('/')).join("solv"),
+    ] {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(PathBuf::from(SCRATCH).join("repos.d"))
+}
+
+impl StepKind for ZypperStep {
+    fn describe(&self) -> String {
+        match self.opts.mode.as_str() {
+            "migration" => format!(
+                "Migrate the product with zypper migration to {}",
+                self.opts.product.as_deref().unwrap_or("?")
+            ),
+            _ => "Upgrade the distribution with zypper dup".to_string(),
+        }
+    }
+
+    fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        let root = ctx.root();
+        rpm::back_up_dirs(ctx, &[REPOS.in_root, "etc/products.d"])?;
+        if self.opts.mode == "migration" {
+            return self.migration(ctx);
+        }
+        let scratch = prepare_scratch(root)?;
+        let (files, changes) = REPOS.switched(root, &self.opts.repositories)?;
+        for c in &changes {
+            ctx.say(c.clone());
+        }
+        // 1. Everything downloaded against the switched repositories; the
+        //    root is not changed if this fails.
+        RepoDir::write_scratch(&files, &scratch)?;
+        let releasever = self.opts.releasever.as_deref();
+        run_pm(
+            ctx,
+            zypper(root, &scratch, releasever)
+                .arg("dup")
+                .args(DUP_FLAGS)
+                .arg("--download-only"),
+            &notable,
+            &OK_CODES,
+        )
+        .map_err(|e| explain("dup (download)", e))?;
+        // 2. The switched repositories go into the root; install from the cache.
+        let written = REPOS.write_root(root, &files)?;
+        ctx.say(format!(
+            "{written} repository files switched in /{}",
+            REPOS.in_root
+        ));
+        let code = run_pm(
+            ctx,
+            zypper(root, &REPOS.path(root)?, releasever)
+                .arg("--no-refresh")
+                .arg("dup")
+                .args(DUP_FLAGS)
+                .args(["--download", "in-advance"]),
+            &notable,
+            &OK_CODES,
+        )
+        .map_err(|e| explain("dup", e))?;
+        if code != 0 {
+            ctx.say(format!("zypper: {}", exit_meaning(code).1));
+        }
+        Ok(StepStatus::Succeeded)
+    }
+
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        ctx.run.packages()?.simulate(ctx)
+    }
+}
+
+impl ZypperStep {
+    fn migration(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        let product = self.opts.product.as_deref().unwrap_or_default();
+        let mut cmd = Command::new("zypper");
+        cmd.args(migration_args(product))
+            .arg("--root")
+            .arg(ctx.root());
+        let no_migration = std::sync::atomic::AtomicBool::new(false);
+        let watch = |l: &str| {
+            if l.contains("No migration available") {
+                no_migration.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            notable(l)
+        };
+        run_pm(ctx, &mut cmd, &watch, &OK_CODES).map_err(|e| explain("migration", e))?;
+        if no_migration.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("zypper migration: no migration to {product} is available for this system");
+        }
+        Ok(StepStatus::Succeeded)
+    }
+}
+
+/// The arguments of `zypper migration` to `product`.
+pub fn migration_args(product: &str) -> Vec<String> {
+    [
+        "migration",
+        "--non-interactive",
+        "--gpg-auto-import-keys",
+        "--no-selfupdate",
+        "--auto-agree-with-licenses",
+        "--allow-vendor-change",
+        "--download",
+        "in-advance",
+        "--strict-errors-dist-migration",
+        "--replacefiles",
+        "--product",
+        product,
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect()
+}
+
+/// zypper as a [`PackageManager`]: questions about the target are asked
+/// against the scratch copy of the switched repositories.
+pub struct Zypper {
+    root: PathBuf,
+    opts: ZypperOptions,
+    refreshed: std::cell::RefCell<Option<std::result::Result<(), String>>>,
+}
+
+impl Zypper {
+    /// zypper for the run's root, configured by the plan's zypper step.
+    pub fn new(run: &RunContext, opts: ZypperOptions) -> Self {
+        Self {
+            root: run.root.clone(),
+            opts,
+            refreshed: std::cell::RefCell::new(None),
+        }
+    }
+
+    fn scratch_zypper(&self) -> Result<Command> {
+        let scratch = prepare_scratch(&self.root)?;
+        let (files, _) = REPOS.switched(&self.root, &self.opts.repositories)?;
+        RepoDir::write_scratch(&files, &scratch)?;
+        Ok(zypper(
+            &self.root,
+            &scratch,
+            self.opts.releasever.as_deref(),
+        ))
+    }
+
+    fn ensure_refreshed(&self) -> Result<()> {
+        let known = self.refreshed.borrow().clone();
+        match known {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(TargetUnavailable(e).into()),
+            None => self.refresh_target(),
+        }
+    }
+}
+
+impl PackageManager for Zypper {
+    fn name(&self) -> &'static str {
+        "zypper"
+    }
+
+    fn database_problems(&self) -> Result<Vec<String>> {
+        let mut problems = rpm::database_problems(&self.root)?;
+        let pidfile = self.root.join("run/zypp.pid");
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            let pid = pid.trim();
+            if !pid.is_empty() && Path::new("/proc").join(pid).exists() {
+                problems.push(format!("zypper is locked by pid {pid} (/run/zypp.pid)"));
+            }
+        }
+        Ok(problems)
+    }
+
+    fn refresh_target(&self) -> Result<()> {
+        let result = (|| {
+            let out = self
+                .scratch_zypper()?
+                .args(["refresh", "--force"])
+                .output()
+                .context("running zypper refresh")?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let lines: Vec<&str> = text.lines().filter(|l| notable(l)).take(2).collect();
+            bail!(
+                "zypper refresh of the target repositories failed with exit code {}{}",
+                out.status.code().unwrap_or(-1),
+                if lines.is_empty() {
+                    stderr_tail(&text)
+                } else {
+                    format!(": {}", lines.join(" | "))
+                }
+            )
+        })();
+        *self.refreshed.borrow_mut() = Some(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(format!("{e:#}")),
+        });
+        result
+    }
+
+    fn estimate(&self) -> Result<SpaceEstimate> {
+        self.ensure_refreshed()?;
+        let out = self
+            .scratch_zypper()?
+            .args(["--no-refresh", "dup", "--dry-run"])
+            .args(DUP_FLAGS)
+            .output()
+            .context("running zypper dup --dry-run")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !exit_meaning(out.status.code().unwrap_or(-1)).0 {
+            bail!(
+                "zypper dup --dry-run failed: {}",
+                text.lines()
+                    .filter(|l| notable(l))
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+        Ok(parse_estimate(&text))
+    }
+
+    fn blocking_holds(&self) -> Result<Vec<String>> {
+        let out = zypper(&self.root, &REPOS.path(&self.root)?, None)
+            .args(["--no-refresh", "locks"])
+            .run_get_string()?;
+        Ok(parse_locks(&out))
+    }
+
+    fn foreign(&self, _origins: &[String]) -> Result<Foreign> {
+        // Orphans: installed packages no configured repository provides.
+        let out = zypper(&self.root, &REPOS.path(&self.root)?, None)
+            .args(["--no-refresh", "packages", "--orphaned"])
+            .run_get_string()?;
+        Ok(Foreign {
+            repositories: Vec::new(),
+            packages: parse_package_table(&out),
+        })
+    }
+
+    fn simulate(&self, ctx: &StepContext<'_>) -> Result<()> {
+        self.ensure_refreshed()?;
+        run_pm(
+            ctx,
+            self.scratch_zypper()?
+                .args(["--no-refresh", "dup", "--dry-run"])
+                .args(DUP_FLAGS),
+            &notable,
+            &OK_CODES,
+        )
+        .map_err(|e| explain("dup --dry-run", e))?;
+        Ok(())
+    }
+
+    fn package_selection(&self) -> Result<String> {
+        rpm::package_selection(&self.root)
+    }
+
+    fn verify(&self) -> Result<Vec<String>> {
+        rpm::verify(&self.root)
+    }
+}
+
+/// "Overall download size: 18.4 KiB. Already cached: 0 B. After the
+/// operation, additional 12.0 B will be used." (or "... will be freed.")
+fn parse_estimate(text: &str) -> SpaceEstimate {
+    let mut e = SpaceEstimate::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Overall download size: ") {
+            let total = rest.split(". ").next().unwrap_or("");
+            e.download = parse_size(total.trim_end_matches('.')).unwrap_or(0);
+            if let Some(cached) = rest.split("Already cached: ").nth(1) {
+                let cached = cached.split(". ").next().unwrap_or("");
+                e.download = e.download.saturating_sub(parse_size(cached).unwrap_or(0));
+            }
+            if let Some(after) = rest.split("additional ").nth(1) {
+                let size = after.split(" will").next().unwrap_or("");
+                e.installed_delta = i64::try_from(parse_size(size).unwrap_or(0)).unwrap_or(0);
+            } else if let Some(after) = rest.split("After the operation, ").nth(1) {
+                let size = after.split(" will").next().unwrap_or("");
+                e.installed_delta = -i64::try_from(parse_size(size).unwrap_or(0)).unwrap_or(0);
+            }
+        }
+        if line.split_whitespace().any(|w| w.starts_with("kernel-")) {
+            e.kernel = true;
+        }
+    }
+    e
+}
+
+/// The names column of zypper's `locks` table.
+fn parse_locks(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.contains('|') && !l.contains("Name"))
+        .filter_map(|l| l.split('|').nth(1).map(|n| n.trim().to_string()))
+        .filter(|n| !n.is_empty() && !n.starts_with('-'))
+        .map(|n| format!("{n} (locked with zypper addlock)"))
+        .collect()
+}
+
+/// The name column of zypper's `packages` table (`S | Repository | Name | ...`).
+fn parse_package_table(text: &str) -> Vec<String> {
+    let mut header: Option<usize> = None;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cols.len() < 3 {
+            continue;
+        }
+        match header {
+            None => header = cols.iter().position(|c| *c == "Name"),
+            Some(i) => {
+                if let Some(name) = cols.get(i).filter(|n| !n.is_empty() && !n.starts_with('-')) {
+                    out.push((*name).to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_zyppers_manual() {
+        for ok in [0, 100, 101, 102, 103, 107] {
+            assert!(exit_meaning(ok).0, "{ok}");
+        }
+        for bad in [1, 2, 3, 4, 5, 6, 7, 8, 104, 105, 106, 42] {
+            assert!(!exit_meaning(bad).0, "{bad}");
+        }
+    }
+
+    #[test]
+    fn migration_mode_runs_the_documented_command_line() {
+        assert_eq!(
+            migration_args("SLES/15.6/x86_64").join(" "),
+            "migration --non-interactive --gpg-auto-import-keys --no-selfupdate --auto-agree-with-licenses --allow-vendor-change --download in-advance --strict-errors-dist-migration --replacefiles --product SLES/15.6/x86_64"
+        );
+        let opts = |mode: &str, product: Option<&str>| ZypperOptions {
+            mode: mode.into(),
+            product: product.map(str::to_string),
+            releasever: None,
+            repositories: vec![],
+        };
+        assert!(opts("migration", None).validate().is_err());
+        assert!(
+            opts("migration", Some("SLES/15.6/x86_64"))
+                .validate()
+                .is_ok()
+        );
+        assert!(opts("upgrade", None).validate().is_err());
+    }
+
+    #[test]
+    fn dup_dry_run_sizes_are_read() {
+        let e = parse_estimate(
+            "3 packages to upgrade.\nOverall download size: 18.4 KiB. Already cached: 0 B. After the operation, additional 12.0 KiB will be used.\n",
+        );
+        assert_eq!(e.download, 18841);
+        assert_eq!(e.installed_delta, 12288);
+        let e = parse_estimate(
+            "Overall download size: 1.0 MiB. Already cached: 1.0 MiB. After the operation, 2.0 KiB will be freed.\n",
+        );
+        assert_eq!((e.download, e.installed_delta), (0, -2048));
+        let e = parse_estimate(
+            "Overall download size: 18 KiB. Already cached: 0 B. No additional space will be used or freed after the operation.\n",
+        );
+        assert_eq!((e.download, e.installed_delta), (18432, 0));
+    }
+
+    #[test]
+    fn tables_are_read() {
+        let locks = "\n# | Name | Type    | Repository\n--+------+---------+-----------\n1 | foo  | package | (any)\n";
+        assert_eq!(parse_locks(locks), ["foo (locked with zypper addlock)"]);
+        let pkgs = "S | Repository | Name    | Version | Arch\n--+------------+---------+---------+-------\ni | @System    | dropped | 1.0-1   | noarch\n";
+        assert_eq!(parse_package_table(pkgs), ["dropped"]);
+    }
+}
