@@ -8,6 +8,7 @@ set -euo pipefail
 packages=(
   podman runc conmon            # containers (runc: crun fails on hybrid cgroups here)
   debootstrap rsync util-linux ca-certificates
+  rpm zypper dnf createrepo-c   # building and serving RPM test repositories
 )
 missing=()
 for p in "${packages[@]}"; do

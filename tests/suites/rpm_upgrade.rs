@@ -1,0 +1,210 @@
+//! zypper and dnf upgrades of TestOS roots from release 1 to release 2, with
+//! the real package managers against real repositories on loopback HTTP.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use std::path::Path;
+
+use fixtures::rpm::{self, Flavor, RepoServer};
+use fixtures::{Fixtures, dropin, report, serial, show, tree_checksum_except};
+
+/// What "the root is unchanged" ignores: caches, logs, migrate's own state,
+/// the tmpfs-backed /run and /tmp, and the rpm database files (sqlite touches
+/// them on read); packages are compared with `rpm -qa` instead.
+const VOLATILE: &[&str] = &[
+    "var/cache",
+    "var/log",
+    "var/lib/migrate",
+    "run",
+    "tmp",
+    "usr/lib/sysimage/rpm",
+];
+
+struct TestRoot {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+/// A TestOS 1 root of `flavor` with an edited config file, whose plan points
+/// the upgrade at `release` of `server`.
+fn testos_root(f: &Fixtures, flavor: Flavor, server: &RepoServer, release: &str) -> TestRoot {
+    rpm::build_image(f, flavor).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("testos-")
+        .tempdir_in(&f.cache)
+        .unwrap();
+    let path = dir.path().join("root");
+    rpm::bootstrap(f, flavor, server, &path).unwrap();
+    let conf = path.join("etc/base-tools.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("local=edited\n");
+    std::fs::write(&conf, text).unwrap();
+    dropin(
+        &path,
+        "50-repositories.toml",
+        &format!(
+            "[[step]]\nid = \"upgrade-packages\"\n\n[[step.repositories]]\nid = \"testos\"\nurl = \"{}\"\ngpgcheck = false\n",
+            server.release(release)
+        ),
+    )
+    .unwrap();
+    TestRoot { _dir: dir, path }
+}
+
+fn server(f: &Fixtures) -> RepoServer {
+    RepoServer::start(&rpm::repositories(&f.cache).unwrap()).unwrap()
+}
+
+fn migrate_run(f: &Fixtures, flavor: Flavor, root: &Path) -> std::process::Output {
+    f.migrate()
+        .args(["run", "--image", flavor.image(), "--root"])
+        .arg(root)
+        .output()
+        .unwrap()
+}
+
+fn state(root: &Path) -> (String, Vec<String>) {
+    (
+        tree_checksum_except(root, VOLATILE).unwrap(),
+        rpm::installed(root).unwrap(),
+    )
+}
+
+fn upgrades_to_release_2(flavor: Flavor) {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let server = server(f);
+    let root = testos_root(f, flavor, &server, "2");
+    let out = migrate_run(f, flavor, &root.path);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    let os = std::fs::read_to_string(root.path.join("etc/os-release")).unwrap();
+    assert!(os.contains("VERSION_ID=\"2\""), "{os}");
+    let installed = rpm::installed(&root.path).unwrap();
+    assert!(
+        installed.contains(&"base-tools-2.0-1".to_string()),
+        "{installed:?}"
+    );
+    assert!(
+        installed.contains(&"libfoo-2.0-1".to_string()),
+        "{installed:?}"
+    );
+    assert!(
+        installed.contains(&"newtool-2.0-1".to_string()),
+        "renamed through Obsoletes: {installed:?}"
+    );
+    assert!(
+        !installed.iter().any(|p| p.starts_with("oldtool-")),
+        "{installed:?}"
+    );
+
+    // rpm -Va: nothing but the config file edited on purpose.
+    let verify = rpm::rpm(&root.path, &["-Va"]).unwrap();
+    let changes = String::from_utf8_lossy(&verify.stdout);
+    for line in changes.lines() {
+        assert!(
+            line.ends_with(" c /etc/base-tools.conf"),
+            "unexpected change: {line}\n{changes}"
+        );
+    }
+    let conf = std::fs::read_to_string(root.path.join("etc/base-tools.conf")).unwrap();
+    assert_eq!(
+        conf, "setting=1\nlocal=edited\n",
+        "the edited config is kept"
+    );
+    let new = std::fs::read_to_string(root.path.join("etc/base-tools.conf.rpmnew")).unwrap();
+    assert_eq!(new, "setting=2\n", "the new config is beside it");
+
+    let repo = std::fs::read_to_string(root.path.join(flavor.repo_file())).unwrap();
+    assert!(
+        repo.contains(&format!("baseurl={}", server.release("2"))),
+        "{repo}"
+    );
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["result"], "succeeded", "{r:#}");
+    let backup = Path::new(&root.path)
+        .join("var/lib/migrate/backup")
+        .join(r["run_id"].as_str().unwrap())
+        .join("upgrade-packages")
+        .join(flavor.repo_file());
+    let old = std::fs::read_to_string(&backup).unwrap();
+    assert!(
+        old.contains(&server.release("1")),
+        "the old repository file is backed up: {old}"
+    );
+}
+
+fn unsatisfiable_dependency_fails_naming_the_problem(flavor: Flavor, expect: &str) {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let server = server(f);
+    let root = testos_root(f, flavor, &server, "2-broken");
+    let before = state(&root.path);
+    let out = migrate_run(f, flavor, &root.path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(expect), "the problem is named: {stderr}");
+    let log = std::fs::read_to_string(root.path.join("var/log/migrate/migrate.log")).unwrap();
+    assert!(
+        log.contains("libfoo >= 3.0"),
+        "the solver's output is in the log"
+    );
+    assert_eq!(state(&root.path), before, "the root changed");
+}
+
+fn unreachable_repository_mid_run_then_rerun(flavor: Flavor) {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let server = server(f);
+    let root = testos_root(f, flavor, &server, "2");
+    let before = state(&root.path);
+    // Metadata answers, packages do not: the repository goes away mid-run.
+    server.fail_packages(true);
+    let out = migrate_run(f, flavor, &root.path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("503"),
+        "the error says what the repository answered: {stderr}"
+    );
+    assert_eq!(state(&root.path), before, "the root changed");
+
+    server.fail_packages(false);
+    let out = migrate_run(f, flavor, &root.path);
+    assert_eq!(out.status.code(), Some(0), "the rerun: {}", show(&out));
+    let os = std::fs::read_to_string(root.path.join("etc/os-release")).unwrap();
+    assert!(os.contains("VERSION_ID=\"2\""), "{os}");
+    assert_eq!(report(&root.path).unwrap()["resumed"], true);
+}
+
+#[test]
+fn zypper_dup_upgrades_testos_1_to_2_keeping_the_edited_config() {
+    upgrades_to_release_2(Flavor::Zypper);
+}
+
+#[test]
+fn dnf_distro_sync_upgrades_testos_1_to_2_keeping_the_edited_config() {
+    upgrades_to_release_2(Flavor::Dnf);
+}
+
+#[test]
+fn zypper_names_an_unsatisfiable_dependency_and_leaves_the_root_unchanged() {
+    unsatisfiable_dependency_fails_naming_the_problem(Flavor::Zypper, "nothing provides");
+}
+
+#[test]
+fn dnf_names_an_unsatisfiable_dependency_and_leaves_the_root_unchanged() {
+    unsatisfiable_dependency_fails_naming_the_problem(Flavor::Dnf, "libfoo >= 3.0");
+}
+
+#[test]
+fn zypper_survives_a_repository_that_goes_away_mid_run() {
+    unreachable_repository_mid_run_then_rerun(Flavor::Zypper);
+}
+
+#[test]
+fn dnf_survives_a_repository_that_goes_away_mid_run() {
+    unreachable_repository_mid_run_then_rerun(Flavor::Dnf);
+}
