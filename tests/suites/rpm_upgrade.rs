@@ -63,6 +63,11 @@ fn migrate_run(f: &Fixtures, flavor: Flavor, root: &Path) -> std::process::Outpu
         .unwrap()
 }
 
+/// The run log, for assertion messages.
+fn log(root: &Path) -> String {
+    std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap_or_default()
+}
+
 fn state(root: &Path) -> (String, Vec<String>) {
     (
         tree_checksum_except(root, VOLATILE).unwrap(),
@@ -134,23 +139,73 @@ fn upgrades_to_release_2(flavor: Flavor) {
     );
 }
 
+/// The upgrade step's own guarantee: with the solver-running check
+/// disabled, the dependency problem stops the download phase, before the
+/// repositories are switched or a package changes.
 fn unsatisfiable_dependency_fails_naming_the_problem(flavor: Flavor, expect: &str) {
     let _serial = serial();
     let f = Fixtures::get();
     let server = server(f);
     let root = testos_root(f, flavor, &server, "2-broken");
+    dropin(
+        &root.path,
+        "60-no-estimate.toml",
+        "[[step]]\nid = \"disk-space\"\nenabled = false\n",
+    )
+    .unwrap();
     let before = state(&root.path);
     let out = migrate_run(f, flavor, &root.path);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("step upgrade-packages failed"), "{stderr}");
     assert!(stderr.contains(expect), "the problem is named: {stderr}");
-    let log = std::fs::read_to_string(root.path.join("var/log/migrate/migrate.log")).unwrap();
     assert!(
-        log.contains("libfoo >= 3.0"),
+        log(&root.path).contains("libfoo >= 3.0"),
         "the solver's output is in the log"
     );
     assert_eq!(state(&root.path), before, "the root changed");
+    let repo = std::fs::read_to_string(root.path.join(flavor.repo_file())).unwrap();
+    assert!(
+        repo.contains(&server.release("1")),
+        "the repositories were not switched: {repo}"
+    );
+}
+
+/// With the default checks, the same problem is found before anything runs:
+/// an inhibitor, and the root byte-identical.
+fn unsatisfiable_dependency_inhibits_the_run(flavor: Flavor, expect: &str) {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let server = server(f);
+    let root = testos_root(f, flavor, &server, "2-broken");
+    let before = byte_state(&root.path);
+    let out = migrate_run(f, flavor, &root.path);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("inhibitor"), "{stderr}");
+    assert!(stderr.contains(expect), "the problem is named: {stderr}");
+    assert_eq!(byte_state(&root.path), before, "the root changed");
+}
+
+/// Every byte of the root outside the rpm database, and the database's
+/// contents (each package with its install time and digest). The database's
+/// files are compared by content because SQLite rewrites them on reads (its
+/// shared-memory index; a pending write-ahead log is checkpointed by the
+/// first reader), as `rpm -q` from the host does too.
+fn byte_state(root: &Path) -> (String, String) {
+    let files = fixtures::tree_checksum_except(root, &["usr/lib/sysimage/rpm"]).unwrap();
+    let db = rpm::rpm(
+        root,
+        &[
+            "-qa",
+            "--qf",
+            "%{NAME}-%{VERSION}-%{RELEASE} %{INSTALLTIME} %{SIGMD5}\\n",
+        ],
+    )
+    .unwrap();
+    (files, String::from_utf8_lossy(&db.stdout).into_owned())
 }
 
 fn unreachable_repository_mid_run_then_rerun(flavor: Flavor) {
@@ -166,8 +221,9 @@ fn unreachable_repository_mid_run_then_rerun(flavor: Flavor) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("503"),
-        "the error says what the repository answered: {stderr}"
+        stderr.contains(&server.url) && stderr.contains(".rpm"),
+        "the error names the download that failed: {stderr}\n{}",
+        log(&root.path)
     );
     assert_eq!(state(&root.path), before, "the root changed");
 
@@ -197,6 +253,16 @@ fn zypper_names_an_unsatisfiable_dependency_and_leaves_the_root_unchanged() {
 #[test]
 fn dnf_names_an_unsatisfiable_dependency_and_leaves_the_root_unchanged() {
     unsatisfiable_dependency_fails_naming_the_problem(Flavor::Dnf, "libfoo >= 3.0");
+}
+
+#[test]
+fn zypper_dependency_problems_are_inhibitors_when_the_checks_run() {
+    unsatisfiable_dependency_inhibits_the_run(Flavor::Zypper, "nothing provides");
+}
+
+#[test]
+fn dnf_dependency_problems_are_inhibitors_when_the_checks_run() {
+    unsatisfiable_dependency_inhibits_the_run(Flavor::Dnf, "libfoo >= 3.0");
 }
 
 #[test]

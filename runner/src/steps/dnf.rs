@@ -43,6 +43,12 @@ pub struct DnfOptions {
     /// block the upgrade.
     #[serde(default = "yes")]
     pub allow_erasing: bool,
+    /// Installed packages the upgrade may remove (names; a trailing `*`
+    /// matches a prefix). Any other removal stops the step before anything
+    /// changes: with `--allowerasing`, dnf resolves a package whose new
+    /// version cannot be installed by removing it.
+    #[serde(default)]
+    pub allow_removal: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -72,30 +78,49 @@ fn notable(line: &str) -> bool {
     let l = line.trim_start();
     l.starts_with("Problem")
         || l.starts_with("Error")
+        || l.contains("Status code:")
         || l.contains("Curl error")
         || l.contains("Failed to download")
         || l.contains("Cannot download")
 }
 
+/// Where dnf keeps metadata and packages.
+#[derive(Clone, Copy)]
+enum Cache {
+    /// The root's own cache (`/var/cache/dnf`): the upgrade.
+    Root,
+    /// The scratch area (the root's /run): questions that must not create
+    /// anything in the root.
+    Scratch,
+}
+
 /// dnf pointed at the root, with the repositories of `reposdir`.
-fn dnf(root: &Path, reposdir: &Path, releasever: &str) -> Result<Command> {
+fn dnf(root: &Path, reposdir: &Path, releasever: &str, cache: Cache) -> Result<Command> {
     for dir in [
         PathBuf::from(SCRATCH).join("log"),
         root.join(SCRATCH.trim_start_matches('/')).join("log"),
     ] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    Ok(dnf_command(root, reposdir, releasever))
+    Ok(dnf_command(root, reposdir, releasever, cache))
 }
 
-fn dnf_command(root: &Path, reposdir: &Path, releasever: &str) -> Command {
+fn dnf_command(root: &Path, reposdir: &Path, releasever: &str, cache: Cache) -> Command {
     let mut cmd = Command::new("dnf");
     cmd.args(["-y", "--color=never"])
         .arg(format!("--installroot={}", root.display()))
         .arg(format!("--releasever={releasever}"))
         .arg(format!("--setopt=reposdir={}", reposdir.display()))
         .arg(format!("--setopt=logdir={SCRATCH}/log"))
-        .arg(format!("--setopt=persistdir={SCRATCH}/persist"));
+        .arg(format!("--setopt=persistdir={SCRATCH}/persist"))
+        // Debian's dnf defaults to best=False, which quietly keeps packages
+        // whose new version cannot be installed; an upgrade must not.
+        .arg("--best")
+        .arg("--setopt=skip_if_unavailable=False");
+    if let Cache::Scratch = cache {
+        // dnf puts cachedir below the installroot: the root's /run tmpfs.
+        cmd.arg(format!("--setopt=cachedir={SCRATCH}/cache"));
+    }
     cmd
 }
 
@@ -130,10 +155,13 @@ impl StepKind for DnfStep {
             ctx.say(line);
         }
         let sync = distro_sync_args(&self.opts);
+        // 0. The transaction must not lose installed packages the plan did
+        //    not give up.
+        Dnf::new(ctx.run, self.opts.clone()).transaction()?;
         // 1. Everything downloaded; the root is not changed if this fails.
         run_pm(
             ctx,
-            dnf(root, &scratch, &self.opts.releasever)?
+            dnf(root, &scratch, &self.opts.releasever, Cache::Root)?
                 .args(&sync)
                 .arg("--downloadonly"),
             &notable,
@@ -149,7 +177,7 @@ impl StepKind for DnfStep {
         ));
         run_pm(
             ctx,
-            dnf(root, &REPOS.path(root)?, &self.opts.releasever)?
+            dnf(root, &REPOS.path(root)?, &self.opts.releasever, Cache::Root)?
                 .arg("-C")
                 .args(&sync),
             &notable,
@@ -183,7 +211,7 @@ impl Dnf {
 
     fn scratch_dnf(&self) -> Result<Command> {
         let (dir, _) = scratch_repos(&self.root, &self.opts.repositories)?;
-        dnf(&self.root, &dir, &self.opts.releasever)
+        dnf(&self.root, &dir, &self.opts.releasever, Cache::Scratch)
     }
 
     fn ensure_refreshed(&self) -> Result<()> {
@@ -211,14 +239,24 @@ impl Dnf {
             String::from_utf8_lossy(&out.stderr)
         );
         if text.lines().any(|l| l.trim_start().starts_with("Problem")) {
+            bail!("dnf distro-sync would fail: {}", problems(&text));
+        }
+        let removed: Vec<String> = parse_removals(&text)
+            .into_iter()
+            .filter(|p| !allowed(p, &self.opts.allow_removal))
+            .collect();
+        if !removed.is_empty() {
+            // Why: the same resolution without --allowerasing names the problem.
+            let strict = self
+                .scratch_dnf()?
+                .arg("distro-sync")
+                .arg("--assumeno")
+                .output()
+                .context("running dnf distro-sync --assumeno")?;
+            let why = problems(&String::from_utf8_lossy(&strict.stderr));
             bail!(
-                "dnf distro-sync would fail: {}",
-                text.lines()
-                    .filter(|l| notable(l))
-                    .take(2)
-                    .map(str::trim)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
+                "dnf distro-sync would remove installed packages: {} ({why}); list them in allow_removal if that is intended",
+                removed.join(", ")
             );
         }
         Ok(text)
@@ -290,9 +328,14 @@ impl PackageManager for Dnf {
 
     fn foreign(&self, _origins: &[String]) -> Result<Foreign> {
         // Extras: installed packages that no enabled repository has.
-        let out = dnf(&self.root, &REPOS.path(&self.root)?, &self.opts.releasever)?
-            .args(["-q", "list", "--installed", "--extras"])
-            .run_get_string()?;
+        let out = dnf(
+            &self.root,
+            &REPOS.path(&self.root)?,
+            &self.opts.releasever,
+            Cache::Scratch,
+        )?
+        .args(["-q", "list", "--installed", "--extras"])
+        .run_get_string()?;
         Ok(Foreign {
             repositories: Vec::new(),
             packages: out
@@ -318,6 +361,56 @@ impl PackageManager for Dnf {
     fn verify(&self) -> Result<Vec<String>> {
         rpm::verify(&self.root)
     }
+}
+
+/// The lines of dnf's problem report that say what is wrong.
+fn problems(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("- "))
+        .map(|l| l.trim_start_matches("- "))
+        .collect();
+    let mut unique: Vec<&str> = Vec::new();
+    for l in lines {
+        if !unique.contains(&l) {
+            unique.push(l);
+        }
+    }
+    if unique.is_empty() {
+        "dnf did not say why".to_string()
+    } else {
+        unique.join("; ")
+    }
+}
+
+/// Whether `package` matches one of `patterns` (a trailing `*` matches a prefix).
+fn allowed(package: &str, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => package.starts_with(prefix),
+        None => package == p,
+    })
+}
+
+/// Installed packages a dnf transaction removes: the "Removing:" and
+/// "Removing dependent packages:" sections (not packages "replacing"d by
+/// obsoletes).
+fn parse_removals(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_removal = false;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            in_removal = line.starts_with("Removing");
+            continue;
+        }
+        if in_removal
+            && let Some(name) = line.split_whitespace().next()
+            && name != "replacing"
+        {
+            out.push(name.to_string());
+        }
+    }
+    out
 }
 
 /// "Total download size: 19 k" and "Installed size: 33 k" (dnf 4).
@@ -357,6 +450,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn removals_are_found_and_explained() {
+        let text = "\
+Installing:
+ newtool                   noarch         2.0-1           testos          6.0 k
+     replacing  oldtool.noarch 1.0-1
+Upgrading:
+ libfoo                    noarch         2.0-1           testos          5.9 k
+Removing dependent packages:
+ base-tools                noarch         1.0-1           @System          22
+Removing:
+ old-kernel-extra          noarch         1.0-1           @System          22
+
+Transaction Summary
+";
+        assert_eq!(parse_removals(text), ["base-tools", "old-kernel-extra"]);
+        assert!(allowed("old-kernel-extra", &["old-kernel*".to_string()]));
+        assert!(!allowed("base-tools", &["old-kernel*".to_string()]));
+        let report = "Error: \n Problem 1: cannot install the best update candidate for package base-tools-1.0-1.noarch\n  - nothing provides libfoo >= 3.0 needed by base-tools-2.0-1.noarch\n Problem 2: x\n  - nothing provides libfoo >= 3.0 needed by base-tools-2.0-1.noarch\n";
+        assert_eq!(
+            problems(report),
+            "nothing provides libfoo >= 3.0 needed by base-tools-2.0-1.noarch"
+        );
+    }
+
+    #[test]
     fn transaction_sizes_are_read() {
         let e =
             parse_estimate("Total download size: 19 k\nInstalled size: 33 k\nOperation aborted.\n");
@@ -371,11 +489,13 @@ mod tests {
             releasever: "43".into(),
             repositories: vec![],
             allow_erasing: true,
+            allow_removal: vec![],
         };
         let cmd = dnf_command(
             Path::new("/tmp"),
             Path::new("/run/migrate/dnf/repos.d"),
             &opts.releasever,
+            Cache::Scratch,
         );
         let args: Vec<String> = cmd
             .get_args()
@@ -383,6 +503,8 @@ mod tests {
             .collect();
         assert!(args.contains(&"--installroot=/tmp".to_string()));
         assert!(args.contains(&"--releasever=43".to_string()));
+        assert!(args.contains(&"--best".to_string()));
+        assert!(args.contains(&"--setopt=cachedir=/run/migrate/dnf/cache".to_string()));
         assert_eq!(distro_sync_args(&opts), ["distro-sync", "--allowerasing"]);
         assert!(
             DnfStep::from_options(DnfOptions {

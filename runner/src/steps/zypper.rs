@@ -130,6 +130,7 @@ fn notable(line: &str) -> bool {
     let l = line.trim_start();
     l.starts_with("Problem:")
         || l.contains("(curl) error")
+        || l.contains("temporarily unaccessible")
         || l.starts_with("Error")
         || l.starts_with("ABORT")
         || l.contains("No migration available")
@@ -150,9 +151,19 @@ fn explain(what: &str, e: anyhow::Error) -> anyhow::Error {
     }
 }
 
+/// Where zypper keeps downloaded packages.
+#[derive(Clone, Copy)]
+enum PackageCache {
+    /// The root's own cache (`/var/cache/zypp/packages`): the upgrade.
+    Root,
+    /// The scratch area: questions that download nothing must not create
+    /// anything in the root.
+    Scratch,
+}
+
 /// zypper pointed at the root, with metadata and solver caches in the scratch
-/// area and packages in the root's own package cache.
-fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>) -> Command {
+/// area.
+fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>, cache: PackageCache) -> Command {
     let mut cmd = Command::new("zypper");
     cmd.args(["--non-interactive", "--no-color", "--gpg-auto-import-keys"])
         .arg("--root")
@@ -162,7 +173,10 @@ fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>) -> Command {
         .args(["--raw-cache-dir", &format!("{SCRATCH}/raw")])
         .args(["--solv-cache-dir", &format!("{SCRATCH}/solv")])
         .arg("--pkg-cache-dir")
-        .arg(root.join("var/cache/zypp/packages"));
+        .arg(match cache {
+            PackageCache::Root => root.join("var/cache/zypp/packages"),
+            PackageCache::Scratch => PathBuf::from(SCRATCH).join("packages"),
+        });
     if let Some(v) = releasever {
         cmd.args(["--releasever", v]);
     }
@@ -211,7 +225,7 @@ impl StepKind for ZypperStep {
         let releasever = self.opts.releasever.as_deref();
         run_pm(
             ctx,
-            zypper(root, &scratch, releasever)
+            zypper(root, &scratch, releasever, PackageCache::Root)
                 .arg("dup")
                 .args(DUP_FLAGS)
                 .arg("--download-only"),
@@ -227,7 +241,7 @@ impl StepKind for ZypperStep {
         ));
         let code = run_pm(
             ctx,
-            zypper(root, &REPOS.path(root)?, releasever)
+            zypper(root, &REPOS.path(root)?, releasever, PackageCache::Root)
                 .arg("--no-refresh")
                 .arg("dup")
                 .args(DUP_FLAGS)
@@ -316,6 +330,7 @@ impl Zypper {
             &self.root,
             &scratch,
             self.opts.releasever.as_deref(),
+            PackageCache::Scratch,
         ))
     }
 
@@ -402,17 +417,27 @@ impl PackageManager for Zypper {
     }
 
     fn blocking_holds(&self) -> Result<Vec<String>> {
-        let out = zypper(&self.root, &REPOS.path(&self.root)?, None)
-            .args(["--no-refresh", "locks"])
-            .run_get_string()?;
+        let out = zypper(
+            &self.root,
+            &REPOS.path(&self.root)?,
+            None,
+            PackageCache::Scratch,
+        )
+        .args(["--no-refresh", "locks"])
+        .run_get_string()?;
         Ok(parse_locks(&out))
     }
 
     fn foreign(&self, _origins: &[String]) -> Result<Foreign> {
         // Orphans: installed packages no configured repository provides.
-        let out = zypper(&self.root, &REPOS.path(&self.root)?, None)
-            .args(["--no-refresh", "packages", "--orphaned"])
-            .run_get_string()?;
+        let out = zypper(
+            &self.root,
+            &REPOS.path(&self.root)?,
+            None,
+            PackageCache::Scratch,
+        )
+        .args(["--no-refresh", "packages", "--orphaned"])
+        .run_get_string()?;
         Ok(Foreign {
             repositories: Vec::new(),
             packages: parse_package_table(&out),
