@@ -170,13 +170,14 @@ fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>, cache: PackageCa
         .arg(root)
         .arg("--reposd-dir")
         .arg(reposd)
-        .args(["--raw-cache-dir", &format!("{SCRATCH}/raw")])
-        .args(["--solv-cache-dir", &format!("{SCRATCH}/solv")])
-        .arg("--pkg-cache-dir")
-        .arg(match cache {
-            PackageCache::Root => root.join("var/cache/zypp/packages"),
-            PackageCache::Scratch => PathBuf::from(SCRATCH).join("packages"),
-        });
+        // All caches in the scratch area: with only the raw, solv and package
+        // cache directories moved, zypper still creates its default cache
+        // directory under the root.
+        .args(["--cache-dir", SCRATCH]);
+    if let PackageCache::Root = cache {
+        cmd.arg("--pkg-cache-dir")
+            .arg(root.join("var/cache/zypp/packages"));
+    }
     if let Some(v) = releasever {
         cmd.args(["--releasever", v]);
     }
