@@ -219,18 +219,35 @@ fn tool_name(cmd: &Command) -> String {
     }
 }
 
+/// Calls `f` with each line `reader` produces. A line ends with `\n` or with a
+/// `\r` (progress meters redraw their line with carriage returns; each
+/// redraw is a line). Empty lines from `\r\n` endings are not reported.
 fn for_each_line(reader: impl Read, mut f: impl FnMut(&str)) {
     let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
+    let mut line = Vec::new();
+    let mut after_cr = false;
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&buf);
-                f(text.trim_end_matches(['\n', '\r']));
+        let chunk = match reader.fill_buf() {
+            Ok([]) | Err(_) => break,
+            Ok(c) => c,
+        };
+        let mut used = 0;
+        for &b in chunk {
+            used += 1;
+            match b {
+                b'\n' if after_cr && line.is_empty() => {}
+                b'\n' | b'\r' => {
+                    f(&String::from_utf8_lossy(&line));
+                    line.clear();
+                }
+                _ => line.push(b),
             }
+            after_cr = b == b'\r';
         }
+        reader.consume(used);
+    }
+    if !line.is_empty() {
+        f(&String::from_utf8_lossy(&line));
     }
 }
 
@@ -270,6 +287,15 @@ mod tests {
             percent: 50.0,
             message: "x".into()
         }));
+    }
+
+    #[test]
+    fn carriage_returns_end_lines_too() {
+        let mut lines = Vec::new();
+        for_each_line(&b"a\r\nb\n  10%\r  50%\r 100%\nlast"[..], |l| {
+            lines.push(l.to_string())
+        });
+        assert_eq!(lines, ["a", "b", "  10%", "  50%", " 100%", "last"]);
     }
 
     #[test]

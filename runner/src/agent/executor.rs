@@ -45,6 +45,8 @@ pub struct Request {
     pub plan: Plan,
     /// Start a new migration even if another one is unfinished.
     pub force_new: bool,
+    /// Whether the root is the running host.
+    pub live: bool,
 }
 
 /// The phases a verb runs.
@@ -139,6 +141,7 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
         packages: OnceCell::new(),
         findings: RefCell::new(Vec::new()),
         journal: RefCell::new(resumed),
+        live: req.live,
     };
 
     let mut checks_judged = false;

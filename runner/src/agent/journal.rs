@@ -94,6 +94,10 @@ pub struct ServiceChange {
     pub was_active: bool,
     /// Whether it was enabled before.
     pub was_enabled: bool,
+    /// The system bus socket (a path in the root) for units of a running
+    /// root; none for an offline root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
 }
 
 /// The journal.

@@ -63,6 +63,9 @@ enum AgentCommand {
         /// Start a new migration even if another is unfinished.
         #[arg(long)]
         force_new: bool,
+        /// The root is the running host (services are reached over D-Bus).
+        #[arg(long)]
+        live: bool,
     },
     /// Restore the root from its safety backup.
     Rollback {
@@ -128,6 +131,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             image_id,
             image_digest,
             force_new,
+            live,
         } => {
             check_root(&root)?;
             let plan: Plan = std::env::var(PLAN_ENV)
@@ -155,6 +159,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
                     },
                     plan,
                     force_new,
+                    live,
                 },
                 &def,
                 sink,

@@ -67,6 +67,15 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
             description: "Compare the installed packages with the backup".into(),
         });
     }
+    if !journal.services.is_empty() {
+        steps.push(PlannedStep {
+            id: "step-back-services".into(),
+            kind: "rollback".into(),
+            phase: Phase::Cutover,
+            description: "Enable and start again the services the migration stopped or disabled"
+                .into(),
+        });
+    }
     sink.emit(Event::RunStarted {
         run_id: run_id.to_string(),
         verb: Verb::Rollback,
@@ -156,6 +165,14 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
                     ),
                     "reinstall the listed versions from the source release's repositories, or restore the system from a full backup",
                 );
+            }
+            Ok(StepStatus::Succeeded)
+        })?;
+    }
+    if !journal.services.is_empty() {
+        step(sink, "step-back-services", || {
+            for line in crate::steps::service::step_back(&pristine, &journal.services)? {
+                say(sink, "step-back-services", line);
             }
             Ok(StepStatus::Succeeded)
         })?;

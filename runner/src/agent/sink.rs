@@ -10,6 +10,9 @@ use crate::event::{Envelope, Event, OutputStream};
 #[derive(Clone)]
 pub struct EventSink {
     out: Arc<Mutex<Box<dyn Write + Send>>>,
+    /// Strings that never leave the agent (passwords): replaced in every
+    /// event before it is written.
+    secrets: Arc<Mutex<Vec<String>>>,
 }
 
 impl EventSink {
@@ -22,12 +25,37 @@ impl EventSink {
     pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
         Self {
             out: Arc::new(Mutex::new(out)),
+            secrets: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Registers a secret: from now on it is shown as `********` wherever a
+    /// tool prints it (a password in an error message, say).
+    pub fn add_secret(&self, secret: &str) {
+        if !secret.is_empty() {
+            self.secrets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(secret.to_string());
         }
     }
 
     /// Emits one event.
     pub fn emit(&self, event: Event) {
-        let line = Envelope::now(event).encode();
+        let mut line = Envelope::now(event).encode();
+        for secret in self
+            .secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            // Match the secret as it appears inside a JSON string.
+            let encoded = serde_json::to_string(secret).unwrap_or_default();
+            let inner = encoded.trim_matches('"');
+            if !inner.is_empty() {
+                line = line.replace(inner, "********");
+            }
+        }
         // A poisoned lock only means another thread panicked mid-write; the
         // writer itself is still usable. If the host went away there is nobody
         // to tell, so write errors are ignored.
@@ -43,6 +71,30 @@ impl EventSink {
             stream,
             line: line.into(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_reach_the_host() {
+        let cap = Captured::default();
+        let sink = EventSink::to_writer(Box::new(cap.clone()));
+        sink.add_secret("s3cr\"et");
+        sink.output(
+            "db",
+            crate::event::OutputStream::Stderr,
+            "password s3cr\"et rejected",
+        );
+        sink.emit(Event::RunFinished {
+            status: crate::event::RunStatus::Failed,
+            message: Some("auth failed for s3cr\"et".into()),
+        });
+        let text = String::from_utf8_lossy(&cap.0.lock().unwrap()).into_owned();
+        assert!(!text.contains("s3cr"), "{text}");
+        assert_eq!(text.matches("********").count(), 2, "{text}");
     }
 }
 

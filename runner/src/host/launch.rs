@@ -590,6 +590,25 @@ fn container_spec(opts: &LaunchOptions, p: &Prepared, run_id: &str) -> Result<Co
         if opts.force_new {
             command.push("--force-new".into());
         }
+        if p.root == Path::new("/") {
+            command.push("--live".into());
+        }
+        // Passwords named by environment variable come from migrate's own
+        // environment (never the plan, never a command line).
+        for step in plan.steps.iter().filter(|s| s.kind == "postgres") {
+            let opts: crate::steps::postgres::PostgresOptions =
+                serde_json::from_value(serde_json::Value::Object(step.options.clone()))
+                    .with_context(|| format!("options of step {}", step.id))?;
+            for var in crate::steps::postgres::password_envs(&opts) {
+                let value = std::env::var(&var).map_err(|_| {
+                    fail(
+                        ExitCode::BadInput,
+                        format!("step {}: the password variable {var} is not set", step.id),
+                    )
+                })?;
+                env.insert(var, value);
+            }
+        }
     }
     Ok(ContainerSpec {
         name: format!("migrate-{run_id}"),

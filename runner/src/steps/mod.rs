@@ -10,10 +10,15 @@ pub mod apt;
 pub mod backup;
 pub mod checks;
 pub mod command;
+pub mod config;
 pub mod dnf;
 pub mod packages;
+pub mod postgres;
 pub mod repofile;
 pub mod rpm;
+pub mod rsync;
+pub mod service;
+pub mod snapd;
 pub mod verify;
 pub mod zypper;
 
@@ -224,6 +229,120 @@ pub static KINDS: &[KindSpec] = &[
         doc: "snapshot of the root, or a tarball of /etc plus the package selection",
     },
     KindSpec {
+        kind: "postgres",
+        phases: &[Sync, Cutover],
+        options: &[
+            required(
+                "source",
+                T::Table,
+                "where to dump from: url, or socket/host, port, database, user; password_file or password_env",
+            ),
+            required(
+                "target",
+                T::Table,
+                "where to restore into (same keys as source)",
+            ),
+            opt("format", T::String, "custom (default) or directory"),
+            opt(
+                "jobs",
+                T::Integer,
+                "parallel jobs for dump and restore (directory format)",
+            ),
+            opt(
+                "exclude_table_data",
+                T::StringList,
+                "tables whose data is not copied (pg_dump patterns)",
+            ),
+            opt(
+                "schema_upgrade",
+                T::StringList,
+                "command run after the restore, with the target in PG* variables",
+            ),
+            opt(
+                "verify",
+                T::Bool,
+                "compare the row counts of every table afterwards (default true)",
+            ),
+        ],
+        doc: "pg_dump from the source, pg_restore --no-owner --no-privileges into the target, schema upgrade, row-count check",
+    },
+    KindSpec {
+        kind: "rsync",
+        phases: &[Sync, Cutover],
+        options: &[
+            required("source", T::String, "a path in the root, or host:path"),
+            required("destination", T::String, "a path in the root, or host:path"),
+            opt(
+                "delete",
+                T::Bool,
+                "delete what the source does not have (default: in cutover)",
+            ),
+            opt(
+                "verify",
+                T::Bool,
+                "checksum comparison afterwards (default: in cutover)",
+            ),
+            opt("exclude", T::StringList, "rsync --exclude patterns"),
+            opt(
+                "ssh_key",
+                T::String,
+                "ssh identity for remotes, a path in the root",
+            ),
+        ],
+        doc: "rsync -aHAX --numeric-ids; a repeatable pre-copy in sync, the final pass with --delete in cutover",
+    },
+    KindSpec {
+        kind: "config",
+        phases: &[Sync, Cutover, Post],
+        options: &[
+            required(
+                "source",
+                T::String,
+                "the old configuration, a YAML file in the root",
+            ),
+            required(
+                "mapping",
+                T::Table,
+                "old key = new key, or old key = { to, transform, values }",
+            ),
+            opt(
+                "output",
+                T::String,
+                "write the new configuration to this file in the root",
+            ),
+            opt("snap", T::String, "or apply it to this snap through snapd"),
+            opt(
+                "snapd_socket",
+                T::String,
+                "snapd's socket, a path in the root (default /run/snapd.socket)",
+            ),
+        ],
+        doc: "migrate configuration keys through a mapping table; empty values are skipped",
+    },
+    KindSpec {
+        kind: "service",
+        phases: &[Sync, Cutover, Post],
+        options: &[
+            required(
+                "action",
+                T::String,
+                "stop, start, restart, enable, disable, mask or unmask",
+            ),
+            required("units", T::StringList, "unit names"),
+            opt(
+                "bus",
+                T::String,
+                "the root's system bus socket (a path in the root): talk to its running systemd",
+            ),
+            opt(
+                "timeout_s",
+                T::Integer,
+                "how long start and stop may take per unit (default 90)",
+            ),
+        ],
+        doc: "systemd units: over D-Bus on a running root, by their symlinks on an offline one",
+    },
+    KindSpec {
         kind: "command",
         phases: &[Check, Sync, Cutover, Post],
         options: &[
@@ -278,6 +397,10 @@ pub fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
         "verify-release" => Box::new(verify::VerifyRelease),
         "safety-backup" => Box::new(backup::SafetyBackup::from_options(options(step)?)?),
         "command" => Box::new(command::CommandStep::from_options(options(step)?)?),
+        "postgres" => Box::new(postgres::PostgresStep::from_options(options(step)?)?),
+        "rsync" => Box::new(rsync::RsyncStep::from_options(options(step)?, step.phase)?),
+        "config" => Box::new(config::ConfigStep::from_options(options(step)?)?),
+        "service" => Box::new(service::ServiceStep::from_options(options(step)?)?),
         other => bail!("step {}: unknown kind {other:?}", step.id),
     })
 }
@@ -313,6 +436,8 @@ pub struct RunContext {
     pub findings: RefCell<Vec<Finding>>,
     /// The state journal (absent for runs that change nothing).
     pub journal: RefCell<Option<Journal>>,
+    /// Whether the root is the running host (`--root /`).
+    pub live: bool,
 }
 
 impl RunContext {
@@ -426,21 +551,37 @@ mod tests {
         }
     }
 
+    /// Minimal valid options of the kinds that require some.
+    fn sample_options(kind: &str) -> serde_json::Value {
+        match kind {
+            "dnf" => serde_json::json!({"releasever": "2"}),
+            "command" => serde_json::json!({"command": ["true"]}),
+            "postgres" => serde_json::json!({
+                "source": {"socket": "/run/postgresql", "database": "app"},
+                "target": {"url": "postgresql://app@db/app_new"},
+            }),
+            "rsync" => serde_json::json!({"source": "/srv/a/", "destination": "/srv/b/"}),
+            "config" => {
+                serde_json::json!({"source": "/a.yaml", "mapping": {"a": "b"}, "output": "/b.yaml"})
+            }
+            "service" => serde_json::json!({"action": "stop", "units": ["app.service"]}),
+            _ => serde_json::json!({}),
+        }
+    }
+
     #[test]
-    fn every_registered_kind_can_be_instantiated_with_default_options() {
+    fn every_registered_kind_can_be_instantiated() {
         for spec in KINDS {
-            let mut options = serde_json::Map::new();
+            let serde_json::Value::Object(options) = sample_options(spec.kind) else {
+                unreachable!()
+            };
             for o in spec.options.iter().filter(|o| o.required) {
-                let v = match o.ty {
-                    OptionType::StringList => serde_json::json!(["true"]),
-                    OptionType::IntegerList => serde_json::json!([0]),
-                    OptionType::String => serde_json::json!("x"),
-                    OptionType::Integer | OptionType::Number => serde_json::json!(1),
-                    OptionType::Bool => serde_json::json!(true),
-                    OptionType::Table => serde_json::json!({}),
-                    OptionType::TableList => serde_json::json!([]),
-                };
-                options.insert(o.key.to_string(), v);
+                assert!(
+                    options.contains_key(o.key),
+                    "{}: the sample lacks {}",
+                    spec.kind,
+                    o.key
+                );
             }
             let step = PlanStep {
                 id: "s".into(),

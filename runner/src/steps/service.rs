@@ -1,0 +1,564 @@
+//! `service`: stops, starts, enables, disables, masks or unmasks systemd units.
+//!
+//! - Live (the migrated root is the running host, or the plan names the
+//!   system bus socket): through systemd's D-Bus API, on the root's bus
+//!   socket; start and stop wait until the unit is active or inactive.
+//! - Offline (a root in a directory): by editing the unit symlinks in the
+//!   root as `systemctl --root` does; nothing runs there to start or stop.
+//!
+//! What a plan stops, disables or masks is recorded in the state journal, so
+//! that `migrate rollback` can step the services back.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use super::{StepContext, StepKind};
+use crate::agent::journal::ServiceChange;
+use crate::event::StepStatus;
+
+/// The system bus socket of a running root.
+pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
+
+/// Options of a `service` step.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceOptions {
+    /// `stop`, `start`, `restart`, `enable`, `disable`, `mask` or `unmask`.
+    pub action: String,
+    /// The units.
+    pub units: Vec<String>,
+    /// The system bus socket, a path in the root: the root runs, talk to its
+    /// systemd (default: only when the root is this host).
+    #[serde(default)]
+    pub bus: Option<String>,
+    /// How long start and stop may take, per unit (default 90).
+    #[serde(default)]
+    pub timeout_s: Option<u64>,
+}
+
+const ACTIONS: [&str; 7] = [
+    "stop", "start", "restart", "enable", "disable", "mask", "unmask",
+];
+
+/// A `service` step.
+pub struct ServiceStep {
+    opts: ServiceOptions,
+}
+
+impl ServiceStep {
+    /// From the step's options.
+    pub fn from_options(opts: ServiceOptions) -> Result<Self> {
+        if !ACTIONS.contains(&opts.action.as_str()) {
+            bail!(
+                "option `action`: unknown action {:?} ({})",
+                opts.action,
+                ACTIONS.join(", ")
+            );
+        }
+        if opts.units.is_empty() {
+            bail!("option `units` names no unit");
+        }
+        for u in &opts.units {
+            if !u.contains('.') || u.contains('/') {
+                bail!("option `units`: {u:?} is not a unit name (e.g. app.service)");
+            }
+        }
+        Ok(Self { opts })
+    }
+
+    /// The bus socket (root-relative) when the step talks to a running
+    /// systemd.
+    fn bus(&self, ctx: &StepContext<'_>) -> Option<String> {
+        self.opts
+            .bus
+            .clone()
+            .or_else(|| ctx.run.live.then(|| SYSTEM_BUS.to_string()))
+    }
+}
+
+impl StepKind for ServiceStep {
+    fn describe(&self) -> String {
+        format!(
+            "{} {}",
+            capitalized(&self.opts.action),
+            self.opts.units.join(", ")
+        )
+    }
+
+    fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        let timeout = Duration::from_secs(self.opts.timeout_s.unwrap_or(90));
+        let mut skipped = true;
+        for unit in &self.opts.units {
+            let (before, after) = match self.bus(ctx) {
+                Some(bus) => {
+                    let systemd = Systemd::connect(&ctx.run.pristine, &bus)?;
+                    let before = systemd.state(unit)?;
+                    systemd.act(&self.opts.action, unit, timeout)?;
+                    (before, systemd.state(unit)?)
+                }
+                None => {
+                    let offline = Offline::new(&ctx.run.pristine);
+                    let before = offline.state(unit)?;
+                    if !offline.act(&self.opts.action, unit)? {
+                        ctx.say(format!(
+                            "{unit}: the root does not run ({}); nothing to {}",
+                            ctx.root().display(),
+                            self.opts.action
+                        ));
+                        continue;
+                    }
+                    (before, offline.state(unit)?)
+                }
+            };
+            skipped = false;
+            ctx.say(format!(
+                "{unit}: {} -> {}",
+                before.describe(),
+                after.describe()
+            ));
+            if matches!(self.opts.action.as_str(), "stop" | "disable" | "mask")
+                && let Some(j) = ctx.run.journal.borrow_mut().as_mut()
+            {
+                j.services.push(ServiceChange {
+                    unit: unit.clone(),
+                    action: self.opts.action.clone(),
+                    was_active: before.active == "active",
+                    was_enabled: before.enabled == "enabled",
+                    bus: self.bus(ctx),
+                });
+            }
+        }
+        Ok(if skipped {
+            StepStatus::Skipped
+        } else {
+            StepStatus::Succeeded
+        })
+    }
+
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        for unit in &self.opts.units {
+            let state = match self.bus(ctx) {
+                Some(bus) => Systemd::connect(&ctx.run.pristine, &bus)?.state(unit)?,
+                None => Offline::new(&ctx.run.pristine).state(unit)?,
+            };
+            ctx.say(format!(
+                "would {} {unit} (now {})",
+                self.opts.action,
+                state.describe()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// What systemd says about a unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitState {
+    /// `active`, `inactive`, `failed`, ... (offline: `not running`).
+    pub active: String,
+    /// `enabled`, `disabled`, `masked`, `static`, ...
+    pub enabled: String,
+}
+
+impl UnitState {
+    fn describe(&self) -> String {
+        format!("{}, {}", self.active, self.enabled)
+    }
+}
+
+/// Steps back what `changes` did (in reverse order): units that were
+/// enabled are enabled again, running ones started again, masks removed.
+/// Returns one line per action.
+pub fn step_back(pristine: &Path, changes: &[ServiceChange]) -> Result<Vec<String>> {
+    let mut said = Vec::new();
+    for c in changes.iter().rev() {
+        let mut actions = Vec::new();
+        if c.action == "mask" {
+            actions.push("unmask");
+        }
+        if c.was_enabled && matches!(c.action.as_str(), "disable" | "mask") {
+            actions.push("enable");
+        }
+        if c.was_active {
+            actions.push("start");
+        }
+        for action in actions {
+            match &c.bus {
+                Some(bus) => Systemd::connect(pristine, bus)?.act(
+                    action,
+                    &c.unit,
+                    Duration::from_secs(90),
+                )?,
+                None => {
+                    Offline::new(pristine).act(action, &c.unit)?;
+                }
+            }
+            let did = match c.action.as_str() {
+                "stop" => "stopped",
+                "disable" => "disabled",
+                _ => "masked",
+            };
+            said.push(format!("{}: {action} (the migration had {did} it)", c.unit));
+        }
+    }
+    Ok(said)
+}
+
+/// A running systemd, over D-Bus.
+struct Systemd {
+    conn: zbus::blocking::Connection,
+}
+
+const DEST: &str = "org.freedesktop.systemd1";
+
+impl Systemd {
+    fn connect(pristine: &Path, bus: &str) -> Result<Self> {
+        let socket = crate::rootfs::resolve(pristine, bus)?;
+        let conn = zbus::blocking::connection::Builder::address(
+            format!("unix:path={}", socket.display()).as_str(),
+        )?
+        .build()
+        .with_context(|| format!("connecting to the system bus at {bus} in the root"))?;
+        Ok(Self { conn })
+    }
+
+    fn manager(&self) -> Result<zbus::blocking::Proxy<'_>> {
+        Ok(zbus::blocking::Proxy::new(
+            &self.conn,
+            DEST,
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+        )?)
+    }
+
+    fn state(&self, unit: &str) -> Result<UnitState> {
+        let manager = self.manager()?;
+        let path: zbus::zvariant::OwnedObjectPath = manager
+            .call("LoadUnit", &(unit,))
+            .with_context(|| format!("loading {unit}"))?;
+        let props =
+            zbus::blocking::Proxy::new(&self.conn, DEST, path, "org.freedesktop.systemd1.Unit")?;
+        let active: String = props.get_property("ActiveState")?;
+        let enabled: String = props.get_property("UnitFileState")?;
+        Ok(UnitState { active, enabled })
+    }
+
+    fn act(&self, action: &str, unit: &str, timeout: Duration) -> Result<()> {
+        let manager = self.manager()?;
+        let units = vec![unit];
+        let what = || format!("{action} {unit}");
+        match action {
+            "start" | "stop" | "restart" => {
+                let method = match action {
+                    "start" => "StartUnit",
+                    "stop" => "StopUnit",
+                    _ => "RestartUnit",
+                };
+                let _job: zbus::zvariant::OwnedObjectPath = manager
+                    .call(method, &(unit, "replace"))
+                    .with_context(what)?;
+                let want = if action == "stop" {
+                    "inactive"
+                } else {
+                    "active"
+                };
+                self.wait_for(unit, want, timeout)?;
+            }
+            "enable" => {
+                let _: (bool, Vec<(String, String, String)>) = manager
+                    .call("EnableUnitFiles", &(units, false, true))
+                    .with_context(what)?;
+                manager.call::<_, _, ()>("Reload", &()).with_context(what)?;
+            }
+            "disable" => {
+                let _: Vec<(String, String, String)> = manager
+                    .call("DisableUnitFiles", &(units, false))
+                    .with_context(what)?;
+                manager.call::<_, _, ()>("Reload", &()).with_context(what)?;
+            }
+            "mask" => {
+                let _: Vec<(String, String, String)> = manager
+                    .call("MaskUnitFiles", &(units, false, true))
+                    .with_context(what)?;
+                manager.call::<_, _, ()>("Reload", &()).with_context(what)?;
+            }
+            "unmask" => {
+                let _: Vec<(String, String, String)> = manager
+                    .call("UnmaskUnitFiles", &(units, false))
+                    .with_context(what)?;
+                manager.call::<_, _, ()>("Reload", &()).with_context(what)?;
+            }
+            other => bail!("unknown action {other}"),
+        }
+        Ok(())
+    }
+
+    fn wait_for(&self, unit: &str, want: &str, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let state = self.state(unit)?;
+            if state.active == want || (want == "inactive" && state.active == "failed") {
+                return Ok(());
+            }
+            if want == "active" && state.active == "failed" {
+                bail!("{unit} failed to start");
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "{unit} is still {} after {}s",
+                    state.active,
+                    timeout.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A root that does not run: units are enabled, disabled and masked by their
+/// symlinks, as `systemctl --root` does.
+struct Offline<'a> {
+    root: &'a Path,
+}
+
+/// Where unit files live, most specific first.
+const UNIT_DIRS: [&str; 4] = [
+    "etc/systemd/system",
+    "usr/lib/systemd/system",
+    "lib/systemd/system",
+    "usr/local/lib/systemd/system",
+];
+
+impl<'a> Offline<'a> {
+    fn new(root: &'a Path) -> Self {
+        Self { root }
+    }
+
+    fn etc(&self) -> PathBuf {
+        self.root.join("etc/systemd/system")
+    }
+
+    /// The unit file (its path in the root, and as an absolute path inside it).
+    fn unit_file(&self, unit: &str) -> Result<(PathBuf, String)> {
+        for dir in UNIT_DIRS {
+            let p = self.root.join(dir).join(unit);
+            let meta = std::fs::symlink_metadata(&p);
+            // In /etc, a symlink is a mask or an alias, not the unit itself.
+            if meta.is_ok_and(|m| m.is_file()) {
+                return Ok((p, format!("/{dir}/{unit}")));
+            }
+        }
+        bail!("no unit file {unit} in the root ({})", UNIT_DIRS.join(", "))
+    }
+
+    fn install_section(&self, unit: &str) -> Result<Vec<(String, String)>> {
+        let (path, _) = self.unit_file(unit)?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(parse_install(&text))
+    }
+
+    fn links(&self, unit: &str) -> Result<Vec<PathBuf>> {
+        let mut links = Vec::new();
+        for (key, value) in self.install_section(unit)? {
+            let dir = match key.as_str() {
+                "WantedBy" => ".wants",
+                "RequiredBy" => ".requires",
+                "Alias" => {
+                    links.push(self.etc().join(&value));
+                    continue;
+                }
+                _ => continue,
+            };
+            links.push(self.etc().join(format!("{value}{dir}")).join(unit));
+        }
+        Ok(links)
+    }
+
+    fn masked(&self, unit: &str) -> bool {
+        std::fs::read_link(self.etc().join(unit)).is_ok_and(|t| t == Path::new("/dev/null"))
+    }
+
+    fn state(&self, unit: &str) -> Result<UnitState> {
+        let enabled = if self.masked(unit) {
+            "masked".to_string()
+        } else {
+            let links = self.links(unit)?;
+            if links.is_empty() {
+                "static".to_string()
+            } else if links.iter().any(|l| std::fs::symlink_metadata(l).is_ok()) {
+                "enabled".to_string()
+            } else {
+                "disabled".to_string()
+            }
+        };
+        Ok(UnitState {
+            active: "not running".into(),
+            enabled,
+        })
+    }
+
+    /// Does `action`; `false` for start/stop, which have nothing to act on.
+    fn act(&self, action: &str, unit: &str) -> Result<bool> {
+        match action {
+            "enable" => {
+                let (_, target) = self.unit_file(unit)?;
+                for link in self.links(unit)? {
+                    if let Some(dir) = link.parent() {
+                        std::fs::create_dir_all(dir)
+                            .with_context(|| format!("creating {}", dir.display()))?;
+                    }
+                    let _ = std::fs::remove_file(&link);
+                    std::os::unix::fs::symlink(&target, &link)
+                        .with_context(|| format!("linking {}", link.display()))?;
+                }
+            }
+            "disable" => {
+                for link in self.links(unit)? {
+                    match std::fs::remove_file(&link) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("removing {}", link.display()));
+                        }
+                    }
+                }
+            }
+            "mask" => {
+                let path = self.etc().join(unit);
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                    bail!("{unit} has a unit file in /etc/systemd/system; it cannot be masked");
+                }
+                std::fs::create_dir_all(self.etc())?;
+                let _ = std::fs::remove_file(&path);
+                std::os::unix::fs::symlink("/dev/null", &path)
+                    .with_context(|| format!("masking {unit}"))?;
+            }
+            "unmask" => {
+                if self.masked(unit) {
+                    std::fs::remove_file(self.etc().join(unit))
+                        .with_context(|| format!("unmasking {unit}"))?;
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// `[Install]` keys of a unit file, one entry per listed value.
+fn parse_install(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut in_install = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            in_install = l == "[Install]";
+            continue;
+        }
+        if !in_install || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if let Some((k, v)) = l.split_once('=') {
+            for value in v.split_whitespace() {
+                out.push((k.trim().to_string(), value.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_with_unit() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("usr/lib/systemd/system");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("app.service"),
+            "[Unit]\nDescription=App\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\nAlias=application.service\n",
+        )
+        .unwrap();
+        root
+    }
+
+    #[test]
+    fn offline_enable_disable_mask_edit_the_symlinks_like_systemctl_root() {
+        let root = root_with_unit();
+        let o = Offline::new(root.path());
+        assert_eq!(o.state("app.service").unwrap().enabled, "disabled");
+        assert!(o.act("enable", "app.service").unwrap());
+        let wants = root
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants/app.service");
+        assert_eq!(
+            std::fs::read_link(&wants).unwrap(),
+            Path::new("/usr/lib/systemd/system/app.service")
+        );
+        assert!(
+            std::fs::read_link(root.path().join("etc/systemd/system/application.service")).is_ok()
+        );
+        assert_eq!(o.state("app.service").unwrap().enabled, "enabled");
+        assert!(o.act("disable", "app.service").unwrap());
+        assert!(std::fs::symlink_metadata(&wants).is_err());
+        assert_eq!(o.state("app.service").unwrap().enabled, "disabled");
+        assert!(o.act("mask", "app.service").unwrap());
+        assert_eq!(o.state("app.service").unwrap().enabled, "masked");
+        assert!(o.act("unmask", "app.service").unwrap());
+        assert_eq!(o.state("app.service").unwrap().enabled, "disabled");
+        assert!(
+            !o.act("stop", "app.service").unwrap(),
+            "nothing runs in an offline root"
+        );
+    }
+
+    #[test]
+    fn stepping_back_re_enables_what_was_enabled() {
+        let root = root_with_unit();
+        let o = Offline::new(root.path());
+        o.act("enable", "app.service").unwrap();
+        o.act("disable", "app.service").unwrap();
+        let said = step_back(
+            root.path(),
+            &[ServiceChange {
+                unit: "app.service".into(),
+                action: "disable".into(),
+                was_active: false,
+                was_enabled: true,
+                bus: None,
+            }],
+        )
+        .unwrap();
+        assert_eq!(
+            o.state("app.service").unwrap().enabled,
+            "enabled",
+            "{said:?}"
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let opts = |action: &str, units: &[&str]| ServiceOptions {
+            action: action.into(),
+            units: units.iter().map(|u| u.to_string()).collect(),
+            bus: None,
+            timeout_s: None,
+        };
+        assert!(ServiceStep::from_options(opts("reboot", &["a.service"])).is_err());
+        assert!(ServiceStep::from_options(opts("stop", &[])).is_err());
+        assert!(ServiceStep::from_options(opts("stop", &["nodot"])).is_err());
+        assert!(ServiceStep::from_options(opts("stop", &["app.service"])).is_ok());
+    }
+}
