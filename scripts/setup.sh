@@ -9,6 +9,7 @@ packages=(
   podman runc conmon            # containers (runc: crun fails on hybrid cgroups here)
   debootstrap rsync util-linux ca-certificates
   rpm zypper dnf createrepo-c   # building and serving RPM test repositories
+  postgresql                    # the PostgreSQL cluster of the service tests
 )
 missing=()
 for p in "${packages[@]}"; do

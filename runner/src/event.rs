@@ -99,6 +99,9 @@ pub enum Event {
         /// For failures: one line saying what went wrong and where.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// The agent's own peak resident memory, in KiB.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        peak_rss_kb: Option<u64>,
     },
 }
 
@@ -333,6 +336,7 @@ mod tests {
         roundtrip(Event::RunFinished {
             status: RunStatus::Succeeded,
             message: None,
+            peak_rss_kb: Some(9000),
         });
     }
 

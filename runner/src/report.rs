@@ -158,6 +158,9 @@ pub struct Report {
     pub findings: Vec<ReportFinding>,
     /// The full log, relative to the root.
     pub log: String,
+    /// The agent's peak resident memory, in KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_peak_rss_kb: Option<u64>,
 }
 
 impl Report {
@@ -188,6 +191,7 @@ impl Report {
             steps: Vec::new(),
             findings: Vec::new(),
             log: LOG_PATH.to_string(),
+            agent_peak_rss_kb: None,
         }
     }
 
@@ -218,12 +222,17 @@ impl Report {
                 s.duration_ms = Some(*duration_ms);
                 s.message.clone_from(message);
             }
-            Event::RunFinished { status, message } => {
+            Event::RunFinished {
+                status,
+                message,
+                peak_rss_kb,
+            } => {
                 self.result = match status {
                     RunStatus::Succeeded => RunResult::Succeeded,
                     RunStatus::Failed => RunResult::Failed,
                 };
                 self.message.clone_from(message);
+                self.agent_peak_rss_kb = *peak_rss_kb;
             }
             Event::Output { .. } | Event::Progress { .. } => {}
         }

@@ -100,11 +100,17 @@ pub fn main() -> i32 {
         .without_time()
         .init();
     let sink = EventSink::stdout();
-    match dispatch(cli.command, &sink) {
+    let result = dispatch(cli.command, &sink);
+    // The agent's own peak memory (not its children's), in KiB on Linux.
+    let peak_rss_kb = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .ok()
+        .and_then(|u| u64::try_from(u.max_rss()).ok());
+    match result {
         Ok(()) => {
             sink.emit(Event::RunFinished {
                 status: RunStatus::Succeeded,
                 message: None,
+                peak_rss_kb,
             });
             0
         }
@@ -112,6 +118,7 @@ pub fn main() -> i32 {
             sink.emit(Event::RunFinished {
                 status: RunStatus::Failed,
                 message: Some(format!("{e:#}")),
+                peak_rss_kb,
             });
             exit_code_of(&e).code()
         }

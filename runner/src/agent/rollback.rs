@@ -59,7 +59,8 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
             "Restore /etc from the safety backup".into()
         },
     }];
-    if !snapshot {
+    let has_selection = backup.package_manager.is_some();
+    if !snapshot && has_selection {
         steps.push(PlannedStep {
             id: "compare-packages".into(),
             kind: "rollback".into(),
@@ -131,43 +132,45 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
             }
             Ok(StepStatus::Succeeded)
         })?;
-        step(sink, "compare-packages", || {
-            let before = std::fs::read_to_string(dir.join(PACKAGES_FILE))
-                .with_context(|| format!("reading {}", dir.join(PACKAGES_FILE).display()))?;
-            let manager = backup.package_manager.as_deref().unwrap_or("apt");
-            let now = crate::steps::packages::selection_command(manager, root)
-                .output()
-                .context("listing the installed packages")?;
-            let changed = package_changes(&before, &String::from_utf8_lossy(&now.stdout));
-            if changed.is_empty() {
-                say(
-                    sink,
-                    "compare-packages",
-                    "every package is as it was at the backup".to_string(),
-                );
-            } else {
-                for c in &changed {
-                    say(sink, "compare-packages", c.clone());
+        if has_selection {
+            step(sink, "compare-packages", || {
+                let before = std::fs::read_to_string(dir.join(PACKAGES_FILE))
+                    .with_context(|| format!("reading {}", dir.join(PACKAGES_FILE).display()))?;
+                let manager = backup.package_manager.as_deref().unwrap_or("apt");
+                let now = crate::steps::packages::selection_command(manager, root)
+                    .output()
+                    .context("listing the installed packages")?;
+                let changed = package_changes(&before, &String::from_utf8_lossy(&now.stdout));
+                if changed.is_empty() {
+                    say(
+                        sink,
+                        "compare-packages",
+                        "every package is as it was at the backup".to_string(),
+                    );
+                } else {
+                    for c in &changed {
+                        say(sink, "compare-packages", c.clone());
+                    }
+                    finding(
+                        sink,
+                        "compare-packages",
+                        Severity::Warning,
+                        format!(
+                            "{} packages changed since the backup and were not restored (a tar backup holds /etc and the package list, not the packages): {}",
+                            changed.len(),
+                            changed
+                                .iter()
+                                .take(10)
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        "reinstall the listed versions from the source release's repositories, or restore the system from a full backup",
+                    );
                 }
-                finding(
-                    sink,
-                    "compare-packages",
-                    Severity::Warning,
-                    format!(
-                        "{} packages changed since the backup and were not restored (a tar backup holds /etc and the package list, not the packages): {}",
-                        changed.len(),
-                        changed
-                            .iter()
-                            .take(10)
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    "reinstall the listed versions from the source release's repositories, or restore the system from a full backup",
-                );
-            }
-            Ok(StepStatus::Succeeded)
-        })?;
+                Ok(StepStatus::Succeeded)
+            })?;
+        }
     }
     if !journal.services.is_empty() {
         step(sink, "step-back-services", || {

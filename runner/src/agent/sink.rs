@@ -91,6 +91,7 @@ mod tests {
         sink.emit(Event::RunFinished {
             status: crate::event::RunStatus::Failed,
             message: Some("auth failed for s3cr\"et".into()),
+            peak_rss_kb: None,
         });
         let text = String::from_utf8_lossy(&cap.0.lock().unwrap()).into_owned();
         assert!(!text.contains("s3cr"), "{text}");

@@ -217,7 +217,9 @@ impl Renderer {
                 self.current = None;
                 self.println(&line);
             }
-            Event::RunFinished { status, message } => {
+            Event::RunFinished {
+                status, message, ..
+            } => {
                 self.current = None;
                 let line = match status {
                     RunStatus::Succeeded => "run succeeded".to_string(),

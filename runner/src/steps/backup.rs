@@ -196,13 +196,22 @@ fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
 
     let entries = archive_etc(pristine, &partial.join(ETC_ARCHIVE))?;
     ctx.say(format!("/etc: {entries} entries archived"));
-    let pm = ctx.run.packages()?;
-    let selection = pm.package_selection()?;
-    write_synced(&partial.join(PACKAGES_FILE), selection.as_bytes())?;
-    ctx.say(format!(
-        "package selection: {} packages",
-        selection.lines().count()
-    ));
+    // The plan's package manager, or, for plans without a package step,
+    // whichever the root has.
+    let manager = match ctx.run.packages() {
+        Ok(pm) => Some(pm.name().to_string()),
+        Err(_) => super::packages::detect(&ctx.run.root).map(str::to_string),
+    };
+    if let Some(name) = &manager {
+        let selection = super::packages::selection_command(name, &ctx.run.root)
+            .run_get_string()
+            .context("listing the installed packages")?;
+        write_synced(&partial.join(PACKAGES_FILE), selection.as_bytes())?;
+        ctx.say(format!(
+            "package selection: {} packages",
+            selection.lines().count()
+        ));
+    }
     let manifest = serde_json::json!({
         "migration": migration,
         "method": "tar",
@@ -222,7 +231,7 @@ fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
         method: "tar".into(),
         location: rel,
         created_at: timestamp(std::time::SystemTime::now()),
-        package_manager: Some(pm.name().to_string()),
+        package_manager: manager,
     })
 }
 

@@ -86,6 +86,18 @@ pub fn for_plan(run: &RunContext) -> Result<Box<dyn PackageManager>> {
     })
 }
 
+/// The package manager a root uses, for plans without a package step:
+/// `apt` if it has a dpkg database, `rpm` if it has an rpm one.
+pub fn detect(root: &std::path::Path) -> Option<&'static str> {
+    if root.join("var/lib/dpkg/status").is_file() {
+        return Some("apt");
+    }
+    ["usr/lib/sysimage/rpm", "var/lib/rpm"]
+        .iter()
+        .any(|d| root.join(d).is_dir())
+        .then_some("dnf")
+}
+
 /// The command that lists the installed packages of `root` as
 /// [`PackageManager::package_selection`] does, for the package manager named
 /// `name` (rollback compares the backup with it).
