@@ -116,11 +116,18 @@ impl RunLog {
                     .map(|m| format!(": {m}"))
                     .unwrap_or_default()
             ),
-            Event::RunFinished { status, message } => format!(
-                "[agent] run {status:?}{}",
+            Event::RunFinished {
+                status,
+                message,
+                peak_rss_kb,
+            } => format!(
+                "[agent] run {status:?}{}{}",
                 message
                     .as_deref()
                     .map(|m| format!(": {m}"))
+                    .unwrap_or_default(),
+                peak_rss_kb
+                    .map(|kb| format!(" (agent peak memory {:.1} MB)", kb as f64 / 1024.0))
                     .unwrap_or_default()
             ),
         };
