@@ -1,0 +1,554 @@
+//! Service migrations: a server's configuration and PostgreSQL database moved
+//! with a schema upgrade, application data moved in phases with rsync, and a
+//! rollback that steps a running service back. Real PostgreSQL, rsync and
+//! systemd; a stand-in only for snapd, which cannot run here.
+
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fixtures::services::{self, BUS_IN_ROOT, BootedRoot, PgCluster, SERVICES_IMAGE, StandInSnapd};
+use fixtures::{Fixtures, report, serial, show};
+
+const APP_PASSWORD: &str = "app-Pa55-w0rd-never-shown";
+
+const OLD_CONFIG: &str = r#"application: livepatch
+charm: canonical-livepatch-server
+settings:
+  auth_sso_enabled:
+    default: false
+    source: user
+    type: boolean
+    value: true
+  contracts_url:
+    default: ""
+    source: default
+    type: string
+    value: ""
+  db_pool_size:
+    default: 10
+    source: user
+    type: int
+    value: "25"
+  patch_storage_type:
+    source: user
+    type: string
+    value: Filesystem
+  server_url:
+    source: user
+    type: string
+    value: https://livepatch.internal.example
+"#;
+
+/// A source database: ordinary tables and "patch" tables with data.
+fn fill_source(pg: &PgCluster) {
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE app LOGIN CREATEDB PASSWORD '{APP_PASSWORD}'"),
+    )
+    .unwrap();
+    pg.psql("postgres", "CREATE DATABASE app OWNER app")
+        .unwrap();
+    for sql in [
+        "CREATE TABLE machines (id serial PRIMARY KEY, name text NOT NULL, kernel text)",
+        "INSERT INTO machines (name, kernel) SELECT 'host-' || i, '6.1.0-' || (i % 30) FROM generate_series(1, 1000) i",
+        "CREATE TABLE users (id serial PRIMARY KEY, login text UNIQUE)",
+        "INSERT INTO users (login) SELECT 'user' || i FROM generate_series(1, 50) i",
+        "CREATE TABLE patch_store (id serial PRIMARY KEY, blob bytea)",
+        "INSERT INTO patch_store (blob) SELECT decode(repeat('ab', 500), 'hex') FROM generate_series(1, 200)",
+        "CREATE TABLE patch_meta (id serial PRIMARY KEY, machine int REFERENCES machines(id))",
+        "INSERT INTO patch_meta (machine) SELECT i FROM generate_series(1, 10) i",
+        "ALTER TABLE machines OWNER TO app",
+        "ALTER TABLE users OWNER TO app",
+        "ALTER TABLE patch_store OWNER TO app",
+        "ALTER TABLE patch_meta OWNER TO app",
+    ] {
+        pg.psql("app", sql).unwrap();
+    }
+}
+
+fn write_plan(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("plan.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Every argument list of every process, sampled until `stop` is set.
+fn sample_processes(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok(out) = std::process::Command::new("ps")
+                .args(["-eo", "args"])
+                .output()
+            {
+                seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seen
+    })
+}
+
+#[test]
+fn a_server_migration_moves_config_and_database_without_showing_the_password() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    services::services_image(f).unwrap();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let pg = PgCluster::start(f, &root.join("srv/pgsock")).unwrap();
+    fill_source(&pg);
+    std::fs::create_dir_all(root.join("etc/app")).unwrap();
+    std::fs::write(root.join("etc/app/db.pass"), format!("{APP_PASSWORD}\n")).unwrap();
+    std::fs::set_permissions(
+        root.join("etc/app/db.pass"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("var/snap/livepatch/common")).unwrap();
+    std::fs::write(
+        root.join("var/snap/livepatch/common/config.yaml"),
+        OLD_CONFIG,
+    )
+    .unwrap();
+    let snapd = StandInSnapd::start(&root.join("run/snapd.socket")).unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        scratch.path(),
+        &format!(
+            r#"description = "livepatch server move"
+
+[[step]]
+id = "migrate-config"
+kind = "config"
+phase = "cutover"
+source = "/var/snap/livepatch/common/config.yaml"
+snap = "canonical-livepatch-server"
+
+[step.mapping]
+auth_sso_enabled = "auth.sso.enabled"
+contracts_url = "contracts.url"
+db_pool_size = {{ to = "database.connection-pool-max", transform = "int" }}
+patch_storage_type = {{ to = "patch-storage.type", transform = "lowercase" }}
+server_url = "server.url-template"
+
+[[step]]
+id = "copy-database"
+kind = "postgres"
+phase = "cutover"
+exclude_table_data = ["patch_*"]
+schema_upgrade = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "ALTER TABLE machines ADD COLUMN upgraded boolean NOT NULL DEFAULT true"]
+source = {{ socket = "/srv/pgsock", port = {port}, database = "app", user = "app", password_file = "/etc/app/db.pass" }}
+target = {{ url = "postgresql://app@127.0.0.1:{port}/app_new", password_env = "APP_DB_PASSWORD" }}
+"#,
+            port = pg.port
+        ),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_processes(Arc::clone(&stop));
+    let out = f
+        .migrate()
+        .args(["run", "--image", SERVICES_IMAGE, "--plan"])
+        .arg(&plan)
+        .arg("--root")
+        .arg(&root.path)
+        .env("APP_DB_PASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let processes = sampler.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    // The database: ordinary tables complete, patch tables present and
+    // empty, the schema upgrade applied.
+    for (table, rows) in [
+        ("machines", "1000"),
+        ("users", "50"),
+        ("patch_store", "0"),
+        ("patch_meta", "0"),
+    ] {
+        assert_eq!(
+            pg.psql("app_new", &format!("SELECT count(*) FROM {table}"))
+                .unwrap(),
+            rows,
+            "{table}"
+        );
+    }
+    assert_eq!(
+        pg.psql("app_new", "SELECT count(*) FROM machines WHERE upgraded")
+            .unwrap(),
+        "1000",
+        "the schema upgrade added the column"
+    );
+    assert_eq!(
+        pg.psql("app", "SELECT count(*) FROM patch_store").unwrap(),
+        "200",
+        "the source is untouched"
+    );
+
+    // The configuration, as snapd received it: mapped, transformed, the
+    // empty value not sent.
+    let requests = snapd.requests.lock().unwrap().clone();
+    let put: Vec<_> = requests.iter().filter(|(m, _, _)| m == "PUT").collect();
+    assert_eq!(put.len(), 1, "{requests:?}");
+    assert_eq!(put[0].1, "/v2/snaps/canonical-livepatch-server/conf");
+    let conf: serde_json::Value = serde_json::from_str(&put[0].2).unwrap();
+    assert_eq!(
+        conf,
+        serde_json::json!({
+            "auth.sso.enabled": true,
+            "database.connection-pool-max": 25,
+            "patch-storage.type": "filesystem",
+            "server.url-template": "https://livepatch.internal.example",
+        })
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|(m, p, _)| m == "GET" && p == "/v2/changes/7"),
+        "the change was followed"
+    );
+
+    // The password nowhere: not in the log, the report, the output, or any
+    // process's command line while it ran.
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    let report_text = std::fs::read_to_string(root.join("var/log/migrate/report.json")).unwrap();
+    for (name, text) in [
+        ("the log", log.as_str()),
+        ("the report", report_text.as_str()),
+        ("stdout", &String::from_utf8_lossy(&out.stdout)),
+        ("stderr", &String::from_utf8_lossy(&out.stderr)),
+    ] {
+        assert!(!text.contains(APP_PASSWORD), "the password is in {name}");
+    }
+    assert!(
+        processes.len() > 5,
+        "the process list was sampled during the run"
+    );
+    assert!(
+        processes.iter().all(|p| !p.contains(APP_PASSWORD)),
+        "the password was on a command line"
+    );
+    assert!(
+        processes.iter().any(|p| p.contains("pg_dump")
+            || p.contains("pg_restore")
+            || p.contains("migrate-agent"))
+    );
+    assert!(
+        log.contains("machines: 1000 rows"),
+        "the verification is in the log"
+    );
+
+    let r = report(&root.path).unwrap();
+    let dump = root
+        .join("var/lib/migrate/backup")
+        .join(r["run_id"].as_str().unwrap())
+        .join("copy-database/dump.custom");
+    assert!(dump.is_file(), "the dump is kept in the backup directory");
+    assert!(r["agent_peak_rss_kb"].as_u64().is_some());
+}
+
+/// 200 MB in 5,000 files, some owned by another user, some with extended
+/// attributes.
+fn make_app_data(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..5000u32 {
+        let sub = dir.join(format!("d{:02}", i % 50));
+        std::fs::create_dir_all(&sub).unwrap();
+        let size = 20_000 + (next() % 40_000) as usize;
+        let mut data = Vec::with_capacity(size + 8);
+        while data.len() < size {
+            data.extend_from_slice(&next().to_le_bytes());
+        }
+        data.truncate(size);
+        let path = sub.join(format!("f{i:05}.bin"));
+        std::fs::write(&path, &data).unwrap();
+        if i % 10 == 0 {
+            std::os::unix::fs::chown(&path, Some(1234), Some(4321)).unwrap();
+        }
+        if i % 7 == 0 {
+            xattr::set(&path, "user.app.checksum", format!("{i:08x}").as_bytes()).unwrap();
+        }
+    }
+    // A hard link, which must stay one.
+    std::fs::hard_link(dir.join("d00/f00000.bin"), dir.join("d00/linked.bin")).unwrap();
+}
+
+/// Content, mode, owner, mtime and extended attributes of every file.
+fn data_state(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            let mut attrs: Vec<String> = xattr::list(&p)
+                .unwrap()
+                .map(|n| format!("{}={:?}", n.to_string_lossy(), xattr::get(&p, &n).unwrap()))
+                .collect();
+            attrs.sort();
+            let digest = if m.is_file() {
+                use sha2::Digest;
+                format!("{:x}", sha2::Sha256::digest(std::fs::read(&p).unwrap()))
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                "{} {:o} {}:{} {} {} links={} {attrs:?}",
+                p.strip_prefix(dir).unwrap().display(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if m.is_dir() { 0 } else { m.mtime() },
+                digest,
+                if m.is_file() { m.nlink() } else { 0 }
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn application_data_moves_in_phases_while_a_writer_keeps_changing_it() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    services::services_image(f).unwrap();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let data = root.join("srv/app/data");
+    make_app_data(&data);
+    let unit_dir = root.join("usr/lib/systemd/system");
+    std::fs::create_dir_all(&unit_dir).unwrap();
+    std::fs::write(
+        unit_dir.join("app.service"),
+        "[Unit]\nDescription=App\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        scratch.path(),
+        r#"description = "application data move"
+
+[[step]]
+id = "pre-copy"
+kind = "rsync"
+phase = "sync"
+source = "/srv/app/data/"
+destination = "/srv/newapp/data/"
+
+[[step]]
+id = "stop-app"
+kind = "service"
+phase = "cutover"
+action = "stop"
+units = ["app.service"]
+
+[[step]]
+id = "final-copy"
+kind = "rsync"
+phase = "cutover"
+source = "/srv/app/data/"
+destination = "/srv/newapp/data/"
+
+[[step]]
+id = "start-app"
+kind = "service"
+phase = "cutover"
+action = "start"
+units = ["app.service"]
+"#,
+    );
+    let migrate = |verb: &str| {
+        f.migrate()
+            .args([verb, "--image", SERVICES_IMAGE, "--plan"])
+            .arg(&plan)
+            .arg("--root")
+            .arg(&root.path)
+            .output()
+            .unwrap()
+    };
+
+    // The application keeps writing during the pre-copies: 1% of the files
+    // (50) change, again and again.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, data) = (Arc::clone(&stop), data.clone());
+        std::thread::spawn(move || {
+            let mut round = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                for i in (0..5000u32).step_by(100) {
+                    let path = data.join(format!("d{:02}/f{i:05}.bin", i % 50));
+                    let mut bytes = std::fs::read(&path).unwrap();
+                    bytes[0] = bytes[0].wrapping_add(1);
+                    bytes.extend_from_slice(&round.to_le_bytes());
+                    std::fs::write(&path, bytes).unwrap();
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            round
+        })
+    };
+    for pass in 1..=2 {
+        let out = migrate("sync");
+        assert_eq!(out.status.code(), Some(0), "sync {pass}: {}", show(&out));
+    }
+    // The service stops (the writer is it), then the cutover.
+    stop.store(true, Ordering::SeqCst);
+    let rounds = writer.join().unwrap();
+    assert!(rounds > 0, "the writer wrote during the pre-copies");
+    let expected = data_state(&data);
+    let out = migrate("run");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    assert_eq!(
+        data_state(&root.join("srv/newapp/data")),
+        expected,
+        "the destination differs"
+    );
+    assert_eq!(data_state(&data), expected, "the source changed");
+    let moved = root.join("srv/newapp/data/d00/f00000.bin");
+    assert_eq!(
+        std::fs::metadata(&moved).unwrap().uid(),
+        1234,
+        "numeric owners kept"
+    );
+    assert_eq!(
+        std::fs::metadata(&moved).unwrap().nlink(),
+        2,
+        "hard links kept"
+    );
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    assert!(
+        log.contains("verified: a checksum comparison finds no difference"),
+        "the final pass was verified"
+    );
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["result"], "succeeded");
+    assert!(
+        r["agent_peak_rss_kb"].as_u64().unwrap() < 50 * 1024,
+        "{r:#}"
+    );
+}
+
+#[test]
+fn rollback_after_a_failed_restore_starts_the_stopped_service_again() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    services::services_image(f).unwrap();
+    let base = services::systemd_root(f).unwrap();
+    let root = f.copy_root(&base).unwrap();
+    // The release check of the image wants Debian 12, which this root is.
+    std::fs::write(
+        root.join("etc/systemd/system/app.service"),
+        "[Unit]\nDescription=App\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("etc/systemd/system/multi-user.target.wants")).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/app.service",
+        root.join("etc/systemd/system/multi-user.target.wants/app.service"),
+    )
+    .unwrap();
+    let pg = PgCluster::start(f, &root.join("srv/pgsock")).unwrap();
+    fill_source(&pg);
+    // The target already has a conflicting table: the restore fails.
+    pg.psql("postgres", "CREATE DATABASE app_new OWNER app")
+        .unwrap();
+    pg.psql("app_new", "CREATE TABLE machines (conflict int)")
+        .unwrap();
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+    assert_eq!(
+        booted
+            .exec(&["systemctl", "is-active", "app.service"])
+            .unwrap()
+            .trim(),
+        "active"
+    );
+
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = write_plan(
+        scratch.path(),
+        &format!(
+            r#"[[step]]
+id = "stop-app"
+kind = "service"
+phase = "cutover"
+action = "stop"
+units = ["app.service"]
+bus = "{BUS_IN_ROOT}"
+
+[[step]]
+id = "copy-database"
+kind = "postgres"
+phase = "cutover"
+source = {{ socket = "/srv/pgsock", port = {port}, database = "app", user = "app", password_env = "APP_DB_PASSWORD" }}
+target = {{ socket = "/srv/pgsock", port = {port}, database = "app_new", user = "app", password_env = "APP_DB_PASSWORD" }}
+"#,
+            port = pg.port
+        ),
+    );
+    let out = f
+        .migrate()
+        .args(["run", "--image", SERVICES_IMAGE, "--plan"])
+        .arg(&plan)
+        .arg("--root")
+        .arg(&root.path)
+        .env("APP_DB_PASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("step copy-database failed"), "{stderr}");
+    assert!(
+        stderr.contains("restoring into the target database"),
+        "{stderr}"
+    );
+    assert_eq!(
+        booted
+            .exec(&["systemctl", "is-active", "app.service"])
+            .unwrap()
+            .trim(),
+        "inactive",
+        "the plan stopped the service through systemd"
+    );
+
+    let out = f
+        .migrate()
+        .args(["rollback", "--image", SERVICES_IMAGE, "--root"])
+        .arg(&root.path)
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("app.service: start (the migration had stopped it)")
+    );
+    assert_eq!(
+        booted
+            .exec(&["systemctl", "is-active", "app.service"])
+            .unwrap()
+            .trim(),
+        "active",
+        "the service runs again"
+    );
+}
