@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fixtures::services::{self, BUS_IN_ROOT, BootedRoot, PgCluster, SERVICES_IMAGE, StandInSnapd};
+use fixtures::services::{
+    self, BUS_IN_ROOT, BootedRoot, PgCluster, PgContainer, SERVICES_IMAGE, StandInSnapd,
+};
 use fixtures::{Fixtures, report, serial, show};
 
 const APP_PASSWORD: &str = "app-Pa55-w0rd-never-shown";
@@ -101,8 +103,16 @@ fn a_server_migration_moves_config_and_database_without_showing_the_password() {
     let f = Fixtures::get();
     services::services_image(f).unwrap();
     let root = f.copy_root(&f.bookworm).unwrap();
+    // The old release's server (Debian 12's PostgreSQL 15) and the new one
+    // (Debian 13's PostgreSQL 17, in a container, as a re-packaged service).
     let pg = PgCluster::start(f, &root.join("srv/pgsock")).unwrap();
     fill_source(&pg);
+    let pg17 = PgContainer::start(f).unwrap();
+    pg17.psql(
+        "postgres",
+        &format!("CREATE ROLE app LOGIN CREATEDB PASSWORD '{APP_PASSWORD}'"),
+    )
+    .unwrap();
     std::fs::create_dir_all(root.join("etc/app")).unwrap();
     std::fs::write(root.join("etc/app/db.pass"), format!("{APP_PASSWORD}\n")).unwrap();
     std::fs::set_permissions(
@@ -145,9 +155,10 @@ phase = "cutover"
 exclude_table_data = ["patch_*"]
 schema_upgrade = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "ALTER TABLE machines ADD COLUMN upgraded boolean NOT NULL DEFAULT true"]
 source = {{ socket = "/srv/pgsock", port = {port}, database = "app", user = "app", password_file = "/etc/app/db.pass" }}
-target = {{ url = "postgresql://app@127.0.0.1:{port}/app_new", password_env = "APP_DB_PASSWORD" }}
+target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env = "APP_DB_PASSWORD" }}
 "#,
-            port = pg.port
+            port = pg.port,
+            port17 = pg17.port
         ),
     );
 
@@ -175,17 +186,26 @@ target = {{ url = "postgresql://app@127.0.0.1:{port}/app_new", password_env = "A
         ("patch_meta", "0"),
     ] {
         assert_eq!(
-            pg.psql("app_new", &format!("SELECT count(*) FROM {table}"))
+            pg17.psql("livepatch", &format!("SELECT count(*) FROM {table}"))
                 .unwrap(),
             rows,
             "{table}"
         );
     }
     assert_eq!(
-        pg.psql("app_new", "SELECT count(*) FROM machines WHERE upgraded")
+        pg17.psql("livepatch", "SELECT count(*) FROM machines WHERE upgraded")
             .unwrap(),
         "1000",
         "the schema upgrade added the column"
+    );
+    assert_eq!(
+        pg17.psql(
+            "livepatch",
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'machines'"
+        )
+        .unwrap(),
+        "app",
+        "restored without the source's owners: owned by the restoring user"
     );
     assert_eq!(
         pg.psql("app", "SELECT count(*) FROM patch_store").unwrap(),
@@ -470,10 +490,17 @@ fn rollback_after_a_failed_restore_starts_the_stopped_service_again() {
     .unwrap();
     let pg = PgCluster::start(f, &root.join("srv/pgsock")).unwrap();
     fill_source(&pg);
-    // The target already has a conflicting table: the restore fails.
-    pg.psql("postgres", "CREATE DATABASE app_new OWNER app")
+    // The new server's database already has a conflicting table: the
+    // restore fails.
+    let pg17 = PgContainer::start(f).unwrap();
+    pg17.psql(
+        "postgres",
+        &format!("CREATE ROLE app LOGIN CREATEDB PASSWORD '{APP_PASSWORD}'"),
+    )
+    .unwrap();
+    pg17.psql("postgres", "CREATE DATABASE app OWNER app")
         .unwrap();
-    pg.psql("app_new", "CREATE TABLE machines (conflict int)")
+    pg17.psql("app", "CREATE TABLE machines (conflict int)")
         .unwrap();
     let booted = BootedRoot::boot(f, &root.path).unwrap();
     assert_eq!(
@@ -501,9 +528,10 @@ id = "copy-database"
 kind = "postgres"
 phase = "cutover"
 source = {{ socket = "/srv/pgsock", port = {port}, database = "app", user = "app", password_env = "APP_DB_PASSWORD" }}
-target = {{ socket = "/srv/pgsock", port = {port}, database = "app_new", user = "app", password_env = "APP_DB_PASSWORD" }}
+target = {{ host = "127.0.0.1", port = {port17}, database = "app", user = "app", password_env = "APP_DB_PASSWORD" }}
 "#,
-            port = pg.port
+            port = pg.port,
+            port17 = pg17.port
         ),
     );
     let out = f

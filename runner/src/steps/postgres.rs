@@ -211,6 +211,62 @@ fn url_has_password(url: &str) -> bool {
         || url.contains("password=")
 }
 
+/// libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`,
+/// `PGDATABASE`) for a `postgresql://user@host:port/database?host=...` URL.
+fn url_env(url: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, database) = main.split_once('/').unwrap_or((main, ""));
+    let (user, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u.split(':').next().unwrap_or(u)), h),
+        None => (None, authority),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
+        _ => (hostport, None),
+    };
+    let mut put = |k: &str, v: &str| {
+        if !v.is_empty() {
+            env.insert(k.to_string(), percent_decode(v));
+        }
+    };
+    put("PGHOST", host);
+    put("PGPORT", port.unwrap_or(""));
+    put("PGUSER", user.unwrap_or(""));
+    put("PGDATABASE", database);
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("host", v)) => put("PGHOST", v),
+            Some(("port", v)) => put("PGPORT", v),
+            Some(("user", v)) => put("PGUSER", v),
+            Some(("dbname", v)) => put("PGDATABASE", v),
+            _ => {}
+        }
+    }
+    env
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn replace_database(url: &str, database: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("postgresql", url));
     let (authority, tail) = rest.split_once('/').unwrap_or((rest, ""));
@@ -433,8 +489,8 @@ impl StepKind for PostgresStep {
             let (_, mut env) = dst.connection(ctx, &dst_db, dst_pass)?;
             if let Some(url) = &dst.url {
                 // The command gets the target as libpq environment variables.
+                env.extend(url_env(url));
                 env.insert("PGDATABASE".into(), dst_db.clone());
-                env.insert("MIGRATE_PG_URL".into(), url.clone());
             }
             let mut cmd = Command::new(program);
             cmd.args(args).envs(env).env("MIGRATE_ROOT", ctx.root());
@@ -547,6 +603,18 @@ mod tests {
             password_env: None,
         };
         assert_eq!(e.database().unwrap(), "appdb");
+    }
+
+    #[test]
+    fn urls_become_libpq_environment_variables() {
+        let env = url_env("postgresql://app@127.0.0.1:5433/livepatch?sslmode=disable");
+        assert_eq!(env["PGHOST"], "127.0.0.1");
+        assert_eq!(env["PGPORT"], "5433");
+        assert_eq!(env["PGUSER"], "app");
+        assert_eq!(env["PGDATABASE"], "livepatch");
+        let env = url_env("postgresql:///app?host=%2Fvar%2Frun%2Fpostgresql");
+        assert_eq!(env["PGHOST"], "/var/run/postgresql");
+        assert!(!env.contains_key("PGUSER"));
     }
 
     #[test]
