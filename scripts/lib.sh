@@ -12,13 +12,19 @@ build_migrate() {
 
 # bootstrap SUITE: a pristine minbase root in $cache/SUITE, made once.
 bootstrap() {
-  if [ ! -e "$cache/$1.done" ]; then
-    echo "== debootstrap $1 (once, cached in $cache)"
-    rm -rf "${cache:?}/$1"
+  bootstrap_with "$1" "$1" ""
+}
+
+# bootstrap_with SUITE NAME PACKAGES: a minbase root of SUITE with the extra
+# comma-separated PACKAGES in $cache/NAME, made once.
+bootstrap_with() {
+  if [ ! -e "$cache/$2.done" ]; then
+    echo "== debootstrap $1${3:+ with $3} (once, cached in $cache)"
+    rm -rf "${cache:?}/$2"
     mkdir -p "$cache"
-    debootstrap --variant=minbase "$1" "$cache/$1" >"$cache/$1.log" 2>&1 \
-      || { tail -5 "$cache/$1.log" >&2; exit 4; }
-    touch "$cache/$1.done"
+    debootstrap --variant=minbase ${3:+--include=$3} "$1" "$cache/$2" >"$cache/$2.log" 2>&1 \
+      || { tail -5 "$cache/$2.log" >&2; exit 4; }
+    touch "$cache/$2.done"
   fi
 }
 
