@@ -7,9 +7,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::event::Verb;
 use crate::exit::{ExitCode, fail};
+use crate::host::cleanup::{CleanupOptions, cleanup};
 use crate::host::image_cmd::{self, BuildOptions};
-use crate::host::launch::{self, LaunchOptions};
+use crate::host::launch::{self, LaunchOptions, Reboot};
 use crate::host::render::OutputFormat;
+use crate::host::unattended::{UnattendedOptions, unattended};
 
 /// Upgrade a Linux host (or a root filesystem) to a new release from inside a
 /// migration container built from the target release.
@@ -20,9 +22,15 @@ use crate::host::render::OutputFormat;
 /// run continues where it stopped; `migrate rollback` returns to the safety
 /// backup taken before the cutover.
 ///
+/// A finished migration waits for one reboot (`--reboot` asks logind for
+/// it); on the first boot after it, migrate-cleanup.service runs `migrate
+/// cleanup`. migrate.service runs `migrate --unattended` with the host
+/// configuration, /etc/migrate/config.toml.
+///
 /// Exit codes: 0 succeeded, 1 a step failed, 2 bad usage or input
-/// (incompatible root or image, invalid plan), 3 a check stopped the run,
-/// 4 environment problem (no podman, not root, another run holds the lock).
+/// (incompatible root or image, invalid plan or configuration), 3 a check
+/// stopped the run, 4 environment problem (no podman, not root, another run
+/// holds the lock).
 #[derive(Debug, Parser)]
 #[command(
     name = "migrate",
@@ -54,6 +62,23 @@ pub struct GlobalArgs {
     /// ROOT/etc/migrate/plan.d/*.toml still apply).
     #[arg(long, global = true, value_name = "FILE")]
     pub plan: Option<PathBuf>,
+    /// Host configuration to use instead of ROOT/etc/migrate/config.toml
+    /// (drop-ins in ROOT/etc/migrate/config.d/*.toml still apply). Its
+    /// `image` and `plan` apply to every run; the rest to --unattended.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// With run: once the migration finished, reboot into the new release
+    /// through logind (an orderly reboot, after a wall message). Also
+    /// reboots a finished migration that still waits for its reboot.
+    #[arg(long, global = true)]
+    pub reboot: bool,
+    /// Run as the configuration says, without prompting (what
+    /// migrate.service does): nothing when disabled, else the checks
+    /// (mode = "check") or the migration (mode = "run"), with the outcome
+    /// recorded in report.json and the journal; reboots only inside the
+    /// maintenance window.
+    #[arg(long, global = true)]
+    pub unattended: bool,
     /// With run: show the resolved plan and what each step would do
     /// (package manager simulation); change nothing.
     #[arg(long, global = true)]
@@ -88,6 +113,10 @@ pub enum Command {
     /// Restore the root from the safety backup taken before the cutover, and
     /// say what could not be restored.
     Rollback,
+    /// On the first boot after a migration (migrate-cleanup.service): run the
+    /// plan's post phase, check the new release is healthy, remove what the
+    /// migration left in podman, finalize report.json. Runs once.
+    Cleanup,
     /// Build, list and inspect migration images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -134,18 +163,54 @@ impl Cli {
     pub async fn exec(self) -> Result<()> {
         let g = self.global;
         let command = self.command.unwrap_or(Command::Run);
-        if g.dry_run && !matches!(command, Command::Run) {
+        let run_only = |flag: &str| {
+            fail(
+                ExitCode::BadInput,
+                format!("{flag} applies to `migrate run` only"),
+            )
+        };
+        let is_run = matches!(command, Command::Run);
+        if g.dry_run && !is_run {
+            return Err(run_only("--dry-run"));
+        }
+        if g.reboot && !is_run {
+            return Err(run_only("--reboot"));
+        }
+        if g.unattended && !is_run {
+            return Err(run_only("--unattended"));
+        }
+        if g.dry_run && (g.reboot || g.unattended) {
             return Err(fail(
                 ExitCode::BadInput,
-                "--dry-run applies to `migrate run` only",
+                "--dry-run changes nothing; it does not go with --reboot or --unattended",
             ));
         }
         let verb = match &command {
+            Command::Run if g.unattended => {
+                return unattended(&UnattendedOptions {
+                    root: g.root,
+                    config: g.config,
+                    image: g.image,
+                    plan: g.plan,
+                    reboot: g.reboot,
+                    output: g.output,
+                    verbose: g.verbose,
+                })
+                .await;
+            }
             Command::Run if g.dry_run => Verb::DryRun,
             Command::Run => Verb::Run,
             Command::Check => Verb::Check,
             Command::Sync => Verb::Sync,
             Command::Rollback => Verb::Rollback,
+            Command::Cleanup => {
+                return cleanup(&CleanupOptions {
+                    root: g.root,
+                    output: g.output,
+                    verbose: g.verbose,
+                })
+                .await;
+            }
             Command::Status => return crate::host::status::status(&g.root, g.output),
             Command::Image(ImageCommand::Build {
                 target,
@@ -167,16 +232,20 @@ impl Cli {
                 return image_cmd::inspect(reference, g.output).await;
             }
         };
-        launch::launch(&LaunchOptions {
-            verb,
-            root: g.root,
-            image: g.image,
-            plan: g.plan,
-            output: g.output,
-            verbose: g.verbose,
-            force_new: g.force_new,
-        })
-        .await
+        // The configuration's image and plan apply to every run.
+        let config = crate::host::config::load(&g.root, g.config.as_deref())
+            .map_err(|e| fail(ExitCode::BadInput, format!("configuration: {e:#}")))?;
+        let mut opts = LaunchOptions::new(verb, g.root);
+        opts.image = g.image;
+        opts.default_image = config.image;
+        opts.plan = g.plan.or(config.plan);
+        opts.output = g.output;
+        opts.verbose = g.verbose;
+        opts.force_new = g.force_new;
+        if g.reboot {
+            opts.reboot = Reboot::Now;
+        }
+        launch::launch(&opts).await
     }
 }
 
@@ -252,6 +321,7 @@ mod tests {
             (&["sync"], "Sync"),
             (&["status"], "Status"),
             (&["rollback"], "Rollback"),
+            (&["cleanup"], "Cleanup"),
             (&["image", "list"], "Image"),
         ] {
             let cli = parse(args).unwrap();
@@ -260,6 +330,9 @@ mod tests {
         let cli = parse(&["run", "--dry-run", "--plan", "/p.toml", "--force-new"]).unwrap();
         assert!(cli.global.dry_run && cli.global.force_new);
         assert_eq!(cli.global.plan, Some(PathBuf::from("/p.toml")));
+        let cli = parse(&["--unattended", "--reboot", "--config", "/c.toml"]).unwrap();
+        assert!(cli.command.is_none() && cli.global.unattended && cli.global.reboot);
+        assert_eq!(cli.global.config, Some(PathBuf::from("/c.toml")));
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub struct ImageInfo {
     /// Manifest digest, when podman knows one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Whether migrate pulled the image itself (and so removes it once the
+    /// migration is finished).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pulled: bool,
 }
 
 /// The source release as found in the root.
@@ -161,6 +165,53 @@ pub struct Report {
     /// The agent's peak resident memory, in KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_peak_rss_kb: Option<u64>,
+    /// When migrate asked for the reboot into the new release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_requested_at: Option<String>,
+    /// What the first boot after the migration found (`migrate cleanup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_reboot: Option<AfterReboot>,
+}
+
+/// How the first boot into the new release went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootResult {
+    /// The new release runs, no unit failed because of the migration and
+    /// the post phase succeeded.
+    Confirmed,
+    /// Something is wrong; `message` says what.
+    Failed,
+}
+
+/// The report's final part, written by `migrate cleanup` on the first boot
+/// after the migration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AfterReboot {
+    /// Run id of the cleanup.
+    pub run_id: String,
+    /// When the boot was checked.
+    pub checked_at: String,
+    /// The verdict.
+    pub result: BootResult,
+    /// Why it failed, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The release the root runs now.
+    pub running: SourceInfo,
+    /// Units that failed on this boot and had not failed before the
+    /// migration.
+    #[serde(default)]
+    pub failed_units: Vec<String>,
+    /// The post phase.
+    #[serde(default)]
+    pub steps: Vec<StepReport>,
+    /// What was removed: leftover containers, the image migrate pulled.
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// What the cleanup could not do or check.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -192,6 +243,8 @@ impl Report {
             findings: Vec::new(),
             log: LOG_PATH.to_string(),
             agent_peak_rss_kb: None,
+            reboot_requested_at: None,
+            after_reboot: None,
         }
     }
 
@@ -299,10 +352,37 @@ impl Report {
         crate::fsutil::write_atomic(&root.join(REPORT_PATH), &json)
     }
 
+    /// Rewrites this run's report where it is: `report.json` if that still
+    /// is this run's (or there is none), else the copy kept aside.
+    pub fn update(&self, root: &Path) -> Result<()> {
+        let latest = root.join(REPORT_PATH);
+        let path = match Self::read_file(&latest) {
+            Ok(r) if r.run_id != self.run_id => {
+                latest.with_file_name(format!("report-{}.json", self.run_id))
+            }
+            _ => latest,
+        };
+        let json = serde_json::to_vec_pretty(self).context("encoding the report")?;
+        crate::fsutil::write_atomic(&path, &json)
+    }
+
     /// Reads the report of the last run under `root`.
     pub fn read(root: &Path) -> Result<Self> {
-        let path = root.join(REPORT_PATH);
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Self::read_file(&root.join(REPORT_PATH))
+    }
+
+    /// Reads the report of run `run_id` under `root`: `report.json` if it is
+    /// that run's, else the copy kept aside by [`Report::keep_previous`].
+    pub fn read_run(root: &Path, run_id: &str) -> Result<Self> {
+        let latest = root.join(REPORT_PATH);
+        match Self::read_file(&latest) {
+            Ok(r) if r.run_id == run_id => Ok(r),
+            _ => Self::read_file(&latest.with_file_name(format!("report-{run_id}.json"))),
+        }
+    }
+
+    fn read_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
     }
 
@@ -348,6 +428,23 @@ impl Report {
                 f.finding.id,
                 f.finding.message,
                 f.finding.hint
+            ));
+        }
+        if let Some(t) = &self.reboot_requested_at {
+            out.push_str(&format!("  reboot requested at {t}\n"));
+        }
+        if let Some(a) = &self.after_reboot {
+            out.push_str(&format!(
+                "  first boot: {} ({}){}\n",
+                match a.result {
+                    BootResult::Confirmed => "confirmed",
+                    BootResult::Failed => "FAILED",
+                },
+                a.running.pretty_name,
+                a.message
+                    .as_deref()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
             ));
         }
         out

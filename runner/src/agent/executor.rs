@@ -67,7 +67,20 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
     let existing = Journal::load(root).exit_code(ExitCode::BadInput)?;
     let same = |j: &Journal| j.plan_hash == plan_hash && j.image.id == req.image.id;
     let mut resumed = None;
-    if let Some(j) = existing.as_ref().filter(|j| j.in_progress()) {
+    if req.verb == Verb::Cleanup {
+        // The post phase belongs to the migration that completed.
+        match existing.as_ref() {
+            Some(j) if j.status == MigrationStatus::Completed && same(j) => {
+                resumed = existing.clone();
+            }
+            _ => {
+                return Err(fail(
+                    ExitCode::BadInput,
+                    "no completed migration with this plan and image on this root; nothing to run after the reboot",
+                ));
+            }
+        }
+    } else if let Some(j) = existing.as_ref().filter(|j| j.in_progress()) {
         if same(j) {
             resumed = existing.clone();
         } else if !(req.force_new && req.verb.changes_root()) && req.verb != Verb::Check {

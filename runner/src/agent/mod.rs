@@ -38,6 +38,7 @@ enum RunVerb {
     DryRun,
     Sync,
     Run,
+    Cleanup,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -156,6 +157,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
                         RunVerb::DryRun => Verb::DryRun,
                         RunVerb::Sync => Verb::Sync,
                         RunVerb::Run => Verb::Run,
+                        RunVerb::Cleanup => Verb::Cleanup,
                     },
                     root,
                     run_id,
@@ -163,6 +165,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
                         reference: image_ref,
                         id: image_id,
                         digest: image_digest,
+                        pulled: false,
                     },
                     plan,
                     force_new,

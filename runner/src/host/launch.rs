@@ -18,13 +18,16 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use nix::sys::resource::{Resource, getrlimit};
 
+use super::config::MaintenanceWindow;
+use super::journald::{self, Priority};
 use super::lock::RootLock;
+use super::pending::PendingReboot;
 use super::podman::{ContainerSpec, ImageDetails, Podman, Rlimit};
 use super::preflight;
 use super::render::{OutputFormat, Renderer};
 use super::runlog::RunLog;
 use crate::agent::PLAN_ENV;
-use crate::agent::journal::Journal;
+use crate::agent::journal::{Journal, MigrationStatus};
 use crate::event::{DecodeError, Envelope, Event, OutputStream, Verb};
 use crate::exit::{ExitCode, WithExitCode, fail};
 use crate::image::{ImageLabels, LABEL_PLAN};
@@ -56,17 +59,67 @@ pub struct LaunchOptions {
     pub verbose: u8,
     /// `--force-new`.
     pub force_new: bool,
+    /// The configuration's image: used when neither `--image` nor an
+    /// unfinished migration names one.
+    pub default_image: Option<String>,
+    /// What the run leaves in the root for the record.
+    pub record: Record,
+    /// Whether to reboot into the new release once the migration finished.
+    pub reboot: Reboot,
+}
+
+impl LaunchOptions {
+    /// Options for `verb` on `root` with everything else at its default.
+    pub fn new(verb: Verb, root: PathBuf) -> Self {
+        Self {
+            verb,
+            root,
+            image: None,
+            plan: None,
+            output: OutputFormat::Human,
+            verbose: 0,
+            force_new: false,
+            default_image: None,
+            record: Record::OnChange,
+            reboot: Reboot::No,
+        }
+    }
+}
+
+/// What a run records in the root (`var/log/migrate/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// Log and report, once the run starts changing the root: a run stopped
+    /// by a check leaves the root exactly as it was.
+    OnChange,
+    /// Log and report whatever happens (unattended runs: the outcome of a
+    /// check is what the administrator looks for).
+    Always,
+    /// The log once the run changes the root; the caller owns the report
+    /// (the post phase, recorded in the migration's report).
+    LogOnly,
+}
+
+/// Whether a finished migration reboots the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reboot {
+    /// No: the marker waits for a reboot by someone else.
+    No,
+    /// Yes, right away (`--reboot`).
+    Now,
+    /// Yes, if now is inside the window; else a later unattended run does.
+    InWindow(MaintenanceWindow),
 }
 
 /// Everything decided before the container starts.
-struct Prepared {
-    root: PathBuf,
-    reference: String,
-    image: ImageDetails,
-    plan: Option<Plan>,
-    source: OsRelease,
-    target: crate::release::Release,
-    resuming: bool,
+pub(super) struct Prepared {
+    pub(super) root: PathBuf,
+    pub(super) reference: String,
+    pub(super) image: ImageDetails,
+    pub(super) plan: Option<Plan>,
+    pub(super) source: OsRelease,
+    pub(super) target: crate::release::Release,
+    pub(super) resuming: bool,
 }
 
 /// Runs a verb. Returns on success; every failure is an error carrying its
@@ -74,6 +127,22 @@ struct Prepared {
 pub async fn launch(opts: &LaunchOptions) -> Result<()> {
     preflight::require_root()?;
     let (root, os) = preflight::inspect_root(&opts.root)?;
+    let live = root == Path::new("/");
+    if opts.reboot != Reboot::No && !live {
+        return Err(fail(
+            ExitCode::BadInput,
+            format!(
+                "--reboot reboots this host; it cannot apply to --root {}",
+                root.display()
+            ),
+        ));
+    }
+    if opts.verb == Verb::Run
+        && !opts.force_new
+        && let Some(marker) = pending_reboot(&root)?
+    {
+        return finished_migration(opts, &root, &marker);
+    }
     let journal = Journal::load(&root).exit_code(ExitCode::BadInput)?;
     let plan_file = opts
         .plan
@@ -90,7 +159,7 @@ pub async fn launch(opts: &LaunchOptions) -> Result<()> {
             &podman, opts, root, os, journal, plan_file, &dropins, reference,
         )
         .await?;
-        let lock = if opts.verb.changes_root() {
+        let lock = if opts.verb.changes_root() || opts.record == Record::Always {
             Some(RootLock::acquire(&prepared.root)?)
         } else {
             None
@@ -108,11 +177,115 @@ pub async fn launch(opts: &LaunchOptions) -> Result<()> {
                 ));
             }
         }
-        run_container(&podman, opts, &prepared, lock.as_ref()).await
+        let (report, result) = run_container(&podman, opts, &prepared, lock.as_ref()).await;
+        result?;
+        if opts.verb == Verb::Rollback {
+            // A rolled-back migration waits for no reboot.
+            PendingReboot::remove(&prepared.root).exit_code(ExitCode::Environment)?;
+        }
+        if opts.verb == Verb::Run {
+            let marker = mark_pending_reboot(&prepared, &report)?;
+            drop(lock);
+            return reboot_if_due(opts, &prepared.root, &marker);
+        }
+        Ok(())
     }
     .await;
     podman.shutdown().await;
     result
+}
+
+/// The marker of the migration on `root` that finished and waits for its
+/// reboot, if there is one (a marker the journal does not confirm is stale
+/// and ignored).
+pub fn pending_reboot(root: &Path) -> Result<Option<PendingReboot>> {
+    let marker = PendingReboot::read(root).exit_code(ExitCode::BadInput)?;
+    let journal = Journal::load(root).exit_code(ExitCode::BadInput)?;
+    Ok(marker.filter(|m| {
+        journal.is_some_and(|j| {
+            j.migration_id == m.migration_id && j.status == MigrationStatus::Completed
+        })
+    }))
+}
+
+/// `migrate run` on a root whose migration is finished: nothing to run; the
+/// reboot is what is left.
+pub fn finished_migration(opts: &LaunchOptions, root: &Path, marker: &PendingReboot) -> Result<()> {
+    println!(
+        "migration {} of {} finished at {}; it waits for the reboot into {}",
+        marker.migration_id,
+        root.display(),
+        marker.finished_at,
+        marker.target_name
+    );
+    reboot_if_due(opts, root, marker)
+}
+
+/// Records that the migration finished and waits for its reboot: the marker
+/// that makes `migrate-cleanup.service` run on the next boot.
+fn mark_pending_reboot(p: &Prepared, report: &Report) -> Result<PendingReboot> {
+    let journal = Journal::load(&p.root)
+        .exit_code(ExitCode::Environment)?
+        .filter(|j| j.status == MigrationStatus::Completed)
+        .ok_or_else(|| {
+            fail(
+                ExitCode::StepFailed,
+                "the run succeeded but the journal does not say the migration completed",
+            )
+        })?;
+    let live = p.root == Path::new("/");
+    let target_name = OsRelease::read_from_root(&p.root)
+        .map(|o| o.pretty_name())
+        .unwrap_or_else(|_| p.target.to_string());
+    let marker = PendingReboot {
+        migration_id: journal.migration_id,
+        run_id: report.run_id.clone(),
+        finished_at: report
+            .finished_at
+            .clone()
+            .unwrap_or_else(|| crate::event::timestamp(std::time::SystemTime::now())),
+        target: p.target.clone(),
+        target_name,
+        image: report.image.clone(),
+        plan: p.plan.clone().context("no plan")?,
+        live,
+        failed_units_before: if live {
+            super::systemd::failed_units().ok()
+        } else {
+            None
+        },
+    };
+    marker.write(&p.root).exit_code(ExitCode::Environment)?;
+    Ok(marker)
+}
+
+/// Reboots into the new release if asked to and, for unattended runs, if
+/// the maintenance window is open; otherwise says what happens next.
+fn reboot_if_due(opts: &LaunchOptions, root: &Path, marker: &PendingReboot) -> Result<()> {
+    match &opts.reboot {
+        Reboot::No => {
+            println!(
+                "reboot into {} to finish the migration (`migrate run --reboot` does it through logind); migrate-cleanup.service checks the first boot",
+                marker.target_name
+            );
+            Ok(())
+        }
+        Reboot::InWindow(window) if !window.open_now() => {
+            let line = format!(
+                "the reboot into {} waits for the maintenance window ({window}); the next unattended run inside it reboots",
+                marker.target_name
+            );
+            println!("{line}");
+            journald::send(
+                Priority::Notice,
+                journald::ids::REBOOT_WAITING,
+                &line,
+                &[("MIGRATE_RUN_ID", &marker.run_id)],
+            );
+            Ok(())
+        }
+        Reboot::Now | Reboot::InWindow(_) => super::reboot::reboot_into(root, marker),
+    }
 }
 
 /// The image: `--image`, else the image of the unfinished migration (for a
@@ -137,7 +310,7 @@ fn image_reference(
     if let Some(j) = journal.filter(|j| j.in_progress()) {
         return Ok(j.image.reference.clone());
     }
-    preflight::image_reference(None, os)
+    preflight::image_reference(opts.default_image.as_deref(), os)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -241,18 +414,21 @@ fn resolve_plan(
     Ok(plan)
 }
 
-async fn run_container(
+/// Runs the agent in the migration container and renders, logs and
+/// reports what it does. Returns the run's report and its outcome.
+pub(super) async fn run_container(
     podman: &Podman,
     opts: &LaunchOptions,
     p: &Prepared,
     lock: Option<&RootLock>,
-) -> Result<()> {
+) -> (Report, Result<()>) {
     let root = p.root.as_path();
     let run_id = new_run_id();
     let image_info = ImageInfo {
         reference: p.reference.clone(),
         id: p.image.id.clone(),
         digest: p.image.digest.clone(),
+        pulled: false,
     };
     let report = Report::new(
         &run_id,
@@ -265,6 +441,10 @@ async fn run_container(
         },
         p.target.clone(),
     );
+    let spec = match container_spec(opts, p, &run_id) {
+        Ok(s) => s,
+        Err(e) => return (report, Err(e)),
+    };
     let mut log = RunLog::new(root);
     log.host(&format!(
         "{} {run_id} started: root {} ({}), image {} ({}), podman socket {}{}",
@@ -280,6 +460,19 @@ async fn run_container(
             ""
         }
     ));
+    journald::send(
+        Priority::Info,
+        journald::ids::STARTED,
+        &format!(
+            "migrate {} {run_id} started: {} ({}) -> {} with {}",
+            opts.verb.name(),
+            root.display(),
+            p.source.pretty_name(),
+            p.target,
+            p.reference
+        ),
+        &journal_fields(&run_id, opts.verb, root, &[]),
+    );
     // A check's JSON output is one report document at the end, not events.
     let check_json = opts.verb == Verb::Check && opts.output == OutputFormat::Json;
     let mut renderer = Renderer::new(
@@ -301,7 +494,8 @@ async fn run_container(
             Verb::DryRun => "dry run of",
             Verb::Sync => "syncing",
             Verb::Rollback => "rolling back",
-            _ => "migrating",
+            Verb::Cleanup => "post phase of",
+            Verb::Run => "migrating",
         },
         root.display(),
         p.source.pretty_name(),
@@ -318,11 +512,36 @@ async fn run_container(
     {
         show_plan(&mut renderer, plan, opts.output);
     }
+    // While the run changes the system, logind must not shut it down.
+    let inhibitor = if opts.verb.changes_root() {
+        match super::systemd::inhibit(&format!(
+            "migrating {} to {} (run {run_id})",
+            root.display(),
+            p.target
+        )) {
+            Ok(i) => {
+                log.host("holding a logind inhibitor lock (shutdown, sleep) for the run");
+                Some(i)
+            }
+            Err(e) => {
+                let line = format!(
+                    "no logind inhibitor lock ({e:#}): nothing stops a shutdown during the run"
+                );
+                if root == Path::new("/") {
+                    renderer.note(&format!("warning: {line}"));
+                }
+                log.host(&line);
+                None
+            }
+        }
+    } else {
+        None
+    };
 
-    let spec = container_spec(opts, p, &run_id)?;
     let session = Mutex::new(Session {
         root,
         verb: opts.verb,
+        record: opts.record,
         renderer,
         log,
         report,
@@ -346,6 +565,7 @@ async fn run_container(
         o = podman.run(&spec, |stream, line| guard(&session).line(stream, line), shutdown_signal()) => o,
         () = ticker => unreachable!("the ticker never ends"),
     };
+    drop(inhibitor);
     let mut session = session.into_inner().unwrap_or_else(|e| e.into_inner());
     session.renderer.finish();
 
@@ -377,19 +597,32 @@ async fn run_container(
             .map(|m| format!(": {m}"))
             .unwrap_or_default()
     ));
+    journal_outcome(&session.report, opts.verb, root);
+    if opts.record == Record::Always {
+        session.begin_changes();
+    }
     let wrote = session.log.writing();
-    if wrote {
-        session
-            .report
-            .write(root)
-            .exit_code(ExitCode::Environment)?;
+    let owns_report = opts.record != Record::LogOnly;
+    if wrote
+        && owns_report
+        && let Err(e) = session.report.write(root)
+    {
+        return (
+            session.report,
+            Err(fail(ExitCode::Environment, format!("{e:#}"))),
+        );
     }
     if check_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&session.report).context("encoding the report")?
-        );
-    } else if opts.output == OutputFormat::Human {
+        match serde_json::to_string_pretty(&session.report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                return (
+                    session.report,
+                    Err(anyhow::Error::new(e).context("encoding the report")),
+                );
+            }
+        }
+    } else if opts.output == OutputFormat::Human && owns_report {
         print!("{}", session.report.summary());
         if wrote {
             println!(
@@ -401,19 +634,72 @@ async fn run_container(
             println!("nothing was changed in {}", root.display());
         }
     }
-    if let Some(e) = session.write_error {
-        return Err(fail(ExitCode::Environment, e));
-    }
-    match result {
-        RunResult::Succeeded => Ok(()),
-        _ => {
-            let mut line = message.unwrap_or_else(|| "the run failed".into());
-            if wrote {
-                line.push_str(&format!(" (log: {})", session.log.path().display()));
+    let outcome = if let Some(e) = session.write_error.take() {
+        Err(fail(ExitCode::Environment, e))
+    } else {
+        match result {
+            RunResult::Succeeded => Ok(()),
+            _ => {
+                let mut line = message.unwrap_or_else(|| "the run failed".into());
+                if wrote {
+                    line.push_str(&format!(" (log: {})", session.log.path().display()));
+                }
+                Err(fail(code, line))
             }
-            Err(fail(code, line))
         }
+    };
+    (session.report, outcome)
+}
+
+/// The structured fields of every journal message about a run.
+fn journal_fields<'a>(
+    run_id: &'a str,
+    verb: Verb,
+    root: &'a Path,
+    extra: &[(&'a str, String)],
+) -> Vec<(&'a str, String)> {
+    let mut fields = vec![
+        ("MIGRATE_RUN_ID", run_id.to_string()),
+        ("MIGRATE_VERB", verb.name().to_string()),
+        ("MIGRATE_ROOT", root.display().to_string()),
+    ];
+    fields.extend(extra.iter().cloned());
+    fields
+}
+
+/// The journal message that ends a run: finished, inhibited or failed.
+fn journal_outcome(report: &Report, verb: Verb, root: &Path) {
+    let (priority, id, what) = match report.result {
+        RunResult::Succeeded => (Priority::Notice, journald::ids::FINISHED, "finished"),
+        RunResult::Inhibited => (
+            Priority::Warning,
+            journald::ids::INHIBITED,
+            "stopped by a check",
+        ),
+        _ => (Priority::Error, journald::ids::FAILED, "failed"),
+    };
+    let mut line = format!("migrate {} {} {what}", verb.name(), report.run_id);
+    if let Some(m) = &report.message {
+        line.push_str(&format!(": {m}"));
     }
+    let result = serde_json::to_value(report.result)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let extra = [
+        ("MIGRATE_RESULT", result),
+        (
+            "MIGRATE_EXIT_CODE",
+            report.exit_code.unwrap_or_default().to_string(),
+        ),
+        ("MIGRATE_TARGET", report.target.to_string()),
+    ];
+    journald::send(
+        priority,
+        id,
+        &line,
+        &journal_fields(&report.run_id, verb, root, &extra),
+    );
 }
 
 /// Prints the resolved plan (for `--dry-run`).
@@ -482,6 +768,7 @@ fn interpret_exit(
 struct Session<'a> {
     root: &'a Path,
     verb: Verb,
+    record: Record,
     renderer: Renderer,
     log: RunLog,
     report: Report,
@@ -531,6 +818,7 @@ impl Session<'_> {
             _ => {}
         }
         if self.log.writing()
+            && self.record != Record::LogOnly
             && let Err(e) = self.report.write(self.root)
         {
             self.log
@@ -548,8 +836,11 @@ impl Session<'_> {
             if let Some(lock) = self.lock {
                 lock.record_holder()?;
             }
-            Report::keep_previous(self.root, &self.report.run_id)?;
             self.log.start_writing()?;
+            if self.record == Record::LogOnly {
+                return Ok(());
+            }
+            Report::keep_previous(self.root, &self.report.run_id)?;
             self.report.write(self.root)
         })();
         if let Err(e) = result {
@@ -650,7 +941,7 @@ fn own_rlimits() -> Vec<Rlimit> {
 }
 
 /// A run id: UTC time plus a few bits that differ between processes.
-fn new_run_id() -> String {
+pub fn new_run_id() -> String {
     let now = std::time::SystemTime::now();
     let stamp: String = crate::event::timestamp(now)
         .chars()

@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use podman_api::opts::{
     ContainerAttachOpts, ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter,
-    ContainerListOpts, ContainerStopOpts, ImageListFilter, ImageListOpts,
+    ContainerListOpts, ContainerStopOpts, ImageListFilter, ImageListOpts, ImagesRemoveOpts,
 };
 use podman_api::{ApiVersion, conn::TtyChunk, models};
 
@@ -243,6 +243,42 @@ impl Podman {
             .into_iter()
             .filter_map(|c| c.names.and_then(|n| n.into_iter().next()).or(c.id))
             .collect())
+    }
+
+    /// Removes a container (stopping it first if it still runs).
+    pub async fn remove_container(&self, name: &str) -> Result<()> {
+        self.api
+            .containers()
+            .get(name)
+            .delete(
+                &ContainerDeleteOpts::builder()
+                    .force(true)
+                    .volumes(true)
+                    .build(),
+            )
+            .await
+            .with_context(|| format!("removing container {name}"))
+    }
+
+    /// Removes one image by id, without force: podman refuses while a
+    /// container uses it (the crate's `Image::remove` always forces, which
+    /// would remove those containers too).
+    pub async fn remove_image(&self, id: &str) -> Result<()> {
+        let report = self
+            .api
+            .images()
+            .remove(
+                &ImagesRemoveOpts::builder()
+                    .images([id])
+                    .force(false)
+                    .build(),
+            )
+            .await
+            .with_context(|| format!("removing image {id}"))?;
+        match report.errors.unwrap_or_default().first() {
+            Some(e) => bail!("removing image {id}: {e}"),
+            None => Ok(()),
+        }
     }
 
     /// Creates the container, streams its output line by line to `output`

@@ -1,0 +1,339 @@
+//! `migrate cleanup`: the first boot after a migration, run once by
+//! `migrate-cleanup.service` (which starts only while the reboot marker
+//! exists).
+//!
+//! In order: the plan's `post` phase in the migration container (only if the
+//! plan has post steps); the health of the new release (the root runs the
+//! target release; on a live host, no unit failed that had not failed before
+//! the migration); the leftovers (containers of this root's runs that a crash
+//! left behind, and the image only if migrate pulled it itself — never
+//! anything else in podman's storage); the verdict in the migration's
+//! `report.json` and the journal; and the marker removed, so that later
+//! boots do not run it again.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::journald::{self, Priority};
+use super::launch::{self, LABEL_ROOT, LaunchOptions, Prepared, Record};
+use super::lock::RootLock;
+use super::pending::PendingReboot;
+use super::podman::Podman;
+use super::preflight;
+use super::render::OutputFormat;
+use super::runlog::RunLog;
+use crate::agent::journal::Journal;
+use crate::event::Verb;
+use crate::exit::{ExitCode, WithExitCode, fail};
+use crate::plan::Phase;
+use crate::release::OsRelease;
+use crate::report::{AfterReboot, BootResult, Report, SourceInfo, StepReport};
+
+/// What to clean up.
+#[derive(Clone, Debug)]
+pub struct CleanupOptions {
+    /// `--root`.
+    pub root: PathBuf,
+    /// `--output`.
+    pub output: OutputFormat,
+    /// `-v` count.
+    pub verbose: u8,
+}
+
+/// Runs the cleanup of the migration waiting for its first boot, if any.
+pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
+    preflight::require_root()?;
+    let (root, os) = preflight::inspect_root(&opts.root)?;
+    let Some(marker) = PendingReboot::read(&root).exit_code(ExitCode::BadInput)? else {
+        println!(
+            "no migration on {} waits for its first boot; nothing to clean up",
+            root.display()
+        );
+        return Ok(());
+    };
+    let live = root == Path::new("/");
+    if live && !marker.rebooted_since().exit_code(ExitCode::Environment)? {
+        return Err(fail(
+            ExitCode::BadInput,
+            format!(
+                "migration {} finished at {} and this host has not rebooted since; reboot into {} first (`migrate run --reboot`)",
+                marker.migration_id, marker.finished_at, marker.target_name
+            ),
+        ));
+    }
+    let lock = RootLock::acquire(&root)?;
+    lock.record_holder().exit_code(ExitCode::Environment)?;
+    let run_id = launch::new_run_id();
+    let mut log = RunLog::new(&root);
+    log.start_writing().exit_code(ExitCode::Environment)?;
+    log.host(&format!(
+        "cleanup {run_id} of migration {} started: {} runs {}",
+        marker.migration_id,
+        root.display(),
+        os.pretty_name()
+    ));
+    let mut after = AfterReboot {
+        run_id: run_id.clone(),
+        checked_at: String::new(),
+        result: BootResult::Confirmed,
+        message: None,
+        running: SourceInfo {
+            release: os.release(),
+            pretty_name: os.pretty_name(),
+        },
+        failed_units: Vec::new(),
+        steps: Vec::new(),
+        removed: Vec::new(),
+        notes: Vec::new(),
+    };
+    let mut problems: Vec<String> = Vec::new();
+
+    // The release first: the post phase is pointless on the wrong one.
+    if os.release() != marker.target {
+        problems.push(format!(
+            "the root runs {} ({}), not {}",
+            os.release(),
+            os.pretty_name(),
+            marker.target
+        ));
+    }
+
+    let has_post = marker.plan.steps_in(&[Phase::Post]).next().is_some();
+    match Podman::connect().await {
+        Ok(podman) => {
+            if has_post && problems.is_empty() {
+                match post_phase(&podman, opts, &root, &marker, &lock).await {
+                    Ok((steps, result)) => {
+                        after.steps = steps;
+                        if let Err(e) = result {
+                            problems.push(format!("post phase: {e:#}"));
+                        }
+                    }
+                    Err(e) => problems.push(format!("post phase: {e:#}")),
+                }
+            }
+            remove_leftovers(&podman, &root, &marker, &mut after, &mut problems).await;
+            podman.shutdown().await;
+        }
+        Err(e) if has_post || marker.image.pulled => {
+            problems.push(format!("podman is needed and not available: {e:#}"));
+        }
+        Err(e) => after.notes.push(format!(
+            "podman is not available ({e:#}); leftover containers were not looked for"
+        )),
+    }
+
+    if live {
+        match super::systemd::failed_units() {
+            Ok(units) => {
+                let before = marker.failed_units_before.clone().unwrap_or_default();
+                after.failed_units = units.into_iter().filter(|u| !before.contains(u)).collect();
+                if !after.failed_units.is_empty() {
+                    problems.push(format!(
+                        "failed unit{}: {}",
+                        if after.failed_units.len() == 1 {
+                            ""
+                        } else {
+                            "s"
+                        },
+                        after.failed_units.join(", ")
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("could not ask systemd for failed units: {e:#}")),
+        }
+    } else {
+        after
+            .notes
+            .push("not the running host: units were not checked".to_string());
+    }
+
+    after.checked_at = crate::event::timestamp(std::time::SystemTime::now());
+    if !problems.is_empty() {
+        after.result = BootResult::Failed;
+        after.message = Some(problems.join("; "));
+    }
+    let report = finalize_report(&root, &marker, &os, after)?;
+    let after = report
+        .after_reboot
+        .clone()
+        .context("the report lost its verdict")?;
+    PendingReboot::remove(&root).exit_code(ExitCode::Environment)?;
+
+    let verdict = match after.result {
+        BootResult::Confirmed => format!(
+            "the first boot into {} after migration {} is confirmed",
+            os.pretty_name(),
+            marker.migration_id
+        ),
+        BootResult::Failed => format!(
+            "the first boot after migration {} is not healthy: {}",
+            marker.migration_id,
+            after.message.as_deref().unwrap_or_default()
+        ),
+    };
+    log.host(&format!("cleanup {run_id}: {verdict}"));
+    for line in after
+        .removed
+        .iter()
+        .map(|r| format!("removed {r}"))
+        .chain(after.notes.clone())
+    {
+        log.host(&format!("cleanup {run_id}: {line}"));
+    }
+    journald::send(
+        if after.result == BootResult::Confirmed {
+            Priority::Notice
+        } else {
+            Priority::Error
+        },
+        journald::ids::CLEANUP,
+        &verdict,
+        &[
+            ("MIGRATE_RUN_ID", run_id.as_str()),
+            ("MIGRATE_MIGRATION_ID", marker.migration_id.as_str()),
+            ("MIGRATE_VERB", "cleanup"),
+            (
+                "MIGRATE_RESULT",
+                match after.result {
+                    BootResult::Confirmed => "confirmed",
+                    BootResult::Failed => "failed",
+                },
+            ),
+        ],
+    );
+    match opts.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding the report")?
+        ),
+        OutputFormat::Human => {
+            println!("{verdict}");
+            for r in &after.removed {
+                println!("  removed {r}");
+            }
+            for n in &after.notes {
+                println!("  note: {n}");
+            }
+            println!(
+                "report: {}",
+                root.join(crate::report::REPORT_PATH).display()
+            );
+        }
+    }
+    match after.result {
+        BootResult::Confirmed => Ok(()),
+        BootResult::Failed => Err(fail(ExitCode::StepFailed, verdict)),
+    }
+}
+
+/// Runs the plan's post phase in the migration container; the steps'
+/// outcomes go into the migration's report.
+async fn post_phase(
+    podman: &Podman,
+    opts: &CleanupOptions,
+    root: &Path,
+    marker: &PendingReboot,
+    lock: &RootLock,
+) -> Result<(Vec<StepReport>, Result<()>)> {
+    let (image, labels) = preflight::inspect_image(podman, &marker.image.id).await?;
+    preflight::check_protocol(&labels, &marker.image.reference)?;
+    let journal = Journal::load(root)
+        .exit_code(ExitCode::BadInput)?
+        .context("the root has no migration journal")?;
+    let prepared = Prepared {
+        root: root.to_path_buf(),
+        reference: image.id.clone(),
+        image,
+        plan: Some(marker.plan.clone()),
+        source: journal.source,
+        target: marker.target.clone(),
+        resuming: false,
+    };
+    let mut lo = LaunchOptions::new(Verb::Cleanup, root.to_path_buf());
+    lo.output = opts.output;
+    lo.verbose = opts.verbose;
+    lo.record = Record::LogOnly;
+    let (report, result) = launch::run_container(podman, &lo, &prepared, Some(lock)).await;
+    Ok((report.steps, result))
+}
+
+/// Removes what the migration left in podman: containers of this root's
+/// runs (a crash leaves them), and the image if migrate pulled it.
+async fn remove_leftovers(
+    podman: &Podman,
+    root: &Path,
+    marker: &PendingReboot,
+    after: &mut AfterReboot,
+    problems: &mut Vec<String>,
+) {
+    match podman
+        .containers_with_label(LABEL_ROOT, &root.display().to_string())
+        .await
+    {
+        Ok(names) => {
+            for name in names {
+                match podman.remove_container(&name).await {
+                    Ok(()) => after.removed.push(format!("container {name}")),
+                    Err(e) => problems.push(format!("removing container {name}: {e:#}")),
+                }
+            }
+        }
+        Err(e) => problems.push(format!("listing leftover containers: {e:#}")),
+    }
+    if marker.image.pulled {
+        match podman.remove_image(&marker.image.id).await {
+            Ok(()) => after.removed.push(format!(
+                "image {} ({}), pulled by migrate",
+                marker.image.reference,
+                short(&marker.image.id)
+            )),
+            Err(e) => after.notes.push(format!(
+                "the image migrate pulled, {}, was not removed: {e:#}",
+                marker.image.reference
+            )),
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// Adds the verdict to the migration's report (rebuilt from the marker and
+/// the journal if it was lost) and writes it back where it is.
+fn finalize_report(
+    root: &Path,
+    marker: &PendingReboot,
+    os: &OsRelease,
+    mut after: AfterReboot,
+) -> Result<Report> {
+    let mut report = match Report::read_run(root, &marker.run_id) {
+        Ok(r) => r,
+        Err(e) => {
+            after.notes.push(format!(
+                "the migration's report was unreadable ({e:#}); this one was rebuilt from the reboot marker"
+            ));
+            let source = Journal::load(root)
+                .ok()
+                .flatten()
+                .map(|j| j.source)
+                .unwrap_or_else(|| os.clone());
+            Report::new(
+                &marker.run_id,
+                Verb::Run,
+                root,
+                marker.image.clone(),
+                SourceInfo {
+                    release: source.release(),
+                    pretty_name: source.pretty_name(),
+                },
+                marker.target.clone(),
+            )
+        }
+    };
+    report.after_reboot = Some(after);
+    report.update(root).exit_code(ExitCode::Environment)?;
+    Ok(report)
+}

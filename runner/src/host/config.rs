@@ -1,0 +1,325 @@
+//! The host configuration of unattended runs: `/etc/migrate/config.toml`
+//! (or `--config FILE`) and drop-ins in `/etc/migrate/config.d/*.toml`,
+//! merged in name order, each key overriding the earlier ones.
+//!
+//! ```toml
+//! enabled = true                         # unattended runs do something at all
+//! mode = "check"                         # check (default): only the checks; run: migrate
+//! image = "localhost/migrate/debian-13:latest"
+//! plan = "/etc/migrate/plan.toml"        # replaces the image's plan
+//! reboot = true                          # reboot into the new release afterwards
+//! maintenance_window = "Sat,Sun 02:00-05:00"  # when that reboot may happen (local time)
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use chrono::{Datelike, Timelike};
+use serde::Deserialize;
+
+/// The main configuration file, relative to the root.
+pub const CONFIG_PATH: &str = "etc/migrate/config.toml";
+/// The drop-in directory, relative to the root.
+pub const DROPIN_DIR: &str = "etc/migrate/config.d";
+
+/// One file's settings; every key optional so that files merge.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fragment {
+    enabled: Option<bool>,
+    mode: Option<String>,
+    image: Option<String>,
+    plan: Option<String>,
+    reboot: Option<bool>,
+    maintenance_window: Option<String>,
+}
+
+/// What an unattended run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Run the checks and record the outcome.
+    Check,
+    /// Migrate.
+    Run,
+}
+
+/// The merged, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Whether unattended runs do anything.
+    pub enabled: bool,
+    /// What they do.
+    pub mode: Mode,
+    /// The migration image.
+    pub image: Option<String>,
+    /// A plan replacing the image's.
+    pub plan: Option<PathBuf>,
+    /// Reboot into the new release after a migration.
+    pub reboot: bool,
+    /// When that reboot may happen.
+    pub window: Option<MaintenanceWindow>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            mode: Mode::Check,
+            image: None,
+            plan: None,
+            reboot: false,
+            window: None,
+        }
+    }
+}
+
+/// Loads the configuration of `root`: `explicit` (`--config`) or the main
+/// file if it exists, then the drop-ins. No file at all gives the defaults
+/// (disabled).
+pub fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    match explicit {
+        Some(p) => {
+            if !p.is_file() {
+                bail!("--config {}: no such file", p.display());
+            }
+            files.push(p.to_path_buf());
+        }
+        None => {
+            let main = root.join(CONFIG_PATH);
+            if main.is_file() {
+                files.push(main);
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(root.join(DROPIN_DIR)) {
+        let mut dropins: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        dropins.sort();
+        files.extend(dropins);
+    }
+    let mut merged = Fragment::default();
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let f: Fragment = toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1);
+            let message: Vec<&str> = e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            anyhow::anyhow!("{}:{line}: {}", file.display(), message.join("; "))
+        })?;
+        validate(&f).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
+        merged = Fragment {
+            enabled: f.enabled.or(merged.enabled),
+            mode: f.mode.or(merged.mode),
+            image: f.image.or(merged.image),
+            plan: f.plan.or(merged.plan),
+            reboot: f.reboot.or(merged.reboot),
+            maintenance_window: f.maintenance_window.or(merged.maintenance_window),
+        };
+    }
+    let (mode, window) = validate(&merged)?;
+    Ok(Config {
+        enabled: merged.enabled.unwrap_or(false),
+        mode,
+        image: merged.image,
+        plan: merged.plan.map(PathBuf::from),
+        reboot: merged.reboot.unwrap_or(false),
+        window,
+    })
+}
+
+/// The values of one file (or the merge) that need more than a type check.
+fn validate(f: &Fragment) -> Result<(Mode, Option<MaintenanceWindow>)> {
+    let mode = match f.mode.as_deref() {
+        None | Some("check") => Mode::Check,
+        Some("run") => Mode::Run,
+        Some(other) => bail!("key `mode`: unknown mode {other:?} (check, run)"),
+    };
+    let window = f
+        .maintenance_window
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("key `maintenance_window`")?;
+    Ok((mode, window))
+}
+
+/// When a reboot may happen: some days (none listed: every day) between two
+/// times of day, local time; an end before the start wraps past midnight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaintenanceWindow {
+    days: Vec<chrono::Weekday>,
+    start: u32,
+    end: u32,
+}
+
+impl std::str::FromStr for MaintenanceWindow {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (days, times) = match s.trim().rsplit_once(' ') {
+            Some((d, t)) => (d, t),
+            None => ("", s.trim()),
+        };
+        let days = days
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| {
+                d.parse::<chrono::Weekday>()
+                    .map_err(|_| anyhow::anyhow!("{d:?} is not a day (Mon .. Sun)"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (start, end) = times.split_once('-').with_context(|| {
+            format!("{s:?}: expected [DAYS] HH:MM-HH:MM, e.g. \"Sat,Sun 02:00-05:00\"")
+        })?;
+        let minutes = |t: &str| -> Result<u32> {
+            let (h, m) = t
+                .trim()
+                .split_once(':')
+                .with_context(|| format!("{t:?} is not HH:MM"))?;
+            let (h, m): (u32, u32) = (h.parse()?, m.parse()?);
+            if h > 23 || m > 59 {
+                bail!("{t:?} is not a time of day");
+            }
+            Ok(h * 60 + m)
+        };
+        let (start, end) = (minutes(start)?, minutes(end)?);
+        if start == end {
+            bail!("{s:?}: the window is empty (start and end are the same time)");
+        }
+        Ok(Self { days, start, end })
+    }
+}
+
+impl std::fmt::Display for MaintenanceWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.days.is_empty() {
+            let days: Vec<String> = self.days.iter().map(ToString::to_string).collect();
+            write!(f, "{} ", days.join(","))?;
+        }
+        write!(
+            f,
+            "{:02}:{:02}-{:02}:{:02}",
+            self.start / 60,
+            self.start % 60,
+            self.end / 60,
+            self.end % 60
+        )
+    }
+}
+
+impl MaintenanceWindow {
+    /// Whether `now` is inside the window.
+    pub fn contains<T: Datelike + Timelike>(&self, now: &T) -> bool {
+        let minute = now.hour() * 60 + now.minute();
+        let day_ok = |d: chrono::Weekday| self.days.is_empty() || self.days.contains(&d);
+        if self.start <= self.end {
+            day_ok(now.weekday()) && (self.start..self.end).contains(&minute)
+        } else if minute >= self.start {
+            // Before midnight: the window opened today.
+            day_ok(now.weekday())
+        } else if minute < self.end {
+            // After midnight: it opened yesterday.
+            day_ok(now.weekday().pred())
+        } else {
+            false
+        }
+    }
+
+    /// Whether the window is open now (local time).
+    pub fn open_now(&self) -> bool {
+        self.contains(&chrono::Local::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> chrono::NaiveDateTime {
+        NaiveDate::from_ymd_opt(y, mo, d)
+            .unwrap()
+            .and_hms_opt(h, mi, 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn windows_by_day_and_time_wrap_past_midnight() {
+        let w: MaintenanceWindow = "Sat,Sun 02:00-05:00".parse().unwrap();
+        assert!(w.contains(&at(2026, 11, 21, 3, 0)), "Saturday 03:00");
+        assert!(!w.contains(&at(2026, 11, 21, 5, 0)), "the end is excluded");
+        assert!(!w.contains(&at(2026, 11, 20, 3, 0)), "Friday");
+        let night: MaintenanceWindow = "Fri 23:00-02:00".parse().unwrap();
+        assert!(night.contains(&at(2026, 11, 20, 23, 30)), "Friday night");
+        assert!(
+            night.contains(&at(2026, 11, 21, 1, 30)),
+            "Saturday early, opened Friday"
+        );
+        assert!(
+            !night.contains(&at(2026, 11, 22, 1, 30)),
+            "Sunday early, Saturday is not listed"
+        );
+        let daily: MaintenanceWindow = "01:00-02:00".parse().unwrap();
+        assert!(daily.contains(&at(2026, 11, 24, 1, 15)));
+        for bad in [
+            "Someday 01:00-02:00",
+            "25:00-26:00",
+            "01:00",
+            "Mon 1-2",
+            "02:00-02:00",
+        ] {
+            assert!(bad.parse::<MaintenanceWindow>().is_err(), "{bad}");
+        }
+        assert_eq!(w.to_string(), "Sat,Sun 02:00-05:00");
+        assert_eq!(daily.to_string(), "01:00-02:00");
+    }
+
+    #[test]
+    fn dropins_override_the_main_file_and_errors_name_the_line() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(load(root.path(), None).unwrap(), Config::default());
+        std::fs::create_dir_all(root.path().join(DROPIN_DIR)).unwrap();
+        std::fs::write(
+            root.path().join(CONFIG_PATH),
+            "enabled = true\nmode = \"run\"\nimage = \"img:1\"\nreboot = true\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.path().join(DROPIN_DIR).join("50-site.toml"),
+            "image = \"img:2\"\nmaintenance_window = \"02:00-04:00\"\n",
+        )
+        .unwrap();
+        let c = load(root.path(), None).unwrap();
+        assert!(c.enabled && c.reboot);
+        assert_eq!(c.mode, Mode::Run);
+        assert_eq!(c.image.as_deref(), Some("img:2"));
+        assert!(c.window.is_some());
+        std::fs::write(
+            root.path().join(DROPIN_DIR).join("60-bad.toml"),
+            "\nenabled = \"yes\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", load(root.path(), None).unwrap_err());
+        assert!(e.contains("60-bad.toml:2:"), "{e}");
+        std::fs::write(
+            root.path().join(DROPIN_DIR).join("60-bad.toml"),
+            "mode = \"sometimes\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", load(root.path(), None).unwrap_err());
+        assert!(e.contains("60-bad.toml: key `mode`: unknown mode"), "{e}");
+        let explicit = root.path().join("missing.toml");
+        assert!(load(root.path(), Some(&explicit)).is_err());
+    }
+}

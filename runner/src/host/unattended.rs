@@ -1,0 +1,95 @@
+//! `migrate --unattended`: what `migrate.service` runs, on the schedule of
+//! `migrate.timer`, with the host configuration (`/etc/migrate/config.toml`).
+//!
+//! Disabled (the default), it does nothing. Enabled, it runs the checks
+//! (`mode = "check"`) or the migration (`mode = "run"`, whose checks run
+//! first), never prompts, and records the outcome in `report.json` and the
+//! journal whatever it is, so an inhibitor found at 3 a.m. is there to read
+//! in the morning. A migration that finished and waits for its reboot is
+//! rebooted when the configuration says so and the maintenance window is
+//! open.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::config::{self, Mode};
+use super::journald::{self, Priority};
+use super::launch::{self, LaunchOptions, Reboot, Record};
+use super::preflight;
+use super::render::OutputFormat;
+use crate::event::Verb;
+use crate::exit::{ExitCode, fail};
+
+/// What the command line adds to the configuration.
+#[derive(Clone, Debug)]
+pub struct UnattendedOptions {
+    /// `--root`.
+    pub root: PathBuf,
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--image` (overrides the configuration's).
+    pub image: Option<String>,
+    /// `--plan` (overrides the configuration's).
+    pub plan: Option<PathBuf>,
+    /// `--reboot` (as if the configuration said `reboot = true`).
+    pub reboot: bool,
+    /// `--output`.
+    pub output: OutputFormat,
+    /// `-v` count.
+    pub verbose: u8,
+}
+
+/// Runs what the configuration asks for.
+pub async fn unattended(opts: &UnattendedOptions) -> Result<()> {
+    preflight::require_root()?;
+    let (root, _) = preflight::inspect_root(&opts.root)?;
+    let config = config::load(&root, opts.config.as_deref()).map_err(|e| {
+        let line = format!("configuration: {e:#}");
+        journald::send::<&str>(Priority::Error, journald::ids::FAILED, &line, &[]);
+        fail(ExitCode::BadInput, line)
+    })?;
+    if !config.enabled {
+        println!(
+            "unattended migration is disabled: set `enabled = true` in {} to turn it on",
+            opts.config
+                .as_deref()
+                .unwrap_or(&root.join(config::CONFIG_PATH))
+                .display()
+        );
+        return Ok(());
+    }
+    let live = root == std::path::Path::new("/");
+    let reboot = if (config.reboot || opts.reboot) && live {
+        match config.window.clone() {
+            Some(w) if !opts.reboot => Reboot::InWindow(w),
+            _ => Reboot::Now,
+        }
+    } else {
+        Reboot::No
+    };
+    let mut launch = LaunchOptions::new(
+        match config.mode {
+            Mode::Check => Verb::Check,
+            Mode::Run => Verb::Run,
+        },
+        root.clone(),
+    );
+    launch.image = opts.image.clone();
+    launch.default_image = config.image.clone();
+    launch.plan = opts.plan.clone().or(config.plan.clone());
+    launch.output = opts.output;
+    launch.verbose = opts.verbose;
+    launch.record = Record::Always;
+    launch.reboot = if config.mode == Mode::Run {
+        reboot.clone()
+    } else {
+        Reboot::No
+    };
+    if let Some(marker) = launch::pending_reboot(&root)? {
+        // Nothing to check or migrate: the reboot is what is left.
+        launch.reboot = reboot;
+        return launch::finished_migration(&launch, &root, &marker);
+    }
+    launch::launch(&launch).await
+}
