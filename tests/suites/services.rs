@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fixtures::systemd::{BUS_IN_ROOT, BootedRoot};
 use fixtures::services::{
-    self, BUS_IN_ROOT, BootedRoot, PgCluster, PgContainer, SERVICES_IMAGE, StandInSnapd,
+    self, PgCluster, PgContainer, SERVICES_IMAGE, StandInSnapd,
 };
 use fixtures::{Fixtures, report, serial, show};
 
@@ -474,7 +475,7 @@ fn rollback_after_a_failed_restore_starts_the_stopped_service_again() {
     let _serial = serial();
     let f = Fixtures::get();
     services::services_image(f).unwrap();
-    let base = services::systemd_root(f).unwrap();
+    let base = fixtures::systemd::host_root(f).unwrap();
     let root = f.copy_root(&base).unwrap();
     // The release check of the image wants Debian 12, which this root is.
     std::fs::write(

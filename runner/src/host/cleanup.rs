@@ -209,7 +209,10 @@ pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
             serde_json::to_string_pretty(&report).context("encoding the report")?
         ),
         OutputFormat::Human => {
-            println!("{verdict}");
+            // A service's output goes to the journal, which has the verdict.
+            if !journald::under_systemd() {
+                println!("{verdict}");
+            }
             for r in &after.removed {
                 println!("  removed {r}");
             }
@@ -250,6 +253,7 @@ async fn post_phase(
         source: journal.source,
         target: marker.target.clone(),
         resuming: false,
+        pulled: false,
     };
     let mut lo = LaunchOptions::new(Verb::Cleanup, root.to_path_buf());
     lo.output = opts.output;

@@ -1,5 +1,5 @@
-//! Structured messages to the systemd journal, when migrate runs under
-//! systemd: the native protocol (`KEY=value` lines in a datagram to
+//! Structured messages to the systemd journal, on hosts that run it: the
+//! native protocol (`KEY=value` lines in a datagram to
 //! `/run/systemd/journal/socket`), so that each message carries the run id
 //! and a message id a monitoring system can match on.
 
@@ -40,9 +40,16 @@ pub enum Priority {
     Info = 6,
 }
 
-/// Whether this process runs under systemd with the journal listening.
+/// Whether the journal listens on this host. Runs started by hand are
+/// recorded too: who migrated or rebooted the host belongs in its journal.
 pub fn available() -> bool {
-    std::env::var_os("INVOCATION_ID").is_some() && Path::new(SOCKET).exists()
+    Path::new(SOCKET).exists()
+}
+
+/// Whether this process is a systemd service (its standard output already
+/// goes to the journal).
+pub fn under_systemd() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some()
 }
 
 /// Sends one message with `fields` (`MIGRATE_RUN_ID`, ...); does nothing when

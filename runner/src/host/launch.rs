@@ -120,6 +120,8 @@ pub(super) struct Prepared {
     pub(super) source: OsRelease,
     pub(super) target: crate::release::Release,
     pub(super) resuming: bool,
+    /// Whether this run pulled the image.
+    pub(super) pulled: bool,
 }
 
 /// Runs a verb. Returns on success; every failure is an error carrying its
@@ -178,6 +180,12 @@ pub async fn launch(opts: &LaunchOptions) -> Result<()> {
             }
         }
         let (report, result) = run_container(&podman, opts, &prepared, lock.as_ref()).await;
+        if prepared.pulled && !opts.verb.changes_root() {
+            // Nothing refers to it any more: leave podman's storage as it was.
+            if let Err(e) = podman.remove_image(&prepared.image.id).await {
+                tracing::warn!("removing the image this run pulled: {e:#}");
+            }
+        }
         result?;
         if opts.verb == Verb::Rollback {
             // A rolled-back migration waits for no reboot.
@@ -185,14 +193,18 @@ pub async fn launch(opts: &LaunchOptions) -> Result<()> {
         }
         if opts.verb == Verb::Run {
             let marker = mark_pending_reboot(&prepared, &report)?;
-            drop(lock);
-            return reboot_if_due(opts, &prepared.root, &marker);
+            return Ok(Some((prepared.root, marker)));
         }
-        Ok(())
+        Ok(None)
     }
     .await;
     podman.shutdown().await;
-    result
+    // The reboot comes last: the lock released, podman's private service
+    // stopped.
+    match result? {
+        Some((root, marker)) => reboot_if_due(opts, &root, &marker),
+        None => Ok(()),
+    }
 }
 
 /// The marker of the migration on `root` that finished and waits for its
@@ -235,8 +247,10 @@ fn mark_pending_reboot(p: &Prepared, report: &Report) -> Result<PendingReboot> {
         })?;
     let live = p.root == Path::new("/");
     let target_name = OsRelease::read_from_root(&p.root)
+        .ok()
+        .filter(|o| o.release() == p.target)
         .map(|o| o.pretty_name())
-        .unwrap_or_else(|_| p.target.to_string());
+        .unwrap_or_else(|| p.target.to_string());
     let marker = PendingReboot {
         migration_id: journal.migration_id,
         run_id: report.run_id.clone(),
@@ -263,9 +277,17 @@ fn mark_pending_reboot(p: &Prepared, report: &Report) -> Result<PendingReboot> {
 /// the maintenance window is open; otherwise says what happens next.
 fn reboot_if_due(opts: &LaunchOptions, root: &Path, marker: &PendingReboot) -> Result<()> {
     match &opts.reboot {
-        Reboot::No => {
+        Reboot::No if marker.live => {
             println!(
                 "reboot into {} to finish the migration (`migrate run --reboot` does it through logind); migrate-cleanup.service checks the first boot",
+                marker.target_name
+            );
+            Ok(())
+        }
+        Reboot::No => {
+            println!(
+                "boot {} to finish the migration: migrate-cleanup.service checks its first boot into {}",
+                root.display(),
                 marker.target_name
             );
             Ok(())
@@ -324,7 +346,16 @@ async fn prepare(
     dropins: &[PlanSource],
     reference: String,
 ) -> Result<Prepared> {
-    let (image, labels) = preflight::inspect_image(podman, &reference).await?;
+    let (image, labels, pulled) =
+        preflight::find_or_pull_image(podman, &reference, |line| {
+            if opts.verbose > 0 && opts.output == OutputFormat::Human {
+                eprintln!("    [pull] {line}");
+            }
+        })
+        .await?;
+    if pulled {
+        tracing::info!(reference, id = %image.id, "pulled the migration image");
+    }
     preflight::check_protocol(&labels, &reference)?;
     if opts.verb == Verb::Rollback {
         let journal = journal.context("no journal")?;
@@ -336,6 +367,7 @@ async fn prepare(
             target: journal.source.release(),
             source: os,
             resuming: false,
+            pulled,
         });
     }
     let plan = resolve_plan(&labels, &reference, plan_file, dropins)?;
@@ -377,6 +409,7 @@ async fn prepare(
         source,
         target: labels.target,
         resuming,
+        pulled,
     })
 }
 
@@ -428,7 +461,7 @@ pub(super) async fn run_container(
         reference: p.reference.clone(),
         id: p.image.id.clone(),
         digest: p.image.digest.clone(),
-        pulled: false,
+        pulled: p.pulled,
     };
     let report = Report::new(
         &run_id,

@@ -110,6 +110,54 @@ pub async fn inspect_image(
     Ok((image, labels))
 }
 
+/// Like [`inspect_image`], but an image podman does not have is pulled when
+/// its reference says from where: a registry host (`quay.example/x:1`) or a
+/// transport (`docker://`, `oci-archive:`, `docker-archive:`, `oci:`,
+/// `dir:`). Short names are never pulled: which registry they resolve to
+/// depends on the host's configuration. Returns whether it pulled.
+pub async fn find_or_pull_image(
+    podman: &Podman,
+    reference: &str,
+    progress: impl FnMut(&str),
+) -> Result<(ImageDetails, ImageLabels, bool)> {
+    if podman
+        .image(reference)
+        .await
+        .exit_code(ExitCode::Environment)?
+        .is_some()
+        || !pullable(reference)
+    {
+        let (image, labels) = inspect_image(podman, reference).await?;
+        return Ok((image, labels, false));
+    }
+    let id = podman
+        .pull(reference, progress)
+        .await
+        .map_err(|e| fail(ExitCode::Environment, format!("{e:#}")))?;
+    match inspect_image(podman, &id).await {
+        Ok((image, labels)) => Ok((image, labels, true)),
+        Err(e) => {
+            // Not a migration image: leave podman's storage as it was.
+            let _ = podman.remove_image(&id).await;
+            Err(e)
+        }
+    }
+}
+
+/// Whether a reference names where to pull it from.
+pub fn pullable(reference: &str) -> bool {
+    const TRANSPORTS: [&str; 5] = ["docker://", "oci-archive:", "docker-archive:", "oci:", "dir:"];
+    if TRANSPORTS.iter().any(|t| reference.starts_with(t)) {
+        return true;
+    }
+    match reference.split_once('/') {
+        Some((host, _)) => {
+            host != "localhost" && (host.contains('.') || host.contains(':'))
+        }
+        None => false,
+    }
+}
+
 /// Refuses an image whose agent speaks another event protocol.
 pub fn check_protocol(labels: &ImageLabels, reference: &str) -> Result<()> {
     if labels.protocol != PROTOCOL_VERSION {
@@ -208,6 +256,27 @@ mod tests {
             let err = inspect_root(&root).unwrap_err();
             assert_eq!(exit_code_of(&err), ExitCode::BadInput, "{err}");
             assert!(err.to_string().contains(expect), "{err}");
+        }
+    }
+
+    #[test]
+    fn only_references_that_say_where_from_are_pulled() {
+        for r in [
+            "quay.example/migrate/debian-13:1",
+            "registry.example:5000/m:1",
+            "oci-archive:/srv/images/m.tar",
+            "docker-archive:/tmp/m.tar",
+            "docker://quay.example/m",
+        ] {
+            assert!(pullable(r), "{r}");
+        }
+        for r in [
+            "localhost/migrate/debian-13:latest",
+            "debian-13",
+            "migrate/debian-13:1",
+            "sha256:0123",
+        ] {
+            assert!(!pullable(r), "{r}");
         }
     }
 

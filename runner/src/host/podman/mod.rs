@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use podman_api::opts::{
     ContainerAttachOpts, ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter,
-    ContainerListOpts, ContainerStopOpts, ImageListFilter, ImageListOpts, ImagesRemoveOpts,
+    ContainerListOpts, ContainerStopOpts, ImageListFilter, ImageListOpts, ImagesRemoveOpts, PullOpts,
 };
 use podman_api::{ApiVersion, conn::TtyChunk, models};
 
@@ -243,6 +243,34 @@ impl Podman {
             .into_iter()
             .filter_map(|c| c.names.and_then(|n| n.into_iter().next()).or(c.id))
             .collect())
+    }
+
+    /// Pulls `reference` (from a registry, or through a transport such as
+    /// `oci-archive:PATH`); `progress` gets podman's progress lines. Returns
+    /// the image id.
+    pub async fn pull(&self, reference: &str, mut progress: impl FnMut(&str)) -> Result<String> {
+        let opts = PullOpts::builder().reference(reference).quiet(false).build();
+        let images = self.api.images();
+        let mut stream = images.pull(&opts);
+        let mut id = None;
+        while let Some(item) = stream.next().await {
+            let report = item.with_context(|| format!("pulling {reference}"))?;
+            if let Some(e) = report.error {
+                bail!("pulling {reference}: {}", e.trim());
+            }
+            for line in report.stream.iter().flat_map(|s| s.lines()) {
+                if !line.trim().is_empty() {
+                    progress(line.trim());
+                }
+            }
+            if let Some(i) = report
+                .id
+                .or_else(|| report.images.and_then(|v| v.into_iter().next()))
+            {
+                id = Some(i);
+            }
+        }
+        id.with_context(|| format!("pulling {reference}: podman reported no image"))
     }
 
     /// Removes a container (stopping it first if it still runs).

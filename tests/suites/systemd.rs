@@ -1,0 +1,480 @@
+//! The systemd side: the units, the reboot through logind, the first boot
+//! after a migration (`migrate-cleanup.service`), unattended runs on a timer
+//! and the inhibitor lock — with a real systemd booted in a container from a
+//! Debian 12 root that has podman, migrate and its units installed
+//! (`scripts/install.sh`). Migration containers run inside it, on its own
+//! podman. Plus `migrate cleanup` on a root directory, for what it removes
+//! from podman.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use fixtures::systemd::{BootedRoot, installed_host, read_journal};
+use fixtures::{BASE_IMAGE, Fixtures, MIGRATION_IMAGE, report, serial, show, tree_checksum};
+use serde_json::Value;
+
+/// Message ids of migrate's journal entries (runner/src/host/journald.rs).
+const STARTED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c01";
+const INHIBITED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c04";
+const REBOOTING: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c05";
+const CLEANUP: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c06";
+
+const UNITS: [&str; 3] = [
+    "/usr/lib/systemd/system/migrate.service",
+    "/usr/lib/systemd/system/migrate.timer",
+    "/usr/lib/systemd/system/migrate-cleanup.service",
+];
+
+fn field<'a>(entry: &'a Value, key: &str) -> &'a str {
+    entry[key].as_str().unwrap_or_default()
+}
+
+/// Index of the first journal entry matching `pred`, with a readable panic.
+fn find(journal: &[Value], what: &str, pred: impl Fn(&Value) -> bool) -> usize {
+    journal.iter().position(pred).unwrap_or_else(|| {
+        let tail: Vec<String> = journal
+            .iter()
+            .rev()
+            .take(40)
+            .rev()
+            .map(|e| format!("{}: {}", field(e, "SYSLOG_IDENTIFIER"), field(e, "MESSAGE")))
+            .collect();
+        panic!("no journal entry {what}; the last ones:\n{}", tail.join("\n"))
+    })
+}
+
+fn props(booted: &BootedRoot, unit: &str, names: &[&str]) -> std::collections::HashMap<String, String> {
+    booted.unit(unit, names).unwrap().into_iter().collect()
+}
+
+/// Waits until a oneshot unit has run once (its main process exited).
+fn wait_ran(booted: &BootedRoot, unit: &str, timeout: Duration) {
+    let started = Instant::now();
+    loop {
+        let p = props(booted, unit, &["ExecMainExitTimestampMonotonic", "ActiveState"]);
+        if p["ExecMainExitTimestampMonotonic"] != "0" && p["ActiveState"] != "activating" {
+            return;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "{unit} did not run within {timeout:?}: {p:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn write(root: &Path, path: &str, text: &str) {
+    let path = root.join(path);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// What an upgrade would change: the programs, the package database and the
+/// package sources.
+fn system_state(root: &Path) -> Vec<String> {
+    ["usr", "var/lib/dpkg", "etc/apt"]
+        .iter()
+        .map(|p| tree_checksum(&root.join(p)).unwrap())
+        .collect()
+}
+
+#[test]
+fn an_unattended_check_on_schedule_records_the_inhibitor_and_changes_nothing() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = installed_host(f).unwrap();
+    write(
+        &root.path,
+        "etc/migrate/config.toml",
+        &format!("enabled = true\nmode = \"check\"\nimage = \"{MIGRATION_IMAGE}\"\n"),
+    );
+    // The schedule, made near: two seconds after the timer is enabled.
+    write(
+        &root.path,
+        "etc/systemd/system/migrate.timer.d/soon.conf",
+        "[Timer]\nOnCalendar=\nOnActiveSec=2s\nRandomizedDelaySec=0\n",
+    );
+    let before = system_state(&root.path);
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+
+    let mut verify = vec!["systemd-analyze", "verify"];
+    verify.extend(UNITS);
+    let out = booted.run(&verify).unwrap();
+    assert!(out.status.success() && out.stderr.is_empty(), "{}", show(&out));
+    assert_eq!(
+        booted
+            .exec(&["systemctl", "is-enabled", "migrate.timer", "migrate-cleanup.service"])
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["disabled", "enabled"],
+        "the timer is shipped disabled; the cleanup is enabled"
+    );
+    // The cleanup found no migration waiting: its condition kept it off.
+    assert_eq!(
+        props(&booted, "migrate-cleanup.service", &["ConditionResult"])["ConditionResult"],
+        "no"
+    );
+
+    booted.load_image(MIGRATION_IMAGE).unwrap();
+    let out = booted
+        .run(&["systemctl", "enable", "--now", "migrate.timer"])
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    wait_ran(&booted, "migrate.service", Duration::from_secs(180));
+
+    // The container has no network: the target's repositories are
+    // unreachable, which inhibits the upgrade.
+    let p = props(&booted, "migrate.service", &["ExecMainStatus", "Result"]);
+    assert_eq!(p["ExecMainStatus"], "3", "{p:?}");
+    assert_eq!(p["Result"], "exit-code", "{p:?}");
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["verb"], "check", "{r:#}");
+    assert_eq!(r["result"], "inhibited", "{r:#}");
+    assert_eq!(r["exit_code"], 3);
+    let inhibitor = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["severity"] == "inhibitor")
+        .unwrap_or_else(|| panic!("no inhibitor in {r:#}"));
+    assert_eq!(inhibitor["step"], "repositories");
+    let run_id = r["run_id"].as_str().unwrap();
+
+    let journal = booted.journal().unwrap();
+    let started = find(&journal, "saying the run started", |e| {
+        field(e, "MESSAGE_ID") == STARTED && field(e, "MIGRATE_RUN_ID") == run_id
+    });
+    let inhibited = find(&journal, "saying a check inhibited the run", |e| {
+        field(e, "MESSAGE_ID") == INHIBITED && field(e, "MIGRATE_RUN_ID") == run_id
+    });
+    assert!(started < inhibited);
+    let entry = &journal[inhibited];
+    assert_eq!(field(entry, "_SYSTEMD_UNIT"), "migrate.service");
+    assert_eq!(field(entry, "MIGRATE_EXIT_CODE"), "3");
+    assert!(
+        field(entry, "MESSAGE").contains("repositories"),
+        "the reason is in the journal: {entry}"
+    );
+
+    drop(booted);
+    assert_eq!(system_state(&root.path), before, "the check changed the system");
+    assert!(!root.join("var/lib/migrate/state.json").exists());
+    assert!(!root.join("var/lib/migrate/backup").exists());
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("12"));
+}
+
+#[test]
+fn while_a_run_changes_the_system_its_inhibitor_lock_is_listed() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = installed_host(f).unwrap();
+    write(
+        &root.path,
+        "etc/migrate/wait.toml",
+        r#"description = "waits for /var/tmp/release-me"
+
+[[step]]
+id = "wait"
+kind = "command"
+phase = "sync"
+chroot = true
+command = ["sh", "-c", "while [ ! -e /var/tmp/release-me ]; do sleep 0.2; done"]
+"#,
+    );
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+    booted.load_image(MIGRATION_IMAGE).unwrap();
+    let inhibitors = || {
+        booted
+            .exec(&["systemd-inhibit", "--list", "--no-legend", "--no-pager"])
+            .unwrap()
+    };
+    assert!(!inhibitors().contains("migrate"), "{}", inhibitors());
+
+    let run = f
+        .podman()
+        .args(["exec", &booted.name, "migrate", "sync"])
+        .args(["--image", MIGRATION_IMAGE, "--plan", "/etc/migrate/wait.toml"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let line = loop {
+        let list = inhibitors();
+        if let Some(l) = list.lines().find(|l| l.contains("migrate")) {
+            break l.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no inhibitor of migrate appeared: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(columns[0], "migrate", "{line}");
+    assert!(columns.contains(&"shutdown:sleep"), "{line}");
+    assert_eq!(columns.last(), Some(&"block"), "{line}");
+    assert!(line.contains("migrating / to debian:13"), "{line}");
+
+    std::fs::write(root.join("var/tmp/release-me"), "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        !inhibitors().contains("migrate"),
+        "the lock outlived the run: {}",
+        inhibitors()
+    );
+}
+
+#[test]
+fn a_finished_migration_reboots_through_logind_and_its_first_boot_is_checked() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = installed_host(f).unwrap();
+    // A cutover that changes the system without reaching the package
+    // archives (the booted host has no network).
+    write(
+        &root.path,
+        "etc/migrate/cutover.toml",
+        r#"description = "marks the cutover"
+
+[[step]]
+id = "mark"
+kind = "command"
+phase = "cutover"
+chroot = true
+command = ["touch", "/var/lib/cutover-ran"]
+"#,
+    );
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+    booted.load_image(MIGRATION_IMAGE).unwrap();
+    let out = booted
+        .run(&[
+            "migrate",
+            "run",
+            "--image",
+            MIGRATION_IMAGE,
+            "--plan",
+            "/etc/migrate/cutover.toml",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("`migrate run --reboot`"),
+        "{}",
+        show(&out)
+    );
+    assert!(root.join("var/lib/cutover-ran").exists());
+    let marker: Value = serde_json::from_slice(
+        &std::fs::read(root.join("var/lib/migrate/reboot-pending")).unwrap(),
+    )
+    .unwrap();
+    let run_id = marker["run_id"].as_str().unwrap().to_string();
+    assert_eq!(marker["live"], true);
+    assert_eq!(booted.exec(&["systemctl", "is-system-running"]).unwrap().trim(), "running");
+
+    // The reboot path: nothing left to run, so migrate asks logind.
+    let out = booted.run(&["migrate", "run", "--reboot"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rebooting into"),
+        "{}",
+        show(&out)
+    );
+    booted.wait_stopped(Duration::from_secs(120)).unwrap();
+    drop(booted);
+
+    let journal = read_journal(&root.path).unwrap();
+    let asked = find(&journal, "of migrate asking for the reboot", |e| {
+        field(e, "MESSAGE_ID") == REBOOTING
+            && field(e, "SYSLOG_IDENTIFIER") == "migrate"
+            && field(e, "MIGRATE_RUN_ID") == run_id
+    });
+    // logind carries it out, with migrate's wall message as the reason.
+    let logind = find(&journal, "of logind rebooting for migrate", |e| {
+        field(e, "_COMM") == "systemd-logind"
+            && field(e, "MESSAGE").starts_with("System is rebooting")
+            && field(e, "MESSAGE").contains(&run_id)
+    });
+    assert_eq!(field(&journal[logind], "SHUTDOWN"), "reboot");
+    // An orderly reboot: systemd stops the system down to reboot.target.
+    let target = find(&journal, "of systemd reaching reboot.target", |e| {
+        field(e, "_PID") == "1" && field(e, "MESSAGE").starts_with("Reached target reboot.target")
+    });
+    let stopped = find(&journal, "of systemd stopping logind", |e| {
+        field(e, "_PID") == "1" && field(e, "MESSAGE").starts_with("Stopped systemd-logind.service")
+    });
+    assert!(asked < logind && logind < stopped && stopped < target);
+    assert!(report(&root.path).unwrap()["reboot_requested_at"].is_string());
+    assert!(root.join("var/lib/migrate/reboot-pending").exists());
+
+    // The first boot: the cleanup runs, and says the plan left the release
+    // as it was.
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+    let p = props(&booted, "migrate-cleanup.service", &["ExecMainStatus", "Result"]);
+    assert_eq!((p["ExecMainStatus"].as_str(), p["Result"].as_str()), ("1", "exit-code"), "{p:?}");
+    let after = &report(&root.path).unwrap()["after_reboot"];
+    assert_eq!(after["result"], "failed", "{after:#}");
+    assert!(
+        after["message"]
+            .as_str()
+            .unwrap()
+            .contains("the root runs debian:12 (Debian GNU/Linux 12 (bookworm)), not debian:13"),
+        "{after:#}"
+    );
+    assert!(!root.join("var/lib/migrate/reboot-pending").exists());
+    let journal = booted.journal().unwrap();
+    let verdict = find(&journal, "with the cleanup's verdict", |e| {
+        field(e, "MESSAGE_ID") == CLEANUP
+    });
+    assert_eq!(field(&journal[verdict], "MIGRATE_RESULT"), "failed");
+    assert_eq!(field(&journal[verdict], "_SYSTEMD_UNIT"), "migrate-cleanup.service");
+}
+
+#[test]
+fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = installed_host(f).unwrap();
+    // Migrated offline, from the outside, by the real apt upgrade.
+    let out = f
+        .migrate()
+        .arg("run")
+        .arg("--root")
+        .arg(&root.path)
+        .args(["--image", MIGRATION_IMAGE])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("migrate-cleanup.service checks its first boot"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+    assert!(root.join("var/lib/migrate/reboot-pending").exists());
+    let migration_run = report(&root.path).unwrap()["run_id"].clone();
+
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+    let p = props(&booted, "migrate-cleanup.service", &["ExecMainStatus", "Result"]);
+    assert_eq!((p["ExecMainStatus"].as_str(), p["Result"].as_str()), ("0", "success"), "{p:?}");
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["run_id"], migration_run, "the migration's report is finalized");
+    let after = r["after_reboot"].clone();
+    assert_eq!(after["result"], "confirmed", "{after:#}");
+    assert_eq!(after["running"]["version_id"], "13");
+    assert_eq!(after["failed_units"], serde_json::json!([]));
+    assert!(!root.join("var/lib/migrate/reboot-pending").exists());
+    let journal = booted.journal().unwrap();
+    let verdict = find(&journal, "with the cleanup's verdict", |e| {
+        field(e, "MESSAGE_ID") == CLEANUP
+    });
+    assert_eq!(field(&journal[verdict], "MIGRATE_RESULT"), "confirmed");
+    drop(booted);
+
+    // Later boots: the marker is gone, the cleanup does not run again.
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+    assert_eq!(
+        props(&booted, "migrate-cleanup.service", &["ConditionResult"])["ConditionResult"],
+        "no"
+    );
+    assert_eq!(report(&root.path).unwrap()["after_reboot"], after);
+    let verdicts = booted
+        .journal()
+        .unwrap()
+        .iter()
+        .filter(|e| field(e, "MESSAGE_ID") == CLEANUP)
+        .count();
+    assert_eq!(verdicts, 1, "the cleanup ran more than once");
+}
+
+/// `podman` in the test environment, checked.
+fn podman(f: &Fixtures, args: &[&str]) -> String {
+    let out = f.podman().args(args).output().unwrap();
+    assert!(out.status.success(), "podman {args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let scratch = tempfile::tempdir_in(&f.cache).unwrap();
+    // An image podman does not have, to be pulled from an archive: the
+    // migration image with one more label (so another id).
+    let archive = scratch.path().join("migration.tar");
+    let tag = "localhost/migrate-test/pulled:1";
+    let base = podman(f, &["create", MIGRATION_IMAGE]);
+    podman(f, &["commit", "-q", "--change", "LABEL io.migrate.test=pulled", &base, tag]);
+    podman(f, &["rm", &base]);
+    podman(f, &["save", "--format", "oci-archive", "-o", archive.to_str().unwrap(), tag]);
+    let pulled_id = podman(f, &["image", "inspect", "-f", "{{.Id}}", tag]);
+    podman(f, &["rmi", tag]);
+    let reference = format!("oci-archive:{}", archive.display());
+
+    // A check pulls it and, changing nothing, removes it again.
+    let out = f
+        .migrate()
+        .arg("check")
+        .arg("--root")
+        .arg(&root.path)
+        .args(["--image", &reference])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!f.image_exists(&pulled_id).unwrap(), "the check left its image");
+
+    // A migration pulls it and keeps it until the cleanup.
+    let out = f
+        .migrate()
+        .arg("run")
+        .arg("--root")
+        .arg(&root.path)
+        .args(["--image", &reference])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(f.image_exists(&pulled_id).unwrap());
+    assert_eq!(report(&root.path).unwrap()["image"]["pulled"], true);
+
+    // What a crash leaves: a migration container of this root. And what
+    // must stay: a container of another root, and one that is not migrate's.
+    let root_label = format!("io.migrate.root={}", root.path.display());
+    let leftover = podman(
+        f,
+        &["create", "--label", &root_label, "--label", "io.migrate.run-id=crashed", &pulled_id, "true"],
+    );
+    let other_root = podman(
+        f,
+        &["create", "--label", "io.migrate.root=/srv/elsewhere", BASE_IMAGE, "true"],
+    );
+    let unrelated = podman(f, &["create", BASE_IMAGE, "true"]);
+
+    let out = f.migrate().arg("cleanup").arg("--root").arg(&root.path).output().unwrap();
+    let removed = || {
+        let out = f.podman().args(["container", "exists", &leftover]).status().unwrap();
+        !out.success()
+    };
+    let still = |id: &str| f.podman().args(["container", "exists", id]).status().unwrap().success();
+    let result = (out.status.success(), removed(), still(&other_root), still(&unrelated));
+    for id in [&leftover, &other_root, &unrelated] {
+        let _ = f.podman().args(["rm", "-f", id]).output();
+    }
+    assert_eq!(result, (true, true, true, true), "{}", show(&out));
+    assert!(!f.image_exists(&pulled_id).unwrap(), "the pulled image is still there");
+    assert!(f.image_exists(MIGRATION_IMAGE).unwrap());
+    assert!(f.image_exists(BASE_IMAGE).unwrap());
+    let after = &report(&root.path).unwrap()["after_reboot"];
+    assert_eq!(after["result"], "confirmed", "{after:#}");
+    let removed_list = after["removed"].to_string();
+    assert!(removed_list.contains("container") && removed_list.contains("pulled by migrate"), "{after:#}");
+    assert!(!root.join("var/lib/migrate/reboot-pending").exists());
+
+    // Once only.
+    let out = f.migrate().arg("cleanup").arg("--root").arg(&root.path).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clean up"));
+}
