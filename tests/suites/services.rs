@@ -12,10 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use fixtures::services::{self, PgCluster, PgContainer, SERVICES_IMAGE, StandInSnapd};
 use fixtures::systemd::{BUS_IN_ROOT, BootedRoot};
-use fixtures::services::{
-    self, PgCluster, PgContainer, SERVICES_IMAGE, StandInSnapd,
-};
 use fixtures::{Fixtures, report, serial, show};
 
 const APP_PASSWORD: &str = "app-Pa55-w0rd-never-shown";

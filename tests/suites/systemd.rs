@@ -6,6 +6,8 @@
 //! podman. Plus `migrate cleanup` on a root directory, for what it removes
 //! from podman.
 
+#![allow(clippy::unwrap_used)] // a panic is how a test fails
+
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -40,11 +42,18 @@ fn find(journal: &[Value], what: &str, pred: impl Fn(&Value) -> bool) -> usize {
             .rev()
             .map(|e| format!("{}: {}", field(e, "SYSLOG_IDENTIFIER"), field(e, "MESSAGE")))
             .collect();
-        panic!("no journal entry {what}; the last ones:\n{}", tail.join("\n"))
+        panic!(
+            "no journal entry {what}; the last ones:\n{}",
+            tail.join("\n")
+        )
     })
 }
 
-fn props(booted: &BootedRoot, unit: &str, names: &[&str]) -> std::collections::HashMap<String, String> {
+fn props(
+    booted: &BootedRoot,
+    unit: &str,
+    names: &[&str],
+) -> std::collections::HashMap<String, String> {
     booted.unit(unit, names).unwrap().into_iter().collect()
 }
 
@@ -52,7 +61,11 @@ fn props(booted: &BootedRoot, unit: &str, names: &[&str]) -> std::collections::H
 fn wait_ran(booted: &BootedRoot, unit: &str, timeout: Duration) {
     let started = Instant::now();
     loop {
-        let p = props(booted, unit, &["ExecMainExitTimestampMonotonic", "ActiveState"]);
+        let p = props(
+            booted,
+            unit,
+            &["ExecMainExitTimestampMonotonic", "ActiveState"],
+        );
         if p["ExecMainExitTimestampMonotonic"] != "0" && p["ActiveState"] != "activating" {
             return;
         }
@@ -101,10 +114,19 @@ fn an_unattended_check_on_schedule_records_the_inhibitor_and_changes_nothing() {
     let mut verify = vec!["systemd-analyze", "verify"];
     verify.extend(UNITS);
     let out = booted.run(&verify).unwrap();
-    assert!(out.status.success() && out.stderr.is_empty(), "{}", show(&out));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        show(&out)
+    );
     assert_eq!(
         booted
-            .exec(&["systemctl", "is-enabled", "migrate.timer", "migrate-cleanup.service"])
+            .exec(&[
+                "systemctl",
+                "is-enabled",
+                "migrate.timer",
+                "migrate-cleanup.service"
+            ])
             .unwrap()
             .split_whitespace()
             .collect::<Vec<_>>(),
@@ -159,7 +181,11 @@ fn an_unattended_check_on_schedule_records_the_inhibitor_and_changes_nothing() {
     );
 
     drop(booted);
-    assert_eq!(system_state(&root.path), before, "the check changed the system");
+    assert_eq!(
+        system_state(&root.path),
+        before,
+        "the check changed the system"
+    );
     assert!(!root.join("var/lib/migrate/state.json").exists());
     assert!(!root.join("var/lib/migrate/backup").exists());
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("12"));
@@ -195,7 +221,12 @@ command = ["sh", "-c", "while [ ! -e /var/tmp/release-me ]; do sleep 0.2; done"]
     let run = f
         .podman()
         .args(["exec", &booted.name, "migrate", "sync"])
-        .args(["--image", MIGRATION_IMAGE, "--plan", "/etc/migrate/wait.toml"])
+        .args([
+            "--image",
+            MIGRATION_IMAGE,
+            "--plan",
+            "/etc/migrate/wait.toml",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -274,7 +305,13 @@ command = ["touch", "/var/lib/cutover-ran"]
     .unwrap();
     let run_id = marker["run_id"].as_str().unwrap().to_string();
     assert_eq!(marker["live"], true);
-    assert_eq!(booted.exec(&["systemctl", "is-system-running"]).unwrap().trim(), "running");
+    assert_eq!(
+        booted
+            .exec(&["systemctl", "is-system-running"])
+            .unwrap()
+            .trim(),
+        "running"
+    );
 
     // The reboot path: nothing left to run, so migrate asks logind.
     let out = booted.run(&["migrate", "run", "--reboot"]).unwrap();
@@ -313,8 +350,16 @@ command = ["touch", "/var/lib/cutover-ran"]
     // The first boot: the cleanup runs, and says the plan left the release
     // as it was.
     let booted = BootedRoot::boot(f, &root.path).unwrap();
-    let p = props(&booted, "migrate-cleanup.service", &["ExecMainStatus", "Result"]);
-    assert_eq!((p["ExecMainStatus"].as_str(), p["Result"].as_str()), ("1", "exit-code"), "{p:?}");
+    let p = props(
+        &booted,
+        "migrate-cleanup.service",
+        &["ExecMainStatus", "Result"],
+    );
+    assert_eq!(
+        (p["ExecMainStatus"].as_str(), p["Result"].as_str()),
+        ("1", "exit-code"),
+        "{p:?}"
+    );
     let after = &report(&root.path).unwrap()["after_reboot"];
     assert_eq!(after["result"], "failed", "{after:#}");
     assert!(
@@ -330,7 +375,10 @@ command = ["touch", "/var/lib/cutover-ran"]
         field(e, "MESSAGE_ID") == CLEANUP
     });
     assert_eq!(field(&journal[verdict], "MIGRATE_RESULT"), "failed");
-    assert_eq!(field(&journal[verdict], "_SYSTEMD_UNIT"), "migrate-cleanup.service");
+    assert_eq!(
+        field(&journal[verdict], "_SYSTEMD_UNIT"),
+        "migrate-cleanup.service"
+    );
 }
 
 #[test]
@@ -349,7 +397,8 @@ fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("migrate-cleanup.service checks its first boot"),
+        String::from_utf8_lossy(&out.stdout)
+            .contains("migrate-cleanup.service checks its first boot"),
         "{}",
         show(&out)
     );
@@ -358,10 +407,21 @@ fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
     let migration_run = report(&root.path).unwrap()["run_id"].clone();
 
     let booted = BootedRoot::boot(f, &root.path).unwrap();
-    let p = props(&booted, "migrate-cleanup.service", &["ExecMainStatus", "Result"]);
-    assert_eq!((p["ExecMainStatus"].as_str(), p["Result"].as_str()), ("0", "success"), "{p:?}");
+    let p = props(
+        &booted,
+        "migrate-cleanup.service",
+        &["ExecMainStatus", "Result"],
+    );
+    assert_eq!(
+        (p["ExecMainStatus"].as_str(), p["Result"].as_str()),
+        ("0", "success"),
+        "{p:?}"
+    );
     let r = report(&root.path).unwrap();
-    assert_eq!(r["run_id"], migration_run, "the migration's report is finalized");
+    assert_eq!(
+        r["run_id"], migration_run,
+        "the migration's report is finalized"
+    );
     let after = r["after_reboot"].clone();
     assert_eq!(after["result"], "confirmed", "{after:#}");
     assert_eq!(after["running"]["version_id"], "13");
@@ -408,9 +468,29 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     let archive = scratch.path().join("migration.tar");
     let tag = "localhost/migrate-test/pulled:1";
     let base = podman(f, &["create", MIGRATION_IMAGE]);
-    podman(f, &["commit", "-q", "--change", "LABEL io.migrate.test=pulled", &base, tag]);
+    podman(
+        f,
+        &[
+            "commit",
+            "-q",
+            "--change",
+            "LABEL io.migrate.test=pulled",
+            &base,
+            tag,
+        ],
+    );
     podman(f, &["rm", &base]);
-    podman(f, &["save", "--format", "oci-archive", "-o", archive.to_str().unwrap(), tag]);
+    podman(
+        f,
+        &[
+            "save",
+            "--format",
+            "oci-archive",
+            "-o",
+            archive.to_str().unwrap(),
+            tag,
+        ],
+    );
     let pulled_id = podman(f, &["image", "inspect", "-f", "{{.Id}}", tag]);
     podman(f, &["rmi", tag]);
     let reference = format!("oci-archive:{}", archive.display());
@@ -425,7 +505,10 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    assert!(!f.image_exists(&pulled_id).unwrap(), "the check left its image");
+    assert!(
+        !f.image_exists(&pulled_id).unwrap(),
+        "the check left its image"
+    );
 
     // A migration pulls it and keeps it until the cleanup.
     let out = f
@@ -445,36 +528,83 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     let root_label = format!("io.migrate.root={}", root.path.display());
     let leftover = podman(
         f,
-        &["create", "--label", &root_label, "--label", "io.migrate.run-id=crashed", &pulled_id, "true"],
+        &[
+            "create",
+            "--label",
+            &root_label,
+            "--label",
+            "io.migrate.run-id=crashed",
+            &pulled_id,
+            "true",
+        ],
     );
     let other_root = podman(
         f,
-        &["create", "--label", "io.migrate.root=/srv/elsewhere", BASE_IMAGE, "true"],
+        &[
+            "create",
+            "--label",
+            "io.migrate.root=/srv/elsewhere",
+            BASE_IMAGE,
+            "true",
+        ],
     );
     let unrelated = podman(f, &["create", BASE_IMAGE, "true"]);
 
-    let out = f.migrate().arg("cleanup").arg("--root").arg(&root.path).output().unwrap();
+    let out = f
+        .migrate()
+        .arg("cleanup")
+        .arg("--root")
+        .arg(&root.path)
+        .output()
+        .unwrap();
     let removed = || {
-        let out = f.podman().args(["container", "exists", &leftover]).status().unwrap();
+        let out = f
+            .podman()
+            .args(["container", "exists", &leftover])
+            .status()
+            .unwrap();
         !out.success()
     };
-    let still = |id: &str| f.podman().args(["container", "exists", id]).status().unwrap().success();
-    let result = (out.status.success(), removed(), still(&other_root), still(&unrelated));
+    let still = |id: &str| {
+        f.podman()
+            .args(["container", "exists", id])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let result = (
+        out.status.success(),
+        removed(),
+        still(&other_root),
+        still(&unrelated),
+    );
     for id in [&leftover, &other_root, &unrelated] {
         let _ = f.podman().args(["rm", "-f", id]).output();
     }
     assert_eq!(result, (true, true, true, true), "{}", show(&out));
-    assert!(!f.image_exists(&pulled_id).unwrap(), "the pulled image is still there");
+    assert!(
+        !f.image_exists(&pulled_id).unwrap(),
+        "the pulled image is still there"
+    );
     assert!(f.image_exists(MIGRATION_IMAGE).unwrap());
     assert!(f.image_exists(BASE_IMAGE).unwrap());
     let after = &report(&root.path).unwrap()["after_reboot"];
     assert_eq!(after["result"], "confirmed", "{after:#}");
     let removed_list = after["removed"].to_string();
-    assert!(removed_list.contains("container") && removed_list.contains("pulled by migrate"), "{after:#}");
+    assert!(
+        removed_list.contains("container") && removed_list.contains("pulled by migrate"),
+        "{after:#}"
+    );
     assert!(!root.join("var/lib/migrate/reboot-pending").exists());
 
     // Once only.
-    let out = f.migrate().arg("cleanup").arg("--root").arg(&root.path).output().unwrap();
+    let out = f
+        .migrate()
+        .arg("cleanup")
+        .arg("--root")
+        .arg(&root.path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clean up"));
 }

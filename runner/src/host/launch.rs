@@ -346,13 +346,12 @@ async fn prepare(
     dropins: &[PlanSource],
     reference: String,
 ) -> Result<Prepared> {
-    let (image, labels, pulled) =
-        preflight::find_or_pull_image(podman, &reference, |line| {
-            if opts.verbose > 0 && opts.output == OutputFormat::Human {
-                eprintln!("    [pull] {line}");
-            }
-        })
-        .await?;
+    let (image, labels, pulled) = preflight::find_or_pull_image(podman, &reference, |line| {
+        if opts.verbose > 0 && opts.output == OutputFormat::Human {
+            eprintln!("    [pull] {line}");
+        }
+    })
+    .await?;
     if pulled {
         tracing::info!(reference, id = %image.id, "pulled the migration image");
     }
@@ -936,7 +935,7 @@ fn container_spec(opts: &LaunchOptions, p: &Prepared, run_id: &str) -> Result<Co
     }
     Ok(ContainerSpec {
         name: format!("migrate-{run_id}"),
-        image: p.reference.clone(),
+        image: p.image.id.clone(),
         command,
         env,
         labels: BTreeMap::from([

@@ -112,8 +112,8 @@ pub async fn inspect_image(
 
 /// Like [`inspect_image`], but an image podman does not have is pulled when
 /// its reference says from where: a registry host (`quay.example/x:1`) or a
-/// transport (`docker://`, `oci-archive:`, `docker-archive:`, `oci:`,
-/// `dir:`). Short names are never pulled: which registry they resolve to
+/// transport (`docker://`, `oci-archive:`, `docker-archive:`; see
+/// [`Podman::pull`]). Short names are never pulled: which registry they resolve to
 /// depends on the host's configuration. Returns whether it pulled.
 pub async fn find_or_pull_image(
     podman: &Podman,
@@ -146,14 +146,12 @@ pub async fn find_or_pull_image(
 
 /// Whether a reference names where to pull it from.
 pub fn pullable(reference: &str) -> bool {
-    const TRANSPORTS: [&str; 5] = ["docker://", "oci-archive:", "docker-archive:", "oci:", "dir:"];
+    const TRANSPORTS: [&str; 3] = ["docker://", "oci-archive:", "docker-archive:"];
     if TRANSPORTS.iter().any(|t| reference.starts_with(t)) {
         return true;
     }
     match reference.split_once('/') {
-        Some((host, _)) => {
-            host != "localhost" && (host.contains('.') || host.contains(':'))
-        }
+        Some((host, _)) => host != "localhost" && (host.contains('.') || host.contains(':')),
         None => false,
     }
 }

@@ -6,7 +6,10 @@
 //! - it targets libpod API 4.x, so the server's version is checked on connect
 //!   and requests use the lower of the two versions;
 //! - its image build takes only a directory, so builds go through
-//!   [`build::build`] with a tar stream we assemble ourselves;
+//!   [`build::build`] with a tar stream we assemble ourselves; its image load
+//!   wants the archive in memory, so archives are streamed from their file
+//!   through [`http::post`] (the pull endpoint speaks only the registry
+//!   transport);
 //! - containers are started by the podman service process, which may run with
 //!   lower resource limits than we do (podman lowers its own `nproc`), so the
 //!   limits asked for are clamped to that process's (found through the
@@ -14,6 +17,7 @@
 //!   raised.
 
 pub mod build;
+mod http;
 pub mod service;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +29,8 @@ use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use podman_api::opts::{
     ContainerAttachOpts, ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter,
-    ContainerListOpts, ContainerStopOpts, ImageListFilter, ImageListOpts, ImagesRemoveOpts, PullOpts,
+    ContainerListOpts, ContainerStopOpts, ImageListFilter, ImageListOpts, ImagesRemoveOpts,
+    PullOpts,
 };
 use podman_api::{ApiVersion, conn::TtyChunk, models};
 
@@ -245,11 +250,29 @@ impl Podman {
             .collect())
     }
 
-    /// Pulls `reference` (from a registry, or through a transport such as
-    /// `oci-archive:PATH`); `progress` gets podman's progress lines. Returns
-    /// the image id.
-    pub async fn pull(&self, reference: &str, mut progress: impl FnMut(&str)) -> Result<String> {
-        let opts = PullOpts::builder().reference(reference).quiet(false).build();
+    /// Pulls `reference` from a registry (`docker://` optional), or loads an
+    /// archive (`oci-archive:PATH` or `docker-archive:PATH`, an optional
+    /// `:NAME` after the path ignored: the archive's own names are kept);
+    /// `progress` gets podman's progress lines. Returns the image id.
+    pub async fn pull(&self, reference: &str, progress: impl FnMut(&str)) -> Result<String> {
+        match archive_path(reference) {
+            Some(path) => self.load(reference, &path).await,
+            None => {
+                let name = reference.strip_prefix("docker://").unwrap_or(reference);
+                self.pull_from_registry(name, progress).await
+            }
+        }
+    }
+
+    async fn pull_from_registry(
+        &self,
+        reference: &str,
+        mut progress: impl FnMut(&str),
+    ) -> Result<String> {
+        let opts = PullOpts::builder()
+            .reference(reference)
+            .quiet(false)
+            .build();
         let images = self.api.images();
         let mut stream = images.pull(&opts);
         let mut id = None;
@@ -271,6 +294,52 @@ impl Podman {
             }
         }
         id.with_context(|| format!("pulling {reference}: podman reported no image"))
+    }
+
+    /// `POST /libpod/images/load` with the archive streamed from its file.
+    async fn load(&self, reference: &str, path: &Path) -> Result<String> {
+        #[derive(serde::Deserialize)]
+        struct LoadReport {
+            #[serde(rename = "Names", default)]
+            names: Vec<String>,
+        }
+        let file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("loading {reference}: opening {}", path.display()))?;
+        let len = file.metadata().await?.len();
+        let mut response = http::post(
+            &self.endpoint.socket,
+            &format!("/v{}/libpod/images/load", self.api_version),
+            "application/x-tar",
+            file,
+            len,
+        )
+        .await
+        .with_context(|| format!("loading {reference}"))?;
+        if response.status != 200 {
+            let status = response.status;
+            bail!(
+                "loading {reference}: podman refused it (HTTP {status}): {}",
+                response.error_text().await?
+            );
+        }
+        let body = response.text().await?;
+        let report: LoadReport = serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "loading {reference}: unexpected answer {}",
+                String::from_utf8_lossy(&body)
+            )
+        })?;
+        let name = report
+            .names
+            .into_iter()
+            .next()
+            .with_context(|| format!("loading {reference}: podman reported no image"))?;
+        let image = self
+            .image(&name)
+            .await?
+            .with_context(|| format!("loading {reference}: podman has no image {name}"))?;
+        Ok(image.id)
     }
 
     /// Removes a container (stopping it first if it still runs).
@@ -431,6 +500,21 @@ fn clamp_limits(limits: &mut [Rlimit], service: &HashMap<String, (u64, u64)>) {
 /// header of `_ping`). Not the `API-Version` header or the `ApiVersion` of the
 /// version response: those are the Docker-compatible API's (e.g. 1.41), which
 /// is why the crate's own `adjust_api_version` must not be used.
+/// The file of an `oci-archive:` or `docker-archive:` reference: the text
+/// after the transport, or its shortest prefix before a `:` that is a file
+/// (`oci-archive:PATH:NAME`, where NAME may hold `:` too).
+fn archive_path(reference: &str) -> Option<PathBuf> {
+    let rest = ["oci-archive:", "docker-archive:"]
+        .iter()
+        .find_map(|t| reference.strip_prefix(t))?;
+    let file = rest
+        .match_indices(':')
+        .map(|(i, _)| Path::new(&rest[..i]))
+        .find(|p| p.is_file())
+        .unwrap_or(Path::new(rest));
+    Some(file.to_path_buf())
+}
+
 fn parse_api_version(text: &str) -> Option<ApiVersion> {
     text.trim().parse().ok()
 }
@@ -515,6 +599,27 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_references_name_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m:1.tar");
+        std::fs::write(&file, "").unwrap();
+        let at = |r: String| archive_path(&r).map(|p| p.display().to_string());
+        let shown = file.display().to_string();
+        assert_eq!(at(format!("oci-archive:{shown}")), Some(shown.clone()));
+        assert_eq!(
+            at(format!("docker-archive:{shown}:migrate/x:1")),
+            Some(shown.clone())
+        );
+        assert_eq!(
+            at("oci-archive:/nonexistent/m.tar:latest".into()),
+            Some("/nonexistent/m.tar:latest".into()),
+            "a missing file is named as given"
+        );
+        assert_eq!(at("quay.example/m:1".into()), None);
+        assert_eq!(at("docker://quay.example/m:1".into()), None);
+    }
 
     #[test]
     fn libpod_api_versions_are_parsed() {
