@@ -10,6 +10,7 @@ packages=(
   debootstrap rsync util-linux ca-certificates
   rpm zypper dnf createrepo-c   # building and serving RPM test repositories
   postgresql                    # the PostgreSQL cluster of the service tests
+  systemd                       # journalctl, to read the journal of booted test roots
 )
 missing=()
 for p in "${packages[@]}"; do
