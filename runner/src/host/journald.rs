@@ -53,7 +53,7 @@ pub fn under_systemd() -> bool {
 }
 
 /// Sends one message with `fields` (`MIGRATE_RUN_ID`, ...); does nothing when
-/// not under systemd. Failures are ignored: the journal is a second channel.
+/// journald does not listen. Failures are ignored: the journal is a second channel.
 pub fn send<V: AsRef<str>>(
     priority: Priority,
     message_id: &str,
