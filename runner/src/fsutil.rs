@@ -5,6 +5,22 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// Reads a JSON document; `Ok(None)` when the file does not exist. `what`
+/// names the document in the error for a file that is not one.
+pub fn read_json_if_exists<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{}: not {what}", path.display()))
+}
+
 /// Writes `contents` to `path` atomically: a temporary file in the same
 /// directory, fsync, rename, fsync of the directory. Readers see the old or the
 /// new contents, never a mix, even after a power loss. Parent directories are

@@ -218,6 +218,18 @@ struct StepTables {
     step: Vec<Spanned<SpannedTable>>,
 }
 
+/// A TOML error as one line: `FILE:LINE: message`.
+pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+    let message: Vec<&str> = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    anyhow::anyhow!("{file}:{line}: {}", message.join("; "))
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -225,16 +237,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Parses one plan file into raw steps; checks its syntax, top-level keys,
 /// ids (present, well-formed, unique in the file) and phase order.
 fn parse_file(src: &PlanSource) -> Result<(Option<String>, Vec<RawStep>)> {
-    let syntax = |e: toml::de::Error| {
-        let line = e.span().map(|s| line_of(&src.text, s.start)).unwrap_or(1);
-        let message: Vec<&str> = e
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        anyhow::anyhow!("{}:{line}: {}", src.name, message.join("; "))
-    };
+    let syntax = |e: toml::de::Error| toml_error(&src.name, &src.text, &e);
     let at = |offset: usize| At {
         file: src.name.clone(),
         line: line_of(&src.text, offset),

@@ -174,15 +174,7 @@ impl Journal {
 
     /// Reads the journal of `root`, if there is one.
     pub fn load(root: &Path) -> Result<Option<Self>> {
-        let path = root.join(STATE_PATH);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .with_context(|| format!("parsing {}", path.display()))
+        crate::fsutil::read_json_if_exists(&root.join(STATE_PATH), "a migrate state journal")
     }
 
     /// Writes the journal atomically.

@@ -104,19 +104,8 @@ pub fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
     for file in &files {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let f: Fragment = toml::from_str(&text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
-                .unwrap_or(1);
-            let message: Vec<&str> = e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            anyhow::anyhow!("{}:{line}: {}", file.display(), message.join("; "))
-        })?;
+        let f: Fragment = toml::from_str(&text)
+            .map_err(|e| crate::plan::toml_error(&file.display().to_string(), &text, &e))?;
         validate(&f).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
         merged = Fragment {
             enabled: f.enabled.or(merged.enabled),

@@ -49,15 +49,7 @@ pub struct PendingReboot {
 impl PendingReboot {
     /// Reads the marker of `root`; `Ok(None)` when there is none.
     pub fn read(root: &Path) -> Result<Option<Self>> {
-        let path = root.join(MARKER_PATH);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .with_context(|| format!("{}: not a migrate reboot marker", path.display()))
+        crate::fsutil::read_json_if_exists(&root.join(MARKER_PATH), "a migrate reboot marker")
     }
 
     /// Writes the marker atomically.

@@ -445,15 +445,7 @@ impl Podman {
             })
         }
         .await;
-        let removed = container
-            .delete(
-                &ContainerDeleteOpts::builder()
-                    .force(true)
-                    .volumes(true)
-                    .build(),
-            )
-            .await
-            .with_context(|| format!("removing container {}", spec.name));
+        let removed = self.remove_container(&spec.name).await;
         match (result, removed) {
             (Ok(outcome), Ok(())) => Ok(outcome),
             (Ok(_), Err(e)) => Err(e),
