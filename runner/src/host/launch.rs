@@ -223,8 +223,15 @@ pub fn pending_reboot(root: &Path) -> Result<Option<PendingReboot>> {
 /// `migrate run` on a root whose migration is finished: nothing to run; the
 /// reboot is what is left.
 pub fn finished_migration(opts: &LaunchOptions, root: &Path, marker: &PendingReboot) -> Result<()> {
+    let next = match (&opts.reboot, root == Path::new("/")) {
+        (Reboot::No, true) => " (`migrate run --reboot` reboots into it)",
+        (Reboot::No, false) => {
+            " (its first boot runs `migrate cleanup`; `--force-new` starts another migration)"
+        }
+        _ => "",
+    };
     println!(
-        "migration {} of {} finished at {}; it waits for the reboot into {}",
+        "migration {} of {} finished at {}; it waits for the reboot into {}{next}",
         marker.migration_id,
         root.display(),
         marker.finished_at,
