@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fixtures::services::{self, PgCluster, PgContainer, SERVICES_IMAGE, StandInSnapd};
+use fixtures::services::{self, PgCluster, PgContainer, SERVICES_IMAGE, SshServer, StandInSnapd};
 use fixtures::systemd::{BUS_IN_ROOT, BootedRoot};
 use fixtures::{Fixtures, report, serial, show};
 
@@ -274,9 +274,9 @@ target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env 
     assert!(r["agent_peak_rss_kb"].as_u64().is_some());
 }
 
-/// 200 MB in 5,000 files, some owned by another user, some with extended
-/// attributes.
-fn make_app_data(dir: &Path) {
+/// `files` files of 20-60 kB (5,000: 200 MB), some owned by another user,
+/// some with extended attributes, and a hard link.
+fn make_app_data(dir: &Path, files: u32) {
     std::fs::create_dir_all(dir).unwrap();
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
@@ -285,7 +285,7 @@ fn make_app_data(dir: &Path) {
         seed ^= seed << 17;
         seed
     };
-    for i in 0..5000u32 {
+    for i in 0..files {
         let sub = dir.join(format!("d{:02}", i % 50));
         std::fs::create_dir_all(&sub).unwrap();
         let size = 20_000 + (next() % 40_000) as usize;
@@ -352,7 +352,7 @@ fn application_data_moves_in_phases_while_a_writer_keeps_changing_it() {
     services::services_image(f).unwrap();
     let root = f.copy_root(&f.bookworm).unwrap();
     let data = root.join("srv/app/data");
-    make_app_data(&data);
+    make_app_data(&data, 5000);
     let unit_dir = root.join("usr/lib/systemd/system");
     std::fs::create_dir_all(&unit_dir).unwrap();
     std::fs::write(
@@ -465,6 +465,70 @@ units = ["app.service"]
     assert!(
         r["agent_peak_rss_kb"].as_u64().unwrap() < 50 * 1024,
         "{r:#}"
+    );
+}
+
+#[test]
+fn application_data_moves_to_another_host_over_ssh() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let remote = SshServer::start(f).unwrap();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let data = root.join("srv/app/data");
+    make_app_data(&data, 500);
+    // The host's root user has the key (the image has none of its own).
+    remote.authorize(&root.path).unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let step = |id: &str, phase: &str| {
+        format!(
+            "[[step]]\nid = \"{id}\"\nkind = \"rsync\"\nphase = \"{phase}\"\n\
+             source = \"/srv/app/data/\"\ndestination = \"root@127.0.0.1:/srv/remote/data/\"\n\
+             ssh_port = {}\n\n",
+            remote.port
+        )
+    };
+    let plan = write_plan(
+        scratch.path(),
+        &format!(
+            "description = \"data to another host\"\n\n{}{}",
+            step("pre-copy", "sync"),
+            step("final-copy", "cutover")
+        ),
+    );
+    let migrate = |verb: &str| {
+        f.migrate()
+            .args([verb, "--image", SERVICES_IMAGE, "--plan"])
+            .arg(&plan)
+            .arg("--root")
+            .arg(&root.path)
+            .output()
+            .unwrap()
+    };
+    let out = migrate("sync");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    // After the pre-copy: a file changes, one goes, one comes.
+    std::fs::write(data.join("d01/f00001.bin"), b"changed after the pre-copy").unwrap();
+    std::fs::remove_file(data.join("d02/f00002.bin")).unwrap();
+    std::fs::write(data.join("d03/new.bin"), b"new after the pre-copy").unwrap();
+    let expected = data_state(&data);
+    let out = migrate("run");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    assert_eq!(
+        data_state(&remote.dir.path().join("data")),
+        expected,
+        "the remote copy differs (content, owners, modes, times, xattrs, links)"
+    );
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    assert!(
+        log.contains("verified: a checksum comparison finds no difference"),
+        "the final pass was verified over ssh"
+    );
+    let known = std::fs::read_to_string(root.join("root/.ssh/known_hosts")).unwrap();
+    assert!(
+        known.contains(&format!("[127.0.0.1]:{}", remote.port)),
+        "the remote's host key went to the root's known hosts: {known}"
     );
 }
 

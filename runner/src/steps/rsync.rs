@@ -8,7 +8,7 @@
 //! A pass can be verified afterwards by a checksum comparison that must find
 //! no difference.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -38,10 +38,19 @@ pub struct RsyncOptions {
     /// Paths to leave out (rsync `--exclude` patterns).
     #[serde(default)]
     pub exclude: Vec<String>,
-    /// ssh identity for remotes: a path in the root.
+    /// ssh identity for remotes: a path in the root (default: the root's
+    /// `/root/.ssh/id_ed25519`, `id_ecdsa` and `id_rsa` that exist).
     #[serde(default)]
     pub ssh_key: Option<String>,
+    /// ssh port of the remote (default: ssh's, 22).
+    #[serde(default)]
+    pub ssh_port: Option<u16>,
 }
+
+/// Where ssh looks for identities and known hosts in the root: root's own.
+const ROOT_SSH_DIR: &str = "root/.ssh";
+/// The identities ssh would try by default, in its order.
+const DEFAULT_IDENTITIES: [&str; 3] = ["id_ed25519", "id_ecdsa", "id_rsa"];
 
 /// An `rsync` step.
 pub struct RsyncStep {
@@ -68,6 +77,11 @@ impl RsyncStep {
         }
         if is_remote(&opts.source) && is_remote(&opts.destination) {
             bail!("rsync cannot copy from one remote to another; one side must be in the root");
+        }
+        if let Some(key) = &opts.ssh_key
+            && (!key.starts_with('/') || key.contains(['\'', '"', '\\']))
+        {
+            bail!("option `ssh_key`: {key:?} must be an absolute path in the root without quotes");
         }
         Ok(Self { opts, phase })
     }
@@ -103,14 +117,41 @@ impl RsyncStep {
         for e in &self.opts.exclude {
             cmd.arg(format!("--exclude={e}"));
         }
-        if let Some(key) = &self.opts.ssh_key {
-            let key: PathBuf = ctx.root().join(key.trim_start_matches('/'));
-            cmd.arg("-e").arg(format!(
-                "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -i {}",
-                key.display()
-            ));
+        if is_remote(&self.opts.source) || is_remote(&self.opts.destination) {
+            cmd.arg("-e").arg(self.ssh_command(ctx.root()));
         }
         cmd
+    }
+
+    /// The ssh command rsync runs for a remote: the root's identity and
+    /// known hosts (the image has none of its own), never a prompt. A host
+    /// seen for the first time is added to the root's known hosts; a changed
+    /// host key fails.
+    fn ssh_command(&self, root: &Path) -> String {
+        let ssh_dir = root.join(ROOT_SSH_DIR);
+        let keys: Vec<PathBuf> = match &self.opts.ssh_key {
+            Some(key) => vec![root.join(key.trim_start_matches('/'))],
+            None => DEFAULT_IDENTITIES
+                .iter()
+                .map(|name| ssh_dir.join(name))
+                .filter(|p| p.is_file())
+                .collect(),
+        };
+        // rsync splits this string itself; single quotes keep a path whole.
+        let mut ssh = format!(
+            "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile='{}'",
+            ssh_dir.join("known_hosts").display()
+        );
+        if let Some(port) = self.opts.ssh_port {
+            ssh.push_str(&format!(" -p {port}"));
+        }
+        if !keys.is_empty() {
+            ssh.push_str(" -o IdentitiesOnly=yes");
+        }
+        for key in keys {
+            ssh.push_str(&format!(" -i '{}'", key.display()));
+        }
+        ssh
     }
 }
 
@@ -240,6 +281,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn remotes_use_the_roots_ssh_identity_and_known_hosts() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("root/.ssh")).unwrap();
+        std::fs::write(root.path().join("root/.ssh/id_rsa"), "").unwrap();
+        let step = |key: Option<&str>, port: Option<u16>| {
+            RsyncStep::from_options(
+                RsyncOptions {
+                    source: "/srv/data/".into(),
+                    destination: "backup@db2:/srv/data/".into(),
+                    delete: None,
+                    verify: None,
+                    exclude: Vec::new(),
+                    ssh_key: key.map(Into::into),
+                    ssh_port: port,
+                },
+                Phase::Cutover,
+            )
+        };
+        let r = root.path().display();
+        assert_eq!(
+            step(None, Some(2222)).unwrap().ssh_command(root.path()),
+            format!(
+                "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new \
+                 -o UserKnownHostsFile='{r}/root/.ssh/known_hosts' -p 2222 \
+                 -o IdentitiesOnly=yes -i '{r}/root/.ssh/id_rsa'"
+            )
+        );
+        assert!(
+            step(Some("/etc/app/key"), None)
+                .unwrap()
+                .ssh_command(root.path())
+                .ends_with(&format!(" -i '{r}/etc/app/key'"))
+        );
+        let err = step(Some("etc/key"), None).err().unwrap();
+        assert!(err.to_string().contains("ssh_key"), "{err}");
+        let err = step(Some("/etc/it's"), None).err().unwrap();
+        assert!(err.to_string().contains("without quotes"), "{err}");
+    }
+
+    #[test]
     fn remotes_and_paths_are_told_apart() {
         assert!(is_remote("backup@host:/srv/data"));
         assert!(is_remote("host:data"));
@@ -266,6 +347,7 @@ mod tests {
             verify: None,
             exclude: vec![],
             ssh_key: None,
+            ssh_port: None,
         };
         let sync = RsyncStep::from_options(opts.clone(), Phase::Sync).unwrap();
         assert!(!sync.delete() && !sync.verify());
