@@ -286,7 +286,12 @@ pub static KINDS: &[KindSpec] = &[
             opt(
                 "ssh_key",
                 T::String,
-                "ssh identity for remotes, a path in the root",
+                "ssh identity for remotes, a path in the root (default: root's id_ed25519, id_ecdsa, id_rsa)",
+            ),
+            opt(
+                "ssh_port",
+                T::Integer,
+                "ssh port of the remote (default: 22)",
             ),
         ],
         doc: "rsync -aHAX --numeric-ids; a repeatable pre-copy in sync, the final pass with --delete in cutover",
