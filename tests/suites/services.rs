@@ -274,6 +274,17 @@ target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env 
     assert!(r["agent_peak_rss_kb"].as_u64().is_some());
 }
 
+/// `migrate VERB` on `root` with the services image and `plan`.
+fn migrate_with_plan(f: &Fixtures, verb: &str, plan: &Path, root: &Path) -> std::process::Output {
+    f.migrate()
+        .args([verb, "--image", SERVICES_IMAGE, "--plan"])
+        .arg(plan)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .unwrap()
+}
+
 /// `files` files of 20-60 kB (5,000: 200 MB), some owned by another user,
 /// some with extended attributes, and a hard link.
 fn make_app_data(dir: &Path, files: u32) {
@@ -395,15 +406,7 @@ action = "start"
 units = ["app.service"]
 "#,
     );
-    let migrate = |verb: &str| {
-        f.migrate()
-            .args([verb, "--image", SERVICES_IMAGE, "--plan"])
-            .arg(&plan)
-            .arg("--root")
-            .arg(&root.path)
-            .output()
-            .unwrap()
-    };
+    let migrate = |verb: &str| migrate_with_plan(f, verb, &plan, &root.path);
 
     // The application keeps writing during the pre-copies: 1% of the files
     // (50) change, again and again.
@@ -496,15 +499,7 @@ fn application_data_moves_to_another_host_over_ssh() {
             step("final-copy", "cutover")
         ),
     );
-    let migrate = |verb: &str| {
-        f.migrate()
-            .args([verb, "--image", SERVICES_IMAGE, "--plan"])
-            .arg(&plan)
-            .arg("--root")
-            .arg(&root.path)
-            .output()
-            .unwrap()
-    };
+    let migrate = |verb: &str| migrate_with_plan(f, verb, &plan, &root.path);
     let out = migrate("sync");
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     // After the pre-copy: a file changes, one goes, one comes.

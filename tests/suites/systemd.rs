@@ -57,6 +57,16 @@ fn props(
     booted.unit(unit, names).unwrap().into_iter().collect()
 }
 
+/// Asserts how a oneshot unit's last run ended: its exit status and result.
+fn assert_ended(booted: &BootedRoot, unit: &str, status: &str, result: &str) {
+    let p = props(booted, unit, &["ExecMainStatus", "Result"]);
+    assert_eq!(
+        (p["ExecMainStatus"].as_str(), p["Result"].as_str()),
+        (status, result),
+        "{unit}: {p:?}"
+    );
+}
+
 /// Waits until a oneshot unit has run once (its main process exited).
 fn wait_ran(booted: &BootedRoot, unit: &str, timeout: Duration) {
     let started = Instant::now();
@@ -148,9 +158,7 @@ fn an_unattended_check_on_schedule_records_the_inhibitor_and_changes_nothing() {
 
     // The container has no network: the target's repositories are
     // unreachable, which inhibits the upgrade.
-    let p = props(&booted, "migrate.service", &["ExecMainStatus", "Result"]);
-    assert_eq!(p["ExecMainStatus"], "3", "{p:?}");
-    assert_eq!(p["Result"], "exit-code", "{p:?}");
+    assert_ended(&booted, "migrate.service", "3", "exit-code");
     let r = report(&root.path).unwrap();
     assert_eq!(r["verb"], "check", "{r:#}");
     assert_eq!(r["result"], "inhibited", "{r:#}");
@@ -350,16 +358,7 @@ command = ["touch", "/var/lib/cutover-ran"]
     // The first boot: the cleanup runs, and says the plan left the release
     // as it was.
     let booted = BootedRoot::boot(f, &root.path).unwrap();
-    let p = props(
-        &booted,
-        "migrate-cleanup.service",
-        &["ExecMainStatus", "Result"],
-    );
-    assert_eq!(
-        (p["ExecMainStatus"].as_str(), p["Result"].as_str()),
-        ("1", "exit-code"),
-        "{p:?}"
-    );
+    assert_ended(&booted, "migrate-cleanup.service", "1", "exit-code");
     let after = &report(&root.path).unwrap()["after_reboot"];
     assert_eq!(after["result"], "failed", "{after:#}");
     assert!(
@@ -407,16 +406,7 @@ fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
     let migration_run = report(&root.path).unwrap()["run_id"].clone();
 
     let booted = BootedRoot::boot(f, &root.path).unwrap();
-    let p = props(
-        &booted,
-        "migrate-cleanup.service",
-        &["ExecMainStatus", "Result"],
-    );
-    assert_eq!(
-        (p["ExecMainStatus"].as_str(), p["Result"].as_str()),
-        ("0", "success"),
-        "{p:?}"
-    );
+    assert_ended(&booted, "migrate-cleanup.service", "0", "success");
     let r = report(&root.path).unwrap();
     assert_eq!(
         r["run_id"], migration_run,
@@ -549,22 +539,16 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
         ],
     );
     let unrelated = podman(f, &["create", BASE_IMAGE, "true"]);
-
-    let out = f
-        .migrate()
-        .arg("cleanup")
-        .arg("--root")
-        .arg(&root.path)
-        .output()
-        .unwrap();
-    let removed = || {
-        let out = f
-            .podman()
-            .args(["container", "exists", &leftover])
-            .status()
-            .unwrap();
-        !out.success()
+    let cleanup = || {
+        f.migrate()
+            .arg("cleanup")
+            .arg("--root")
+            .arg(&root.path)
+            .output()
+            .unwrap()
     };
+
+    let out = cleanup();
     let still = |id: &str| {
         f.podman()
             .args(["container", "exists", id])
@@ -574,7 +558,7 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     };
     let result = (
         out.status.success(),
-        removed(),
+        !still(&leftover),
         still(&other_root),
         still(&unrelated),
     );
@@ -598,13 +582,7 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     assert!(!root.join("var/lib/migrate/reboot-pending").exists());
 
     // Once only.
-    let out = f
-        .migrate()
-        .arg("cleanup")
-        .arg("--root")
-        .arg(&root.path)
-        .output()
-        .unwrap();
+    let out = cleanup();
     assert!(out.status.success(), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clean up"));
 }
