@@ -53,6 +53,18 @@ impl CommandExt for Command {
     }
 }
 
+/// Why a tool failed, in one line: `": first | second"` of its `notable`
+/// lines (solver problems, download errors), else the last lines of its
+/// `output` ([`stderr_tail`]).
+pub fn failure_detail<'a>(notable: impl IntoIterator<Item = &'a str>, output: &str) -> String {
+    let lines: Vec<&str> = notable.into_iter().take(2).map(str::trim).collect();
+    if lines.is_empty() {
+        stderr_tail(output)
+    } else {
+        format!(": {}", lines.join(" | "))
+    }
+}
+
 /// `": last lines"` of a tool's stderr, joined into one line, or nothing.
 pub fn stderr_tail(stderr: &str) -> String {
     let lines: Vec<&str> = stderr

@@ -484,16 +484,18 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     let pulled_id = podman(f, &["image", "inspect", "-f", "{{.Id}}", tag]);
     podman(f, &["rmi", tag]);
     let reference = format!("oci-archive:{}", archive.display());
+    let with_image = |verb: &str| {
+        f.migrate()
+            .arg(verb)
+            .arg("--root")
+            .arg(&root.path)
+            .args(["--image", &reference])
+            .output()
+            .unwrap()
+    };
 
     // A check pulls it and, changing nothing, removes it again.
-    let out = f
-        .migrate()
-        .arg("check")
-        .arg("--root")
-        .arg(&root.path)
-        .args(["--image", &reference])
-        .output()
-        .unwrap();
+    let out = with_image("check");
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         !f.image_exists(&pulled_id).unwrap(),
@@ -501,14 +503,7 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     );
 
     // A migration pulls it and keeps it until the cleanup.
-    let out = f
-        .migrate()
-        .arg("run")
-        .arg("--root")
-        .arg(&root.path)
-        .args(["--image", &reference])
-        .output()
-        .unwrap();
+    let out = with_image("run");
     assert!(out.status.success(), "{}", show(&out));
     assert!(f.image_exists(&pulled_id).unwrap());
     assert_eq!(report(&root.path).unwrap()["image"]["pulled"], true);

@@ -169,19 +169,7 @@ pub fn run_streaming_with(
         };
         if !ok {
             let notable = notable_lines.lock().unwrap_or_else(|p| p.into_inner());
-            let why = if notable.is_empty() {
-                stderr_tail(&t)
-            } else {
-                format!(
-                    ": {}",
-                    notable
-                        .iter()
-                        .take(2)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(" | ")
-                )
-            };
+            let why = crate::cmd::failure_detail(notable.iter().map(String::as_str), &t);
             return Err(ToolFailed {
                 tool: tool_name(cmd),
                 status: status.to_string(),

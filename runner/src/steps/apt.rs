@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::packages::{Foreign, PackageManager, SpaceEstimate, TargetUnavailable, parse_size};
+use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::{RunContext, StepContext, StepKind, chroot};
 use crate::cmd::{CommandExt, stderr_tail};
 use crate::event::StepStatus;
@@ -389,7 +389,7 @@ pub struct Apt {
     from: String,
     to: String,
     /// The outcome of fetching the target's metadata, once tried.
-    refreshed: std::cell::RefCell<Option<std::result::Result<(), String>>>,
+    refreshed: Refreshed,
 }
 
 impl Apt {
@@ -400,7 +400,7 @@ impl Apt {
             root: run.root.clone(),
             from: from.to_string(),
             to: to.to_string(),
-            refreshed: std::cell::RefCell::new(None),
+            refreshed: Refreshed::default(),
         })
     }
 
@@ -501,12 +501,7 @@ impl Apt {
 
     /// Fetches the target's metadata once; later calls repeat the outcome.
     fn ensure_refreshed(&self) -> Result<()> {
-        let known = self.refreshed.borrow().clone();
-        match known {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(TargetUnavailable(e).into()),
-            None => self.refresh_target(),
-        }
+        self.refreshed.ensure(|| self.fetch_target())
     }
 }
 
@@ -539,12 +534,7 @@ impl PackageManager for Apt {
     }
 
     fn refresh_target(&self) -> Result<()> {
-        let result = self.fetch_target();
-        *self.refreshed.borrow_mut() = Some(match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(format!("{e:#}")),
-        });
-        result
+        self.refreshed.record(self.fetch_target())
     }
 
     fn estimate(&self) -> Result<SpaceEstimate> {

@@ -13,11 +13,11 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::packages::{Foreign, PackageManager, SpaceEstimate, TargetUnavailable, parse_size};
+use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::repofile::RepoChange;
 use super::rpm::{self, RepoDir, run_pm};
 use super::{RunContext, StepContext, StepKind};
-use crate::cmd::{CommandExt, stderr_tail};
+use crate::cmd::{CommandExt, failure_detail};
 use crate::event::StepStatus;
 
 /// Repository files in the root.
@@ -196,7 +196,7 @@ impl StepKind for DnfStep {
 pub struct Dnf {
     root: PathBuf,
     opts: DnfOptions,
-    refreshed: std::cell::RefCell<Option<std::result::Result<(), String>>>,
+    refreshed: Refreshed,
 }
 
 impl Dnf {
@@ -205,7 +205,7 @@ impl Dnf {
         Self {
             root: run.root.clone(),
             opts,
-            refreshed: std::cell::RefCell::new(None),
+            refreshed: Refreshed::default(),
         }
     }
 
@@ -214,13 +214,29 @@ impl Dnf {
         dnf(&self.root, &dir, &self.opts.releasever, Cache::Scratch)
     }
 
-    fn ensure_refreshed(&self) -> Result<()> {
-        let known = self.refreshed.borrow().clone();
-        match known {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(TargetUnavailable(e).into()),
-            None => self.refresh_target(),
+    /// Fetches the target repositories' metadata into the scratch cache.
+    fn fetch_target(&self) -> Result<()> {
+        let out = self
+            .scratch_dnf()?
+            .args(["makecache", "--refresh"])
+            .output()
+            .context("running dnf makecache")?;
+        if out.status.success() {
+            return Ok(());
         }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bail!(
+            "dnf makecache of the target repositories failed{}",
+            failure_detail(text.lines().filter(|l| notable(l)), &text)
+        )
+    }
+
+    fn ensure_refreshed(&self) -> Result<()> {
+        self.refreshed.ensure(|| self.fetch_target())
     }
 
     /// The output of a simulated distro-sync (`--assumeno` answers no: dnf
@@ -273,40 +289,7 @@ impl PackageManager for Dnf {
     }
 
     fn refresh_target(&self) -> Result<()> {
-        let result = (|| {
-            let out = self
-                .scratch_dnf()?
-                .args(["makecache", "--refresh"])
-                .output()
-                .context("running dnf makecache")?;
-            if out.status.success() {
-                return Ok(());
-            }
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let lines: Vec<&str> = text
-                .lines()
-                .filter(|l| notable(l))
-                .take(2)
-                .map(str::trim)
-                .collect();
-            bail!(
-                "dnf makecache of the target repositories failed{}",
-                if lines.is_empty() {
-                    stderr_tail(&text)
-                } else {
-                    format!(": {}", lines.join(" | "))
-                }
-            )
-        })();
-        *self.refreshed.borrow_mut() = Some(match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(format!("{e:#}")),
-        });
-        result
+        self.refreshed.record(self.fetch_target())
     }
 
     fn estimate(&self) -> Result<SpaceEstimate> {

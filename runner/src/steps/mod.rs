@@ -492,6 +492,24 @@ impl StepContext<'_> {
         crate::rootfs::resolve(&self.run.root, inside)
     }
 
+    /// This step's directory under the migration's backup directory
+    /// (`var/lib/migrate/backup/<migration>/<step>` of the pristine root),
+    /// kept until cleanup. Not created.
+    pub fn backup_dir(&self) -> PathBuf {
+        let migration = self
+            .run
+            .journal
+            .borrow()
+            .as_ref()
+            .map(|j| j.migration_id.clone())
+            .unwrap_or_else(|| self.run.run_id.clone());
+        self.run
+            .pristine
+            .join(backup::BACKUP_DIR)
+            .join(migration)
+            .join(&self.step.id)
+    }
+
     /// Tells the host something about the step's progress.
     pub fn say(&self, line: impl Into<String>) {
         self.run

@@ -16,6 +16,33 @@ use super::RunContext;
 #[error("the target release's repositories did not answer: {0}")]
 pub struct TargetUnavailable(pub String);
 
+/// The outcome of fetching the target's metadata, once tried: the checks ask
+/// several questions of one fetch, and a failed fetch is not repeated.
+#[derive(Debug, Default)]
+pub struct Refreshed(std::cell::RefCell<Option<std::result::Result<(), String>>>);
+
+impl Refreshed {
+    /// Records the outcome of a fetch and passes it on.
+    pub fn record(&self, result: Result<()>) -> Result<()> {
+        *self.0.borrow_mut() = Some(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(format!("{e:#}")),
+        });
+        result
+    }
+
+    /// Fetches with `fetch` the first time; later calls repeat the outcome
+    /// (a failure as [`TargetUnavailable`]).
+    pub fn ensure(&self, fetch: impl FnOnce() -> Result<()>) -> Result<()> {
+        let known = self.0.borrow().clone();
+        match known {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(TargetUnavailable(e).into()),
+            None => self.record(fetch()),
+        }
+    }
+}
+
 /// Space an upgrade needs, as the package manager estimates it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpaceEstimate {

@@ -406,19 +406,7 @@ impl StepKind for PostgresStep {
         let (src_pass, dst_pass) = (src_pass.as_deref(), dst_pass.as_deref());
 
         // The dump goes to the backup directory and stays until cleanup.
-        let migration = ctx
-            .run
-            .journal
-            .borrow()
-            .as_ref()
-            .map(|j| j.migration_id.clone())
-            .unwrap_or_else(|| ctx.run.run_id.clone());
-        let dir = ctx
-            .run
-            .pristine
-            .join(super::backup::BACKUP_DIR)
-            .join(migration)
-            .join(&ctx.step.id);
+        let dir = ctx.backup_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let directory = self.opts.format == "directory";
         let dump = dir.join(if directory { "dump.dir" } else { "dump.custom" });

@@ -123,19 +123,7 @@ impl RepoDir {
 /// Copies `dirs` of the root (e.g. the repository files) into
 /// `var/lib/migrate/backup/<migration>/<step>/`, once per migration.
 pub fn back_up_dirs(ctx: &StepContext<'_>, dirs: &[&str]) -> Result<()> {
-    let migration = ctx
-        .run
-        .journal
-        .borrow()
-        .as_ref()
-        .map(|j| j.migration_id.clone())
-        .unwrap_or_else(|| ctx.run.run_id.clone());
-    let base = ctx
-        .run
-        .pristine
-        .join(super::backup::BACKUP_DIR)
-        .join(&migration)
-        .join(&ctx.step.id);
+    let base = ctx.backup_dir();
     if base.exists() {
         return Ok(()); // taken by an earlier attempt, before anything changed
     }

@@ -15,12 +15,12 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::packages::{Foreign, PackageManager, SpaceEstimate, TargetUnavailable, parse_size};
+use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::repofile::RepoChange;
 use super::rpm::{self, RepoDir, run_pm};
 use super::{RunContext, StepContext, StepKind};
 use crate::agent::exec::ToolFailed;
-use crate::cmd::{CommandExt, stderr_tail};
+use crate::cmd::{CommandExt, failure_detail};
 use crate::event::StepStatus;
 
 /// Repository files in the root.
@@ -310,7 +310,7 @@ pub fn migration_args(product: &str) -> Vec<String> {
 pub struct Zypper {
     root: PathBuf,
     opts: ZypperOptions,
-    refreshed: std::cell::RefCell<Option<std::result::Result<(), String>>>,
+    refreshed: Refreshed,
 }
 
 impl Zypper {
@@ -319,7 +319,7 @@ impl Zypper {
         Self {
             root: run.root.clone(),
             opts,
-            refreshed: std::cell::RefCell::new(None),
+            refreshed: Refreshed::default(),
         }
     }
 
@@ -335,13 +335,30 @@ impl Zypper {
         ))
     }
 
-    fn ensure_refreshed(&self) -> Result<()> {
-        let known = self.refreshed.borrow().clone();
-        match known {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(TargetUnavailable(e).into()),
-            None => self.refresh_target(),
+    /// Refreshes the target repositories into the scratch cache.
+    fn fetch_target(&self) -> Result<()> {
+        let out = self
+            .scratch_zypper()?
+            .args(["refresh", "--force"])
+            .output()
+            .context("running zypper refresh")?;
+        if out.status.success() {
+            return Ok(());
         }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bail!(
+            "zypper refresh of the target repositories failed with exit code {}{}",
+            out.status.code().unwrap_or(-1),
+            failure_detail(text.lines().filter(|l| notable(l)), &text)
+        )
+    }
+
+    fn ensure_refreshed(&self) -> Result<()> {
+        self.refreshed.ensure(|| self.fetch_target())
     }
 }
 
@@ -363,36 +380,7 @@ impl PackageManager for Zypper {
     }
 
     fn refresh_target(&self) -> Result<()> {
-        let result = (|| {
-            let out = self
-                .scratch_zypper()?
-                .args(["refresh", "--force"])
-                .output()
-                .context("running zypper refresh")?;
-            if out.status.success() {
-                return Ok(());
-            }
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let lines: Vec<&str> = text.lines().filter(|l| notable(l)).take(2).collect();
-            bail!(
-                "zypper refresh of the target repositories failed with exit code {}{}",
-                out.status.code().unwrap_or(-1),
-                if lines.is_empty() {
-                    stderr_tail(&text)
-                } else {
-                    format!(": {}", lines.join(" | "))
-                }
-            )
-        })();
-        *self.refreshed.borrow_mut() = Some(match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(format!("{e:#}")),
-        });
-        result
+        self.refreshed.record(self.fetch_target())
     }
 
     fn estimate(&self) -> Result<SpaceEstimate> {
