@@ -507,6 +507,17 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     assert!(out.status.success(), "{}", show(&out));
     assert!(f.image_exists(&pulled_id).unwrap());
     assert_eq!(report(&root.path).unwrap()["image"]["pulled"], true);
+    // Run again: the migration is finished and waits for its first boot;
+    // nothing runs, and migrate says how to start another.
+    let report_before = report(&root.path).unwrap();
+    let out = with_image("run");
+    assert!(out.status.success(), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("waits for the reboot") && stdout.contains("--force-new"),
+        "{stdout}"
+    );
+    assert_eq!(report(&root.path).unwrap(), report_before);
 
     // What a crash leaves: a migration container of this root. And what
     // must stay: a container of another root, and one that is not migrate's.
