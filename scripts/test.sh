@@ -1,16 +1,57 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, unit tests and the
-# integration tests against real podman, apt and Debian roots.
+# Runs every check and test: formatting, clippy, the layer check, unit tests
+# and the integration tests against real podman, apt and Debian roots.
 # Installs what is missing first. Run as root on a Debian machine.
+# Prints each suite's wall time at the end, so that a change sees what it
+# costs CI. SUITES="a b" runs only those integration suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
+times=()
+failed=()
+# timed NAME COMMAND...: runs COMMAND, records its wall time and outcome.
+timed() {
+  local name=$1 start end
+  shift
+  start=$(date +%s)
+  if "$@"; then
+    end=$(date +%s)
+    times+=("$(printf '%-16s %5ds' "$name" $((end - start)))")
+  else
+    end=$(date +%s)
+    times+=("$(printf '%-16s %5ds  FAILED' "$name" $((end - start)))")
+    failed+=("$name")
+  fi
+}
+
+all_start=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== layers (scripts/check-layers.sh)"
+scripts/check-layers.sh
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test (unit and integration; container tests run one at a time)"
-cargo test --workspace -- --test-threads=1
+timed clippy cargo clippy --workspace --all-targets -- -D warnings
+[ ${#failed[@]} -eq 0 ] || { echo "clippy failed" >&2; exit 1; }
+echo "== unit tests"
+timed unit cargo test --workspace --lib --bins
+echo "== integration tests (containers: one test at a time)"
+suites=${SUITES:-$(awk -F'"' '/^\[\[test\]\]/ { t = 1 } t && /^name = / { print $2; t = 0 }' tests/Cargo.toml)}
+# Build every suite first, so that the times below are the suites' own.
+cargo test -p migrate-tests --no-run
+for suite in $suites; do
+  echo "== suite $suite"
+  timed "$suite" cargo test -p migrate-tests --test "$suite" -- --test-threads=1
+done
+all_end=$(date +%s)
+
+echo
+echo "== wall time per suite"
+printf '%s\n' "${times[@]}"
+printf '%-16s %5ds\n' total $((all_end - all_start))
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
+fi

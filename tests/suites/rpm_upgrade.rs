@@ -172,6 +172,42 @@ fn unsatisfiable_dependency_fails_naming_the_problem(flavor: Flavor, expect: &st
     );
 }
 
+/// The documented safety net: `allow_removal` names what the upgrade may
+/// remove, and dnf then removes exactly that (the package whose new version
+/// cannot be installed) and upgrades the rest.
+#[test]
+fn dnf_removes_what_allow_removal_names_and_upgrades_the_rest() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let server = server(f);
+    let root = testos_root(f, Flavor::Dnf, &server, "2-broken");
+    dropin(
+        &root.path,
+        "60-allow-removal.toml",
+        "[[step]]\nid = \"upgrade-packages\"\nallow_removal = [\"base-tools\"]\n",
+    )
+    .unwrap();
+    let out = migrate_run(f, Flavor::Dnf, &root.path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        show(&out),
+        log(&root.path)
+    );
+    let installed = rpm::installed(&root.path).unwrap();
+    assert!(
+        !installed.iter().any(|p| p.starts_with("base-tools-")),
+        "{installed:?}"
+    );
+    assert!(
+        installed.contains(&"libfoo-2.0-1".to_string()),
+        "{installed:?}"
+    );
+    let os = std::fs::read_to_string(root.path.join("etc/os-release")).unwrap();
+    assert!(os.contains("VERSION_ID=\"2\""), "{os}");
+}
+
 /// With the default checks, the same problem is found before anything runs:
 /// an inhibitor, and the root byte-identical.
 fn unsatisfiable_dependency_inhibits_the_run(flavor: Flavor, expect: &str) {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::sink::EventSink;
-use crate::cmd::{CommandExt, stderr_tail};
-use crate::event::{Event, OutputStream};
+use crate::core::cmd::{CommandExt, stderr_tail};
+use crate::core::event::{Event, OutputStream};
 
 /// Turns a line of a tool's standard output into a progress event instead of
 /// an output line (`None`: an ordinary line).
@@ -169,7 +169,7 @@ pub fn run_streaming_with(
         };
         if !ok {
             let notable = notable_lines.lock().unwrap_or_else(|p| p.into_inner());
-            let why = crate::cmd::failure_detail(notable.iter().map(String::as_str), &t);
+            let why = crate::core::cmd::failure_detail(notable.iter().map(String::as_str), &t);
             return Err(ToolFailed {
                 tool: tool_name(cmd),
                 status: status.to_string(),

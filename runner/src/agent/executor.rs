@@ -18,18 +18,18 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::journal::{ImageIdentity, Journal, JournalRun, MigrationStatus};
 use super::mounts;
 use super::sink::EventSink;
-use crate::event::{
+use crate::agent::steps::{RunContext, StepContext, StepKind, instantiate};
+use crate::core::event::{
     Event, Finding, OutputStream, PlannedStep, Severity, StepStatus, Verb, timestamp,
 };
-use crate::exit::{ExitCode, WithExitCode, fail};
-use crate::image::ImageDefinition;
-use crate::plan::{Phase, Plan, PlanStep};
-use crate::release::{OsRelease, Release};
-use crate::report::StepState;
-use crate::steps::{RunContext, StepContext, StepKind, instantiate};
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::image::ImageDefinition;
+use crate::core::journal::{ImageIdentity, Journal, JournalRun, MigrationStatus};
+use crate::core::plan::{Phase, Plan, PlanStep};
+use crate::core::release::{OsRelease, Release};
+use crate::core::report::StepState;
 
 /// What the host asked for.
 pub struct Request {
@@ -125,7 +125,7 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
             .zip(&kinds)
             .map(|(s, k)| PlannedStep {
                 id: s.id.clone(),
-                kind: s.kind.clone(),
+                kind: s.kind.name().to_string(),
                 phase: s.phase,
                 description: s.description.clone().unwrap_or_else(|| k.describe()),
             })
@@ -328,7 +328,7 @@ fn with_journal(run: &RunContext, f: impl FnOnce(&mut Journal)) -> Result<()> {
 
 /// The image definition shipped in the image.
 pub fn image_definition() -> Result<ImageDefinition> {
-    let path = Path::new(crate::image::IMAGE_DATA_DIR).join("image.toml");
+    let path = Path::new(crate::core::image::IMAGE_DATA_DIR).join("image.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| {
         fail(
             ExitCode::BadInput,

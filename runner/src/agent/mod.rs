@@ -3,24 +3,23 @@
 
 pub mod exec;
 pub mod executor;
-pub mod journal;
 pub mod mounts;
 pub mod rollback;
 pub mod sink;
+pub mod steps;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use crate::event::{Event, RunStatus, Verb};
-use crate::exit::{ExitCode, WithExitCode, exit_code_of, fail};
-use crate::plan::Plan;
-use journal::ImageIdentity;
+use crate::core::event::{Event, RunStatus, Verb};
+use crate::core::exit::{ExitCode, WithExitCode, exit_code_of, fail};
+use crate::core::journal::ImageIdentity;
+use crate::core::plan::Plan;
 use sink::EventSink;
 
-/// Environment variable carrying the resolved plan (JSON) from the host.
-pub const PLAN_ENV: &str = "MIGRATE_PLAN";
+use crate::core::event::PLAN_ENV;
 
 /// `migrate-agent`: the migration image's entry point. Started by `migrate`;
 /// not meant to be run by hand.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 
-use crate::rootfs;
+use crate::core::rootfs;
 
 /// Directories of the root that must be live filesystems for package scripts.
 const API_FILESYSTEMS: [&str; 3] = ["proc", "sys", "dev"];

@@ -12,13 +12,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::journal::{Journal, MigrationStatus};
 use super::mounts;
 use super::sink::EventSink;
-use crate::event::{Event, Finding, PlannedStep, Severity, StepStatus, Verb};
-use crate::exit::{ExitCode, WithExitCode, fail};
-use crate::plan::Phase;
-use crate::steps::backup::{ETC_ARCHIVE, PACKAGES_FILE, restore_etc};
+use crate::agent::steps::backup::{ETC_ARCHIVE, PACKAGES_FILE, restore_etc};
+use crate::core::event::{Event, Finding, PlannedStep, Severity, StepStatus, Verb};
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::journal::{Journal, MigrationStatus};
+use crate::core::plan::Phase;
 
 /// Rolls the root back. The caller has entered the private mount namespace.
 pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Result<()> {
@@ -137,7 +137,7 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
                 let before = std::fs::read_to_string(dir.join(PACKAGES_FILE))
                     .with_context(|| format!("reading {}", dir.join(PACKAGES_FILE).display()))?;
                 let manager = backup.package_manager.as_deref().unwrap_or("apt");
-                let now = crate::steps::packages::selection_command(manager, root)
+                let now = crate::agent::steps::packages::selection_command(manager, root)
                     .output()
                     .context("listing the installed packages")?;
                 let changed = package_changes(&before, &String::from_utf8_lossy(&now.stdout));
@@ -174,7 +174,7 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
     }
     if !journal.services.is_empty() {
         step(sink, "step-back-services", || {
-            for line in crate::steps::service::step_back(&pristine, &journal.services)? {
+            for line in crate::agent::steps::service::step_back(&pristine, &journal.services)? {
                 say(sink, "step-back-services", line);
             }
             Ok(StepStatus::Succeeded)
@@ -186,7 +186,7 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
 }
 
 fn say(sink: &EventSink, step: &str, line: String) {
-    sink.output(step, crate::event::OutputStream::Stdout, line);
+    sink.output(step, crate::core::event::OutputStream::Stdout, line);
 }
 
 fn finding(sink: &EventSink, step: &str, severity: Severity, message: String, hint: &str) {

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use crate::event::{Envelope, Event, OutputStream};
+use crate::core::event::{Envelope, Event, OutputStream};
 
 /// Writes events, one JSON line each, and flushes after every line so that the
 /// host sees them live. Shared by the threads that read a tool's output.
@@ -85,11 +85,11 @@ mod tests {
         sink.add_secret("s3cr\"et");
         sink.output(
             "db",
-            crate::event::OutputStream::Stderr,
+            crate::core::event::OutputStream::Stderr,
             "password s3cr\"et rejected",
         );
         sink.emit(Event::RunFinished {
-            status: crate::event::RunStatus::Failed,
+            status: crate::core::event::RunStatus::Failed,
             message: Some("auth failed for s3cr\"et".into()),
             peak_rss_kb: None,
         });

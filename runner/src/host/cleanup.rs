@@ -23,12 +23,12 @@ use super::podman::Podman;
 use super::preflight;
 use super::render::OutputFormat;
 use super::runlog::RunLog;
-use crate::agent::journal::Journal;
-use crate::event::Verb;
-use crate::exit::{ExitCode, WithExitCode, fail};
-use crate::plan::Phase;
-use crate::release::OsRelease;
-use crate::report::{AfterReboot, BootResult, Report, SourceInfo, StepReport};
+use crate::core::event::Verb;
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::journal::Journal;
+use crate::core::plan::Phase;
+use crate::core::release::OsRelease;
+use crate::core::report::{AfterReboot, BootResult, Report, SourceInfo, StepReport};
 
 /// What to clean up.
 #[derive(Clone, Debug)]
@@ -149,7 +149,7 @@ pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
             .push("not the running host: units were not checked".to_string());
     }
 
-    after.checked_at = crate::event::timestamp(std::time::SystemTime::now());
+    after.checked_at = crate::core::event::timestamp(std::time::SystemTime::now());
     if !problems.is_empty() {
         after.result = BootResult::Failed;
         after.message = Some(problems.join("; "));
@@ -221,7 +221,7 @@ pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
             }
             println!(
                 "report: {}",
-                root.join(crate::report::REPORT_PATH).display()
+                root.join(crate::core::report::REPORT_PATH).display()
             );
         }
     }

@@ -105,7 +105,7 @@ pub fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let f: Fragment = toml::from_str(&text)
-            .map_err(|e| crate::plan::toml_error(&file.display().to_string(), &text, &e))?;
+            .map_err(|e| crate::core::plan::toml_error(&file.display().to_string(), &text, &e))?;
         validate(&f).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
         merged = Fragment {
             enabled: f.enabled.or(merged.enabled),

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use super::podman::{BuildRequest, Podman};
 use super::preflight::require_root;
 use super::render::OutputFormat;
-use crate::exit::{ExitCode, WithExitCode, fail};
-use crate::image::{DefinitionSource, EmbeddedImage, ImageLabels, LABEL_PROTOCOL};
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::image::{DefinitionSource, EmbeddedImage, ImageLabels, LABEL_PROTOCOL};
 
 /// Options of `migrate image build`.
 #[derive(Clone, Debug)]
@@ -45,10 +45,7 @@ pub async fn build(opts: &BuildOptions) -> Result<()> {
     let tag = opts.tag.clone().unwrap_or_else(|| def.default_tag.clone());
     // The plan travels in a label too: check it before it goes into an image.
     let plan = source.plan().exit_code(ExitCode::BadInput)?;
-    let resolved = crate::plan::resolve(&plan, &[]).exit_code(ExitCode::BadInput)?;
-    for step in &resolved.steps {
-        crate::steps::instantiate(step).exit_code(ExitCode::BadInput)?;
-    }
+    crate::core::plan::resolve(&plan, &[]).exit_code(ExitCode::BadInput)?;
     let labels = def
         .labels(&source.name, &plan.text)
         .exit_code(ExitCode::BadInput)?;

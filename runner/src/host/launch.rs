@@ -26,14 +26,15 @@ use super::podman::{ContainerSpec, ImageDetails, Podman, Rlimit};
 use super::preflight;
 use super::render::{OutputFormat, Renderer};
 use super::runlog::RunLog;
-use crate::agent::PLAN_ENV;
-use crate::agent::journal::{Journal, MigrationStatus};
-use crate::event::{DecodeError, Envelope, Event, OutputStream, Verb};
-use crate::exit::{ExitCode, WithExitCode, fail};
-use crate::image::{ImageLabels, LABEL_PLAN};
-use crate::plan::{Phase, Plan, PlanSource};
-use crate::release::OsRelease;
-use crate::report::{ImageInfo, Report, RunResult, SourceInfo};
+use crate::core::event::{DecodeError, Envelope, Event, OutputStream, PLAN_ENV, Verb};
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::image::{ImageLabels, LABEL_PLAN};
+use crate::core::journal::{Journal, MigrationStatus};
+use crate::core::kinds::Kind;
+use crate::core::kinds::postgres::PostgresOptions;
+use crate::core::plan::{Phase, Plan, PlanSource};
+use crate::core::release::OsRelease;
+use crate::core::report::{ImageInfo, Report, RunResult, SourceInfo};
 
 /// Where the root is mounted in the migration container.
 pub const CONTAINER_ROOT: &str = "/system-root";
@@ -118,7 +119,7 @@ pub(super) struct Prepared {
     pub(super) image: ImageDetails,
     pub(super) plan: Option<Plan>,
     pub(super) source: OsRelease,
-    pub(super) target: crate::release::Release,
+    pub(super) target: crate::core::release::Release,
     pub(super) resuming: bool,
     /// Whether this run pulled the image.
     pub(super) pulled: bool,
@@ -152,7 +153,7 @@ pub async fn launch(opts: &LaunchOptions) -> Result<()> {
         .map(PlanSource::read)
         .transpose()
         .map_err(|e| fail(ExitCode::BadInput, format!("--plan {e:#}")))?;
-    let dropins = crate::plan::read_dropins(&root).exit_code(ExitCode::BadInput)?;
+    let dropins = crate::core::plan::read_dropins(&root).exit_code(ExitCode::BadInput)?;
     let reference = image_reference(opts, journal.as_ref(), &os)?;
 
     let podman = Podman::connect().await?;
@@ -264,7 +265,7 @@ fn mark_pending_reboot(p: &Prepared, report: &Report) -> Result<PendingReboot> {
         finished_at: report
             .finished_at
             .clone()
-            .unwrap_or_else(|| crate::event::timestamp(std::time::SystemTime::now())),
+            .unwrap_or_else(|| crate::core::event::timestamp(std::time::SystemTime::now())),
         target: p.target.clone(),
         target_name,
         image: report.image.clone(),
@@ -446,11 +447,7 @@ fn resolve_plan(
             })?,
         },
     };
-    let plan = crate::plan::resolve(&base, dropins).exit_code(ExitCode::BadInput)?;
-    for step in &plan.steps {
-        crate::steps::instantiate(step).exit_code(ExitCode::BadInput)?;
-    }
-    Ok(plan)
+    crate::core::plan::resolve(&base, dropins).exit_code(ExitCode::BadInput)
 }
 
 /// Runs the agent in the migration container and renders, logs and
@@ -662,11 +659,11 @@ pub(super) async fn run_container(
             }
         }
     } else if opts.output == OutputFormat::Human && owns_report {
-        print!("{}", session.report.summary());
+        print!("{}", super::render::summary(&session.report));
         if wrote {
             println!(
                 "report: {}\nlog:    {}",
-                root.join(crate::report::REPORT_PATH).display(),
+                root.join(crate::core::report::REPORT_PATH).display(),
                 session.log.path().display()
             );
         } else if opts.verb.changes_root() {
@@ -744,7 +741,7 @@ fn journal_outcome(report: &Report, verb: Verb, root: &Path) {
 /// Prints the resolved plan (for `--dry-run`).
 fn show_plan(renderer: &mut Renderer, plan: &Plan, output: OutputFormat) {
     if output == OutputFormat::Json {
-        let json = serde_json::json!({ "v": crate::event::PROTOCOL_VERSION, "event": "plan", "plan": plan });
+        let json = serde_json::json!({ "v": crate::core::event::PROTOCOL_VERSION, "event": "plan", "plan": plan });
         println!("{json}");
         return;
     }
@@ -925,11 +922,9 @@ fn container_spec(opts: &LaunchOptions, p: &Prepared, run_id: &str) -> Result<Co
         }
         // Passwords named by environment variable come from migrate's own
         // environment (never the plan, never a command line).
-        for step in plan.steps.iter().filter(|s| s.kind == "postgres") {
-            let opts: crate::steps::postgres::PostgresOptions =
-                serde_json::from_value(serde_json::Value::Object(step.options.clone()))
-                    .with_context(|| format!("options of step {}", step.id))?;
-            for var in crate::steps::postgres::password_envs(&opts) {
+        for step in plan.steps.iter().filter(|s| s.kind == Kind::Postgres) {
+            let opts: PostgresOptions = step.options()?;
+            for var in opts.password_envs() {
                 let value = std::env::var(&var).map_err(|_| {
                     fail(
                         ExitCode::BadInput,
@@ -982,7 +977,7 @@ fn own_rlimits() -> Vec<Rlimit> {
 /// A run id: UTC time plus a few bits that differ between processes.
 pub fn new_run_id() -> String {
     let now = std::time::SystemTime::now();
-    let stamp: String = crate::event::timestamp(now)
+    let stamp: String = crate::core::event::timestamp(now)
         .chars()
         .filter(|c| c.is_ascii_digit())
         .take(14)

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::exit::{ExitCode, fail};
+use crate::core::exit::{ExitCode, fail};
 
 /// Pid file location relative to the root.
 pub const LOCK_PATH: &str = "var/lib/migrate/lock";
@@ -62,7 +62,7 @@ impl RootLock {
     /// Records this process as the holder, in `ROOT/var/lib/migrate/lock`.
     pub fn record_holder(&self) -> Result<()> {
         let path = self.root.join(LOCK_PATH);
-        crate::fsutil::write_atomic(&path, format!("{}\n", std::process::id()).as_bytes())
+        crate::core::fsutil::write_atomic(&path, format!("{}\n", std::process::id()).as_bytes())
             .with_context(|| format!("recording the lock holder in {}", path.display()))
     }
 }
@@ -70,7 +70,7 @@ impl RootLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::exit_code_of;
+    use crate::core::exit::exit_code_of;
 
     #[test]
     fn a_second_lock_on_the_same_root_is_refused_until_the_first_is_dropped() {

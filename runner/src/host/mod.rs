@@ -1,17 +1,60 @@
 //! The host side: everything `migrate` does outside the migration container.
+//! It imports `core`, never `agent`.
 
-pub mod cleanup;
-pub mod config;
-pub mod image_cmd;
-pub mod journald;
-pub mod launch;
-pub mod lock;
-pub mod pending;
-pub mod podman;
-pub mod preflight;
-pub mod reboot;
-pub mod render;
-pub mod runlog;
-pub mod status;
-pub mod systemd;
-pub mod unattended;
+pub(crate) mod cleanup;
+pub(crate) mod cli;
+pub(crate) mod config;
+pub(crate) mod image_cmd;
+pub(crate) mod journald;
+pub(crate) mod launch;
+pub(crate) mod lock;
+pub(crate) mod pending;
+pub(crate) mod podman;
+pub(crate) mod preflight;
+pub(crate) mod reboot;
+pub(crate) mod render;
+pub(crate) mod runlog;
+pub(crate) mod status;
+pub(crate) mod systemd;
+pub(crate) mod unattended;
+
+use crate::core::exit::exit_code_of;
+
+/// `migrate`: parses the command line, runs the verb, prints the error chain
+/// on one line and exits with the error's code.
+pub(crate) fn main() -> std::process::ExitCode {
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let filter = match cli.verbose() {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MIGRATE_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::from(4);
+        }
+    };
+    match runtime.block_on(cli.exec()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let code = exit_code_of(&e).code();
+            std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}

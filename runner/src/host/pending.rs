@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Plan;
-use crate::release::Release;
-use crate::report::ImageInfo;
+use crate::core::plan::Plan;
+use crate::core::release::Release;
+use crate::core::report::ImageInfo;
 
 /// Marker location relative to the root.
 pub const MARKER_PATH: &str = "var/lib/migrate/reboot-pending";
@@ -49,13 +49,13 @@ pub struct PendingReboot {
 impl PendingReboot {
     /// Reads the marker of `root`; `Ok(None)` when there is none.
     pub fn read(root: &Path) -> Result<Option<Self>> {
-        crate::fsutil::read_json_if_exists(&root.join(MARKER_PATH), "a migrate reboot marker")
+        crate::core::fsutil::read_json_if_exists(&root.join(MARKER_PATH), "a migrate reboot marker")
     }
 
     /// Writes the marker atomically.
     pub fn write(&self, root: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("encoding the reboot marker")?;
-        crate::fsutil::write_atomic(&root.join(MARKER_PATH), &json)
+        crate::core::fsutil::write_atomic(&root.join(MARKER_PATH), &json)
     }
 
     /// Removes the marker (and is content when it is already gone).

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::podman::{ImageDetails, Podman};
-use crate::event::PROTOCOL_VERSION;
-use crate::exit::{ExitCode, WithExitCode, fail};
-use crate::image::{ImageLabels, LABEL_PROTOCOL, default_image_for};
-use crate::release::OsRelease;
+use crate::core::event::PROTOCOL_VERSION;
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::image::{ImageLabels, LABEL_PROTOCOL, default_image_for};
+use crate::core::release::OsRelease;
 
 /// Refuses to go on unless running as root (exit 4).
 pub fn require_root() -> Result<()> {
@@ -203,7 +203,7 @@ pub fn check_compatible(labels: &ImageLabels, reference: &str, source: &OsReleas
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::exit_code_of;
+    use crate::core::exit::exit_code_of;
 
     fn labels() -> ImageLabels {
         ImageLabels {

@@ -10,8 +10,8 @@ use anyhow::Result;
 use super::journald::{self, Priority};
 use super::pending::PendingReboot;
 use super::runlog::RunLog;
-use crate::exit::{ExitCode, fail};
-use crate::report::Report;
+use crate::core::exit::{ExitCode, fail};
+use crate::core::report::Report;
 
 /// Asks logind to reboot the host into the release `marker` migrated it to.
 pub fn reboot_into(root: &Path, marker: &PendingReboot) -> Result<()> {
@@ -24,7 +24,8 @@ pub fn reboot_into(root: &Path, marker: &PendingReboot) -> Result<()> {
         log.host(&format!("{line}: asking logind for an orderly reboot"));
     }
     if let Ok(mut report) = Report::read_run(root, &marker.run_id) {
-        report.reboot_requested_at = Some(crate::event::timestamp(std::time::SystemTime::now()));
+        report.reboot_requested_at =
+            Some(crate::core::event::timestamp(std::time::SystemTime::now()));
         let _ = report.update(root);
     }
     journald::send(

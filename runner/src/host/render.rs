@@ -9,7 +9,10 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::event::{Envelope, Event, OutputStream, PlannedStep, RunStatus, StepStatus};
+use crate::core::event::{
+    Envelope, Event, OutputStream, PlannedStep, RunStatus, Severity, StepStatus,
+};
+use crate::core::report::{BootResult, Report, RunResult};
 
 /// `--output`.
 #[derive(
@@ -135,9 +138,9 @@ impl Renderer {
             }
             Event::Finding { finding, .. } => {
                 let label = match finding.severity {
-                    crate::event::Severity::Inhibitor => "INHIBITOR",
-                    crate::event::Severity::Warning => "warning",
-                    crate::event::Severity::Info => "info",
+                    crate::core::event::Severity::Inhibitor => "INHIBITOR",
+                    crate::core::event::Severity::Warning => "warning",
+                    crate::core::event::Severity::Info => "info",
                 };
                 self.println(&format!("  {label}: {}", finding.message));
                 self.println(&format!("           {}", finding.hint));
@@ -305,6 +308,70 @@ impl Renderer {
         let _ = writeln!(out, "{}", env.encode());
         let _ = out.flush();
     }
+}
+
+/// A human summary of a report: the run on one line, then one line per step.
+pub(crate) fn summary(report: &Report) -> String {
+    let mut out = format!(
+        "run {}: {} -> {} with {}: {}\n",
+        report.run_id,
+        report.source.release,
+        report.target,
+        report.image.reference,
+        match report.result {
+            RunResult::Running => "running",
+            RunResult::Succeeded => "succeeded",
+            RunResult::Failed => "FAILED",
+            RunResult::Inhibited => "STOPPED by a check",
+            RunResult::Interrupted => "INTERRUPTED",
+        }
+    );
+    for s in &report.steps {
+        let took = s
+            .duration_ms
+            .map(|ms| format!(" in {}", human_duration_ms(ms)))
+            .unwrap_or_default();
+        let status = serde_json::to_value(s.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out.push_str(&format!("  {:<24} {status}{took}", s.id));
+        if let Some(m) = &s.message {
+            out.push_str(&format!(": {m}"));
+        }
+        out.push('\n');
+    }
+    for f in &report.findings {
+        out.push_str(&format!(
+            "  {:<9} {}: {}\n            {}\n",
+            match f.finding.severity {
+                Severity::Inhibitor => "INHIBITOR",
+                Severity::Warning => "warning",
+                Severity::Info => "info",
+            },
+            f.finding.id,
+            f.finding.message,
+            f.finding.hint
+        ));
+    }
+    if let Some(t) = &report.reboot_requested_at {
+        out.push_str(&format!("  reboot requested at {t}\n"));
+    }
+    if let Some(a) = &report.after_reboot {
+        out.push_str(&format!(
+            "  first boot: {} ({}){}\n",
+            match a.result {
+                BootResult::Confirmed => "confirmed",
+                BootResult::Failed => "FAILED",
+            },
+            a.running.pretty_name,
+            a.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    out
 }
 
 /// `1.2s`, `3m05s`, `1h02m`.

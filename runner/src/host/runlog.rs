@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::event::{Envelope, Event, OutputStream, timestamp};
-use crate::report::LOG_PATH;
+use crate::core::event::{Envelope, Event, OutputStream, timestamp};
+use crate::core::report::LOG_PATH;
 
 /// A run log. Lines are kept in memory until [`RunLog::start_writing`]: a run
 /// that stops before changing anything leaves no log in the root.

@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::render::OutputFormat;
-use crate::agent::journal::Journal;
-use crate::exit::{ExitCode, WithExitCode};
-use crate::report::{REPORT_PATH, Report};
+use crate::core::exit::{ExitCode, WithExitCode};
+use crate::core::journal::Journal;
+use crate::core::report::{REPORT_PATH, Report};
 
 /// Prints the status of `root`.
 pub fn status(root: &Path, output: OutputFormat) -> Result<()> {
@@ -31,7 +31,7 @@ pub fn status(root: &Path, output: OutputFormat) -> Result<()> {
     }
     let Some(j) = journal else {
         match report {
-            Some(r) => print!("{}", r.summary()),
+            Some(r) => print!("{}", super::render::summary(&r)),
             None => println!("no migration has run on {}", root.display()),
         }
         return Ok(());

@@ -18,8 +18,8 @@ use super::journald::{self, Priority};
 use super::launch::{self, LaunchOptions, Reboot, Record};
 use super::preflight;
 use super::render::OutputFormat;
-use crate::event::Verb;
-use crate::exit::{ExitCode, fail};
+use crate::core::event::Verb;
+use crate::core::exit::{ExitCode, fail};
 
 /// What the command line adds to the configuration.
 #[derive(Clone, Debug)]

@@ -34,8 +34,8 @@ use podman_api::opts::{
 };
 use podman_api::{ApiVersion, conn::TtyChunk, models};
 
-use crate::event::OutputStream;
-use crate::exit::{ExitCode, WithExitCode, fail};
+use crate::core::event::OutputStream;
+use crate::core::exit::{ExitCode, WithExitCode, fail};
 pub use build::BuildRequest;
 
 /// Oldest libpod API this adapter works with.

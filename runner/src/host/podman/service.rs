@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-use crate::exit::{ExitCode, WithExitCode, fail};
+use crate::core::exit::{ExitCode, WithExitCode, fail};
 
 /// The system-wide rootful socket.
 pub const SYSTEM_SOCKET: &str = "/run/podman/podman.sock";
@@ -176,7 +176,7 @@ impl PrivateService {
                     ExitCode::Environment,
                     format!(
                         "`podman system service` exited ({status}){}",
-                        crate::cmd::stderr_tail(&stderr)
+                        crate::core::cmd::stderr_tail(&stderr)
                     ),
                 ));
             }

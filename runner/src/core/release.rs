@@ -10,7 +10,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::rootfs;
+use crate::core::rootfs;
 
 /// The parsed contents of an `os-release` file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -181,6 +181,7 @@ pub struct ReleasePattern {
 
 impl ReleasePattern {
     /// Whether `release` matches this pattern.
+    #[cfg(test)]
     pub fn matches(&self, release: &Release) -> bool {
         release.id == self.id && self.version_matches(&release.version_id)
     }

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
 
 use super::{StepContext, StepKind};
-use crate::event::{Finding, Severity, StepStatus};
-use crate::release::ReleasePattern;
+use crate::core::event::{Finding, Severity, StepStatus};
+use crate::core::kinds::checks::{DiskSpaceOptions, ThirdPartyOptions};
+use crate::core::release::ReleasePattern;
 
 /// Runs a check that needs the target release's metadata: if the
 /// repositories did not answer, it reports "not checked" as a warning (the
@@ -151,25 +151,13 @@ pub struct DiskSpace {
     margin: u64,
 }
 
-fn default_margin() -> u64 {
-    100
-}
-
 impl DiskSpace {
     /// From the step's options.
-    pub fn from_options(o: DiskSpaceOptions) -> Self {
+    pub fn new(o: DiskSpaceOptions) -> Self {
         Self {
             margin: o.margin_mb.saturating_mul(1_000_000),
         }
     }
-}
-
-/// Options of `check-disk-space`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskSpaceOptions {
-    #[serde(default = "default_margin")]
-    margin_mb: u64,
 }
 
 impl StepKind for DiskSpace {
@@ -291,17 +279,9 @@ pub struct ThirdParty {
     origins: Vec<String>,
 }
 
-/// Options of `check-third-party`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThirdPartyOptions {
-    #[serde(default)]
-    origins: Vec<String>,
-}
-
 impl ThirdParty {
     /// From the step's options.
-    pub fn from_options(o: ThirdPartyOptions) -> Self {
+    pub fn new(o: ThirdPartyOptions) -> Self {
         Self { origins: o.origins }
     }
 }

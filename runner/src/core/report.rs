@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Envelope, Event, Finding, PlannedStep, RunStatus, StepStatus, Verb};
-use crate::plan::Phase;
-use crate::release::Release;
+use crate::core::event::{Envelope, Event, Finding, PlannedStep, RunStatus, StepStatus, Verb};
+use crate::core::plan::Phase;
+use crate::core::release::Release;
 
 /// Report location relative to the migrated root.
 pub const REPORT_PATH: &str = "var/log/migrate/report.json";
@@ -236,7 +236,7 @@ impl Report {
             image,
             source,
             target,
-            started_at: crate::event::timestamp(std::time::SystemTime::now()),
+            started_at: crate::core::event::timestamp(std::time::SystemTime::now()),
             finished_at: None,
             duration_ms: None,
             steps: Vec::new(),
@@ -317,7 +317,7 @@ impl Report {
             self.message = message;
         }
         let now = std::time::SystemTime::now();
-        self.finished_at = Some(crate::event::timestamp(now));
+        self.finished_at = Some(crate::core::event::timestamp(now));
         if let Ok(start) = humantime::parse_rfc3339(&self.started_at) {
             self.duration_ms = now
                 .duration_since(start)
@@ -349,7 +349,7 @@ impl Report {
     /// Writes the report under `root` atomically (temporary file, fsync, rename).
     pub fn write(&self, root: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("encoding the report")?;
-        crate::fsutil::write_atomic(&root.join(REPORT_PATH), &json)
+        crate::core::fsutil::write_atomic(&root.join(REPORT_PATH), &json)
     }
 
     /// Rewrites this run's report where it is: `report.json` if that still
@@ -363,7 +363,7 @@ impl Report {
             _ => latest,
         };
         let json = serde_json::to_vec_pretty(self).context("encoding the report")?;
-        crate::fsutil::write_atomic(&path, &json)
+        crate::core::fsutil::write_atomic(&path, &json)
     }
 
     /// Reads the report of the last run under `root`.
@@ -384,70 +384,6 @@ impl Report {
     fn read_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    /// A human summary: the run on one line, then one line per step.
-    pub fn summary(&self) -> String {
-        let mut out = format!(
-            "run {}: {} -> {} with {}: {}\n",
-            self.run_id,
-            self.source.release,
-            self.target,
-            self.image.reference,
-            match self.result {
-                RunResult::Running => "running",
-                RunResult::Succeeded => "succeeded",
-                RunResult::Failed => "FAILED",
-                RunResult::Inhibited => "STOPPED by a check",
-                RunResult::Interrupted => "INTERRUPTED",
-            }
-        );
-        for s in &self.steps {
-            let took = s
-                .duration_ms
-                .map(|ms| format!(" in {}", crate::host::render::human_duration_ms(ms)))
-                .unwrap_or_default();
-            let status = serde_json::to_value(s.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            out.push_str(&format!("  {:<24} {status}{took}", s.id));
-            if let Some(m) = &s.message {
-                out.push_str(&format!(": {m}"));
-            }
-            out.push('\n');
-        }
-        for f in &self.findings {
-            out.push_str(&format!(
-                "  {:<9} {}: {}\n            {}\n",
-                match f.finding.severity {
-                    crate::event::Severity::Inhibitor => "INHIBITOR",
-                    crate::event::Severity::Warning => "warning",
-                    crate::event::Severity::Info => "info",
-                },
-                f.finding.id,
-                f.finding.message,
-                f.finding.hint
-            ));
-        }
-        if let Some(t) = &self.reboot_requested_at {
-            out.push_str(&format!("  reboot requested at {t}\n"));
-        }
-        if let Some(a) = &self.after_reboot {
-            out.push_str(&format!(
-                "  first boot: {} ({}){}\n",
-                match a.result {
-                    BootResult::Confirmed => "confirmed",
-                    BootResult::Failed => "FAILED",
-                },
-                a.running.pretty_name,
-                a.message
-                    .as_deref()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default()
-            ));
-        }
-        out
     }
 }
 
@@ -525,7 +461,6 @@ mod tests {
         assert_eq!(r.steps[1].status, StepState::Failed);
         assert_eq!(r.result, RunResult::Failed);
         assert_eq!(r.exit_code, Some(1));
-        assert!(r.summary().contains("FAILED"));
     }
 
     #[test]

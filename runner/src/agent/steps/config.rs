@@ -9,61 +9,12 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{StepContext, StepKind};
-use crate::event::StepStatus;
-use crate::fsutil::write_atomic;
-
-/// Options of a `config` step.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigOptions {
-    /// The old configuration: a YAML file in the root.
-    pub source: String,
-    /// Old key -> new key, or a table with `to`, `transform`, `values`.
-    pub mapping: BTreeMap<String, Mapping>,
-    /// Write the new configuration to this file in the root (`.json` for
-    /// JSON, otherwise YAML).
-    #[serde(default)]
-    pub output: Option<String>,
-    /// Or apply it to this snap through snapd.
-    #[serde(default)]
-    pub snap: Option<String>,
-    /// snapd's socket, a path in the root (default /run/snapd.socket).
-    #[serde(default)]
-    pub snapd_socket: Option<String>,
-}
-
-/// How one old key becomes a new one.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Mapping {
-    /// Just a new name.
-    Rename(String),
-    /// A new name and a change of the value.
-    Transform {
-        /// The new key.
-        to: String,
-        /// `string`, `int`, `bool`, `lowercase` or `uppercase`.
-        #[serde(default)]
-        transform: Option<String>,
-        /// Old value (as text) -> new value.
-        #[serde(default)]
-        values: BTreeMap<String, Value>,
-    },
-}
-
-impl Mapping {
-    fn to(&self) -> &str {
-        match self {
-            Mapping::Rename(to) | Mapping::Transform { to, .. } => to,
-        }
-    }
-}
-
-const TRANSFORMS: [&str; 5] = ["string", "int", "bool", "lowercase", "uppercase"];
+use crate::core::event::StepStatus;
+use crate::core::fsutil::write_atomic;
+use crate::core::kinds::config::{ConfigOptions, Mapping, Transform};
 
 /// The `config` step.
 pub struct ConfigStep {
@@ -72,28 +23,8 @@ pub struct ConfigStep {
 
 impl ConfigStep {
     /// From the step's options.
-    pub fn from_options(opts: ConfigOptions) -> Result<Self> {
-        match (&opts.output, &opts.snap) {
-            (None, None) => bail!("set `output` (a file) or `snap` (a snap to configure)"),
-            (Some(_), Some(_)) => bail!("set either `output` or `snap`, not both"),
-            _ => {}
-        }
-        for (old, m) in &opts.mapping {
-            if m.to().trim().is_empty() {
-                bail!("option `mapping`: key {old:?} maps to an empty name");
-            }
-            if let Mapping::Transform {
-                transform: Some(t), ..
-            } = m
-                && !TRANSFORMS.contains(&t.as_str())
-            {
-                bail!(
-                    "option `mapping`: key {old:?}: unknown transform {t:?} ({})",
-                    TRANSFORMS.join(", ")
-                );
-            }
-        }
-        Ok(Self { opts })
+    pub fn new(opts: ConfigOptions) -> Self {
+        Self { opts }
     }
 
     /// The new configuration, from the old one in the root.
@@ -140,7 +71,7 @@ impl StepKind for ConfigStep {
                 .as_deref()
                 .unwrap_or("/run/snapd.socket");
             // The root's own /run (the agent mounts a tmpfs over it in its view).
-            let socket = crate::rootfs::resolve(&ctx.run.pristine, socket)?;
+            let socket = crate::core::rootfs::resolve(&ctx.run.pristine, socket)?;
             super::snapd::set_conf(&socket, snap, &new)?;
             ctx.say(format!(
                 "{} keys set on snap {snap} through snapd",
@@ -296,22 +227,21 @@ fn transform(key: &str, v: &Value, m: &Mapping) -> Result<Value> {
         return Ok(mapped.clone());
     }
     let text = as_text(v);
-    Ok(match transform.as_deref() {
+    Ok(match transform {
         None => v.clone(),
-        Some("string") => Value::String(text),
-        Some("lowercase") => Value::String(text.to_lowercase()),
-        Some("uppercase") => Value::String(text.to_uppercase()),
-        Some("int") => Value::from(
+        Some(Transform::String) => Value::String(text),
+        Some(Transform::Lowercase) => Value::String(text.to_lowercase()),
+        Some(Transform::Uppercase) => Value::String(text.to_uppercase()),
+        Some(Transform::Int) => Value::from(
             text.trim()
                 .parse::<i64>()
                 .with_context(|| format!("{key}: {text:?} is not an integer"))?,
         ),
-        Some("bool") => Value::Bool(match text.trim().to_lowercase().as_str() {
+        Some(Transform::Bool) => Value::Bool(match text.trim().to_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => true,
             "false" | "no" | "off" | "0" => false,
             _ => bail!("{key}: {text:?} is not a boolean"),
         }),
-        Some(other) => bail!("{key}: unknown transform {other:?}"),
     })
 }
 
@@ -347,6 +277,7 @@ fn json_to_yaml(v: &Value) -> yaml_rust2::Yaml {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::kinds::KindOptions;
 
     const JUJU: &str = r#"
 application: livepatch
@@ -436,7 +367,7 @@ missing_key = "new.missing"
             "auth_sso_enabled".into(),
             Mapping::Transform {
                 to: "x".into(),
-                transform: Some("int".into()),
+                transform: Some(Transform::Int),
                 values: BTreeMap::new(),
             },
         );
@@ -448,21 +379,13 @@ missing_key = "new.missing"
             snap: None,
             snapd_socket: None,
         };
-        assert!(
-            ConfigStep::from_options(opts.clone()).is_err(),
-            "needs output or snap"
-        );
-        let mut bad = opts;
-        bad.output = Some("/y.yaml".into());
-        bad.mapping.insert(
-            "k".into(),
-            Mapping::Transform {
-                to: "k2".into(),
-                transform: Some("rot13".into()),
-                values: BTreeMap::new(),
-            },
-        );
-        assert!(ConfigStep::from_options(bad).is_err());
+        assert!(opts.check().is_err(), "needs output or snap");
+        let bad = serde_json::json!({
+            "source": "/x.yaml",
+            "output": "/y.yaml",
+            "mapping": {"k": {"to": "k2", "transform": "rot13"}},
+        });
+        assert!(crate::core::kinds::check::<ConfigOptions>(bad).is_err());
     }
 
     #[test]

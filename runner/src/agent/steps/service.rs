@@ -13,35 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
 use super::{StepContext, StepKind};
-use crate::agent::journal::ServiceChange;
-use crate::event::StepStatus;
+use crate::core::event::StepStatus;
+use crate::core::journal::ServiceChange;
+use crate::core::kinds::service::{Action, ServiceOptions};
 
 /// The system bus socket of a running root.
 pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
-
-/// Options of a `service` step.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceOptions {
-    /// `stop`, `start`, `restart`, `enable`, `disable`, `mask` or `unmask`.
-    pub action: String,
-    /// The units.
-    pub units: Vec<String>,
-    /// The system bus socket, a path in the root: the root runs, talk to its
-    /// systemd (default: only when the root is this host).
-    #[serde(default)]
-    pub bus: Option<String>,
-    /// How long start and stop may take, per unit (default 90).
-    #[serde(default)]
-    pub timeout_s: Option<u64>,
-}
-
-const ACTIONS: [&str; 7] = [
-    "stop", "start", "restart", "enable", "disable", "mask", "unmask",
-];
 
 /// A `service` step.
 pub struct ServiceStep {
@@ -50,23 +29,8 @@ pub struct ServiceStep {
 
 impl ServiceStep {
     /// From the step's options.
-    pub fn from_options(opts: ServiceOptions) -> Result<Self> {
-        if !ACTIONS.contains(&opts.action.as_str()) {
-            bail!(
-                "option `action`: unknown action {:?} ({})",
-                opts.action,
-                ACTIONS.join(", ")
-            );
-        }
-        if opts.units.is_empty() {
-            bail!("option `units` names no unit");
-        }
-        for u in &opts.units {
-            if !u.contains('.') || u.contains('/') {
-                bail!("option `units`: {u:?} is not a unit name (e.g. app.service)");
-            }
-        }
-        Ok(Self { opts })
+    pub fn new(opts: ServiceOptions) -> Self {
+        Self { opts }
     }
 
     /// The bus socket (root-relative) when the step talks to a running
@@ -83,7 +47,7 @@ impl StepKind for ServiceStep {
     fn describe(&self) -> String {
         format!(
             "{} {}",
-            capitalized(&self.opts.action),
+            capitalized(self.opts.action.name()),
             self.opts.units.join(", ")
         )
     }
@@ -96,17 +60,17 @@ impl StepKind for ServiceStep {
                 Some(bus) => {
                     let systemd = Systemd::connect(&ctx.run.pristine, &bus)?;
                     let before = systemd.state(unit)?;
-                    systemd.act(&self.opts.action, unit, timeout)?;
+                    systemd.act(self.opts.action.name(), unit, timeout)?;
                     (before, systemd.state(unit)?)
                 }
                 None => {
                     let offline = Offline::new(&ctx.run.pristine);
                     let before = offline.state(unit)?;
-                    if !offline.act(&self.opts.action, unit)? {
+                    if !offline.act(self.opts.action.name(), unit)? {
                         ctx.say(format!(
                             "{unit}: the root does not run ({}); nothing to {}",
                             ctx.root().display(),
-                            self.opts.action
+                            self.opts.action.name()
                         ));
                         continue;
                     }
@@ -119,12 +83,14 @@ impl StepKind for ServiceStep {
                 before.describe(),
                 after.describe()
             ));
-            if matches!(self.opts.action.as_str(), "stop" | "disable" | "mask")
-                && let Some(j) = ctx.run.journal.borrow_mut().as_mut()
+            if matches!(
+                self.opts.action,
+                Action::Stop | Action::Disable | Action::Mask
+            ) && let Some(j) = ctx.run.journal.borrow_mut().as_mut()
             {
                 j.services.push(ServiceChange {
                     unit: unit.clone(),
-                    action: self.opts.action.clone(),
+                    action: self.opts.action.name().to_string(),
                     was_active: before.active == "active",
                     was_enabled: before.enabled == "enabled",
                     bus: self.bus(ctx),
@@ -146,7 +112,7 @@ impl StepKind for ServiceStep {
             };
             ctx.say(format!(
                 "would {} {unit} (now {})",
-                self.opts.action,
+                self.opts.action.name(),
                 state.describe()
             ));
         }
@@ -223,7 +189,7 @@ const DEST: &str = "org.freedesktop.systemd1";
 
 impl Systemd {
     fn connect(pristine: &Path, bus: &str) -> Result<Self> {
-        let socket = crate::rootfs::resolve(pristine, bus)?;
+        let socket = crate::core::rootfs::resolve(pristine, bus)?;
         let conn = zbus::blocking::connection::Builder::address(
             format!("unix:path={}", socket.display()).as_str(),
         )?
@@ -550,15 +516,14 @@ mod tests {
 
     #[test]
     fn bad_options_are_refused() {
-        let opts = |action: &str, units: &[&str]| ServiceOptions {
-            action: action.into(),
-            units: units.iter().map(|u| u.to_string()).collect(),
-            bus: None,
-            timeout_s: None,
+        let opts = |action: &str, units: &[&str]| {
+            crate::core::kinds::check::<ServiceOptions>(
+                serde_json::json!({"action": action, "units": units}),
+            )
         };
-        assert!(ServiceStep::from_options(opts("reboot", &["a.service"])).is_err());
-        assert!(ServiceStep::from_options(opts("stop", &[])).is_err());
-        assert!(ServiceStep::from_options(opts("stop", &["nodot"])).is_err());
-        assert!(ServiceStep::from_options(opts("stop", &["app.service"])).is_ok());
+        assert!(opts("reboot", &["a.service"]).is_err());
+        assert!(opts("stop", &[]).is_err());
+        assert!(opts("stop", &["nodot"]).is_err());
+        assert!(opts("stop", &["app.service"]).is_ok());
     }
 }

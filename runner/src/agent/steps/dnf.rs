@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
-use super::repofile::RepoChange;
 use super::rpm::{self, RepoDir, run_pm};
 use super::{RunContext, StepContext, StepKind};
-use crate::cmd::{CommandExt, failure_detail};
-use crate::event::StepStatus;
+use crate::core::cmd::{CommandExt, failure_detail};
+use crate::core::event::StepStatus;
+use crate::core::kinds::packages::DnfOptions;
+use crate::core::kinds::packages::RepoChange;
 
 /// Repository files in the root.
 pub const REPOS: RepoDir = RepoDir {
@@ -30,31 +30,6 @@ pub const REPOS: RepoDir = RepoDir {
 /// path without the installroot, so both exist.
 const SCRATCH: &str = "/run/migrate/dnf";
 
-/// Options of a `dnf` step.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DnfOptions {
-    /// The target release (`--releasever`).
-    pub releasever: String,
-    /// Repository changes.
-    #[serde(default)]
-    pub repositories: Vec<RepoChange>,
-    /// `--allowerasing` (default true): let the solver remove packages that
-    /// block the upgrade.
-    #[serde(default = "yes")]
-    pub allow_erasing: bool,
-    /// Installed packages the upgrade may remove (names; a trailing `*`
-    /// matches a prefix). Any other removal stops the step before anything
-    /// changes: with `--allowerasing`, dnf resolves a package whose new
-    /// version cannot be installed by removing it.
-    #[serde(default)]
-    pub allow_removal: Vec<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
 /// The `dnf` step.
 pub struct DnfStep {
     opts: DnfOptions,
@@ -62,14 +37,8 @@ pub struct DnfStep {
 
 impl DnfStep {
     /// From the step's options.
-    pub fn from_options(opts: DnfOptions) -> Result<Self> {
-        if opts.releasever.trim().is_empty() {
-            bail!("option `releasever` must not be empty");
-        }
-        for r in &opts.repositories {
-            r.validate()?;
-        }
-        Ok(Self { opts })
+    pub fn new(opts: DnfOptions) -> Self {
+        Self { opts }
     }
 }
 
@@ -337,10 +306,6 @@ impl PackageManager for Dnf {
         Ok(())
     }
 
-    fn package_selection(&self) -> Result<String> {
-        rpm::package_selection(&self.root)
-    }
-
     fn verify(&self) -> Result<Vec<String>> {
         rpm::verify(&self.root)
     }
@@ -489,12 +454,10 @@ Transaction Summary
         assert!(args.contains(&"--best".to_string()));
         assert!(args.contains(&"--setopt=cachedir=/run/migrate/dnf/cache".to_string()));
         assert_eq!(distro_sync_args(&opts), ["distro-sync", "--allowerasing"]);
-        assert!(
-            DnfStep::from_options(DnfOptions {
-                releasever: " ".into(),
-                ..opts
-            })
-            .is_err()
-        );
+        let blank = DnfOptions {
+            releasever: " ".into(),
+            ..opts
+        };
+        assert!(crate::core::kinds::KindOptions::check(&blank).is_err());
     }
 }

@@ -2,31 +2,15 @@
 //! with an environment, a timeout and the exit codes that count as success.
 //! The extension point for custom images and plans.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use serde::Deserialize;
+use anyhow::Result;
 
 use super::{StepContext, StepKind};
 use crate::agent::exec::{Streaming, run_streaming_with};
-use crate::event::StepStatus;
-
-/// Options of a `command` step.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CommandOptions {
-    command: Vec<String>,
-    #[serde(default)]
-    chroot: bool,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    timeout_s: Option<u64>,
-    #[serde(default)]
-    ok_exit_codes: Vec<i32>,
-}
+use crate::core::event::StepStatus;
+use crate::core::kinds::command::CommandOptions;
 
 /// A `command` step.
 pub struct CommandStep {
@@ -35,11 +19,8 @@ pub struct CommandStep {
 
 impl CommandStep {
     /// From the step's options.
-    pub fn from_options(opts: CommandOptions) -> Result<Self> {
-        if opts.command.first().is_none_or(|p| p.is_empty()) {
-            bail!("option `command` must name a program");
-        }
-        Ok(Self { opts })
+    pub fn new(opts: CommandOptions) -> Self {
+        Self { opts }
     }
 
     fn command(&self, ctx: &StepContext<'_>) -> Command {
@@ -83,7 +64,7 @@ impl StepKind for CommandStep {
     }
 
     fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
-        use crate::cmd::CommandExt;
+        use crate::core::cmd::CommandExt;
         ctx.say(format!("would run: {}", self.command(ctx).display()));
         Ok(())
     }

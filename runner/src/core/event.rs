@@ -10,7 +10,11 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::release::Release;
+use crate::core::release::Release;
+
+/// Environment variable carrying the resolved plan (JSON) from the host to
+/// the agent.
+pub const PLAN_ENV: &str = "MIGRATE_PLAN";
 
 /// The version of this protocol spoken by this build of agent and host.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -180,13 +184,13 @@ pub struct PlannedStep {
     pub kind: String,
     /// Phase the step belongs to.
     #[serde(default = "default_phase")]
-    pub phase: crate::plan::Phase,
+    pub phase: crate::core::plan::Phase,
     /// One line saying what the step does.
     pub description: String,
 }
 
-fn default_phase() -> crate::plan::Phase {
-    crate::plan::Phase::Cutover
+fn default_phase() -> crate::core::plan::Phase {
+    crate::core::plan::Phase::Cutover
 }
 
 /// Output stream of a tool.
@@ -298,7 +302,7 @@ mod tests {
             steps: vec![PlannedStep {
                 id: "upgrade".into(),
                 kind: "apt".into(),
-                phase: crate::plan::Phase::Cutover,
+                phase: crate::core::plan::Phase::Cutover,
                 description: "Upgrade packages".into(),
             }],
         });

@@ -13,15 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
-use super::repofile::RepoChange;
 use super::rpm::{self, RepoDir, run_pm};
 use super::{RunContext, StepContext, StepKind};
 use crate::agent::exec::ToolFailed;
-use crate::cmd::{CommandExt, failure_detail};
-use crate::event::StepStatus;
+use crate::core::cmd::{CommandExt, failure_detail};
+use crate::core::event::StepStatus;
+use crate::core::kinds::packages::{ZypperMode, ZypperOptions};
 
 /// Repository files in the root.
 pub const REPOS: RepoDir = RepoDir {
@@ -30,46 +29,6 @@ pub const REPOS: RepoDir = RepoDir {
 /// Scratch area in the container (metadata, solver cache, switched repos).
 const SCRATCH: &str = "/run/migrate/zypp";
 
-/// Options of a `zypper` step.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ZypperOptions {
-    /// `dup` (default) or `migration`.
-    #[serde(default = "default_mode")]
-    pub mode: String,
-    /// Target product for `migration` (e.g. `SLES/15.6/x86_64`).
-    #[serde(default)]
-    pub product: Option<String>,
-    /// `--releasever` for repository URLs that use `$releasever`.
-    #[serde(default)]
-    pub releasever: Option<String>,
-    /// Repository changes.
-    #[serde(default)]
-    pub repositories: Vec<RepoChange>,
-}
-
-fn default_mode() -> String {
-    "dup".to_string()
-}
-
-impl ZypperOptions {
-    /// Checks the options fit together.
-    pub fn validate(&self) -> Result<()> {
-        match self.mode.as_str() {
-            "dup" => {}
-            "migration" if self.product.is_none() => {
-                bail!("option `product` is required in migration mode")
-            }
-            "migration" => {}
-            other => bail!("option `mode`: unknown mode {other:?} (dup, migration)"),
-        }
-        for r in &self.repositories {
-            r.validate()?;
-        }
-        Ok(())
-    }
-}
-
 /// The `zypper` step.
 pub struct ZypperStep {
     opts: ZypperOptions,
@@ -77,9 +36,8 @@ pub struct ZypperStep {
 
 impl ZypperStep {
     /// From the step's options.
-    pub fn from_options(opts: ZypperOptions) -> Result<Self> {
-        opts.validate()?;
-        Ok(Self { opts })
+    pub fn new(opts: ZypperOptions) -> Self {
+        Self { opts }
     }
 }
 
@@ -200,8 +158,8 @@ fn prepare_scratch(root: &Path) -> Result<PathBuf> {
 
 impl StepKind for ZypperStep {
     fn describe(&self) -> String {
-        match self.opts.mode.as_str() {
-            "migration" => format!(
+        match self.opts.mode {
+            ZypperMode::Migration => format!(
                 "Migrate the product with zypper migration to {}",
                 self.opts.product.as_deref().unwrap_or("?")
             ),
@@ -212,7 +170,7 @@ impl StepKind for ZypperStep {
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
         let root = ctx.root();
         rpm::back_up_dirs(ctx, &[REPOS.in_root, "etc/products.d"])?;
-        if self.opts.mode == "migration" {
+        if self.opts.mode == ZypperMode::Migration {
             return self.migration(ctx);
         }
         let scratch = prepare_scratch(root)?;
@@ -447,10 +405,6 @@ impl PackageManager for Zypper {
         Ok(())
     }
 
-    fn package_selection(&self) -> Result<String> {
-        rpm::package_selection(&self.root)
-    }
-
     fn verify(&self) -> Result<Vec<String>> {
         rpm::verify(&self.root)
     }
@@ -534,19 +488,14 @@ mod tests {
             migration_args("SLES/15.6/x86_64").join(" "),
             "migration --non-interactive --gpg-auto-import-keys --no-selfupdate --auto-agree-with-licenses --allow-vendor-change --download in-advance --strict-errors-dist-migration --replacefiles --product SLES/15.6/x86_64"
         );
-        let opts = |mode: &str, product: Option<&str>| ZypperOptions {
-            mode: mode.into(),
-            product: product.map(str::to_string),
-            releasever: None,
-            repositories: vec![],
+        let opts = |mode: &str, product: Option<&str>| {
+            crate::core::kinds::check::<ZypperOptions>(
+                serde_json::json!({"mode": mode, "product": product}),
+            )
         };
-        assert!(opts("migration", None).validate().is_err());
-        assert!(
-            opts("migration", Some("SLES/15.6/x86_64"))
-                .validate()
-                .is_ok()
-        );
-        assert!(opts("upgrade", None).validate().is_err());
+        assert!(opts("migration", None).is_err());
+        assert!(opts("migration", Some("SLES/15.6/x86_64")).is_ok());
+        assert!(opts("upgrade", None).is_err());
     }
 
     #[test]

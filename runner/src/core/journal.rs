@@ -12,11 +12,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::event::timestamp;
-use crate::plan::{Phase, Plan};
-use crate::release::{OsRelease, Release};
-pub use crate::report::ImageInfo as ImageIdentity;
-use crate::report::StepState;
+use crate::core::event::timestamp;
+use crate::core::plan::{Phase, Plan};
+use crate::core::release::{OsRelease, Release};
+pub use crate::core::report::ImageInfo as ImageIdentity;
+use crate::core::report::StepState;
 
 /// Journal location relative to the root.
 pub const STATE_PATH: &str = "var/lib/migrate/state.json";
@@ -174,14 +174,14 @@ impl Journal {
 
     /// Reads the journal of `root`, if there is one.
     pub fn load(root: &Path) -> Result<Option<Self>> {
-        crate::fsutil::read_json_if_exists(&root.join(STATE_PATH), "a migrate state journal")
+        crate::core::fsutil::read_json_if_exists(&root.join(STATE_PATH), "a migrate state journal")
     }
 
     /// Writes the journal atomically.
     pub fn save(&mut self, root: &Path) -> Result<()> {
         self.updated_at = timestamp(std::time::SystemTime::now());
         let json = serde_json::to_vec_pretty(self).context("encoding the journal")?;
-        crate::fsutil::write_atomic(&root.join(STATE_PATH), &json)
+        crate::core::fsutil::write_atomic(&root.join(STATE_PATH), &json)
     }
 
     /// Moves the journal aside (`state-MIGRATION.json`) so a new migration can
@@ -260,7 +260,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{PlanSource, resolve};
+    use crate::core::plan::{PlanSource, resolve};
 
     fn plan() -> Plan {
         resolve(

@@ -9,9 +9,9 @@ use anyhow::{Context, Result, bail};
 
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::{RunContext, StepContext, StepKind, chroot};
-use crate::cmd::{CommandExt, stderr_tail};
-use crate::event::StepStatus;
-use crate::fsutil::write_atomic;
+use crate::core::cmd::{CommandExt, stderr_tail};
+use crate::core::event::StepStatus;
+use crate::core::fsutil::write_atomic;
 
 /// Scratch area for questions about the target release, inside the root's
 /// `/run` (a tmpfs the agent mounts in its own namespace).
@@ -155,11 +155,11 @@ impl StepKind for SwitchSources {
 
 fn source_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    let list = crate::rootfs::resolve(root, "etc/apt/sources.list")?;
+    let list = crate::core::rootfs::resolve(root, "etc/apt/sources.list")?;
     if list.is_file() {
         files.push(list);
     }
-    let dir = crate::rootfs::resolve(root, "etc/apt/sources.list.d")?;
+    let dir = crate::core::rootfs::resolve(root, "etc/apt/sources.list.d")?;
     if dir.is_dir() {
         let mut extra: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
@@ -447,8 +447,8 @@ impl Apt {
             std::fs::create_dir_all(scratch.join(dir))
                 .with_context(|| format!("creating {}", scratch.join(dir).display()))?;
         }
-        let parts = crate::rootfs::resolve(&self.root, "etc/apt/sources.list.d")?;
-        let main = crate::rootfs::resolve(&self.root, "etc/apt/sources.list")?;
+        let parts = crate::core::rootfs::resolve(&self.root, "etc/apt/sources.list.d")?;
+        let main = crate::core::rootfs::resolve(&self.root, "etc/apt/sources.list")?;
         switch_all(&self.root, &self.from, &self.to, |file, new| {
             let target = if *file == main {
                 scratch.join("sources.list")
@@ -458,7 +458,7 @@ impl Apt {
             };
             std::fs::write(&target, new).with_context(|| format!("writing {}", target.display()))
         })?;
-        let lists = crate::rootfs::resolve(&self.root, "var/lib/apt/lists")?;
+        let lists = crate::core::rootfs::resolve(&self.root, "var/lib/apt/lists")?;
         if let Ok(entries) = std::fs::read_dir(&lists) {
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name();
@@ -525,8 +525,8 @@ impl PackageManager for Apt {
             "var/lib/apt/lists/lock",
             "var/cache/apt/archives/lock",
         ] {
-            let path = crate::rootfs::resolve(&self.root, lock)?;
-            if let Some(holder) = crate::fsutil::lock_holder(&path)? {
+            let path = crate::core::rootfs::resolve(&self.root, lock)?;
+            if let Some(holder) = crate::core::fsutil::lock_holder(&path)? {
                 problems.push(format!("/{lock} is locked by {holder}"));
             }
         }
@@ -646,10 +646,6 @@ impl PackageManager for Apt {
             e.installed_delta as f64 / 1e6
         ));
         Ok(())
-    }
-
-    fn package_selection(&self) -> Result<String> {
-        super::packages::selection_command("apt", &self.root).run_get_string()
     }
 
     fn verify(&self) -> Result<Vec<String>> {

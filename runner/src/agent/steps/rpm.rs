@@ -15,10 +15,10 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::StepContext;
-use super::repofile::{self, RepoChange, RepoFiles};
+use super::repofile::{self, RepoFiles};
 use crate::agent::exec::{Streaming, run_streaming_with};
-use crate::cmd::CommandExt;
-use crate::fsutil::write_atomic;
+use crate::core::fsutil::write_atomic;
+use crate::core::kinds::packages::RepoChange;
 
 /// `rpm --root ROOT ARGS`, run from the migration image.
 pub fn rpm(root: &Path, args: &[&str]) -> Command {
@@ -27,18 +27,13 @@ pub fn rpm(root: &Path, args: &[&str]) -> Command {
     cmd
 }
 
-/// The installed packages: `NAME.ARCH<TAB>VERSION-RELEASE<TAB>installed`.
-pub fn package_selection(root: &Path) -> Result<String> {
-    super::packages::selection_command("dnf", root).run_get_string()
-}
-
 /// Problems of the rpm database: unreadable, or dependencies unsatisfied.
 pub fn database_problems(root: &Path) -> Result<Vec<String>> {
     let query = rpm(root, &["-qa"]).output().context("running rpm -qa")?;
     if !query.status.success() {
         return Ok(vec![format!(
             "the rpm database cannot be read{}",
-            crate::cmd::stderr_tail(&String::from_utf8_lossy(&query.stderr))
+            crate::core::cmd::stderr_tail(&String::from_utf8_lossy(&query.stderr))
         )]);
     }
     Ok(verify(root)?
@@ -78,7 +73,7 @@ pub struct RepoDir {
 impl RepoDir {
     /// The directory in the root.
     pub fn path(&self, root: &Path) -> Result<PathBuf> {
-        crate::rootfs::resolve(root, self.in_root)
+        crate::core::rootfs::resolve(root, self.in_root)
     }
 
     /// The root's repository files with `changes` applied.
@@ -130,7 +125,7 @@ pub fn back_up_dirs(ctx: &StepContext<'_>, dirs: &[&str]) -> Result<()> {
     let partial = base.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     for dir in dirs {
-        let from = crate::rootfs::resolve(&ctx.run.pristine, dir)?;
+        let from = crate::core::rootfs::resolve(&ctx.run.pristine, dir)?;
         if from.is_dir() {
             copy_tree(&from, &partial.join(dir))?;
         }

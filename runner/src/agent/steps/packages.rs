@@ -9,6 +9,7 @@
 use anyhow::{Result, bail};
 
 use super::RunContext;
+use crate::core::kinds::Kind;
 
 /// The target release's repository metadata could not be fetched; checks that
 /// need it report "not checked" (the repositories check reports the cause).
@@ -83,9 +84,6 @@ pub trait PackageManager {
     fn foreign(&self, origins: &[String]) -> Result<Foreign>;
     /// Streams what the upgrade would do (a simulation) as output of the step.
     fn simulate(&self, ctx: &super::StepContext<'_>) -> Result<()>;
-    /// The installed packages with versions, one per line, for the backup:
-    /// `NAME<TAB>VERSION<TAB>STATUS`.
-    fn package_selection(&self) -> Result<String>;
     /// Problems of the installed system after the upgrade (half-installed
     /// packages, unsatisfied dependencies). Empty when consistent.
     fn verify(&self) -> Result<Vec<String>>;
@@ -93,22 +91,15 @@ pub trait PackageManager {
 
 /// The package manager of the plan: the kind of its package upgrade step.
 pub fn for_plan(run: &RunContext) -> Result<Box<dyn PackageManager>> {
-    let Some(step) = run
-        .plan
-        .first_of_kind(&["apt", "apt-sources", "zypper", "dnf"])
+    let Some(step) =
+        run.plan
+            .first_of_kind(&[Kind::Apt, Kind::AptSources, Kind::Zypper, Kind::Dnf])
     else {
         bail!("the plan has no package upgrade step (apt, zypper or dnf), which this step needs");
     };
-    let options = || serde_json::Value::Object(step.options.clone());
-    Ok(match step.kind.as_str() {
-        "zypper" => Box::new(super::zypper::Zypper::new(
-            run,
-            serde_json::from_value(options())?,
-        )),
-        "dnf" => Box::new(super::dnf::Dnf::new(
-            run,
-            serde_json::from_value(options())?,
-        )),
+    Ok(match step.kind {
+        Kind::Zypper => Box::new(super::zypper::Zypper::new(run, step.options()?)),
+        Kind::Dnf => Box::new(super::dnf::Dnf::new(run, step.options()?)),
         _ => Box::new(super::apt::Apt::new(run)?),
     })
 }

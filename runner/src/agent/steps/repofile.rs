@@ -6,48 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::core::kinds::packages::{RepoAction, RepoChange};
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
-
-/// One change a plan makes to the repositories.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepoChange {
-    /// Repository id (zypper: alias).
-    pub id: String,
-    /// `add`, `replace` (default) or `disable`.
-    #[serde(default = "default_action")]
-    pub action: String,
-    /// New base URL (`add`, `replace`).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Display name (`add`; `replace` keeps the old one unless given).
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Whether packages must be signed (`add`: default true).
-    #[serde(default)]
-    pub gpgcheck: Option<bool>,
-}
-
-fn default_action() -> String {
-    "replace".to_string()
-}
-
-impl RepoChange {
-    /// Checks the change is complete; errors name the repository.
-    pub fn validate(&self) -> Result<()> {
-        match self.action.as_str() {
-            "add" | "replace" if self.url.is_none() => {
-                bail!("repository {:?}: `{}` needs a `url`", self.id, self.action)
-            }
-            "add" | "replace" | "disable" => Ok(()),
-            other => bail!(
-                "repository {:?}: unknown action {other:?} (add, replace, disable)",
-                self.id
-            ),
-        }
-    }
-}
 
 /// The repository files of a directory: file name -> text.
 pub type RepoFiles = BTreeMap<String, String>;
@@ -82,21 +42,21 @@ pub fn apply(files: &RepoFiles, changes: &[RepoChange]) -> Result<(RepoFiles, Ve
     let mut out = files.clone();
     let mut said = Vec::new();
     for change in changes {
-        change.validate()?;
+        change.check().map_err(|e| anyhow::anyhow!(e))?;
         let holder = out
             .iter()
             .find(|(_, text)| section_range(text, &change.id).is_some())
             .map(|(name, _)| name.clone());
-        match (change.action.as_str(), holder) {
-            ("disable", Some(file)) => {
+        match (change.action, holder) {
+            (RepoAction::Disable, Some(file)) => {
                 let text = set_keys(&out[&file], &change.id, &[("enabled", "0", "0")]);
                 out.insert(file.clone(), text);
                 said.push(format!("{}: disabled ({file})", change.id));
             }
-            ("disable", None) => {
+            (RepoAction::Disable, None) => {
                 said.push(format!("{}: not configured, nothing to disable", change.id))
             }
-            ("replace" | "add", Some(file)) => {
+            (RepoAction::Replace | RepoAction::Add, Some(file)) => {
                 let url = change.url.as_deref().unwrap_or_default();
                 let mut keys = vec![("baseurl", url, url), ("enabled", "1", "1")];
                 if let Some(name) = &change.name {
@@ -110,11 +70,11 @@ pub fn apply(files: &RepoFiles, changes: &[RepoChange]) -> Result<(RepoFiles, Ve
                 out.insert(file.clone(), text);
                 said.push(format!("{}: now {url} ({file})", change.id));
             }
-            ("replace", None) => bail!(
+            (RepoAction::Replace, None) => bail!(
                 "repository {:?} is not configured in the root, so it cannot be replaced (use action = \"add\")",
                 change.id
             ),
-            ("add", None) => {
+            (RepoAction::Add, None) => {
                 let file = format!("{}.repo", change.id);
                 let url = change.url.as_deref().unwrap_or_default();
                 let text = format!(
@@ -130,7 +90,6 @@ pub fn apply(files: &RepoFiles, changes: &[RepoChange]) -> Result<(RepoFiles, Ve
                 out.insert(file.clone(), text);
                 said.push(format!("{}: added {url} ({file})", change.id));
             }
-            _ => unreachable!("validated above"),
         }
     }
     Ok((out, said))
@@ -199,7 +158,7 @@ mod tests {
     fn change(id: &str, action: &str, url: Option<&str>) -> RepoChange {
         RepoChange {
             id: id.into(),
-            action: action.into(),
+            action: serde_json::from_value(serde_json::json!(action)).unwrap(),
             url: url.map(str::to_string),
             name: None,
             gpgcheck: None,
@@ -281,12 +240,7 @@ mod tests {
     fn bad_changes_are_refused() {
         assert!(apply(&files(), &[change("nope", "replace", Some("http://x"))]).is_err());
         assert!(apply(&files(), &[change("repo-oss", "replace", None)]).is_err());
-        assert!(
-            apply(
-                &files(),
-                &[change("repo-oss", "frobnicate", Some("http://x"))]
-            )
-            .is_err()
-        );
+        let unknown = serde_json::json!({"id": "repo-oss", "action": "frobnicate"});
+        assert!(serde_json::from_value::<RepoChange>(unknown).is_err());
     }
 }

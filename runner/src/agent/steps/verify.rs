@@ -5,8 +5,8 @@
 use anyhow::{Result, bail};
 
 use super::{StepContext, StepKind};
-use crate::event::StepStatus;
-use crate::release::{OsRelease, Release};
+use crate::core::event::StepStatus;
+use crate::core::release::{OsRelease, Release};
 
 /// The `verify-release` step.
 pub struct VerifyRelease;

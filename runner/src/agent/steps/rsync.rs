@@ -12,40 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
 use super::{StepContext, StepKind};
 use crate::agent::exec::{Streaming, run_streaming_with};
-use crate::event::StepStatus;
-use crate::plan::Phase;
-
-/// Options of an `rsync` step.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RsyncOptions {
-    /// Source: a path in the root, or `[user@]host:path` for a remote.
-    pub source: String,
-    /// Destination: a path in the root, or `[user@]host:path` for a remote.
-    pub destination: String,
-    /// Delete files at the destination that the source does not have
-    /// (default: in the cutover phase).
-    #[serde(default)]
-    pub delete: Option<bool>,
-    /// Compare source and destination by checksum afterwards (default: in the
-    /// cutover phase).
-    #[serde(default)]
-    pub verify: Option<bool>,
-    /// Paths to leave out (rsync `--exclude` patterns).
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// ssh identity for remotes: a path in the root (default: the root's
-    /// `/root/.ssh/id_ed25519`, `id_ecdsa` and `id_rsa` that exist).
-    #[serde(default)]
-    pub ssh_key: Option<String>,
-    /// ssh port of the remote (default: ssh's, 22).
-    #[serde(default)]
-    pub ssh_port: Option<u16>,
-}
+use crate::core::event::StepStatus;
+use crate::core::kinds::rsync::{RsyncOptions, is_remote};
+use crate::core::plan::Phase;
 
 /// Where ssh looks for identities and known hosts in the root: root's own.
 const ROOT_SSH_DIR: &str = "root/.ssh";
@@ -64,26 +36,8 @@ const KEEP_ALL: [&str; 5] = ["-a", "-H", "-A", "-X", "--numeric-ids"];
 
 impl RsyncStep {
     /// From the step's options and phase.
-    pub fn from_options(opts: RsyncOptions, phase: Phase) -> Result<Self> {
-        for (name, value) in [("source", &opts.source), ("destination", &opts.destination)] {
-            if value.trim().is_empty() {
-                bail!("option `{name}` must not be empty");
-            }
-            if !is_remote(value) && !value.starts_with('/') {
-                bail!(
-                    "option `{name}`: {value:?} must be an absolute path in the root, or host:path"
-                );
-            }
-        }
-        if is_remote(&opts.source) && is_remote(&opts.destination) {
-            bail!("rsync cannot copy from one remote to another; one side must be in the root");
-        }
-        if let Some(key) = &opts.ssh_key
-            && (!key.starts_with('/') || key.contains(['\'', '"', '\\']))
-        {
-            bail!("option `ssh_key`: {key:?} must be an absolute path in the root without quotes");
-        }
-        Ok(Self { opts, phase })
+    pub fn new(opts: RsyncOptions, phase: Phase) -> Self {
+        Self { opts, phase }
     }
 
     fn delete(&self) -> bool {
@@ -156,13 +110,6 @@ impl RsyncStep {
 }
 
 /// Whether an rsync endpoint names a remote (`host:path`, not `/path`).
-fn is_remote(value: &str) -> bool {
-    match value.find(':') {
-        Some(colon) => !value[..colon].contains('/'),
-        None => false,
-    }
-}
-
 /// Parses rsync's `--info=progress2` lines
 /// (`  1,234,567  45%   12.34MB/s    0:00:10 (xfr#10, to-chk=100/5000)`).
 pub fn progress(line: &str) -> Option<(f32, String)> {
@@ -254,7 +201,7 @@ impl RsyncStep {
             bail!(
                 "verifying the copy failed: rsync {}{}",
                 out.status,
-                crate::cmd::stderr_tail(&String::from_utf8_lossy(&out.stderr))
+                crate::core::cmd::stderr_tail(&String::from_utf8_lossy(&out.stderr))
             );
         }
         let text = String::from_utf8_lossy(&out.stdout);
@@ -286,18 +233,13 @@ mod tests {
         std::fs::create_dir_all(root.path().join("root/.ssh")).unwrap();
         std::fs::write(root.path().join("root/.ssh/id_rsa"), "").unwrap();
         let step = |key: Option<&str>, port: Option<u16>| {
-            RsyncStep::from_options(
-                RsyncOptions {
-                    source: "/srv/data/".into(),
-                    destination: "backup@db2:/srv/data/".into(),
-                    delete: None,
-                    verify: None,
-                    exclude: Vec::new(),
-                    ssh_key: key.map(Into::into),
-                    ssh_port: port,
-                },
-                Phase::Cutover,
-            )
+            let opts = crate::core::kinds::check::<RsyncOptions>(serde_json::json!({
+                "source": "/srv/data/",
+                "destination": "backup@db2:/srv/data/",
+                "ssh_key": key,
+                "ssh_port": port,
+            }));
+            opts.map(|o| RsyncStep::new(o, Phase::Cutover))
         };
         let r = root.path().display();
         assert_eq!(
@@ -314,18 +256,10 @@ mod tests {
                 .ssh_command(root.path())
                 .ends_with(&format!(" -i '{r}/etc/app/key'"))
         );
-        let err = step(Some("etc/key"), None).err().unwrap();
-        assert!(err.to_string().contains("ssh_key"), "{err}");
-        let err = step(Some("/etc/it's"), None).err().unwrap();
-        assert!(err.to_string().contains("without quotes"), "{err}");
-    }
-
-    #[test]
-    fn remotes_and_paths_are_told_apart() {
-        assert!(is_remote("backup@host:/srv/data"));
-        assert!(is_remote("host:data"));
-        assert!(!is_remote("/srv/data"));
-        assert!(!is_remote("/srv/odd:name"));
+        let err = format!("{:?}", step(Some("etc/key"), None).err().unwrap());
+        assert!(err.contains("ssh_key"), "{err}");
+        let err = format!("{:?}", step(Some("/etc/it's"), None).err().unwrap());
+        assert!(err.contains("without quotes"), "{err}");
     }
 
     #[test]
@@ -349,20 +283,20 @@ mod tests {
             ssh_key: None,
             ssh_port: None,
         };
-        let sync = RsyncStep::from_options(opts.clone(), Phase::Sync).unwrap();
+        let sync = RsyncStep::new(opts.clone(), Phase::Sync);
         assert!(!sync.delete() && !sync.verify());
-        let cutover = RsyncStep::from_options(opts.clone(), Phase::Cutover).unwrap();
+        let cutover = RsyncStep::new(opts.clone(), Phase::Cutover);
         assert!(cutover.delete() && cutover.verify());
         let bad = RsyncOptions {
             source: "relative".into(),
             ..opts.clone()
         };
-        assert!(RsyncStep::from_options(bad, Phase::Sync).is_err());
+        assert!(crate::core::kinds::KindOptions::check(&bad).is_err());
         let two_remotes = RsyncOptions {
             source: "a:/x".into(),
             destination: "b:/y".into(),
             ..opts
         };
-        assert!(RsyncStep::from_options(two_remotes, Phase::Sync).is_err());
+        assert!(crate::core::kinds::KindOptions::check(&two_remotes).is_err());
     }
 }

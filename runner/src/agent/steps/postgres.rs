@@ -20,109 +20,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
 use super::{StepContext, StepKind};
-use crate::cmd::CommandExt;
-use crate::event::StepStatus;
+use crate::core::cmd::CommandExt;
+use crate::core::event::StepStatus;
+use crate::core::kinds::postgres::{Endpoint, Format, PostgresOptions};
 
 /// Where the agent writes password files (its own tmpfs, in the container).
 const SECRETS_DIR: &str = "/run/migrate/pg";
 
-/// One end of the copy.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Endpoint {
-    /// `postgresql://user@host:port/database` (no password in it).
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Socket directory, a path in the root.
-    #[serde(default)]
-    pub socket: Option<String>,
-    /// Host name (TCP), when not by URL or socket.
-    #[serde(default)]
-    pub host: Option<String>,
-    /// Port.
-    #[serde(default)]
-    pub port: Option<u16>,
-    /// Database.
-    #[serde(default)]
-    pub database: Option<String>,
-    /// User.
-    #[serde(default)]
-    pub user: Option<String>,
-    /// File with the password, a path in the root.
-    #[serde(default)]
-    pub password_file: Option<String>,
-    /// Environment variable with the password (in migrate's environment).
-    #[serde(default)]
-    pub password_env: Option<String>,
-}
-
-/// Options of a `postgres` step.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresOptions {
-    /// Where to dump from.
-    pub source: Endpoint,
-    /// Where to restore into.
-    pub target: Endpoint,
-    /// `custom` (default) or `directory`.
-    #[serde(default = "custom")]
-    pub format: String,
-    /// Parallel jobs (directory format).
-    #[serde(default)]
-    pub jobs: Option<u32>,
-    /// Tables whose data is not copied (pg_dump patterns).
-    #[serde(default)]
-    pub exclude_table_data: Vec<String>,
-    /// A command run after the restore, with the target in `PGHOST`,
-    /// `PGPORT`, `PGDATABASE`, `PGUSER` and `PGPASSFILE`.
-    #[serde(default)]
-    pub schema_upgrade: Vec<String>,
-    /// Compare row counts afterwards (default true).
-    #[serde(default = "yes")]
-    pub verify: bool,
-}
-
-fn custom() -> String {
-    "custom".into()
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// The environment variables a `postgres` step reads passwords from, for
-/// `migrate` to forward into the container.
-pub fn password_envs(opts: &PostgresOptions) -> Vec<String> {
-    [&opts.source, &opts.target]
-        .iter()
-        .filter_map(|e| e.password_env.clone())
-        .collect()
-}
-
 impl Endpoint {
-    fn validate(&self, which: &str) -> Result<()> {
-        match (&self.url, &self.socket, &self.host) {
-            (None, None, None) => bail!("option `{which}`: give `url`, `socket` or `host`"),
-            (Some(url), _, _) if url_has_password(url) => bail!(
-                "option `{which}`: the URL carries a password; put it in password_file or password_env"
-            ),
-            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-                bail!("option `{which}`: give either `url` or `socket`/`host`, not both")
-            }
-            _ => {}
-        }
-        if self.url.is_none() && self.database.is_none() {
-            bail!("option `{which}`: `database` is required without a `url`");
-        }
-        if self.password_file.is_some() && self.password_env.is_some() {
-            bail!("option `{which}`: give password_file or password_env, not both");
-        }
-        Ok(())
-    }
-
     /// The database name.
     fn database(&self) -> Result<String> {
         if let Some(db) = &self.database {
@@ -202,15 +109,6 @@ impl Endpoint {
     }
 }
 
-fn url_has_password(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or("");
-    authority
-        .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
-        || url.contains("password=")
-}
-
 /// libpq environment variables (`PGHOST`, `PGPORT`, `PGUSER`,
 /// `PGDATABASE`) for a `postgresql://user@host:port/database?host=...` URL.
 fn url_env(url: &str) -> BTreeMap<String, String> {
@@ -284,20 +182,8 @@ pub struct PostgresStep {
 
 impl PostgresStep {
     /// From the step's options.
-    pub fn from_options(opts: PostgresOptions) -> Result<Self> {
-        opts.source.validate("source")?;
-        opts.target.validate("target")?;
-        match opts.format.as_str() {
-            "custom" | "directory" => {}
-            other => bail!("option `format`: unknown format {other:?} (custom, directory)"),
-        }
-        if opts.jobs.is_some_and(|j| j > 1) && opts.format != "directory" {
-            bail!("option `jobs`: parallel dumps need format = \"directory\"");
-        }
-        if opts.schema_upgrade.first().is_some_and(|p| p.is_empty()) {
-            bail!("option `schema_upgrade` must name a program");
-        }
-        Ok(Self { opts })
+    pub fn new(opts: PostgresOptions) -> Self {
+        Self { opts }
     }
 
     fn tool(
@@ -390,7 +276,7 @@ impl StepKind for PostgresStep {
             "Copy PostgreSQL database {} to {} ({} format{})",
             self.opts.source.database().unwrap_or_default(),
             self.opts.target.database().unwrap_or_default(),
-            self.opts.format,
+            self.opts.format.name(),
             self.opts
                 .jobs
                 .map(|j| format!(", {j} jobs"))
@@ -408,7 +294,7 @@ impl StepKind for PostgresStep {
         // The dump goes to the backup directory and stays until cleanup.
         let dir = ctx.backup_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let directory = self.opts.format == "directory";
+        let directory = self.opts.format == Format::Directory;
         let dump = dir.join(if directory { "dump.dir" } else { "dump.custom" });
         if dump.exists() {
             // From an interrupted attempt: dump again.
@@ -561,6 +447,7 @@ impl PostgresStep {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::kinds::postgres::url_has_password;
 
     #[test]
     fn table_patterns_follow_pg_dump() {
@@ -617,19 +504,19 @@ mod tests {
             password_file: None,
             password_env: None,
         };
-        assert!(end(None, None, Some("x")).validate("source").is_err());
+        assert!(end(None, None, Some("x")).check("source").is_err());
         assert!(
             end(Some("postgresql://u:p@h/d"), None, None)
-                .validate("source")
+                .check("source")
                 .is_err()
         );
         assert!(
-            end(None, Some("/run/pg"), None).validate("source").is_err(),
+            end(None, Some("/run/pg"), None).check("source").is_err(),
             "needs a database"
         );
         assert!(
             end(None, Some("/run/pg"), Some("app"))
-                .validate("source")
+                .check("source")
                 .is_ok()
         );
     }

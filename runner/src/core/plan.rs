@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::steps::{KINDS, KindSpec, OptionType};
+use super::kinds::{Kind, OptionsError};
 
 /// Drop-in directory, relative to the migrated root.
 pub const DROPIN_DIR: &str = "etc/migrate/plan.d";
@@ -101,7 +101,7 @@ pub struct PlanStep {
     /// Unique id.
     pub id: String,
     /// Step kind.
-    pub kind: String,
+    pub kind: Kind,
     /// Phase.
     pub phase: Phase,
     /// Description override.
@@ -132,14 +132,17 @@ impl Plan {
         self.steps.iter().filter(move |s| phases.contains(&s.phase))
     }
 
-    /// The step with `id`.
-    pub fn step(&self, id: &str) -> Option<&PlanStep> {
-        self.steps.iter().find(|s| s.id == id)
-    }
-
     /// The first step of one of `kinds`.
-    pub fn first_of_kind(&self, kinds: &[&str]) -> Option<&PlanStep> {
-        self.steps.iter().find(|s| kinds.contains(&s.kind.as_str()))
+    pub fn first_of_kind(&self, kinds: &[Kind]) -> Option<&PlanStep> {
+        self.steps.iter().find(|s| kinds.contains(&s.kind))
+    }
+}
+
+impl PlanStep {
+    /// The step's options as its kind's typed struct.
+    pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(serde_json::Value::Object(self.options.clone()))
+            .with_context(|| format!("options of step {} ({})", self.id, self.defined_at))
     }
 }
 
@@ -388,7 +391,7 @@ pub fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
             first,
             PlanStep {
                 id: SAFETY_BACKUP.to_string(),
-                kind: SAFETY_BACKUP.to_string(),
+                kind: Kind::SafetyBackup,
                 phase: Phase::Cutover,
                 description: None,
                 options: serde_json::Map::new(),
@@ -454,10 +457,14 @@ fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
         ),
         None => bail!("{at}: step {id:?}: missing key `kind`"),
     };
-    let spec: &KindSpec = KINDS.iter().find(|k| k.kind == kind).ok_or_else(|| {
+    let spec = Kind::from_name(&kind).ok_or_else(|| {
         anyhow::anyhow!(
             "{kind_at}: key `kind`: unknown step kind {kind:?} (known: {})",
-            KINDS.iter().map(|k| k.kind).collect::<Vec<_>>().join(", ")
+            Kind::ALL
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })?;
     let phase = match keys.remove("phase") {
@@ -467,10 +474,10 @@ fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
                     "{a}: key `phase`: unknown phase {p:?} (check, sync, cutover, post)"
                 )
             })?;
-            if !spec.phases.contains(&phase) {
+            if !spec.phases().contains(&phase) {
                 bail!(
                     "{a}: key `phase`: a {kind} step cannot run in the {phase} phase (allowed: {})",
-                    spec.phases
+                    spec.phases()
                         .iter()
                         .map(|p| p.name())
                         .collect::<Vec<_>>()
@@ -504,16 +511,18 @@ fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
         }
         None => None,
     };
+    let known = spec.options();
     let mut options = serde_json::Map::new();
+    let mut positions = BTreeMap::new();
     for (key, (value, key_at)) in keys {
-        let Some(opt) = spec.options.iter().find(|o| o.key == key) else {
-            let known: Vec<&str> = spec.options.iter().map(|o| o.key).collect();
+        let Some(opt) = known.iter().find(|o| o.key == key) else {
+            let names: Vec<&str> = known.iter().map(|o| o.key.as_str()).collect();
             bail!(
                 "{key_at}: key `{key}`: unknown option for a {kind} step ({})",
-                if known.is_empty() {
+                if names.is_empty() {
                     "it takes none".to_string()
                 } else {
-                    format!("it takes: {}", known.join(", "))
+                    format!("it takes: {}", names.join(", "))
                 }
             );
         };
@@ -524,10 +533,11 @@ fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
                 type_name(&value)
             );
         }
-        options.insert(key, toml_to_json(value));
+        options.insert(key.clone(), toml_to_json(value));
+        positions.insert(key, key_at);
     }
-    for opt in spec.options.iter().filter(|o| o.required) {
-        if !options.contains_key(opt.key) {
+    for opt in known.iter().filter(|o| o.required) {
+        if !options.contains_key(&opt.key) {
             bail!(
                 "{at}: step {id:?}: missing option `{}` ({} step)",
                 opt.key,
@@ -535,52 +545,27 @@ fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
             );
         }
     }
+    // The types are right; serde and the kind's own checks decide the rest.
+    match spec.check_options(serde_json::Value::Object(options.clone())) {
+        Ok(()) => {}
+        Err(OptionsError::At { path, message }) => {
+            let top = path.split(['.', '[']).next().unwrap_or_default();
+            let where_ = positions.get(top).unwrap_or(&at);
+            bail!("{where_}: key `{path}`: {message} (in the options of step {id})");
+        }
+        Err(OptionsError::Check(message)) => bail!("{at}: step {id:?}: {message}"),
+    }
     if !enabled {
         return Ok(None);
     }
     Ok(Some(PlanStep {
         id,
-        kind,
+        kind: spec,
         phase,
         description,
         options,
         defined_at: at.to_string(),
     }))
-}
-
-impl OptionType {
-    fn accepts(self, v: &toml::Value) -> bool {
-        match (self, v) {
-            (OptionType::String, toml::Value::String(_))
-            | (OptionType::Integer, toml::Value::Integer(_))
-            | (OptionType::Bool, toml::Value::Boolean(_))
-            | (OptionType::Table, toml::Value::Table(_)) => true,
-            (OptionType::Number, toml::Value::Integer(_) | toml::Value::Float(_)) => true,
-            (OptionType::StringList, toml::Value::Array(items)) => {
-                items.iter().all(|i| matches!(i, toml::Value::String(_)))
-            }
-            (OptionType::IntegerList, toml::Value::Array(items)) => {
-                items.iter().all(|i| matches!(i, toml::Value::Integer(_)))
-            }
-            (OptionType::TableList, toml::Value::Array(items)) => {
-                items.iter().all(|i| matches!(i, toml::Value::Table(_)))
-            }
-            _ => false,
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            OptionType::String => "a string",
-            OptionType::Integer => "an integer",
-            OptionType::Number => "a number",
-            OptionType::Bool => "a boolean",
-            OptionType::StringList => "an array of strings",
-            OptionType::IntegerList => "an array of integers",
-            OptionType::Table => "a table",
-            OptionType::TableList => "an array of tables",
-        }
-    }
 }
 
 fn toml_to_json(v: toml::Value) -> serde_json::Value {
@@ -685,7 +670,7 @@ phase = "cutover"
         );
         let plan = resolve(&src("plan.toml", BASE), &[d]).unwrap();
         assert!(
-            plan.steps.iter().all(|s| s.kind != SAFETY_BACKUP),
+            plan.steps.iter().all(|s| s.kind != Kind::SafetyBackup),
             "{plan:?}"
         );
     }
@@ -798,6 +783,35 @@ phase = "cutover"
             assert!(e.contains(expect), "expected {expect:?} in {e:?}");
             assert_eq!(e.lines().count(), 1, "one line: {e:?}");
         }
+    }
+
+    #[test]
+    fn the_documented_options_of_dnf_validate_and_reach_the_step() {
+        let plan = "[[step]]\nid = \"up\"\nkind = \"dnf\"\nphase = \"cutover\"\nreleasever = \"2\"\nallow_removal = [\"legacy-*\"]\nallow_erasing = true\n";
+        let plan = resolve(&src("plan.toml", plan), &[]).unwrap();
+        let opts: crate::core::kinds::packages::DnfOptions = plan.steps[1].options().unwrap();
+        assert_eq!(opts.allow_removal, ["legacy-*"]);
+    }
+
+    #[test]
+    fn values_outside_a_closed_set_name_the_key_and_the_choices() {
+        let plan = "[[step]]\nid = \"svc\"\nkind = \"service\"\nphase = \"cutover\"\naction = \"reboot\"\nunits = [\"a.service\"]\n";
+        let e = err(plan, &[]);
+        assert!(
+            e.starts_with("plan.toml:5: key `action`: unknown variant `reboot`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`stop`") && e.contains("options of step svc"),
+            "{e}"
+        );
+        let plan =
+            "[[step]]\nid = \"z\"\nkind = \"zypper\"\nphase = \"cutover\"\nmode = \"migration\"\n";
+        let e = err(plan, &[]);
+        assert_eq!(
+            e,
+            "plan.toml:1: step \"z\": option `product` is required in migration mode"
+        );
     }
 
     #[test]

@@ -14,12 +14,12 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
 
 use super::{StepContext, StepKind, chroot};
-use crate::agent::journal::BackupRecord;
-use crate::cmd::CommandExt;
-use crate::event::{StepStatus, timestamp};
+use crate::core::cmd::CommandExt;
+use crate::core::event::{StepStatus, timestamp};
+use crate::core::journal::BackupRecord;
+use crate::core::kinds::backup::{BackupOptions, Method};
 
 /// Backup directory relative to the root.
 pub const BACKUP_DIR: &str = "var/lib/migrate/backup";
@@ -28,27 +28,6 @@ pub const ETC_ARCHIVE: &str = "etc.tar.gz";
 /// The package selection in a backup directory.
 pub const PACKAGES_FILE: &str = "packages.txt";
 
-/// How to back up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Method {
-    /// Snapshot where the file system can, else tar.
-    Auto,
-    /// Tarball of /etc and the package selection.
-    Tar,
-    /// btrfs read-only snapshot of the root subvolume.
-    Btrfs,
-    /// snapper snapshot (the root's snapper configuration `root`).
-    Snapper,
-}
-
-/// Options of `safety-backup`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackupOptions {
-    #[serde(default)]
-    method: Option<String>,
-}
-
 /// The `safety-backup` step.
 pub struct SafetyBackup {
     method: Method,
@@ -56,17 +35,8 @@ pub struct SafetyBackup {
 
 impl SafetyBackup {
     /// From the step's options.
-    pub fn from_options(o: BackupOptions) -> Result<Self> {
-        let method = match o.method.as_deref().unwrap_or("auto") {
-            "auto" => Method::Auto,
-            "tar" => Method::Tar,
-            "btrfs" => Method::Btrfs,
-            "snapper" => Method::Snapper,
-            other => bail!(
-                "option `method`: unknown backup method {other:?} (auto, tar, btrfs, snapper)"
-            ),
-        };
-        Ok(Self { method })
+    pub fn new(o: BackupOptions) -> Self {
+        Self { method: o.method }
     }
 }
 

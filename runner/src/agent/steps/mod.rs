@@ -1,0 +1,250 @@
+//! Step kinds: one module per kind (checks share one). A step is one unit of
+//! the plan that the agent runs, reports on and, once it has succeeded in a
+//! migration, never repeats.
+//!
+//! The registry of kinds (names, phases, typed options) is
+//! `crate::core::kinds`, shared with the host, which validates plans before
+//! any container starts; [`instantiate`] maps each kind to its
+//! implementation here.
+
+pub mod apt;
+pub mod backup;
+pub mod checks;
+pub mod command;
+pub mod config;
+pub mod dnf;
+pub mod packages;
+pub mod postgres;
+pub mod repofile;
+pub mod rpm;
+pub mod rsync;
+pub mod service;
+pub mod snapd;
+pub mod verify;
+pub mod zypper;
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::agent::exec::{ProgressParser, run_streaming};
+use crate::agent::sink::EventSink;
+use crate::core::event::{Event, Finding, OutputStream, StepStatus};
+use crate::core::image::TargetRelease;
+use crate::core::journal::Journal;
+use crate::core::kinds::Kind;
+use crate::core::plan::{Plan, PlanStep};
+use crate::core::release::OsRelease;
+use packages::PackageManager;
+
+/// PATH inside the migrated root.
+const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The work of one step.
+pub trait StepKind {
+    /// One line saying what the step does.
+    fn describe(&self) -> String;
+    /// Does the work. Returns `Skipped` when there was nothing to do.
+    fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus>;
+    /// Says what `run` would do, changing nothing.
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        ctx.say(format!("would: {}", self.describe()));
+        Ok(())
+    }
+}
+
+/// Builds the step of a plan entry: the one place that maps each kind of
+/// the registry ([`Kind`]) to its implementation; the compiler sees that
+/// none is missing.
+pub fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
+    Ok(match step.kind {
+        Kind::CheckRelease => Box::new(checks::Release),
+        Kind::CheckPackageDb => Box::new(checks::PackageDb),
+        Kind::CheckRepositories => Box::new(checks::Repositories),
+        Kind::CheckDiskSpace => Box::new(checks::DiskSpace::new(step.options()?)),
+        Kind::CheckHeldPackages => Box::new(checks::HeldPackages),
+        Kind::CheckThirdParty => Box::new(checks::ThirdParty::new(step.options()?)),
+        Kind::AptSources => Box::new(apt::SwitchSources),
+        Kind::Apt => Box::new(apt::DistUpgrade),
+        Kind::Zypper => Box::new(zypper::ZypperStep::new(step.options()?)),
+        Kind::Dnf => Box::new(dnf::DnfStep::new(step.options()?)),
+        Kind::VerifyRelease => Box::new(verify::VerifyRelease),
+        Kind::SafetyBackup => Box::new(backup::SafetyBackup::new(step.options()?)),
+        Kind::Command => Box::new(command::CommandStep::new(step.options()?)),
+        Kind::Postgres => Box::new(postgres::PostgresStep::new(step.options()?)),
+        Kind::Rsync => Box::new(rsync::RsyncStep::new(step.options()?, step.phase)),
+        Kind::Config => Box::new(config::ConfigStep::new(step.options()?)),
+        Kind::Service => Box::new(service::ServiceStep::new(step.options()?)),
+    })
+}
+
+/// What the whole run shares.
+pub struct RunContext {
+    /// The migrated root (`/system-root` in the container).
+    pub root: PathBuf,
+    /// The same root without the agent's own mounts (/proc, /run,
+    /// resolv.conf): what backups read and restores write.
+    pub pristine: PathBuf,
+    /// Run id.
+    pub run_id: String,
+    /// The root's release before the migration.
+    pub source: OsRelease,
+    /// The release the image upgrades to.
+    pub target: TargetRelease,
+    /// Source release patterns the image accepts.
+    pub accepts: Vec<String>,
+    /// The plan.
+    pub plan: Plan,
+    /// Event output.
+    pub sink: EventSink,
+    /// The package manager of the plan, created on first use.
+    pub packages: std::cell::OnceCell<Box<dyn PackageManager>>,
+    /// Findings of the check steps so far.
+    pub findings: RefCell<Vec<Finding>>,
+    /// The state journal (absent for runs that change nothing).
+    pub journal: RefCell<Option<Journal>>,
+    /// Whether the root is the running host (`--root /`).
+    pub live: bool,
+}
+
+impl RunContext {
+    /// The plan's package manager (apt, zypper or dnf, from the plan's
+    /// package upgrade step).
+    pub fn packages(&self) -> Result<&dyn PackageManager> {
+        if let Some(p) = self.packages.get() {
+            return Ok(p.as_ref());
+        }
+        let made = packages::for_plan(self)?;
+        Ok(self.packages.get_or_init(|| made).as_ref())
+    }
+}
+
+/// What a running step can use.
+pub struct StepContext<'a> {
+    /// The run.
+    pub run: &'a RunContext,
+    /// The step.
+    pub step: &'a PlanStep,
+}
+
+impl StepContext<'_> {
+    /// The migrated root.
+    pub fn root(&self) -> &Path {
+        &self.run.root
+    }
+
+    /// Runs a command, streaming its output as events of this step.
+    pub fn run(&self, cmd: &mut Command) -> Result<()> {
+        run_streaming(cmd, &self.run.sink, &self.step.id, None)
+    }
+
+    /// Runs a command whose stdout carries progress lines.
+    pub fn run_with_progress(&self, cmd: &mut Command, progress: &ProgressParser) -> Result<()> {
+        run_streaming(cmd, &self.run.sink, &self.step.id, Some(progress))
+    }
+
+    /// A command that runs `program` chrooted into the root, with a clean,
+    /// non-interactive environment.
+    pub fn chroot(&self, program: &str) -> Command {
+        chroot(&self.run.root, program)
+    }
+
+    /// A path inside the root, symlinks resolved inside it.
+    pub fn path(&self, inside: &str) -> Result<PathBuf> {
+        crate::core::rootfs::resolve(&self.run.root, inside)
+    }
+
+    /// This step's directory under the migration's backup directory
+    /// (`var/lib/migrate/backup/<migration>/<step>` of the pristine root),
+    /// kept until cleanup. Not created.
+    pub fn backup_dir(&self) -> PathBuf {
+        let migration = self
+            .run
+            .journal
+            .borrow()
+            .as_ref()
+            .map(|j| j.migration_id.clone())
+            .unwrap_or_else(|| self.run.run_id.clone());
+        self.run
+            .pristine
+            .join(backup::BACKUP_DIR)
+            .join(migration)
+            .join(&self.step.id)
+    }
+
+    /// Tells the host something about the step's progress.
+    pub fn say(&self, line: impl Into<String>) {
+        self.run
+            .sink
+            .output(&self.step.id, OutputStream::Stdout, line);
+    }
+
+    /// Reports a finding of a check.
+    pub fn finding(&self, finding: Finding) {
+        self.run.sink.emit(Event::Finding {
+            step: self.step.id.clone(),
+            finding: finding.clone(),
+        });
+        self.run.findings.borrow_mut().push(finding);
+    }
+}
+
+/// A command that runs `program` chrooted into `root`, with a clean,
+/// non-interactive environment.
+pub fn chroot(root: &Path, program: &str) -> Command {
+    let mut cmd = Command::new("chroot");
+    cmd.arg(root)
+        .arg(program)
+        .env_clear()
+        .env("PATH", ROOT_PATH)
+        .env("LANG", "C.UTF-8")
+        .env("HOME", "/root")
+        .env("TMPDIR", crate::agent::mounts::ROOT_TMP);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Minimal valid options of the kinds that require some.
+    fn sample_options(kind: Kind) -> serde_json::Value {
+        match kind {
+            Kind::Dnf => serde_json::json!({"releasever": "2"}),
+            Kind::Command => serde_json::json!({"command": ["true"]}),
+            Kind::Postgres => serde_json::json!({
+                "source": {"socket": "/run/postgresql", "database": "app"},
+                "target": {"url": "postgresql://app@db/app_new"},
+            }),
+            Kind::Rsync => serde_json::json!({"source": "/srv/a/", "destination": "/srv/b/"}),
+            Kind::Config => {
+                serde_json::json!({"source": "/a.yaml", "mapping": {"a": "b"}, "output": "/b.yaml"})
+            }
+            Kind::Service => serde_json::json!({"action": "stop", "units": ["app.service"]}),
+            _ => serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn every_registered_kind_can_be_instantiated() {
+        for kind in Kind::ALL.iter().copied() {
+            let serde_json::Value::Object(options) = sample_options(kind) else {
+                unreachable!()
+            };
+            kind.check_options(serde_json::Value::Object(options.clone()))
+                .unwrap_or_else(|e| panic!("{kind}: {e:?}"));
+            let step = PlanStep {
+                id: "s".into(),
+                kind,
+                phase: kind.phases()[0],
+                description: None,
+                options,
+                defined_at: "test".into(),
+            };
+            let built = instantiate(&step).unwrap_or_else(|e| panic!("{kind}: {e:#}"));
+            assert!(!built.describe().is_empty());
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Options of `safety-backup`.
+
+use serde::{Deserialize, Serialize};
+
+use super::KindOptions;
+
+/// How to back up.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Method {
+    /// A snapshot where the file system can take one, else tar.
+    #[default]
+    Auto,
+    /// A tarball of /etc and the package selection.
+    Tar,
+    /// A btrfs read-only snapshot of the root subvolume.
+    Btrfs,
+    /// A snapper snapshot (the root's snapper configuration `root`).
+    Snapper,
+}
+
+/// Options of `safety-backup`.
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackupOptions {
+    /// auto (default: a snapshot where the file system can, else tar),
+    /// snapper, btrfs or tar.
+    #[serde(default)]
+    pub(crate) method: Method,
+}
+
+impl KindOptions for BackupOptions {}

@@ -1,0 +1,137 @@
+//! Options of the RPM package managers' upgrade kinds, `zypper` and `dnf`,
+//! and the repository changes both take.
+
+use serde::{Deserialize, Serialize};
+
+use super::{KindOptions, yes};
+
+/// What a repository change does.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RepoAction {
+    /// A new repository.
+    Add,
+    /// A new URL for a configured repository.
+    #[default]
+    Replace,
+    /// Disable a configured repository.
+    Disable,
+}
+
+impl RepoAction {
+    /// The name in plans.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            RepoAction::Add => "add",
+            RepoAction::Replace => "replace",
+            RepoAction::Disable => "disable",
+        }
+    }
+}
+
+/// One change a plan makes to the repositories.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RepoChange {
+    /// Repository id (zypper: alias).
+    pub(crate) id: String,
+    /// add, replace (default) or disable.
+    #[serde(default)]
+    pub(crate) action: RepoAction,
+    /// New base URL (add, replace).
+    #[serde(default)]
+    pub(crate) url: Option<String>,
+    /// Display name (add; replace keeps the old one unless given).
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    /// Whether packages must be signed (add: default true).
+    #[serde(default)]
+    pub(crate) gpgcheck: Option<bool>,
+}
+
+impl RepoChange {
+    /// Checks the change is complete; errors name the repository.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.action != RepoAction::Disable && self.url.is_none() {
+            return Err(format!(
+                "repository {:?}: `{}` needs a `url`",
+                self.id,
+                self.action.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How zypper upgrades.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ZypperMode {
+    /// `zypper dup` against the plan's repositories.
+    #[default]
+    Dup,
+    /// `zypper migration` to a registered product.
+    Migration,
+}
+
+/// Options of a `zypper` step.
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ZypperOptions {
+    /// dup (default) or migration.
+    #[serde(default)]
+    pub(crate) mode: ZypperMode,
+    /// The target product of migration mode, e.g. SLES/15.6/x86_64.
+    #[serde(default)]
+    pub(crate) product: Option<String>,
+    /// zypper --releasever, for repository URLs using $releasever.
+    #[serde(default)]
+    pub(crate) releasever: Option<String>,
+    /// Repository changes: id, action (add, replace, disable), url, name,
+    /// gpgcheck.
+    #[serde(default)]
+    pub(crate) repositories: Vec<RepoChange>,
+}
+
+impl KindOptions for ZypperOptions {
+    fn check(&self) -> Result<(), String> {
+        if self.mode == ZypperMode::Migration && self.product.is_none() {
+            return Err("option `product` is required in migration mode".into());
+        }
+        self.repositories.iter().try_for_each(RepoChange::check)
+    }
+}
+
+/// Options of a `dnf` step.
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DnfOptions {
+    /// The target release (dnf --releasever).
+    pub(crate) releasever: String,
+    /// Repository changes: id, action (add, replace, disable), url, name,
+    /// gpgcheck.
+    #[serde(default)]
+    pub(crate) repositories: Vec<RepoChange>,
+    /// Let the solver remove packages that block the upgrade
+    /// (--allowerasing, default true).
+    #[serde(default = "yes")]
+    pub(crate) allow_erasing: bool,
+    /// Installed packages the upgrade may remove (names; a trailing `*`
+    /// matches a prefix). Any other removal stops the step before anything
+    /// changes.
+    #[serde(default)]
+    pub(crate) allow_removal: Vec<String>,
+}
+
+impl KindOptions for DnfOptions {
+    fn check(&self) -> Result<(), String> {
+        if self.releasever.trim().is_empty() {
+            return Err("option `releasever` must not be empty".into());
+        }
+        self.repositories.iter().try_for_each(RepoChange::check)
+    }
+}

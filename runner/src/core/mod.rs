@@ -1,0 +1,14 @@
+//! What the host and the agent share. Nothing here imports `host` or
+//! `agent`: `scripts/check-layers.sh` fails the build on such an import.
+
+pub(crate) mod cmd;
+pub(crate) mod event;
+pub(crate) mod exit;
+pub(crate) mod fsutil;
+pub(crate) mod image;
+pub(crate) mod journal;
+pub(crate) mod kinds;
+pub(crate) mod plan;
+pub(crate) mod release;
+pub(crate) mod report;
+pub(crate) mod rootfs;

@@ -1,0 +1,647 @@
+//! The `migrate` command line: one options struct per verb, shared groups
+//! flattened in, so that each verb's `--help` shows only what applies to it
+//! and a flag on a verb it does not apply to is refused.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use super::cleanup::{CleanupOptions, cleanup};
+use super::image_cmd::{self, BuildOptions};
+use super::launch::{self, LaunchOptions, Reboot};
+use super::render::OutputFormat;
+use super::unattended::{UnattendedOptions, unattended};
+use crate::core::event::Verb;
+use crate::core::exit::{ExitCode, fail};
+
+/// Upgrade a Linux host (or a root filesystem) to a new release from inside a
+/// migration container built from the target release.
+///
+/// The host keeps running while the migration container, started with the
+/// root bind-mounted at /system-root, runs the plan: checks, then the sync
+/// phase (repeatable while services run), then the cutover. An interrupted
+/// run continues where it stopped; `migrate rollback` returns to the safety
+/// backup taken before the cutover.
+///
+/// A finished migration waits for one reboot (`--reboot` asks logind for
+/// it); on the first boot after it, migrate-cleanup.service runs `migrate
+/// cleanup`. migrate.service runs `migrate --unattended` with the host
+/// configuration, /etc/migrate/config.toml.
+///
+/// Without a verb, migrate runs `run` with the options given.
+///
+/// Exit codes: 0 succeeded, 1 a step failed, 2 bad usage or input
+/// (incompatible root or image, invalid plan or configuration), 3 a check
+/// stopped the run, 4 environment problem (no podman, not root, another run
+/// holds the lock).
+#[derive(Debug, Parser)]
+#[command(
+    name = "migrate",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true
+)]
+pub(crate) struct Cli {
+    /// The options of `run`, the default verb.
+    #[command(flatten)]
+    run: RunArgs,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// `--root`.
+#[derive(Debug, Args)]
+struct RootArgs {
+    /// The root filesystem to migrate: `/` for this host, or a directory
+    /// holding another root.
+    #[arg(long, default_value = "/", value_name = "PATH")]
+    root: PathBuf,
+}
+
+/// `--output` and `-v`.
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// Output format: `human` (live progress on a terminal, plain lines
+    /// otherwise) or `json` (one JSON document per line).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+    /// More detail: show every line of tool output (-v), debug logs of the
+    /// agent (-vv).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// The image and the configuration naming one.
+#[derive(Debug, Args)]
+struct ImageArgs {
+    /// Migration image to use (default: the image of an unfinished
+    /// migration, else the built-in image for the root's release, e.g.
+    /// localhost/migrate/debian-13:latest for Debian 12).
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// Host configuration to use instead of ROOT/etc/migrate/config.toml
+    /// (drop-ins in ROOT/etc/migrate/config.d/*.toml still apply). Its
+    /// `image` and `plan` apply to every run; the rest to --unattended.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// What the plan runs: the image, the plan, the configuration.
+#[derive(Debug, Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Plan file replacing the image's plan (drop-ins in
+    /// ROOT/etc/migrate/plan.d/*.toml still apply).
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+}
+
+/// `migrate run` (and `migrate` without a verb).
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+    /// Once the migration finished, reboot into the new release through
+    /// logind (an orderly reboot, after a wall message). Also reboots a
+    /// finished migration that still waits for its reboot.
+    #[arg(long)]
+    reboot: bool,
+    /// Run as the configuration says, without prompting (what
+    /// migrate.service does): nothing when disabled, else the checks
+    /// (mode = "check") or the migration (mode = "run", whose checks run
+    /// first), with the outcome recorded in report.json and the journal;
+    /// reboots only inside the maintenance window.
+    #[arg(long, conflicts_with = "dry_run")]
+    unattended: bool,
+    /// Show the resolved plan and what each step would do (package manager
+    /// simulation); change nothing.
+    #[arg(long, conflicts_with = "reboot")]
+    dry_run: bool,
+    /// Start a new migration even though another one is unfinished on this
+    /// root (its journal is kept as state-ID.json).
+    #[arg(long)]
+    force_new: bool,
+}
+
+/// `migrate check`.
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// `migrate sync`.
+#[derive(Debug, Args)]
+struct SyncArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    #[command(flatten)]
+    plan: PlanArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+    /// Start a new migration even though another one is unfinished on this
+    /// root (its journal is kept as state-ID.json).
+    #[arg(long)]
+    force_new: bool,
+}
+
+/// `migrate rollback`.
+#[derive(Debug, Args)]
+struct RollbackArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    #[command(flatten)]
+    image: ImageArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// `migrate status`.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    /// Output format: `human` or `json` (one document).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+    output: OutputFormat,
+}
+
+/// `migrate cleanup`.
+#[derive(Debug, Args)]
+struct CleanupArgs {
+    #[command(flatten)]
+    root: RootArgs,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Migrate the root: checks, sync and cutover (continues an interrupted
+    /// migration).
+    Run(RunArgs),
+    /// Run only the checks; change nothing. Exit code 3 if one inhibits.
+    Check(CheckArgs),
+    /// Run the checks and the sync phase (pre-copies); repeat while services
+    /// keep running, then `migrate run` does the cutover.
+    Sync(SyncArgs),
+    /// Show where the current or last migration stands, step by step.
+    Status(StatusArgs),
+    /// Restore the root from the safety backup taken before the cutover, and
+    /// say what could not be restored.
+    Rollback(RollbackArgs),
+    /// On the first boot after a migration (migrate-cleanup.service): run the
+    /// plan's post phase, check the new release is healthy, remove what the
+    /// migration left in podman, finalize report.json. Runs once.
+    Cleanup(CleanupArgs),
+    /// Build, list and inspect migration images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// `migrate image ...`.
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build a migration image from a built-in definition (e.g. debian-13)
+    /// or a definition directory.
+    ///
+    /// Sends the Containerfile, the definition and the static migrate-agent
+    /// binary to podman as the build context, and labels the image with the
+    /// release it upgrades to, the releases it accepts and its plan. A
+    /// definition directory holds image.toml, plan.toml, a Containerfile and
+    /// any files the Containerfile copies from image/.
+    Build {
+        /// Name of a built-in definition, or a definition directory.
+        #[arg(value_name = "TARGET")]
+        target: String,
+        /// Base image built from the target release (the Containerfile's BASE).
+        #[arg(long, value_name = "REF")]
+        base: Option<String>,
+        /// Tag of the new image (default: the definition's default tag).
+        #[arg(long, value_name = "REF")]
+        tag: Option<String>,
+        /// The static migrate-agent binary (default: beside this executable,
+        /// or $MIGRATE_AGENT).
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// Output format: `human` or `json`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+        output: OutputFormat,
+    },
+    /// List the migration images podman has.
+    List {
+        /// Output format: `human` or `json`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+        output: OutputFormat,
+    },
+    /// Show what a migration image's labels say.
+    Inspect {
+        /// Image reference.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Output format: `human` or `json`.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
+        output: OutputFormat,
+    },
+}
+
+/// Parses the command line. On `--help` and `--version` prints them and
+/// gives exit code 0; on bad usage prints one line and gives exit code 2.
+pub(crate) fn parse() -> Result<Cli, std::process::ExitCode> {
+    parse_from(std::env::args_os()).map_err(|e| match e {
+        Usage::Shown => std::process::ExitCode::SUCCESS,
+        Usage::Bad(line) => {
+            eprintln!("error: {line}");
+            std::process::ExitCode::from(2)
+        }
+    })
+}
+
+/// Why parsing ended without a command to run.
+#[derive(Debug)]
+enum Usage {
+    /// Help or version was printed.
+    Shown,
+    /// Bad usage, in one line.
+    Bad(String),
+}
+
+fn parse_from<I, T>(args: I) -> Result<Cli, Usage>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            Err(Usage::Shown)
+        }
+        Err(e) => Err(Usage::Bad(usage_line(&e))),
+    }
+}
+
+/// A clap error as one line; a flag given to a verb it does not belong to
+/// names the verbs that take it.
+fn usage_line(e: &clap::Error) -> String {
+    if e.kind() == ErrorKind::UnknownArgument
+        && let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg)
+    {
+        let flag = arg.split('=').next().unwrap_or(arg);
+        let verbs = verbs_taking(flag);
+        if !verbs.is_empty() {
+            let names: Vec<String> = verbs.iter().map(|v| format!("`migrate {v}`")).collect();
+            return format!("{flag} applies to {} only", names.join(" and "));
+        }
+    }
+    // clap's own message is several lines; the first says it.
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid usage").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} (see migrate --help)")
+}
+
+/// The verbs (subcommands of `migrate`) that take the long flag `flag`.
+fn verbs_taking(flag: &str) -> Vec<String> {
+    let Some(long) = flag.strip_prefix("--") else {
+        return Vec::new();
+    };
+    Cli::command()
+        .get_subcommands()
+        .filter(|verb| verb.get_arguments().any(|a| a.get_long() == Some(long)))
+        .map(|verb| verb.get_name().to_string())
+        .collect()
+}
+
+impl Cli {
+    /// The `-v` count of the verb.
+    pub(crate) fn verbose(&self) -> u8 {
+        match &self.command {
+            None => self.run.out.verbose,
+            Some(Command::Run(a)) => a.out.verbose,
+            Some(Command::Check(a)) => a.out.verbose,
+            Some(Command::Sync(a)) => a.out.verbose,
+            Some(Command::Rollback(a)) => a.out.verbose,
+            Some(Command::Cleanup(a)) => a.out.verbose,
+            Some(Command::Status(_) | Command::Image(_)) => 0,
+        }
+    }
+
+    /// Runs the chosen verb.
+    pub(crate) async fn exec(self) -> Result<()> {
+        let command = match self.command {
+            Some(c) => c,
+            None => Command::Run(self.run),
+        };
+        match command {
+            Command::Run(a) => run(a).await,
+            Command::Check(a) => {
+                launch_verb(Verb::Check, a.root, a.plan, a.out, false, Reboot::No).await
+            }
+            Command::Sync(a) => {
+                launch_verb(Verb::Sync, a.root, a.plan, a.out, a.force_new, Reboot::No).await
+            }
+            Command::Rollback(a) => {
+                let plan = PlanArgs {
+                    image: a.image,
+                    plan: None,
+                };
+                launch_verb(Verb::Rollback, a.root, plan, a.out, false, Reboot::No).await
+            }
+            Command::Cleanup(a) => {
+                cleanup(&CleanupOptions {
+                    root: a.root.root,
+                    output: a.out.output,
+                    verbose: a.out.verbose,
+                })
+                .await
+            }
+            Command::Status(a) => super::status::status(&a.root.root, a.output),
+            Command::Image(ImageCommand::Build {
+                target,
+                base,
+                tag,
+                agent,
+                output,
+            }) => {
+                image_cmd::build(&BuildOptions {
+                    target,
+                    base,
+                    tag,
+                    agent,
+                    output,
+                })
+                .await
+            }
+            Command::Image(ImageCommand::List { output }) => image_cmd::list(output).await,
+            Command::Image(ImageCommand::Inspect { reference, output }) => {
+                image_cmd::inspect(&reference, output).await
+            }
+        }
+    }
+}
+
+/// `migrate run`: unattended, a dry run or the migration.
+async fn run(a: RunArgs) -> Result<()> {
+    if a.unattended {
+        return unattended(&UnattendedOptions {
+            root: a.root.root,
+            config: a.plan.image.config,
+            image: a.plan.image.image,
+            plan: a.plan.plan,
+            reboot: a.reboot,
+            output: a.out.output,
+            verbose: a.out.verbose,
+        })
+        .await;
+    }
+    let verb = if a.dry_run { Verb::DryRun } else { Verb::Run };
+    let reboot = if a.reboot { Reboot::Now } else { Reboot::No };
+    launch_verb(verb, a.root, a.plan, a.out, a.force_new, reboot).await
+}
+
+/// The verbs that run the agent in a migration container.
+async fn launch_verb(
+    verb: Verb,
+    root: RootArgs,
+    plan: PlanArgs,
+    out: OutputArgs,
+    force_new: bool,
+    reboot: Reboot,
+) -> Result<()> {
+    // The configuration's image and plan apply to every run.
+    let config = super::config::load(&root.root, plan.image.config.as_deref())
+        .map_err(|e| fail(ExitCode::BadInput, format!("configuration: {e:#}")))?;
+    let mut opts = LaunchOptions::new(verb, root.root);
+    opts.image = plan.image.image;
+    opts.default_image = config.image;
+    opts.plan = plan.plan.or(config.plan);
+    opts.output = out.output;
+    opts.verbose = out.verbose;
+    opts.force_new = force_new;
+    opts.reboot = reboot;
+    launch::launch(&opts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, Usage> {
+        parse_from(std::iter::once("migrate").chain(args.iter().copied()))
+    }
+
+    fn bad(args: &[&str]) -> String {
+        match parse(args) {
+            Err(Usage::Bad(line)) => line,
+            other => panic!("{args:?} parsed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default_verb_with_root_slash() {
+        let cli = parse(&[]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.root.root, PathBuf::from("/"));
+        assert_eq!(cli.run.out.output, OutputFormat::Human);
+        let cli = parse(&["--unattended", "--reboot", "--config", "/c.toml"]).unwrap();
+        assert!(cli.command.is_none() && cli.run.unattended && cli.run.reboot);
+        assert_eq!(cli.run.plan.image.config, Some(PathBuf::from("/c.toml")));
+    }
+
+    #[test]
+    fn run_takes_its_options_after_the_verb() {
+        let cli = parse(&[
+            "run",
+            "--root",
+            "/srv/r",
+            "--image",
+            "img",
+            "--output",
+            "json",
+            "-vv",
+            "--dry-run",
+            "--plan",
+            "/p.toml",
+            "--force-new",
+        ])
+        .unwrap();
+        let Some(Command::Run(a)) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(a.root.root, PathBuf::from("/srv/r"));
+        assert_eq!(a.plan.image.image.as_deref(), Some("img"));
+        assert_eq!(a.plan.plan, Some(PathBuf::from("/p.toml")));
+        assert_eq!(a.out.output, OutputFormat::Json);
+        assert!(a.dry_run && a.force_new);
+        assert_eq!(cli.verbose(), 2);
+    }
+
+    #[test]
+    fn image_build_takes_target_base_and_tag() {
+        let cli = parse(&[
+            "image",
+            "build",
+            "debian-13",
+            "--base",
+            "localhost/debian:13",
+            "--tag",
+            "t:1",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Image(ImageCommand::Build {
+                target,
+                base,
+                tag,
+                agent,
+                ..
+            })) => {
+                assert_eq!(target, "debian-13");
+                assert_eq!(base.as_deref(), Some("localhost/debian:13"));
+                assert_eq!(tag.as_deref(), Some("t:1"));
+                assert!(agent.is_none());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_verb_parses() {
+        for args in [
+            &["check", "--root", "/r", "--plan", "/p"][..],
+            &["sync", "--force-new"],
+            &["status", "--output", "json"],
+            &["rollback", "--image", "i"],
+            &["cleanup", "-v"],
+            &["image", "list"],
+            &["image", "inspect", "x", "--output", "json"],
+        ] {
+            parse(args).unwrap_or_else(|e| panic!("{args:?}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn a_flag_of_another_verb_is_one_line_naming_the_verbs_that_take_it() {
+        assert_eq!(
+            bad(&["check", "--dry-run"]),
+            "--dry-run applies to `migrate run` only"
+        );
+        assert_eq!(
+            bad(&["status", "--force-new"]),
+            "--force-new applies to `migrate run` and `migrate sync` only"
+        );
+        assert_eq!(
+            bad(&["image", "build", "x", "--reboot"]),
+            "--reboot applies to `migrate run` only"
+        );
+        assert_eq!(
+            bad(&["cleanup", "--unattended"]),
+            "--unattended applies to `migrate run` only"
+        );
+        assert!(bad(&["status", "--plan", "p"]).starts_with("--plan applies to `migrate run`"));
+    }
+
+    #[test]
+    fn options_that_contradict_each_other_are_refused() {
+        for args in [
+            &["run", "--dry-run", "--reboot"][..],
+            &["run", "--dry-run", "--unattended"],
+            &["--dry-run", "--reboot"],
+        ] {
+            let line = bad(args);
+            assert!(line.contains("cannot be used with"), "{args:?}: {line}");
+            assert_eq!(line.lines().count(), 1);
+        }
+    }
+
+    #[test]
+    fn bad_usage_is_one_line() {
+        for args in [
+            &["--output", "xml"][..],
+            &["frobnicate"],
+            &["image", "build"],
+            &["run", "--root"],
+            &["--root", "/r", "check"],
+        ] {
+            let line = bad(args);
+            assert_eq!(line.lines().count(), 1, "{args:?}: {line}");
+        }
+    }
+
+    #[test]
+    fn each_verb_help_shows_only_its_options() {
+        let mut cmd = Cli::command();
+        let help = |cmd: &mut clap::Command, verb: &str| {
+            cmd.find_subcommand_mut(verb)
+                .unwrap()
+                .render_long_help()
+                .to_string()
+        };
+        let status = help(&mut cmd, "status");
+        for flag in [
+            "--reboot",
+            "--unattended",
+            "--dry-run",
+            "--force-new",
+            "--plan",
+        ] {
+            assert!(!status.contains(flag), "status --help shows {flag}");
+        }
+        let run = help(&mut cmd, "run");
+        for flag in [
+            "--reboot",
+            "--unattended",
+            "--dry-run",
+            "--force-new",
+            "--plan",
+        ] {
+            assert!(run.contains(flag), "run --help lacks {flag}");
+        }
+        let image = cmd.find_subcommand_mut("image").unwrap();
+        let build = image
+            .find_subcommand_mut("build")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(
+            !build.contains("--root") && !build.contains("--reboot"),
+            "{build}"
+        );
+    }
+
+    #[test]
+    fn help_fits_in_100_columns() {
+        let mut cmd = Cli::command();
+        let mut helps = vec![cmd.render_long_help().to_string()];
+        for verb in ["run", "check", "sync", "status", "rollback", "cleanup"] {
+            let sub = cmd.find_subcommand_mut(verb).unwrap();
+            helps.push(sub.render_long_help().to_string());
+        }
+        for help in helps {
+            for line in help.lines() {
+                assert!(line.chars().count() <= 100, "too wide: {line:?}");
+            }
+        }
+    }
+}
