@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
-use fixtures::{Fixtures, LiveRun, MIGRATION_IMAGE, kill_container, report, serial, show};
+use fixtures::{
+    Fixtures, LiveRun, MIGRATION_IMAGE, json_lines, kill_container, report, serial, show,
+};
 
 /// Runs the migration, kills the container when `trigger` sees its event,
 /// then runs again and checks that the root converged.
@@ -41,7 +43,7 @@ fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &
 
     let out = f
         .migrate()
-        .args(["run", "--root"])
+        .args(["run", "--output", "json", "--root"])
         .arg(&root.path)
         .output()
         .unwrap();
@@ -50,6 +52,16 @@ fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &
         Some(0),
         "the resumed run: {}",
         show(&out)
+    );
+    // --output json: every line of a successful run is a JSON event, what
+    // migrate says after the agent's run included.
+    let events = json_lines(&out.stdout);
+    assert!(events.iter().all(|e| e["v"] == 1 && e["event"].is_string()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "run_finished" && e["status"] == "succeeded"),
+        "{events:?}"
     );
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
     let audit = root.chroot(&["dpkg", "--audit"]).unwrap();

@@ -46,9 +46,12 @@ pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
     preflight::require_root()?;
     let (root, os) = preflight::inspect_root(&opts.root)?;
     let Some(marker) = PendingReboot::read(&root).exit_code(ExitCode::BadInput)? else {
-        println!(
-            "no migration on {} waits for its first boot; nothing to clean up",
-            root.display()
+        super::render::say(
+            opts.output,
+            &format!(
+                "no migration on {} waits for its first boot; nothing to clean up",
+                root.display()
+            ),
         );
         return Ok(());
     };
@@ -206,7 +209,7 @@ pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
     match opts.output {
         OutputFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&report).context("encoding the report")?
+            serde_json::to_string(&report).context("encoding the report")?
         ),
         OutputFormat::Human => {
             // A service's output goes to the journal, which has the verdict.

@@ -24,7 +24,7 @@ use super::lock::RootLock;
 use super::pending::PendingReboot;
 use super::podman::{ContainerSpec, ImageDetails, Podman, Rlimit};
 use super::preflight;
-use super::render::{OutputFormat, Renderer};
+use super::render::{OutputFormat, Renderer, say};
 use super::runlog::RunLog;
 use crate::core::event::{DecodeError, Envelope, Event, OutputStream, PLAN_ENV, Verb};
 use crate::core::exit::{ExitCode, WithExitCode, fail};
@@ -231,12 +231,15 @@ pub fn finished_migration(opts: &LaunchOptions, root: &Path, marker: &PendingReb
         }
         _ => "",
     };
-    println!(
-        "migration {} of {} finished at {}; it waits for the reboot into {}{next}",
-        marker.migration_id,
-        root.display(),
-        marker.finished_at,
-        marker.target_name
+    say(
+        opts.output,
+        &format!(
+            "migration {} of {} finished at {}; it waits for the reboot into {}{next}",
+            marker.migration_id,
+            root.display(),
+            marker.finished_at,
+            marker.target_name
+        ),
     );
     reboot_if_due(opts, root, marker)
 }
@@ -286,17 +289,23 @@ fn mark_pending_reboot(p: &Prepared, report: &Report) -> Result<PendingReboot> {
 fn reboot_if_due(opts: &LaunchOptions, root: &Path, marker: &PendingReboot) -> Result<()> {
     match &opts.reboot {
         Reboot::No if marker.live => {
-            println!(
-                "reboot into {} to finish the migration (`migrate run --reboot` does it through logind); migrate-cleanup.service checks the first boot",
-                marker.target_name
+            say(
+                opts.output,
+                &format!(
+                    "reboot into {} to finish the migration (`migrate run --reboot` does it through logind); migrate-cleanup.service checks the first boot",
+                    marker.target_name
+                ),
             );
             Ok(())
         }
         Reboot::No => {
-            println!(
-                "boot {} to finish the migration: migrate-cleanup.service checks its first boot into {}",
-                root.display(),
-                marker.target_name
+            say(
+                opts.output,
+                &format!(
+                    "boot {} to finish the migration: migrate-cleanup.service checks its first boot into {}",
+                    root.display(),
+                    marker.target_name
+                ),
             );
             Ok(())
         }
@@ -305,7 +314,7 @@ fn reboot_if_due(opts: &LaunchOptions, root: &Path, marker: &PendingReboot) -> R
                 "the reboot into {} waits for the maintenance window ({window}); the next unattended run inside it reboots",
                 marker.target_name
             );
-            println!("{line}");
+            say(opts.output, &line);
             journald::send(
                 Priority::Notice,
                 journald::ids::REBOOT_WAITING,
@@ -314,7 +323,7 @@ fn reboot_if_due(opts: &LaunchOptions, root: &Path, marker: &PendingReboot) -> R
             );
             Ok(())
         }
-        Reboot::Now | Reboot::InWindow(_) => super::reboot::reboot_into(root, marker),
+        Reboot::Now | Reboot::InWindow(_) => super::reboot::reboot_into(root, marker, opts.output),
     }
 }
 
@@ -649,7 +658,7 @@ pub(super) async fn run_container(
         );
     }
     if check_json {
-        match serde_json::to_string_pretty(&session.report) {
+        match serde_json::to_string(&session.report) {
             Ok(j) => println!("{j}"),
             Err(e) => {
                 return (

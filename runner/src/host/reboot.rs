@@ -9,12 +9,13 @@ use anyhow::Result;
 
 use super::journald::{self, Priority};
 use super::pending::PendingReboot;
+use super::render::OutputFormat;
 use super::runlog::RunLog;
 use crate::core::exit::{ExitCode, fail};
 use crate::core::report::Report;
 
 /// Asks logind to reboot the host into the release `marker` migrated it to.
-pub fn reboot_into(root: &Path, marker: &PendingReboot) -> Result<()> {
+pub fn reboot_into(root: &Path, marker: &PendingReboot, output: OutputFormat) -> Result<()> {
     let line = format!(
         "rebooting into {} to finish migration {} (run {})",
         marker.target_name, marker.migration_id, marker.run_id
@@ -38,7 +39,7 @@ pub fn reboot_into(root: &Path, marker: &PendingReboot) -> Result<()> {
             ("MIGRATE_TARGET", &marker.target.to_string()),
         ],
     );
-    println!("{line}");
+    super::render::say(output, &line);
     super::systemd::reboot(&format!("migrate: {line}")).map_err(|e| {
         fail(
             ExitCode::Environment,

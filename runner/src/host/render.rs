@@ -310,6 +310,24 @@ impl Renderer {
     }
 }
 
+/// A message of the host outside a run's rendering: a plain line, or with
+/// `--output json` an `output` event, so that every line of stdout is JSON.
+pub(crate) fn say(output: OutputFormat, message: &str) {
+    match output {
+        OutputFormat::Human => println!("{message}"),
+        OutputFormat::Json => {
+            let env = Envelope::now(Event::Output {
+                step: None,
+                stream: OutputStream::Stderr,
+                line: format!("migrate: {message}"),
+            });
+            if let Ok(line) = serde_json::to_string(&env) {
+                println!("{line}");
+            }
+        }
+    }
+}
+
 /// A human summary of a report: the run on one line, then one line per step.
 pub(crate) fn summary(report: &Report) -> String {
     let mut out = format!(

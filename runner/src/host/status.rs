@@ -26,7 +26,7 @@ pub fn status(root: &Path, output: OutputFormat) -> Result<()> {
             "migration": journal,
             "last_run": report,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        println!("{}", serde_json::to_string(&value)?);
         return Ok(());
     }
     let Some(j) = journal else {

@@ -50,12 +50,15 @@ pub async fn unattended(opts: &UnattendedOptions) -> Result<()> {
         fail(ExitCode::BadInput, line)
     })?;
     if !config.enabled {
-        println!(
-            "unattended migration is disabled: set `enabled = true` in {} to turn it on",
-            opts.config
-                .as_deref()
-                .unwrap_or(&root.join(config::CONFIG_PATH))
-                .display()
+        super::render::say(
+            opts.output,
+            &format!(
+                "unattended migration is disabled: set `enabled = true` in {} to turn it on",
+                opts.config
+                    .as_deref()
+                    .unwrap_or(&root.join(config::CONFIG_PATH))
+                    .display()
+            ),
         );
         return Ok(());
     }
