@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use crate::core::cmd::CommandExt;
 use anyhow::{Context, Result};
 
 use super::mounts;
@@ -138,8 +139,7 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
                     .with_context(|| format!("reading {}", dir.join(PACKAGES_FILE).display()))?;
                 let manager = backup.package_manager.as_deref().unwrap_or("apt");
                 let now = crate::agent::steps::packages::selection_command(manager, root)
-                    .output()
-                    .context("listing the installed packages")?;
+                    .run_unchecked()?;
                 let changed = package_changes(&before, &String::from_utf8_lossy(&now.stdout));
                 if changed.is_empty() {
                     say(

@@ -1,6 +1,12 @@
 //! Running external tools the same way everywhere: every command is logged
 //! before it runs, and a failure carries the command line and the tail of what
 //! the tool printed on stderr, never just "exit status 1".
+//!
+//! Every tool the host or the agent runs goes through [`CommandExt`] (captured
+//! output) or, for a step's tools whose output is streamed to the host as
+//! events, through `agent::exec::run_streaming`, which logs and reports
+//! failures the same way. The one exception is the long-running
+//! `podman system service` the host may start (`host/podman/service.rs`).
 
 use std::process::{Command, Output};
 
@@ -17,6 +23,12 @@ pub trait CommandExt {
 
     /// Runs the command and returns its standard output as a string.
     fn run_get_string(&mut self) -> Result<String>;
+
+    /// Runs the command to completion with captured output, whatever its
+    /// exit status, for tools whose non-zero exit is an answer (a dry run
+    /// that finds problems, an audit that lists them): the caller reads the
+    /// status and words the failure ([`ToolOutput::failure`]).
+    fn run_unchecked(&mut self) -> Result<Output>;
 
     /// The command line, for messages and logs.
     fn display(&self) -> String;
@@ -39,6 +51,16 @@ impl CommandExt for Command {
         Ok(out)
     }
 
+    fn run_unchecked(&mut self) -> Result<Output> {
+        let line = self.display();
+        tracing::debug!(command = %line, "running");
+        let out = self
+            .output()
+            .with_context(|| format!("starting `{line}`"))?;
+        tracing::debug!(command = %line, status = %out.status, "finished");
+        Ok(out)
+    }
+
     fn run_get_string(&mut self) -> Result<String> {
         let out = self.run_captured()?;
         String::from_utf8(out.stdout).with_context(|| format!("output of `{}`", self.display()))
@@ -50,6 +72,32 @@ impl CommandExt for Command {
             .map(|a| quote(&a.to_string_lossy()))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// What a tool printed, for callers of [`CommandExt::run_unchecked`].
+pub trait ToolOutput {
+    /// stdout followed by stderr, as text.
+    fn text(&self) -> String;
+    /// `"(exit status: N): last lines of stderr"`, for a failure message.
+    fn failure(&self) -> String;
+}
+
+impl ToolOutput for Output {
+    fn text(&self) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&self.stdout),
+            String::from_utf8_lossy(&self.stderr)
+        )
+    }
+
+    fn failure(&self) -> String {
+        format!(
+            "({}){}",
+            self.status,
+            stderr_tail(&String::from_utf8_lossy(&self.stderr))
+        )
     }
 }
 
@@ -116,6 +164,18 @@ mod tests {
             .run_captured()
             .unwrap_err();
         assert!(format!("{err:#}").contains("starting `/nonexistent/tool`"));
+    }
+
+    #[test]
+    fn unchecked_runs_return_what_a_failing_tool_said() {
+        let out = Command::new("sh")
+            .args(["-c", "echo answer; echo why >&2; exit 1"])
+            .run_unchecked()
+            .unwrap();
+        assert!(!out.status.success());
+        assert_eq!(out.text(), "answer\nwhy\n");
+        assert_eq!(out.failure(), "(exit status: 1): why");
+        assert!(Command::new("/nonexistent/tool").run_unchecked().is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::{RunContext, StepContext, StepKind, chroot};
-use crate::core::cmd::{CommandExt, stderr_tail};
+use crate::core::cmd::{CommandExt, ToolOutput, stderr_tail};
 use crate::core::event::StepStatus;
 use crate::core::fsutil::write_atomic;
 
@@ -331,16 +331,10 @@ fn apt(root: &Path, program: &str, args: &[&str]) -> Command {
 
 /// What `dpkg --audit` says is wrong in the root (empty: nothing).
 fn dpkg_audit(root: &Path) -> Result<String> {
-    let out = apt(root, "dpkg", &["--audit"])
-        .output()
-        .context("running dpkg --audit")?;
+    let out = apt(root, "dpkg", &["--audit"]).run_unchecked()?;
     let report = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() && report.is_empty() {
-        bail!(
-            "dpkg --audit failed ({}){}",
-            out.status,
-            stderr_tail(&String::from_utf8_lossy(&out.stderr))
-        );
+        bail!("dpkg --audit failed {}", out.failure());
     }
     Ok(report)
 }
@@ -478,8 +472,7 @@ impl Apt {
                 "apt-get",
                 &["-q", "-o", "APT::Update::Error-Mode=any", "update"],
             )
-            .output()
-            .context("running apt-get update")?;
+            .run_unchecked()?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let errors: Vec<&str> = stderr

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::rpm::{self, RepoDir, run_pm};
 use super::{RunContext, StepContext, StepKind};
-use crate::core::cmd::{CommandExt, failure_detail};
+use crate::core::cmd::{CommandExt, ToolOutput, failure_detail};
 use crate::core::event::StepStatus;
 use crate::core::kinds::packages::DnfOptions;
 use crate::core::kinds::packages::RepoChange;
@@ -188,16 +188,11 @@ impl Dnf {
         let out = self
             .scratch_dnf()?
             .args(["makecache", "--refresh"])
-            .output()
-            .context("running dnf makecache")?;
+            .run_unchecked()?;
         if out.status.success() {
             return Ok(());
         }
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = out.text();
         bail!(
             "dnf makecache of the target repositories failed{}",
             failure_detail(text.lines().filter(|l| notable(l)), &text)
@@ -216,13 +211,8 @@ impl Dnf {
             .scratch_dnf()?
             .args(distro_sync_args(&self.opts))
             .arg("--assumeno")
-            .output()
-            .context("running dnf distro-sync --assumeno")?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .run_unchecked()?;
+        let text = out.text();
         if text.lines().any(|l| l.trim_start().starts_with("Problem")) {
             bail!("dnf distro-sync would fail: {}", problems(&text));
         }
@@ -236,8 +226,7 @@ impl Dnf {
                 .scratch_dnf()?
                 .arg("distro-sync")
                 .arg("--assumeno")
-                .output()
-                .context("running dnf distro-sync --assumeno")?;
+                .run_unchecked()?;
             let why = problems(&String::from_utf8_lossy(&strict.stderr));
             bail!(
                 "dnf distro-sync would remove installed packages: {} ({why}); list them in allow_removal if that is intended",

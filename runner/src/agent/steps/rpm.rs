@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::core::cmd::CommandExt;
 use anyhow::{Context, Result};
 
 use super::StepContext;
@@ -29,7 +30,7 @@ pub fn rpm(root: &Path, args: &[&str]) -> Command {
 
 /// Problems of the rpm database: unreadable, or dependencies unsatisfied.
 pub fn database_problems(root: &Path) -> Result<Vec<String>> {
-    let query = rpm(root, &["-qa"]).output().context("running rpm -qa")?;
+    let query = rpm(root, &["-qa"]).run_unchecked()?;
     if !query.status.success() {
         return Ok(vec![format!(
             "the rpm database cannot be read{}",
@@ -54,8 +55,7 @@ pub fn verify(root: &Path) -> Result<Vec<String>> {
             "--nosignature",
         ],
     )
-    .output()
-    .context("running rpm -Va")?;
+    .run_unchecked()?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::trim)

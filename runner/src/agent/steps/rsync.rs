@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::core::cmd::{CommandExt, ToolOutput};
 use anyhow::{Context, Result, bail};
 
 use super::{StepContext, StepKind};
@@ -195,14 +196,9 @@ impl RsyncStep {
             .args(["--checksum", "--dry-run", "--itemize-changes", "--delete"])
             .arg(src)
             .arg(dst)
-            .output()
-            .context("running rsync --checksum --dry-run")?;
+            .run_unchecked()?;
         if !out.status.success() {
-            bail!(
-                "verifying the copy failed: rsync {}{}",
-                out.status,
-                crate::core::cmd::stderr_tail(&String::from_utf8_lossy(&out.stderr))
-            );
+            bail!("verifying the copy failed: rsync {}", out.failure());
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let differences: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

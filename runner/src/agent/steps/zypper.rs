@@ -18,7 +18,7 @@ use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_s
 use super::rpm::{self, RepoDir, run_pm};
 use super::{RunContext, StepContext, StepKind};
 use crate::agent::exec::ToolFailed;
-use crate::core::cmd::{CommandExt, failure_detail};
+use crate::core::cmd::{CommandExt, ToolOutput, failure_detail};
 use crate::core::event::StepStatus;
 use crate::core::kinds::packages::{ZypperMode, ZypperOptions};
 
@@ -298,16 +298,11 @@ impl Zypper {
         let out = self
             .scratch_zypper()?
             .args(["refresh", "--force"])
-            .output()
-            .context("running zypper refresh")?;
+            .run_unchecked()?;
         if out.status.success() {
             return Ok(());
         }
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = out.text();
         bail!(
             "zypper refresh of the target repositories failed with exit code {}{}",
             out.status.code().unwrap_or(-1),
@@ -347,8 +342,7 @@ impl PackageManager for Zypper {
             .scratch_zypper()?
             .args(["--no-refresh", "dup", "--dry-run"])
             .args(DUP_FLAGS)
-            .output()
-            .context("running zypper dup --dry-run")?;
+            .run_unchecked()?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !exit_meaning(out.status.code().unwrap_or(-1)).0 {
             bail!(
