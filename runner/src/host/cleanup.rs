@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::journald::{self, Priority};
-use super::launch::{self, LABEL_ROOT, LaunchOptions, Prepared, Record};
 use super::lock::RootLock;
 use super::pending::PendingReboot;
 use super::podman::Podman;
 use super::preflight;
 use super::render::OutputFormat;
+use super::run::{self, LABEL_ROOT, LaunchOptions, Prepared, Record};
 use super::runlog::RunLog;
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
@@ -67,7 +67,7 @@ pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
     }
     let lock = RootLock::acquire(&root)?;
     lock.record_holder().exit_code(ExitCode::Environment)?;
-    let run_id = launch::new_run_id();
+    let run_id = run::new_run_id();
     let mut log = RunLog::new(&root);
     log.start_writing().exit_code(ExitCode::Environment)?;
     log.host(&format!(
@@ -262,7 +262,7 @@ async fn post_phase(
     lo.output = opts.output;
     lo.verbose = opts.verbose;
     lo.record = Record::LogOnly;
-    let (report, result) = launch::run_container(podman, &lo, &prepared, Some(lock)).await;
+    let (report, result) = run::session::run(podman, &lo, &prepared, Some(lock)).await;
     Ok((report.steps, result))
 }
 

@@ -10,8 +10,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use super::cleanup::{CleanupOptions, cleanup};
 use super::image_cmd::{self, BuildOptions};
-use super::launch::{self, LaunchOptions, Reboot};
 use super::render::OutputFormat;
+use super::run::{self, LaunchOptions, Reboot};
 use super::unattended::{UnattendedOptions, unattended};
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, fail};
@@ -435,7 +435,7 @@ async fn launch_verb(
     opts.verbose = out.verbose;
     opts.force_new = force_new;
     opts.reboot = reboot;
-    launch::launch(&opts).await
+    run::launch(&opts).await
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@ use anyhow::Result;
 
 use super::config::{self, Mode};
 use super::journald::{self, Priority};
-use super::launch::{self, LaunchOptions, Reboot, Record};
 use super::preflight;
 use super::render::OutputFormat;
+use super::run::{self, LaunchOptions, Reboot, Record};
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, fail};
 
@@ -89,10 +89,10 @@ pub async fn unattended(opts: &UnattendedOptions) -> Result<()> {
     } else {
         Reboot::No
     };
-    if let Some(marker) = launch::pending_reboot(&root)? {
+    if let Some(marker) = run::pending_reboot(&root)? {
         // Nothing to check or migrate: the reboot is what is left.
         launch.reboot = reboot;
-        return launch::finished_migration(&launch, &root, &marker);
+        return run::finished_migration(&launch, &root, &marker);
     }
-    launch::launch(&launch).await
+    run::launch(&launch).await
 }

@@ -1,0 +1,145 @@
+//! A finished migration waits for its reboot: the marker that makes
+//! `migrate-cleanup.service` run on the next boot, and the reboot itself
+//! (now, in the maintenance window, or by someone else).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::{LaunchOptions, Prepared, Reboot};
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::journal::{Journal, MigrationStatus};
+use crate::core::release::OsRelease;
+use crate::core::report::Report;
+use crate::host::journald::{self, Priority};
+use crate::host::pending::PendingReboot;
+use crate::host::render::say;
+
+/// The marker of the migration on `root` that finished and waits for its
+/// reboot, if there is one (a marker the journal does not confirm is stale
+/// and ignored).
+pub(crate) fn pending_reboot(root: &Path) -> Result<Option<PendingReboot>> {
+    let marker = PendingReboot::read(root).exit_code(ExitCode::BadInput)?;
+    let journal = Journal::load(root).exit_code(ExitCode::BadInput)?;
+    Ok(marker.filter(|m| {
+        journal.is_some_and(|j| {
+            j.migration_id == m.migration_id && j.status == MigrationStatus::Completed
+        })
+    }))
+}
+
+/// `migrate run` on a root whose migration is finished: nothing to run; the
+/// reboot is what is left.
+pub(crate) fn finished_migration(
+    opts: &LaunchOptions,
+    root: &Path,
+    marker: &PendingReboot,
+) -> Result<()> {
+    let next = match (&opts.reboot, root == Path::new("/")) {
+        (Reboot::No, true) => " (`migrate run --reboot` reboots into it)",
+        (Reboot::No, false) => {
+            " (its first boot runs `migrate cleanup`; `--force-new` starts another migration)"
+        }
+        _ => "",
+    };
+    say(
+        opts.output,
+        &format!(
+            "migration {} of {} finished at {}; it waits for the reboot into {}{next}",
+            marker.migration_id,
+            root.display(),
+            marker.finished_at,
+            marker.target_name
+        ),
+    );
+    reboot_if_due(opts, root, marker)
+}
+
+/// Records that the migration finished and waits for its reboot: the marker
+/// that makes `migrate-cleanup.service` run on the next boot.
+pub(crate) fn mark_pending_reboot(p: &Prepared, report: &Report) -> Result<PendingReboot> {
+    let journal = Journal::load(&p.root)
+        .exit_code(ExitCode::Environment)?
+        .filter(|j| j.status == MigrationStatus::Completed)
+        .ok_or_else(|| {
+            fail(
+                ExitCode::StepFailed,
+                "the run succeeded but the journal does not say the migration completed",
+            )
+        })?;
+    let live = p.root == Path::new("/");
+    let target_name = OsRelease::read_from_root(&p.root)
+        .ok()
+        .filter(|o| o.release() == p.target)
+        .map(|o| o.pretty_name())
+        .unwrap_or_else(|| p.target.to_string());
+    let marker = PendingReboot {
+        migration_id: journal.migration_id,
+        run_id: report.run_id.clone(),
+        finished_at: report
+            .finished_at
+            .clone()
+            .unwrap_or_else(|| crate::core::event::timestamp(std::time::SystemTime::now())),
+        target: p.target.clone(),
+        target_name,
+        image: report.image.clone(),
+        plan: p.plan.clone().context("no plan")?,
+        live,
+        failed_units_before: if live {
+            crate::host::systemd::failed_units().ok()
+        } else {
+            None
+        },
+    };
+    marker.write(&p.root).exit_code(ExitCode::Environment)?;
+    Ok(marker)
+}
+
+/// Reboots into the new release if asked to and, for unattended runs, if
+/// the maintenance window is open; otherwise says what happens next.
+pub(crate) fn reboot_if_due(
+    opts: &LaunchOptions,
+    root: &Path,
+    marker: &PendingReboot,
+) -> Result<()> {
+    match &opts.reboot {
+        Reboot::No if marker.live => {
+            say(
+                opts.output,
+                &format!(
+                    "reboot into {} to finish the migration (`migrate run --reboot` does it through logind); migrate-cleanup.service checks the first boot",
+                    marker.target_name
+                ),
+            );
+            Ok(())
+        }
+        Reboot::No => {
+            say(
+                opts.output,
+                &format!(
+                    "boot {} to finish the migration: migrate-cleanup.service checks its first boot into {}",
+                    root.display(),
+                    marker.target_name
+                ),
+            );
+            Ok(())
+        }
+        Reboot::InWindow(window) if !window.open_now() => {
+            let line = format!(
+                "the reboot into {} waits for the maintenance window ({window}); the next unattended run inside it reboots",
+                marker.target_name
+            );
+            say(opts.output, &line);
+            journald::send(
+                Priority::Notice,
+                journald::ids::REBOOT_WAITING,
+                &line,
+                &[("MIGRATE_RUN_ID", &marker.run_id)],
+            );
+            Ok(())
+        }
+        Reboot::Now | Reboot::InWindow(_) => {
+            crate::host::reboot::reboot_into(root, marker, opts.output)
+        }
+    }
+}

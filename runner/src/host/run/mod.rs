@@ -1,0 +1,201 @@
+//! `migrate run|sync|check|rollback` and `run --dry-run`: from the checks on
+//! the host to the report, with the agent doing the work inside the migration
+//! container. Split by concern:
+//!
+//! - [`prepare`]: before any container starts, the host resolves and
+//!   validates the plan (the image's, from its label, or `--plan`, plus the
+//!   root's drop-ins), reads the state journal and refuses what does not
+//!   fit, all without touching the root; then the container's spec.
+//! - [`session`]: the container's run, behind [`runtime::ContainerRuntime`]:
+//!   every line it prints rendered, logged and applied to the report.
+//! - [`outcome`]: what the agent's exit means; report, log and journal
+//!   messages at the end.
+//! - [`finished`]: a finished migration waits for its reboot (the marker,
+//!   the reboot through logind).
+//!
+//! Runs that change the root take the root's lock; their log and report are
+//! written only once the agent starts its first changing step, so a run
+//! stopped by a check leaves the root exactly as it was.
+
+pub(crate) mod finished;
+pub(crate) mod outcome;
+pub(crate) mod prepare;
+pub(crate) mod runtime;
+pub(crate) mod session;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::config::MaintenanceWindow;
+use super::lock::RootLock;
+use super::podman::Podman;
+use super::preflight;
+use super::render::OutputFormat;
+use crate::core::event::Verb;
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::journal::Journal;
+use crate::core::plan::PlanSource;
+use crate::core::release::OsRelease;
+pub(crate) use finished::{finished_migration, pending_reboot};
+pub(crate) use prepare::{Prepared, new_run_id};
+
+/// Where the root is mounted in the migration container.
+pub(crate) const CONTAINER_ROOT: &str = "/system-root";
+/// Label on the migration container: the run id.
+pub(crate) const LABEL_RUN_ID: &str = "io.migrate.run-id";
+/// Label on the migration container: the migrated root.
+pub(crate) const LABEL_ROOT: &str = "io.migrate.root";
+
+/// What to launch.
+#[derive(Clone, Debug)]
+pub(crate) struct LaunchOptions {
+    /// The verb.
+    pub verb: Verb,
+    /// The root.
+    pub root: PathBuf,
+    /// `--image`.
+    pub image: Option<String>,
+    /// `--plan`.
+    pub plan: Option<PathBuf>,
+    /// `--output`.
+    pub output: OutputFormat,
+    /// `-v` count.
+    pub verbose: u8,
+    /// `--force-new`.
+    pub force_new: bool,
+    /// The configuration's image: used when neither `--image` nor an
+    /// unfinished migration names one.
+    pub default_image: Option<String>,
+    /// What the run leaves in the root for the record.
+    pub record: Record,
+    /// Whether to reboot into the new release once the migration finished.
+    pub reboot: Reboot,
+}
+
+impl LaunchOptions {
+    /// Options for `verb` on `root` with everything else at its default.
+    pub fn new(verb: Verb, root: PathBuf) -> Self {
+        Self {
+            verb,
+            root,
+            image: None,
+            plan: None,
+            output: OutputFormat::Human,
+            verbose: 0,
+            force_new: false,
+            default_image: None,
+            record: Record::OnChange,
+            reboot: Reboot::No,
+        }
+    }
+}
+
+/// What a run records in the root (`var/log/migrate/`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// Log and report, once the run starts changing the root: a run stopped
+    /// by a check leaves the root exactly as it was.
+    OnChange,
+    /// Log and report whatever happens (unattended runs: the outcome of a
+    /// check is what the administrator looks for).
+    Always,
+    /// The log once the run changes the root; the caller owns the report
+    /// (the post phase, recorded in the migration's report).
+    LogOnly,
+}
+
+/// Whether a finished migration reboots the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Reboot {
+    /// No: the marker waits for a reboot by someone else.
+    No,
+    /// Yes, right away (`--reboot`).
+    Now,
+    /// Yes, if now is inside the window; else a later unattended run does.
+    InWindow(MaintenanceWindow),
+}
+
+/// Runs a verb. Returns on success; every failure is an error carrying its
+/// exit code.
+pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
+    preflight::require_root()?;
+    let (root, os) = preflight::inspect_root(&opts.root)?;
+    let live = root == Path::new("/");
+    if opts.reboot != Reboot::No && !live {
+        return Err(fail(
+            ExitCode::BadInput,
+            format!(
+                "--reboot reboots this host; it cannot apply to --root {}",
+                root.display()
+            ),
+        ));
+    }
+    if opts.verb == Verb::Run
+        && !opts.force_new
+        && let Some(marker) = pending_reboot(&root)?
+    {
+        return finished_migration(opts, &root, &marker);
+    }
+    let journal = Journal::load(&root).exit_code(ExitCode::BadInput)?;
+    let plan_file = opts
+        .plan
+        .as_deref()
+        .map(PlanSource::read)
+        .transpose()
+        .map_err(|e| fail(ExitCode::BadInput, format!("--plan {e:#}")))?;
+    let dropins = crate::core::plan::read_dropins(&root).exit_code(ExitCode::BadInput)?;
+    let reference = prepare::image_reference(opts, journal.as_ref(), &os)?;
+
+    let podman = Podman::connect().await?;
+    let result = async {
+        let prepared = prepare::prepare(
+            &podman, opts, root, os, journal, plan_file, &dropins, reference,
+        )
+        .await?;
+        let lock = if opts.verb.changes_root() || opts.record == Record::Always {
+            Some(RootLock::acquire(&prepared.root)?)
+        } else {
+            None
+        };
+        if lock.is_some() && !prepared.resuming && opts.verb != Verb::Rollback {
+            // Another run may have changed the root between our checks and the lock.
+            let now = OsRelease::read_from_root(&prepared.root).exit_code(ExitCode::BadInput)?;
+            if now.release() != prepared.source.release() {
+                return Err(fail(
+                    ExitCode::BadInput,
+                    format!(
+                        "the root changed while migrate was checking it: it now is {}",
+                        now.pretty_name()
+                    ),
+                ));
+            }
+        }
+        let (report, result) = session::run(&podman, opts, &prepared, lock.as_ref()).await;
+        if prepared.pulled && !opts.verb.changes_root() {
+            // Nothing refers to it any more: leave podman's storage as it was.
+            if let Err(e) = podman.remove_image(&prepared.image.id).await {
+                tracing::warn!("removing the image this run pulled: {e:#}");
+            }
+        }
+        result?;
+        if opts.verb == Verb::Rollback {
+            // A rolled-back migration waits for no reboot.
+            super::pending::PendingReboot::remove(&prepared.root)
+                .exit_code(ExitCode::Environment)?;
+        }
+        if opts.verb == Verb::Run {
+            let marker = finished::mark_pending_reboot(&prepared, &report)?;
+            return Ok(Some((prepared.root, marker)));
+        }
+        Ok(None)
+    }
+    .await;
+    podman.shutdown().await;
+    // The reboot comes last: the lock released, podman's private service
+    // stopped.
+    match result? {
+        Some((root, marker)) => finished::reboot_if_due(opts, &root, &marker),
+        None => Ok(()),
+    }
+}

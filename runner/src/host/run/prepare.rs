@@ -1,0 +1,291 @@
+//! Everything decided before the container starts: the image (found or
+//! pulled, its labels checked), the plan (resolved and validated), the
+//! journal's unfinished migration, and the container's spec.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::sys::resource::{Resource, getrlimit};
+
+use super::{CONTAINER_ROOT, LABEL_ROOT, LABEL_RUN_ID, LaunchOptions};
+use crate::core::event::{PLAN_ENV, Verb};
+use crate::core::exit::{ExitCode, WithExitCode, fail};
+use crate::core::image::{ImageLabels, LABEL_PLAN};
+use crate::core::journal::Journal;
+use crate::core::kinds::Kind;
+use crate::core::kinds::postgres::PostgresOptions;
+use crate::core::plan::{Plan, PlanSource};
+use crate::core::release::OsRelease;
+use crate::host::podman::{ContainerSpec, ImageDetails, Podman, Rlimit};
+use crate::host::preflight;
+use crate::host::render::OutputFormat;
+
+/// Everything decided before the container starts.
+pub(crate) struct Prepared {
+    pub(crate) root: PathBuf,
+    pub(crate) reference: String,
+    pub(crate) image: ImageDetails,
+    pub(crate) plan: Option<Plan>,
+    pub(crate) source: OsRelease,
+    pub(crate) target: crate::core::release::Release,
+    pub(crate) resuming: bool,
+    /// Whether this run pulled the image.
+    pub(crate) pulled: bool,
+}
+
+/// The image: `--image`, else the image of the unfinished migration (for a
+/// rollback: of the migration), else the built-in default for the release.
+pub(crate) fn image_reference(
+    opts: &LaunchOptions,
+    journal: Option<&Journal>,
+    os: &OsRelease,
+) -> Result<String> {
+    if let Some(r) = &opts.image {
+        return Ok(r.clone());
+    }
+    if opts.verb == Verb::Rollback {
+        return match journal {
+            Some(j) => Ok(j.image.reference.clone()),
+            None => Err(fail(
+                ExitCode::BadInput,
+                "no migration is recorded on this root (no var/lib/migrate/state.json); nothing to roll back",
+            )),
+        };
+    }
+    if let Some(j) = journal.filter(|j| j.in_progress()) {
+        return Ok(j.image.reference.clone());
+    }
+    preflight::image_reference(opts.default_image.as_deref(), os)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn prepare(
+    podman: &Podman,
+    opts: &LaunchOptions,
+    root: PathBuf,
+    os: OsRelease,
+    journal: Option<Journal>,
+    plan_file: Option<PlanSource>,
+    dropins: &[PlanSource],
+    reference: String,
+) -> Result<Prepared> {
+    let (image, labels, pulled) = preflight::find_or_pull_image(podman, &reference, |line| {
+        if opts.verbose > 0 && opts.output == OutputFormat::Human {
+            eprintln!("    [pull] {line}");
+        }
+    })
+    .await?;
+    if pulled {
+        tracing::info!(reference, id = %image.id, "pulled the migration image");
+    }
+    preflight::check_protocol(&labels, &reference)?;
+    if opts.verb == Verb::Rollback {
+        let journal = journal.context("no journal")?;
+        return Ok(Prepared {
+            root,
+            reference,
+            image,
+            plan: None,
+            target: journal.source.release(),
+            source: os,
+            resuming: false,
+            pulled,
+        });
+    }
+    let plan = resolve_plan(&labels, &reference, plan_file, dropins)?;
+    let unfinished = journal.filter(Journal::in_progress);
+    let resuming = unfinished
+        .as_ref()
+        .is_some_and(|j| j.plan_hash == plan.hash() && j.image.id == image.id);
+    if let Some(j) = &unfinished
+        && !resuming
+        && opts.verb.changes_root()
+        && !opts.force_new
+    {
+        return Err(fail(
+            ExitCode::Inhibited,
+            format!(
+                "migration {} on {} is unfinished and used {}; continue it with the same plan and image, undo it with `migrate rollback`, or start over with --force-new",
+                j.migration_id,
+                root.display(),
+                if j.image.id == image.id {
+                    "another plan".to_string()
+                } else {
+                    format!("image {} ({})", j.image.reference, short_id(&j.image.id))
+                }
+            ),
+        ));
+    }
+    let source = match (&unfinished, resuming) {
+        (Some(j), true) => j.source.clone(),
+        _ => os,
+    };
+    if !resuming {
+        preflight::check_compatible(&labels, &reference, &source)?;
+    }
+    Ok(Prepared {
+        root,
+        reference,
+        image,
+        plan: Some(plan),
+        source,
+        target: labels.target,
+        resuming,
+        pulled,
+    })
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// The plan: `--plan` or the image's, with the root's drop-ins, validated
+/// down to each step's options.
+fn resolve_plan(
+    labels: &ImageLabels,
+    reference: &str,
+    plan_file: Option<PlanSource>,
+    dropins: &[PlanSource],
+) -> Result<Plan> {
+    let base = match plan_file {
+        Some(p) => p,
+        None => PlanSource {
+            name: format!("the plan of image {reference}"),
+            text: labels.plan.clone().ok_or_else(|| {
+                fail(
+                    ExitCode::BadInput,
+                    format!(
+                        "image {reference} carries no plan (label {LABEL_PLAN}); rebuild it with `migrate image build {}` or pass --plan",
+                        labels.image
+                    ),
+                )
+            })?,
+        },
+    };
+    crate::core::plan::resolve(&base, dropins).exit_code(ExitCode::BadInput)
+}
+
+pub(crate) fn container_spec(
+    opts: &LaunchOptions,
+    p: &Prepared,
+    run_id: &str,
+) -> Result<ContainerSpec> {
+    let level = match opts.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let mut env = BTreeMap::from([("MIGRATE_LOG".to_string(), level.to_string())]);
+    let mut command: Vec<String> = Vec::new();
+    if opts.verb == Verb::Rollback {
+        command.extend(["rollback".into(), "--root".into(), CONTAINER_ROOT.into()]);
+        command.extend(["--run-id".into(), run_id.into()]);
+    } else {
+        let plan = p.plan.as_ref().context("no plan")?;
+        env.insert(
+            PLAN_ENV.to_string(),
+            serde_json::to_string(plan).context("encoding the plan")?,
+        );
+        command.extend(["run".into(), "--verb".into(), opts.verb.name().into()]);
+        command.extend(["--root".into(), CONTAINER_ROOT.into()]);
+        command.extend(["--run-id".into(), run_id.into()]);
+        command.extend(["--image-ref".into(), p.reference.clone()]);
+        command.extend(["--image-id".into(), p.image.id.clone()]);
+        if let Some(d) = &p.image.digest {
+            command.extend(["--image-digest".into(), d.clone()]);
+        }
+        if opts.force_new {
+            command.push("--force-new".into());
+        }
+        if p.root == Path::new("/") {
+            command.push("--live".into());
+        }
+        // Passwords named by environment variable come from migrate's own
+        // environment (never the plan, never a command line).
+        for step in plan.steps.iter().filter(|s| s.kind == Kind::Postgres) {
+            let opts: PostgresOptions = step.options()?;
+            for var in opts.password_envs() {
+                let value = std::env::var(&var).map_err(|_| {
+                    fail(
+                        ExitCode::BadInput,
+                        format!("step {}: the password variable {var} is not set", step.id),
+                    )
+                })?;
+                env.insert(var, value);
+            }
+        }
+    }
+    Ok(ContainerSpec {
+        name: format!("migrate-{run_id}"),
+        image: p.image.id.clone(),
+        command,
+        env,
+        labels: BTreeMap::from([
+            (LABEL_RUN_ID.to_string(), run_id.to_string()),
+            (LABEL_ROOT.to_string(), p.root.display().to_string()),
+        ]),
+        binds: vec![(p.root.clone(), CONTAINER_ROOT.to_string())],
+        read_only: !opts.verb.changes_root(),
+        rlimits: own_rlimits(),
+    })
+}
+
+/// The limits this process runs under, for the container: a container asking
+/// for more than its caller has fails to start where raising limits is not
+/// permitted.
+fn own_rlimits() -> Vec<Rlimit> {
+    [
+        (Resource::RLIMIT_NOFILE, "nofile"),
+        (Resource::RLIMIT_NPROC, "nproc"),
+        (Resource::RLIMIT_CORE, "core"),
+        (Resource::RLIMIT_MEMLOCK, "memlock"),
+        (Resource::RLIMIT_STACK, "stack"),
+        (Resource::RLIMIT_SIGPENDING, "sigpending"),
+        (Resource::RLIMIT_MSGQUEUE, "msgqueue"),
+    ]
+    .into_iter()
+    .filter_map(|(res, name)| {
+        getrlimit(res).ok().map(|(soft, hard)| Rlimit {
+            name: name.to_string(),
+            soft,
+            hard,
+        })
+    })
+    .collect()
+}
+
+/// A run id: UTC time plus a few bits that differ between processes.
+pub(crate) fn new_run_id() -> String {
+    let now = std::time::SystemTime::now();
+    let stamp: String = crate::core::event::timestamp(now)
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(14)
+        .collect();
+    let nanos = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{stamp}-{:04x}", (nanos ^ std::process::id()) & 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_timestamped() {
+        let id = new_run_id();
+        assert_eq!(id.len(), 19, "{id}");
+        assert!(id.starts_with("20"), "{id}");
+    }
+
+    #[test]
+    fn the_container_gets_our_own_limits() {
+        let limits = own_rlimits();
+        let nofile = limits.iter().find(|l| l.name == "nofile").unwrap();
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!((nofile.soft, nofile.hard), (soft, hard));
+    }
+}
