@@ -322,21 +322,19 @@ mod tests {
     }
 
     impl ContainerRuntime for Recorded {
-        fn run(
+        async fn run(
             &self,
             _spec: &ContainerSpec,
             mut output: impl FnMut(OutputStream, &str),
             _cancel: impl Future<Output = ()>,
-        ) -> impl Future<Output = anyhow::Result<ContainerOutcome>> {
-            async move {
-                for (stream, line) in &self.lines {
-                    output(*stream, line);
-                }
-                Ok(ContainerOutcome {
-                    exit_code: self.exit_code,
-                    cancelled: false,
-                })
+        ) -> anyhow::Result<ContainerOutcome> {
+            for (stream, line) in &self.lines {
+                output(*stream, line);
             }
+            Ok(ContainerOutcome {
+                exit_code: self.exit_code,
+                cancelled: false,
+            })
         }
 
         fn describe(&self) -> String {
