@@ -16,7 +16,7 @@ use std::cell::{OnceCell, RefCell};
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::mounts;
 use super::sink::EventSink;
@@ -26,7 +26,8 @@ use crate::core::event::{
 };
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::image::ImageDefinition;
-use crate::core::journal::{ImageIdentity, Journal, JournalRun, MigrationStatus};
+use crate::core::journal::{ImageIdentity, Journal, JournalRun};
+use crate::core::lifecycle::{InvalidTransition, State, Transition};
 use crate::core::plan::{Phase, Plan, PlanStep};
 use crate::core::release::{OsRelease, Release};
 use crate::core::report::StepState;
@@ -70,7 +71,7 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
     if req.verb == Verb::Cleanup {
         // The post phase belongs to the migration that completed.
         match existing.as_ref() {
-            Some(j) if j.status == MigrationStatus::Completed && same(j) => {
+            Some(j) if j.state() == State::Completed && same(j) => {
                 resumed = existing.clone();
             }
             _ => {
@@ -197,10 +198,10 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
             ensure_journal(&run, &req, existing.as_ref(), &target)?;
             with_journal(&run, |j| {
                 for (done, status) in unjournaled.drain(..) {
-                    j.start_step(&done.id, done.phase);
+                    j.start_step(&done.id, done.phase)?;
                     j.finish_step(&done.id, done.phase, status.into(), None);
                 }
-                j.start_step(&step.id, step.phase);
+                j.start_step(&step.id, step.phase)
             })?;
         }
         sink.emit(Event::StepStarted {
@@ -234,7 +235,8 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
         let failed_check = step.phase == Phase::Check && status == StepStatus::Failed;
         if changes {
             with_journal(&run, |j| {
-                j.finish_step(&step.id, step.phase, status.into(), message.clone())
+                j.finish_step(&step.id, step.phase, status.into(), message.clone());
+                Ok(())
             })?;
         } else {
             unjournaled.push((step, status));
@@ -256,7 +258,7 @@ pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<
         judge_checks(&run)?;
     }
     if req.verb == Verb::Run {
-        with_journal(&run, |j| j.status = MigrationStatus::Completed)?;
+        with_journal(&run, |j| j.advance(Transition::Complete))?;
     }
     Ok(())
 }
@@ -318,9 +320,14 @@ fn ensure_journal(
 }
 
 /// Changes the journal (if this run keeps one) and saves it.
-fn with_journal(run: &RunContext, f: impl FnOnce(&mut Journal)) -> Result<()> {
+/// Changes the journal and saves it; a transition the lifecycle does not
+/// allow is a bug, reported as a failed run.
+fn with_journal(
+    run: &RunContext,
+    f: impl FnOnce(&mut Journal) -> Result<(), InvalidTransition>,
+) -> Result<()> {
     if let Some(j) = run.journal.borrow_mut().as_mut() {
-        f(j);
+        f(j).context("the state journal")?;
         j.save(&run.pristine).exit_code(ExitCode::Environment)?;
     }
     Ok(())

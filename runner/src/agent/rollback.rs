@@ -18,7 +18,8 @@ use super::sink::EventSink;
 use crate::agent::steps::backup::{ETC_ARCHIVE, PACKAGES_FILE, restore_etc};
 use crate::core::event::{Event, Finding, PlannedStep, Severity, StepStatus, Verb};
 use crate::core::exit::{ExitCode, WithExitCode, fail};
-use crate::core::journal::{Journal, MigrationStatus};
+use crate::core::journal::Journal;
+use crate::core::lifecycle::{State, Transition};
 use crate::core::plan::Phase;
 
 /// Rolls the root back. The caller has entered the private mount namespace.
@@ -31,12 +32,18 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
                 "no migration is recorded on this root (no var/lib/migrate/state.json); nothing to roll back",
             )
         })?;
-    if journal.status == MigrationStatus::RolledBack {
+    if journal.state() == State::RolledBack {
         return Err(fail(
             ExitCode::BadInput,
             format!("migration {} was already rolled back", journal.migration_id),
         ));
     }
+    // Refused before anything is restored: the lifecycle says whether a
+    // rollback may happen now.
+    journal
+        .state()
+        .next(Transition::RollBack { complete: true })
+        .map_err(|e| fail(ExitCode::BadInput, e))?;
     let backup = journal.backup.clone().ok_or_else(|| {
         fail(
             ExitCode::BadInput,
@@ -47,6 +54,9 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
         )
     })?;
     let snapshot = backup.method != "tar";
+    // A snapshot is booted back into, not restored here; a tar backup leaves
+    // the packages as they are: either makes the rollback partial.
+    let complete = std::cell::Cell::new(!snapshot);
     let mut steps = vec![PlannedStep {
         id: if snapshot { "snapshot" } else { "restore-etc" }.into(),
         kind: "rollback".into(),
@@ -148,6 +158,7 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
                         "every package is as it was at the backup".to_string(),
                     );
                 } else {
+                    complete.set(false);
                     for c in &changed {
                         say(sink, "compare-packages", c.clone());
                     }
@@ -180,7 +191,11 @@ pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Resul
             Ok(StepStatus::Succeeded)
         })?;
     }
-    journal.status = MigrationStatus::RolledBack;
+    journal
+        .advance(Transition::RollBack {
+            complete: complete.get(),
+        })
+        .map_err(|e| fail(ExitCode::BadInput, e))?;
     journal.save(&pristine).exit_code(ExitCode::Environment)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::core::event::timestamp;
+use crate::core::lifecycle::{InvalidTransition, Lifecycle, State, Transition};
 use crate::core::plan::{Phase, Plan};
 use crate::core::release::{OsRelease, Release};
 pub use crate::core::report::ImageInfo as ImageIdentity;
@@ -22,18 +23,6 @@ use crate::core::report::StepState;
 pub const STATE_PATH: &str = "var/lib/migrate/state.json";
 /// Journal format version.
 pub const JOURNAL_VERSION: u32 = 1;
-
-/// Where a migration stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MigrationStatus {
-    /// Started (sync or cutover), not finished: the next run continues it.
-    InProgress,
-    /// Every step through the cutover succeeded; the post phase may follow.
-    Completed,
-    /// Restored from the safety backup.
-    RolledBack,
-}
 
 /// One invocation of migrate on this migration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +105,8 @@ pub struct Journal {
     /// The release the image upgrades to.
     pub target: Release,
     /// Where the migration stands.
-    pub status: MigrationStatus,
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
     /// When the journal was created.
     pub created_at: String,
     /// When it was last written.
@@ -150,7 +140,7 @@ impl Journal {
             image,
             source,
             target,
-            status: MigrationStatus::InProgress,
+            lifecycle: Lifecycle(State::Checked),
             created_at: now.clone(),
             updated_at: now,
             runs: Vec::new(),
@@ -195,7 +185,7 @@ impl Journal {
 
     /// Whether it is unfinished (the next run continues it).
     pub fn in_progress(&self) -> bool {
-        self.status == MigrationStatus::InProgress
+        self.state().in_progress()
     }
 
     /// Whether a cutover step has started: from then on the root is no
@@ -232,14 +222,34 @@ impl Journal {
         &mut self.steps[index]
     }
 
-    /// Records that step `id` starts.
-    pub fn start_step(&mut self, id: &str, phase: Phase) {
+    /// Where the migration stands.
+    pub fn state(&self) -> State {
+        self.lifecycle.0
+    }
+
+    /// Moves the migration's state ([`State::next`]).
+    pub fn advance(&mut self, t: Transition) -> Result<(), InvalidTransition> {
+        self.lifecycle.0 = self.state().next(t)?;
+        Ok(())
+    }
+
+    /// Records that step `id` starts; the first changing step of a phase
+    /// moves the migration's state.
+    pub fn start_step(&mut self, id: &str, phase: Phase) -> Result<(), InvalidTransition> {
+        match phase {
+            Phase::Sync if self.state() != State::Syncing => self.advance(Transition::Sync)?,
+            Phase::Cutover if self.state() != State::CutoverStarted => {
+                self.advance(Transition::StartCutover)?;
+            }
+            _ => {}
+        }
         let s = self.step_mut(id, phase);
         s.status = StepState::Running;
         s.attempts += 1;
         s.started_at = Some(timestamp(std::time::SystemTime::now()));
         s.finished_at = None;
         s.message = None;
+        Ok(())
     }
 
     /// Records how step `id` ended.
@@ -285,10 +295,12 @@ mod tests {
             "debian:13".parse().unwrap(),
         );
         assert!(!j.cutover_started());
-        j.start_step("c", Phase::Check);
+        j.start_step("c", Phase::Check).unwrap();
         j.finish_step("c", Phase::Check, StepState::Succeeded, None);
         assert!(!j.cutover_started(), "checks do not start the cutover");
-        j.start_step("u", Phase::Cutover);
+        assert_eq!(j.state(), State::Checked);
+        j.start_step("u", Phase::Cutover).unwrap();
+        assert_eq!(j.state(), State::CutoverStarted);
         j.save(root.path()).unwrap();
         let loaded = Journal::load(root.path()).unwrap().unwrap();
         assert_eq!(loaded.step("u").unwrap().status, StepState::Running);

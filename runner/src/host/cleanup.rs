@@ -26,6 +26,7 @@ use super::runlog::RunLog;
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::journal::Journal;
+use crate::core::lifecycle::Transition;
 use crate::core::plan::Phase;
 use crate::core::release::OsRelease;
 use crate::core::report::{AfterReboot, BootResult, Report, SourceInfo, StepReport};
@@ -162,6 +163,7 @@ pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
         .after_reboot
         .clone()
         .context("the report lost its verdict")?;
+    record_verdict(&root, &marker, after.result)?;
     PendingReboot::remove(&root).exit_code(ExitCode::Environment)?;
 
     let verdict = match after.result {
@@ -264,6 +266,23 @@ async fn post_phase(
     lo.record = Record::LogOnly;
     let (report, result) = run::session::run(podman, &lo, &prepared, Some(lock)).await;
     Ok((report.steps, result))
+}
+
+/// Moves the migration's state to confirmed or failed after its reboot.
+fn record_verdict(root: &Path, marker: &PendingReboot, result: BootResult) -> Result<()> {
+    let Some(mut journal) = Journal::load(root).exit_code(ExitCode::BadInput)? else {
+        return Ok(());
+    };
+    if journal.migration_id != marker.migration_id {
+        return Ok(());
+    }
+    journal
+        .advance(match result {
+            BootResult::Confirmed => Transition::Confirm,
+            BootResult::Failed => Transition::FailBoot,
+        })
+        .map_err(|e| fail(ExitCode::BadInput, e))?;
+    journal.save(root).exit_code(ExitCode::Environment)
 }
 
 /// Removes what the migration left in podman: containers of this root's

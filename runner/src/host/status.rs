@@ -40,7 +40,7 @@ pub fn status(root: &Path, output: OutputFormat) -> Result<()> {
         "migration {} on {}: {} ({} -> {}, image {})",
         j.migration_id,
         root.display(),
-        serde_json::to_value(j.status)?.as_str().unwrap_or("?"),
+        j.state(),
         j.source.release(),
         j.target,
         j.image.reference

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 
 use super::{LaunchOptions, Prepared, Reboot};
 use crate::core::exit::{ExitCode, WithExitCode, fail};
-use crate::core::journal::{Journal, MigrationStatus};
+use crate::core::journal::Journal;
+use crate::core::lifecycle::State;
 use crate::core::release::OsRelease;
 use crate::core::report::Report;
 use crate::host::journald::{self, Priority};
@@ -22,9 +23,7 @@ pub(crate) fn pending_reboot(root: &Path) -> Result<Option<PendingReboot>> {
     let marker = PendingReboot::read(root).exit_code(ExitCode::BadInput)?;
     let journal = Journal::load(root).exit_code(ExitCode::BadInput)?;
     Ok(marker.filter(|m| {
-        journal.is_some_and(|j| {
-            j.migration_id == m.migration_id && j.status == MigrationStatus::Completed
-        })
+        journal.is_some_and(|j| j.migration_id == m.migration_id && j.state() == State::Completed)
     }))
 }
 
@@ -60,7 +59,7 @@ pub(crate) fn finished_migration(
 pub(crate) fn mark_pending_reboot(p: &Prepared, report: &Report) -> Result<PendingReboot> {
     let journal = Journal::load(&p.root)
         .exit_code(ExitCode::Environment)?
-        .filter(|j| j.status == MigrationStatus::Completed)
+        .filter(|j| j.state() == State::Completed)
         .ok_or_else(|| {
             fail(
                 ExitCode::StepFailed,
