@@ -8,6 +8,7 @@
 //! implementation here.
 
 pub mod apt;
+pub mod apt_sources;
 pub mod backup;
 pub mod checks;
 pub mod command;
@@ -66,7 +67,7 @@ pub fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
         Kind::CheckDiskSpace => Box::new(checks::DiskSpace::new(step.options()?)),
         Kind::CheckHeldPackages => Box::new(checks::HeldPackages),
         Kind::CheckThirdParty => Box::new(checks::ThirdParty::new(step.options()?)),
-        Kind::AptSources => Box::new(apt::SwitchSources),
+        Kind::AptSources => Box::new(apt_sources::SwitchSources),
         Kind::Apt => Box::new(apt::DistUpgrade),
         Kind::Zypper => Box::new(zypper::ZypperStep::new(step.options()?)),
         Kind::Dnf => Box::new(dnf::DnfStep::new(step.options()?)),

@@ -1,0 +1,249 @@
+//! Plan resolution and validation: every error one line naming file, line
+//! and key.
+
+use super::*;
+
+fn src(name: &str, text: &str) -> PlanSource {
+    PlanSource {
+        name: name.to_string(),
+        text: text.to_string(),
+    }
+}
+
+const BASE: &str = r#"
+description = "test plan"
+
+[[step]]
+id = "disk-space"
+kind = "check-disk-space"
+phase = "check"
+margin_mb = 100
+
+[[step]]
+id = "switch-sources"
+kind = "apt-sources"
+phase = "cutover"
+
+[[step]]
+id = "upgrade-packages"
+kind = "apt"
+phase = "cutover"
+"#;
+
+fn err(base: &str, dropins: &[(&str, &str)]) -> String {
+    let d: Vec<_> = dropins.iter().map(|(n, t)| src(n, t)).collect();
+    format!("{:#}", resolve(&src("plan.toml", base), &d).unwrap_err())
+}
+
+#[test]
+fn a_valid_plan_resolves_with_the_safety_backup_before_cutover() {
+    let plan = resolve(&src("plan.toml", BASE), &[]).unwrap();
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "disk-space",
+            "safety-backup",
+            "switch-sources",
+            "upgrade-packages"
+        ]
+    );
+    assert_eq!(plan.description, "test plan");
+    assert_eq!(plan.steps[0].options["margin_mb"], 100);
+    assert_eq!(plan.steps[0].defined_at, "plan.toml:4");
+}
+
+#[test]
+fn dropins_override_add_and_disable_steps_by_id() {
+    let d1 = src(
+        "10-a.toml",
+        "[[step]]\nid = \"disk-space\"\nmargin_mb = 500\n\n[[step]]\nid = \"hold-check\"\nkind = \"check-held-packages\"\nphase = \"check\"\n",
+    );
+    let d2 = src(
+        "20-b.toml",
+        "[[step]]\nid = \"switch-sources\"\nenabled = false\n",
+    );
+    let plan = resolve(&src("plan.toml", BASE), &[d1, d2]).unwrap();
+    let ids: Vec<&str> = plan.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "disk-space",
+            "hold-check",
+            "safety-backup",
+            "upgrade-packages"
+        ]
+    );
+    assert_eq!(plan.steps[0].options["margin_mb"], 500);
+}
+
+#[test]
+fn a_disabled_safety_backup_is_not_inserted_again() {
+    let d = src(
+        "10-no-backup.toml",
+        "[[step]]\nid = \"safety-backup\"\nkind = \"safety-backup\"\nphase = \"cutover\"\nenabled = false\n",
+    );
+    let plan = resolve(&src("plan.toml", BASE), &[d]).unwrap();
+    assert!(
+        plan.steps.iter().all(|s| s.kind != Kind::SafetyBackup),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn the_hash_changes_with_what_runs_only() {
+    let a = resolve(&src("a.toml", BASE), &[]).unwrap();
+    let b = resolve(&src("b.toml", &format!("\n\n{BASE}")), &[]).unwrap();
+    assert_eq!(a.hash(), b.hash());
+    let c = resolve(&src("a.toml", &BASE.replace("100", "101")), &[]).unwrap();
+    assert_ne!(a.hash(), c.hash());
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        ("[[step]\nid = 1", &[], "plan.toml:1:"),
+        (
+            &BASE.replace("margin_mb = 100", "margin_mb = \"lots\""),
+            &[],
+            "plan.toml:8: key `margin_mb`: expected an integer, found a string",
+        ),
+        (
+            &BASE.replace("margin_mb = 100", "margni_mb = 100"),
+            &[],
+            "plan.toml:8: key `margni_mb`: unknown option",
+        ),
+        (
+            &BASE.replace("kind = \"apt\"", "kind = \"yum\""),
+            &[],
+            "plan.toml:17: key `kind`: unknown step kind \"yum\"",
+        ),
+        (
+            &BASE.replace("phase = \"check\"", "phase = \"later\""),
+            &[],
+            "plan.toml:7: key `phase`: unknown phase",
+        ),
+        (
+            &BASE.replace("id = \"upgrade-packages\"", "id = \"switch-sources\""),
+            &[],
+            "plan.toml:16: key `id`: duplicate step id",
+        ),
+        (
+            &BASE.replace("id = \"upgrade-packages\"", "id = \"bad id!\""),
+            &[],
+            "plan.toml:16: key `id`: \"bad id!\" is not a valid step id",
+        ),
+        (
+            &BASE
+                .replace("kind = \"apt\"\n", "")
+                .replace("phase = \"cutover\"\n\"", ""),
+            &[],
+            "missing key `kind`",
+        ),
+        (
+            &format!(
+                "{BASE}\n[[step]]\nid = \"late\"\nkind = \"check-held-packages\"\nphase = \"check\"\n"
+            ),
+            &[],
+            "plan.toml:23: key `phase`: step \"late\" (check) comes after step \"upgrade-packages\" (cutover)",
+        ),
+        (
+            &format!("frobnicate = 1\n{BASE}"),
+            &[],
+            "plan.toml:1: unknown key `frobnicate`",
+        ),
+        (
+            &BASE.replace(
+                "kind = \"check-disk-space\"",
+                "kind = \"check-disk-space\"\nenabled = \"no\"",
+            ),
+            &[],
+            "plan.toml:7: key `enabled`: expected a boolean",
+        ),
+        (
+            BASE,
+            &[("10-x.toml", "[[step]]\nid = \"new\"\nkind = \"apt\"\n")],
+            "10-x.toml:1: step \"new\": missing key `phase`",
+        ),
+        (
+            BASE,
+            &[(
+                "10-x.toml",
+                "[[step]]\nid = \"upgrade-packages\"\nkind = \"apt-sources\"\n",
+            )],
+            "10-x.toml:3: key `kind`: cannot change the kind",
+        ),
+        (
+            BASE,
+            &[("10-x.toml", "step = 3\n")],
+            "10-x.toml:1: `step` must be an array of tables",
+        ),
+        (
+            BASE,
+            &[("10-x.toml", "[[step]]\nkind = \"apt\"\n")],
+            "10-x.toml:1: a step has no `id`",
+        ),
+        (
+            BASE,
+            &[(
+                "10-x.toml",
+                "[[step]]\nid = \"disk-space\"\nphase = \"cutover\"\n",
+            )],
+            "a check-disk-space step cannot run in the cutover phase",
+        ),
+    ];
+    for (base, dropins, expect) in cases {
+        let e = err(base, dropins);
+        assert!(e.contains(expect), "expected {expect:?} in {e:?}");
+        assert_eq!(e.lines().count(), 1, "one line: {e:?}");
+    }
+}
+
+#[test]
+fn the_documented_options_of_dnf_validate_and_reach_the_step() {
+    let plan = "[[step]]\nid = \"up\"\nkind = \"dnf\"\nphase = \"cutover\"\nreleasever = \"2\"\nallow_removal = [\"legacy-*\"]\nallow_erasing = true\n";
+    let plan = resolve(&src("plan.toml", plan), &[]).unwrap();
+    let opts: crate::core::kinds::packages::DnfOptions = plan.steps[1].options().unwrap();
+    assert_eq!(opts.allow_removal, ["legacy-*"]);
+}
+
+#[test]
+fn values_outside_a_closed_set_name_the_key_and_the_choices() {
+    let plan = "[[step]]\nid = \"svc\"\nkind = \"service\"\nphase = \"cutover\"\naction = \"reboot\"\nunits = [\"a.service\"]\n";
+    let e = err(plan, &[]);
+    assert!(
+        e.starts_with("plan.toml:5: key `action`: unknown variant `reboot`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("`stop`") && e.contains("options of step svc"),
+        "{e}"
+    );
+    let plan =
+        "[[step]]\nid = \"z\"\nkind = \"zypper\"\nphase = \"cutover\"\nmode = \"migration\"\n";
+    let e = err(plan, &[]);
+    assert_eq!(
+        e,
+        "plan.toml:1: step \"z\": option `product` is required in migration mode"
+    );
+}
+
+#[test]
+fn missing_required_options_are_named() {
+    let plan = "[[step]]\nid = \"run-it\"\nkind = \"command\"\nphase = \"cutover\"\n";
+    let e = err(plan, &[]);
+    assert!(
+        e.contains("plan.toml:1: step \"run-it\": missing option `command`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unreadable_plan_files_are_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = PlanSource::read(&dir.path().join("nope.toml")).unwrap_err();
+    assert!(e.to_string().ends_with("nope.toml: no such file"), "{e}");
+    let e = PlanSource::read(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("is a directory"), "{e}");
+}
