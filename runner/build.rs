@@ -28,7 +28,7 @@ fn main() {
     names.sort();
 
     let mut code = String::from("/// Image definitions embedded at build time.\n");
-    code.push_str("pub static EMBEDDED: &[EmbeddedImage] = &[\n");
+    code.push_str("pub(crate) static EMBEDDED: &[EmbeddedImage] = &[\n");
     for name in &names {
         let containerfile = containerfiles.join(format!("{name}.Containerfile"));
         println!("cargo:rerun-if-changed={}", containerfile.display());

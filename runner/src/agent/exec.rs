@@ -13,13 +13,13 @@ use crate::core::event::{Event, OutputStream};
 
 /// Turns a line of a tool's standard output into a progress event instead of
 /// an output line (`None`: an ordinary line).
-pub type ProgressParser = dyn Fn(&str) -> Option<(f32, String)> + Sync;
+pub(crate) type ProgressParser = dyn Fn(&str) -> Option<(f32, String)> + Sync;
 
 /// Runs `cmd`, streaming each line of its stdout and stderr as an `output`
 /// event of `step`; lines recognized by `progress` become `progress` events.
 /// Fails unless the command exits with status 0; the error names the command
 /// and ends with the last lines of its stderr.
-pub fn run_streaming(
+pub(crate) fn run_streaming(
     cmd: &mut Command,
     sink: &EventSink,
     step: &str,
@@ -41,35 +41,35 @@ pub fn run_streaming(
 /// exit code for callers that interpret it (zypper's, for one).
 #[derive(Debug, thiserror::Error)]
 #[error("{tool} failed ({status}){detail}")]
-pub struct ToolFailed {
+pub(crate) struct ToolFailed {
     /// The tool's name.
-    pub tool: String,
+    pub(crate) tool: String,
     /// How it ended, as the OS says it.
-    pub status: String,
+    pub(crate) status: String,
     /// Its exit code, if it exited.
-    pub code: Option<i32>,
+    pub(crate) code: Option<i32>,
     /// `": "` and the lines that explain the failure, or nothing.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 /// Options of [`run_streaming_with`].
 #[derive(Default)]
-pub struct Streaming<'a> {
+pub(crate) struct Streaming<'a> {
     /// Progress lines on stdout.
-    pub progress: Option<&'a ProgressParser>,
+    pub(crate) progress: Option<&'a ProgressParser>,
     /// Kill the command (SIGKILL) after this long.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
     /// Exit codes that count as success (empty: only 0).
-    pub ok_exit_codes: &'a [i32],
+    pub(crate) ok_exit_codes: &'a [i32],
     /// Lines (of either stream) that explain a failure better than the tail
     /// of stderr, e.g. a solver's "Problem:" lines; a failure names the first
     /// two instead of the tail.
-    pub notable: Option<&'a (dyn Fn(&str) -> bool + Sync)>,
+    pub(crate) notable: Option<&'a (dyn Fn(&str) -> bool + Sync)>,
 }
 
 /// [`run_streaming`] with a timeout and accepted exit codes; returns the exit
 /// code.
-pub fn run_streaming_with(
+pub(crate) fn run_streaming_with(
     cmd: &mut Command,
     sink: &EventSink,
     step: &str,

@@ -33,21 +33,21 @@ use crate::core::release::{OsRelease, Release};
 use crate::core::report::StepState;
 
 /// What the host asked for.
-pub struct Request {
+pub(crate) struct Request {
     /// What to do.
-    pub verb: Verb,
+    pub(crate) verb: Verb,
     /// The root (`/system-root`).
-    pub root: std::path::PathBuf,
+    pub(crate) root: std::path::PathBuf,
     /// Run id.
-    pub run_id: String,
+    pub(crate) run_id: String,
     /// The image the agent runs in.
-    pub image: ImageIdentity,
+    pub(crate) image: ImageIdentity,
     /// The resolved plan.
-    pub plan: Plan,
+    pub(crate) plan: Plan,
     /// Start a new migration even if another one is unfinished.
-    pub force_new: bool,
+    pub(crate) force_new: bool,
     /// Whether the root is the running host.
-    pub live: bool,
+    pub(crate) live: bool,
 }
 
 /// The phases a verb runs.
@@ -62,7 +62,7 @@ fn phases(verb: Verb) -> &'static [Phase] {
 }
 
 /// Runs the request. The caller has entered the private mount namespace.
-pub fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<()> {
+pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<()> {
     let root = req.root.as_path();
     let plan_hash = req.plan.hash();
     let existing = Journal::load(root).exit_code(ExitCode::BadInput)?;
@@ -334,7 +334,7 @@ fn with_journal(
 }
 
 /// The image definition shipped in the image.
-pub fn image_definition() -> Result<ImageDefinition> {
+pub(crate) fn image_definition() -> Result<ImageDefinition> {
     let path = Path::new(crate::core::image::IMAGE_DATA_DIR).join("image.toml");
     let text = std::fs::read_to_string(&path).map_err(|e| {
         fail(

@@ -1,12 +1,12 @@
 //! The agent: runs inside the migration image, with the root to migrate at
 //! `/system-root`, and reports to the host through events on stdout.
 
-pub mod exec;
-pub mod executor;
-pub mod mounts;
-pub mod rollback;
-pub mod sink;
-pub mod steps;
+pub(crate) mod exec;
+pub(crate) mod executor;
+pub(crate) mod mounts;
+pub(crate) mod rollback;
+pub(crate) mod sink;
+pub(crate) mod steps;
 
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ use crate::core::event::PLAN_ENV;
 /// not meant to be run by hand.
 #[derive(Debug, Parser)]
 #[command(name = "migrate-agent", version)]
-pub struct AgentCli {
+pub(crate) struct AgentCli {
     #[command(subcommand)]
     command: AgentCommand,
 }
@@ -79,7 +79,7 @@ enum AgentCommand {
 }
 
 /// Entry point of `migrate-agent`; returns the process exit code.
-pub fn main() -> i32 {
+pub(crate) fn main() -> i32 {
     let cli = match AgentCli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

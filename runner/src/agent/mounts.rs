@@ -17,7 +17,7 @@ const API_FILESYSTEMS: [&str; 3] = ["proc", "sys", "dev"];
 
 /// Moves this process into a new, private mount namespace. Must be called
 /// before the process starts any thread (the kernel refuses otherwise).
-pub fn enter_private_namespace() -> Result<()> {
+pub(crate) fn enter_private_namespace() -> Result<()> {
     unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
     mount(
         None::<&str>,
@@ -33,7 +33,7 @@ pub fn enter_private_namespace() -> Result<()> {
 /// Temporary directory for tools run in the root, as seen inside the root:
 /// on the agent's scratch tmpfs, so that it is writable even when the root is
 /// mounted read-only (`check`, `--dry-run`).
-pub const ROOT_TMP: &str = "/run/migrate/tmp";
+pub(crate) const ROOT_TMP: &str = "/run/migrate/tmp";
 
 /// Where the pristine view of the root is mounted in the container.
 const PRISTINE: &str = "/run/migrate-pristine";
@@ -42,7 +42,7 @@ const PRISTINE: &str = "/run/migrate-pristine";
 /// /run, resolv.conf): what backups read and restores write, so that they
 /// see the root's own files. Must be made before [`prepare`], in the private
 /// namespace (mounts made later under the root do not reach it).
-pub fn pristine_view(root: &Path) -> Result<PathBuf> {
+pub(crate) fn pristine_view(root: &Path) -> Result<PathBuf> {
     let view = PathBuf::from(PRISTINE);
     std::fs::create_dir_all(&view).with_context(|| format!("creating {}", view.display()))?;
     mount(
@@ -58,16 +58,16 @@ pub fn pristine_view(root: &Path) -> Result<PathBuf> {
 
 /// What [`prepare`] did, for the log.
 #[derive(Debug, Default)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// Human lines, one per action.
-    pub actions: Vec<String>,
+    pub(crate) actions: Vec<String>,
 }
 
 /// Mounts `/proc`, `/sys` and `/dev` (recursive binds of the agent's own),
 /// a tmpfs on `/run` and working name resolution in `root`, where the root
 /// does not already have them (a live host root bind-mounted with its
 /// submounts already has them all).
-pub fn prepare(root: &Path) -> Result<Prepared> {
+pub(crate) fn prepare(root: &Path) -> Result<Prepared> {
     let mut done = Prepared::default();
     let mounted = MountTable::read()?;
     for name in API_FILESYSTEMS {

@@ -23,7 +23,7 @@ use crate::core::lifecycle::{State, Transition};
 use crate::core::plan::Phase;
 
 /// Rolls the root back. The caller has entered the private mount namespace.
-pub fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Result<()> {
+pub(crate) fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Result<()> {
     let mut journal = Journal::load(root)
         .exit_code(ExitCode::BadInput)?
         .ok_or_else(|| {

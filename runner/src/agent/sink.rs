@@ -8,7 +8,7 @@ use crate::core::event::{Envelope, Event, OutputStream};
 /// Writes events, one JSON line each, and flushes after every line so that the
 /// host sees them live. Shared by the threads that read a tool's output.
 #[derive(Clone)]
-pub struct EventSink {
+pub(crate) struct EventSink {
     out: Arc<Mutex<Box<dyn Write + Send>>>,
     /// Strings that never leave the agent (passwords): replaced in every
     /// event before it is written.
@@ -17,12 +17,12 @@ pub struct EventSink {
 
 impl EventSink {
     /// A sink writing to standard output.
-    pub fn stdout() -> Self {
+    pub(crate) fn stdout() -> Self {
         Self::to_writer(Box::new(std::io::stdout()))
     }
 
     /// A sink writing to any writer.
-    pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
+    pub(crate) fn to_writer(out: Box<dyn Write + Send>) -> Self {
         Self {
             out: Arc::new(Mutex::new(out)),
             secrets: Arc::new(Mutex::new(Vec::new())),
@@ -31,7 +31,7 @@ impl EventSink {
 
     /// Registers a secret: from now on it is shown as `********` wherever a
     /// tool prints it (a password in an error message, say).
-    pub fn add_secret(&self, secret: &str) {
+    pub(crate) fn add_secret(&self, secret: &str) {
         if !secret.is_empty() {
             self.secrets
                 .lock()
@@ -41,7 +41,7 @@ impl EventSink {
     }
 
     /// Emits one event.
-    pub fn emit(&self, event: Event) {
+    pub(crate) fn emit(&self, event: Event) {
         let mut line = Envelope::now(event).encode();
         for secret in self
             .secrets
@@ -65,7 +65,7 @@ impl EventSink {
     }
 
     /// Emits a line of output belonging to `step`.
-    pub fn output(&self, step: &str, stream: OutputStream, line: impl Into<String>) {
+    pub(crate) fn output(&self, step: &str, stream: OutputStream, line: impl Into<String>) {
         self.emit(Event::Output {
             step: Some(step.to_string()),
             stream,
@@ -102,7 +102,7 @@ mod tests {
 /// An in-memory writer for tests: everything written, shared.
 #[cfg(test)]
 #[derive(Clone, Default)]
-pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub Arc<Mutex<Vec<u8>>>);
 
 #[cfg(test)]
 impl Write for Captured {
@@ -118,7 +118,7 @@ impl Write for Captured {
 #[cfg(test)]
 impl Captured {
     /// The events written so far.
-    pub fn events(&self) -> Vec<Event> {
+    pub(crate) fn events(&self) -> Vec<Event> {
         String::from_utf8_lossy(&self.0.lock().unwrap())
             .lines()
             .map(|l| Envelope::decode(l).unwrap().event)

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 const STDERR_TAIL_LINES: usize = 3;
 
 /// Extension trait for [`std::process::Command`].
-pub trait CommandExt {
+pub(crate) trait CommandExt {
     /// Runs the command to completion with captured output; fails unless it
     /// exits with status 0.
     fn run_captured(&mut self) -> Result<Output>;
@@ -76,7 +76,7 @@ impl CommandExt for Command {
 }
 
 /// What a tool printed, for callers of [`CommandExt::run_unchecked`].
-pub trait ToolOutput {
+pub(crate) trait ToolOutput {
     /// stdout followed by stderr, as text.
     fn text(&self) -> String;
     /// `"(exit status: N): last lines of stderr"`, for a failure message.
@@ -104,7 +104,10 @@ impl ToolOutput for Output {
 /// Why a tool failed, in one line: `": first | second"` of its `notable`
 /// lines (solver problems, download errors), else the last lines of its
 /// `output` ([`stderr_tail`]).
-pub fn failure_detail<'a>(notable: impl IntoIterator<Item = &'a str>, output: &str) -> String {
+pub(crate) fn failure_detail<'a>(
+    notable: impl IntoIterator<Item = &'a str>,
+    output: &str,
+) -> String {
     let lines: Vec<&str> = notable.into_iter().take(2).map(str::trim).collect();
     if lines.is_empty() {
         stderr_tail(output)
@@ -114,7 +117,7 @@ pub fn failure_detail<'a>(notable: impl IntoIterator<Item = &'a str>, output: &s
 }
 
 /// `": last lines"` of a tool's stderr, joined into one line, or nothing.
-pub fn stderr_tail(stderr: &str) -> String {
+pub(crate) fn stderr_tail(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)

@@ -14,27 +14,27 @@ use crate::core::release::Release;
 
 /// Environment variable carrying the resolved plan (JSON) from the host to
 /// the agent.
-pub const PLAN_ENV: &str = "MIGRATE_PLAN";
+pub(crate) const PLAN_ENV: &str = "MIGRATE_PLAN";
 
 /// The version of this protocol spoken by this build of agent and host.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
 
 /// One line of the protocol.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// Protocol version.
-    pub v: u32,
+    pub(crate) v: u32,
     /// RFC 3339 UTC time the agent emitted the event.
-    pub ts: String,
+    pub(crate) ts: String,
     /// The event itself.
     #[serde(flatten)]
-    pub event: Event,
+    pub(crate) event: Event,
 }
 
 /// Something that happened in the agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
+pub(crate) enum Event {
     /// The agent validated its plan and is about to run it.
     RunStarted {
         /// Run identifier chosen by the host.
@@ -112,7 +112,7 @@ pub enum Event {
 /// What a run does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verb {
+pub(crate) enum Verb {
     /// The check phase only; changes nothing.
     Check,
     /// What the plan would do; changes nothing.
@@ -129,12 +129,12 @@ pub enum Verb {
 
 impl Verb {
     /// Whether runs of this verb change the root.
-    pub fn changes_root(self) -> bool {
+    pub(crate) fn changes_root(self) -> bool {
         !matches!(self, Verb::Check | Verb::DryRun)
     }
 
     /// The name on the command line.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Verb::Check => "check",
             Verb::DryRun => "dry-run",
@@ -153,7 +153,7 @@ fn default_verb() -> Verb {
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Severity {
+pub(crate) enum Severity {
     /// For information.
     Info,
     /// Reported; the run goes on.
@@ -164,29 +164,29 @@ pub enum Severity {
 
 /// What a check found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     /// Stable identifier (`disk-space./var`, `held-packages`, ...).
-    pub id: String,
+    pub(crate) id: String,
     /// How serious it is.
-    pub severity: Severity,
+    pub(crate) severity: Severity,
     /// What was found, in one line.
-    pub message: String,
+    pub(crate) message: String,
     /// What to do about it.
-    pub hint: String,
+    pub(crate) hint: String,
 }
 
 /// A step as announced at the start of a run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlannedStep {
+pub(crate) struct PlannedStep {
     /// Unique step id.
-    pub id: String,
+    pub(crate) id: String,
     /// Step kind (`apt`, `rsync`, ...).
-    pub kind: String,
+    pub(crate) kind: String,
     /// Phase the step belongs to.
     #[serde(default = "default_phase")]
-    pub phase: crate::core::plan::Phase,
+    pub(crate) phase: crate::core::plan::Phase,
     /// One line saying what the step does.
-    pub description: String,
+    pub(crate) description: String,
 }
 
 fn default_phase() -> crate::core::plan::Phase {
@@ -196,7 +196,7 @@ fn default_phase() -> crate::core::plan::Phase {
 /// Output stream of a tool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OutputStream {
+pub(crate) enum OutputStream {
     /// Standard output.
     Stdout,
     /// Standard error.
@@ -206,7 +206,7 @@ pub enum OutputStream {
 /// How a step ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StepStatus {
+pub(crate) enum StepStatus {
     /// It did what it should.
     Succeeded,
     /// It failed; the run stops.
@@ -218,7 +218,7 @@ pub enum StepStatus {
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RunStatus {
+pub(crate) enum RunStatus {
     /// Every step succeeded.
     Succeeded,
     /// A step failed or the agent could not run the plan.
@@ -227,7 +227,7 @@ pub enum RunStatus {
 
 /// Why a line could not be decoded as an event.
 #[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// Not a JSON object at all: ordinary text output.
     #[error("not an event line")]
     NotAnEvent,
@@ -241,7 +241,7 @@ pub enum DecodeError {
 
 impl Envelope {
     /// Wraps an event with the current version and time.
-    pub fn now(event: Event) -> Self {
+    pub(crate) fn now(event: Event) -> Self {
         Self {
             v: PROTOCOL_VERSION,
             ts: timestamp(SystemTime::now()),
@@ -250,7 +250,7 @@ impl Envelope {
     }
 
     /// One line of JSON, without the newline.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         // Serializing plain data with string keys cannot fail.
         serde_json::to_string(self).unwrap_or_else(|e| {
             format!(r#"{{"v":{PROTOCOL_VERSION},"event":"encode_error","message":"{e}"}}"#)
@@ -258,7 +258,7 @@ impl Envelope {
     }
 
     /// Decodes one line.
-    pub fn decode(line: &str) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(line: &str) -> Result<Self, DecodeError> {
         let line = line.trim_end();
         if !line.starts_with('{') {
             return Err(DecodeError::NotAnEvent);
@@ -276,7 +276,7 @@ impl Envelope {
 }
 
 /// RFC 3339 UTC timestamp with millisecond precision.
-pub fn timestamp(t: SystemTime) -> String {
+pub(crate) fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 

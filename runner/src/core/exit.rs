@@ -10,7 +10,7 @@ use std::fmt;
 /// The process exit codes of `migrate`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ExitCode {
+pub(crate) enum ExitCode {
     /// Everything succeeded.
     Succeeded = 0,
     /// A step failed (or the run failed for a reason not classified otherwise).
@@ -25,16 +25,16 @@ pub enum ExitCode {
 
 impl ExitCode {
     /// The numeric code given to the operating system.
-    pub fn code(self) -> i32 {
+    pub(crate) fn code(self) -> i32 {
         self as i32
     }
 }
 
 /// An error that decides the exit code of the program.
 #[derive(Debug)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The exit code this failure ends the program with.
-    pub code: ExitCode,
+    pub(crate) code: ExitCode,
     inner: anyhow::Error,
 }
 
@@ -47,7 +47,7 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 /// Builds an error that ends the program with `code`.
-pub fn fail(code: ExitCode, message: impl fmt::Display) -> anyhow::Error {
+pub(crate) fn fail(code: ExitCode, message: impl fmt::Display) -> anyhow::Error {
     anyhow::Error::new(Failure {
         code,
         inner: anyhow::anyhow!("{message}"),
@@ -55,7 +55,7 @@ pub fn fail(code: ExitCode, message: impl fmt::Display) -> anyhow::Error {
 }
 
 /// Attaches an exit code to the errors of a `Result`.
-pub trait WithExitCode<T> {
+pub(crate) trait WithExitCode<T> {
     /// On error, wrap it so that it ends the program with `code`.
     fn exit_code(self, code: ExitCode) -> anyhow::Result<T>;
 }
@@ -72,7 +72,7 @@ impl<T, E: Into<anyhow::Error>> WithExitCode<T> for Result<T, E> {
 }
 
 /// The exit code an error ends the program with.
-pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+pub(crate) fn exit_code_of(err: &anyhow::Error) -> ExitCode {
     err.chain()
         .find_map(|e| e.downcast_ref::<Failure>())
         .map_or(ExitCode::StepFailed, |f| f.code)

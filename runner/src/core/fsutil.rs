@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 /// Reads a JSON document; `Ok(None)` when the file does not exist. `what`
 /// names the document in the error for a file that is not one.
-pub fn read_json_if_exists<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_json_if_exists<T: serde::de::DeserializeOwned>(
     path: &Path,
     what: &str,
 ) -> Result<Option<T>> {
@@ -25,7 +25,7 @@ pub fn read_json_if_exists<T: serde::de::DeserializeOwned>(
 /// directory, fsync, rename, fsync of the directory. Readers see the old or the
 /// new contents, never a mix, even after a power loss. Parent directories are
 /// created. An existing file's permissions are kept.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -58,7 +58,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
 /// Who holds a POSIX (fcntl) write lock on `path`, as "pid N (command)";
 /// `None` if nobody does or the file does not exist. Asks with `F_GETLK`,
 /// which takes no lock and works on a read-only file system.
-pub fn lock_holder(path: &Path) -> Result<Option<String>> {
+pub(crate) fn lock_holder(path: &Path) -> Result<Option<String>> {
     use nix::fcntl::{FcntlArg, fcntl};
     use nix::libc;
     let file = match std::fs::File::open(path) {

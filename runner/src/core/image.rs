@@ -16,52 +16,52 @@ use crate::core::event::PROTOCOL_VERSION;
 use crate::core::release::{Release, ReleasePattern};
 
 /// Label: name of the image definition the image was built from.
-pub const LABEL_IMAGE: &str = "io.migrate.image";
+pub(crate) const LABEL_IMAGE: &str = "io.migrate.image";
 /// Label: the release the image upgrades to (`ID:VERSION_ID`).
-pub const LABEL_TARGET: &str = "io.migrate.target";
+pub(crate) const LABEL_TARGET: &str = "io.migrate.target";
 /// Label: the target release's codename, if it has one.
-pub const LABEL_TARGET_CODENAME: &str = "io.migrate.target.codename";
+pub(crate) const LABEL_TARGET_CODENAME: &str = "io.migrate.target.codename";
 /// Label: comma-separated release patterns the image accepts as sources.
-pub const LABEL_ACCEPTS: &str = "io.migrate.accepts";
+pub(crate) const LABEL_ACCEPTS: &str = "io.migrate.accepts";
 /// Label: the event protocol version of the agent in the image.
-pub const LABEL_PROTOCOL: &str = "io.migrate.protocol";
+pub(crate) const LABEL_PROTOCOL: &str = "io.migrate.protocol";
 /// Label: the image's default plan (the text of `plan.toml`), so that the
 /// host can resolve and validate the plan before any container starts.
-pub const LABEL_PLAN: &str = "io.migrate.plan";
+pub(crate) const LABEL_PLAN: &str = "io.migrate.plan";
 
 /// Path of the image definition inside a built image.
-pub const IMAGE_DATA_DIR: &str = "/usr/share/migrate";
+pub(crate) const IMAGE_DATA_DIR: &str = "/usr/share/migrate";
 
 /// An image definition, `images/<name>/image.toml`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ImageDefinition {
+pub(crate) struct ImageDefinition {
     /// One line saying what the image does.
-    pub description: String,
+    pub(crate) description: String,
     /// Tag given to the image when `--tag` is not passed.
-    pub default_tag: String,
+    pub(crate) default_tag: String,
     /// Source releases this image can upgrade (`ID:VERSION`, VERSION may end in `*`).
-    pub accepts: Vec<String>,
+    pub(crate) accepts: Vec<String>,
     /// The release the image upgrades to.
-    pub target: TargetRelease,
+    pub(crate) target: TargetRelease,
 }
 
 /// The target release of an image definition.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TargetRelease {
+pub(crate) struct TargetRelease {
     /// os-release `ID`.
-    pub id: String,
+    pub(crate) id: String,
     /// os-release `VERSION_ID`.
-    pub version_id: String,
+    pub(crate) version_id: String,
     /// os-release `VERSION_CODENAME`, where the distribution has one.
     #[serde(default)]
-    pub codename: Option<String>,
+    pub(crate) codename: Option<String>,
 }
 
 impl ImageDefinition {
     /// Parses and validates `image.toml` text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<Self> {
         let def: Self = toml::from_str(text).with_context(|| format!("parsing {origin}"))?;
         def.accepted()
             .with_context(|| format!("{origin}: key `accepts`"))?;
@@ -74,18 +74,18 @@ impl ImageDefinition {
     }
 
     /// The target release.
-    pub fn target_release(&self) -> Result<Release> {
+    pub(crate) fn target_release(&self) -> Result<Release> {
         format!("{}:{}", self.target.id, self.target.version_id).parse()
     }
 
     /// The accepted source releases.
-    pub fn accepted(&self) -> Result<Vec<ReleasePattern>> {
+    pub(crate) fn accepted(&self) -> Result<Vec<ReleasePattern>> {
         self.accepts.iter().map(|a| a.parse()).collect()
     }
 
     /// The labels an image built from this definition (with default plan
     /// `plan`) carries.
-    pub fn labels(&self, name: &str, plan: &str) -> Result<BTreeMap<String, String>> {
+    pub(crate) fn labels(&self, name: &str, plan: &str) -> Result<BTreeMap<String, String>> {
         let mut labels = BTreeMap::new();
         labels.insert(LABEL_PLAN.to_string(), plan.to_string());
         labels.insert(LABEL_IMAGE.to_string(), name.to_string());
@@ -107,24 +107,24 @@ impl ImageDefinition {
 
 /// What the labels of a migration image say.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ImageLabels {
+pub(crate) struct ImageLabels {
     /// Name of the image definition.
-    pub image: String,
+    pub(crate) image: String,
     /// The release the image upgrades to.
-    pub target: Release,
+    pub(crate) target: Release,
     /// The source releases it accepts.
-    pub accepts: Vec<ReleasePattern>,
+    pub(crate) accepts: Vec<ReleasePattern>,
     /// Event protocol version of its agent.
-    pub protocol: u32,
+    pub(crate) protocol: u32,
     /// The image's default plan (TOML), if it carries one.
-    pub plan: Option<String>,
+    pub(crate) plan: Option<String>,
 }
 
 impl ImageLabels {
     /// Reads the labels of an image configuration. `Ok(None)` means the image
     /// carries no migration labels at all (it is not a migration image); an
     /// error means it claims to be one but its labels are broken.
-    pub fn from_config(config: &oci_spec::image::Config) -> Result<Option<Self>> {
+    pub(crate) fn from_config(config: &oci_spec::image::Config) -> Result<Option<Self>> {
         match config.labels() {
             Some(labels) => Self::from_labels(labels),
             None => Ok(None),
@@ -132,7 +132,7 @@ impl ImageLabels {
     }
 
     /// Reads a label map; see [`ImageLabels::from_config`].
-    pub fn from_labels(labels: &HashMap<String, String>) -> Result<Option<Self>> {
+    pub(crate) fn from_labels(labels: &HashMap<String, String>) -> Result<Option<Self>> {
         let Some(protocol) = labels.get(LABEL_PROTOCOL) else {
             return Ok(None);
         };
@@ -168,12 +168,12 @@ impl ImageLabels {
 
     /// Whether the image can upgrade the system `source` describes (by `ID`
     /// or `ID_LIKE`, and `VERSION_ID`).
-    pub fn accepts(&self, source: &crate::core::release::OsRelease) -> bool {
+    pub(crate) fn accepts(&self, source: &crate::core::release::OsRelease) -> bool {
         self.accepts.iter().any(|p| p.matches_os(source))
     }
 
     /// The accepted releases as a human list.
-    pub fn accepts_list(&self) -> String {
+    pub(crate) fn accepts_list(&self) -> String {
         self.accepts
             .iter()
             .map(ToString::to_string)
@@ -184,25 +184,25 @@ impl ImageLabels {
 
 /// An image definition compiled into the binary.
 #[derive(Debug)]
-pub struct EmbeddedImage {
+pub(crate) struct EmbeddedImage {
     /// Name of the definition (directory name under `images/`).
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// The Containerfile.
-    pub containerfile: &'static [u8],
+    pub(crate) containerfile: &'static [u8],
     /// Files of `images/<name>/`, by path relative to that directory.
-    pub files: &'static [(&'static str, &'static [u8])],
+    pub(crate) files: &'static [(&'static str, &'static [u8])],
 }
 
 include!(concat!(env!("OUT_DIR"), "/embedded_images.rs"));
 
 impl EmbeddedImage {
     /// Looks an embedded definition up by name.
-    pub fn find(name: &str) -> Option<&'static EmbeddedImage> {
+    pub(crate) fn find(name: &str) -> Option<&'static EmbeddedImage> {
         EMBEDDED.iter().find(|i| i.name == name)
     }
 
     /// Names of all embedded definitions.
-    pub fn names() -> Vec<&'static str> {
+    pub(crate) fn names() -> Vec<&'static str> {
         EMBEDDED.iter().map(|i| i.name).collect()
     }
 }
@@ -211,20 +211,20 @@ impl EmbeddedImage {
 /// directory with `image.toml`, `plan.toml`, a `Containerfile` and any other
 /// files the Containerfile copies from `image/`.
 #[derive(Clone, Debug)]
-pub struct DefinitionSource {
+pub(crate) struct DefinitionSource {
     /// Name of the definition (the directory's name).
-    pub name: String,
+    pub(crate) name: String,
     /// Where it comes from, for messages (`images/debian-13`, a path).
-    pub origin: String,
+    pub(crate) origin: String,
     /// The Containerfile.
-    pub containerfile: Vec<u8>,
+    pub(crate) containerfile: Vec<u8>,
     /// The other files, by path relative to the definition.
-    pub files: Vec<(String, Vec<u8>)>,
+    pub(crate) files: Vec<(String, Vec<u8>)>,
 }
 
 impl DefinitionSource {
     /// A built-in definition.
-    pub fn embedded(img: &EmbeddedImage) -> Self {
+    pub(crate) fn embedded(img: &EmbeddedImage) -> Self {
         Self {
             name: img.name.to_string(),
             origin: format!("images/{}", img.name),
@@ -238,7 +238,7 @@ impl DefinitionSource {
     }
 
     /// A definition in a directory.
-    pub fn from_dir(dir: &std::path::Path) -> Result<Self> {
+    pub(crate) fn from_dir(dir: &std::path::Path) -> Result<Self> {
         let name = dir
             .canonicalize()
             .with_context(|| format!("{}", dir.display()))?
@@ -291,7 +291,7 @@ impl DefinitionSource {
     }
 
     /// The parsed `image.toml`.
-    pub fn definition(&self) -> Result<ImageDefinition> {
+    pub(crate) fn definition(&self) -> Result<ImageDefinition> {
         ImageDefinition::parse(
             self.text("image.toml")?,
             &format!("{}/image.toml", self.origin),
@@ -299,7 +299,7 @@ impl DefinitionSource {
     }
 
     /// The default plan, `plan.toml`.
-    pub fn plan(&self) -> Result<crate::core::plan::PlanSource> {
+    pub(crate) fn plan(&self) -> Result<crate::core::plan::PlanSource> {
         Ok(crate::core::plan::PlanSource {
             name: format!("{}/plan.toml", self.origin),
             text: self.text("plan.toml")?.to_string(),
@@ -308,7 +308,7 @@ impl DefinitionSource {
 }
 
 /// The embedded image definition whose image accepts `source`, if any.
-pub fn default_image_for(
+pub(crate) fn default_image_for(
     source: &crate::core::release::OsRelease,
 ) -> Option<(&'static EmbeddedImage, ImageDefinition)> {
     EMBEDDED.iter().find_map(|img| {

@@ -16,116 +16,116 @@ use crate::core::event::timestamp;
 use crate::core::lifecycle::{InvalidTransition, Lifecycle, State, Transition};
 use crate::core::plan::{Phase, Plan};
 use crate::core::release::{OsRelease, Release};
-pub use crate::core::report::ImageInfo as ImageIdentity;
+pub(crate) use crate::core::report::ImageInfo as ImageIdentity;
 use crate::core::report::StepState;
 
 /// Journal location relative to the root.
-pub const STATE_PATH: &str = "var/lib/migrate/state.json";
+pub(crate) const STATE_PATH: &str = "var/lib/migrate/state.json";
 /// Journal format version.
-pub const JOURNAL_VERSION: u32 = 1;
+pub(crate) const JOURNAL_VERSION: u32 = 1;
 
 /// One invocation of migrate on this migration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JournalRun {
+pub(crate) struct JournalRun {
     /// Run id.
-    pub run_id: String,
+    pub(crate) run_id: String,
     /// Verb (`sync`, `run`, `rollback`).
-    pub verb: String,
+    pub(crate) verb: String,
     /// When it started.
-    pub started_at: String,
+    pub(crate) started_at: String,
 }
 
 /// One step's progress.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JournalStep {
+pub(crate) struct JournalStep {
     /// Step id.
-    pub id: String,
+    pub(crate) id: String,
     /// Its phase.
-    pub phase: Phase,
+    pub(crate) phase: Phase,
     /// Where it got to.
-    pub status: StepState,
+    pub(crate) status: StepState,
     /// How many times it was started.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Start of the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
+    pub(crate) started_at: Option<String>,
     /// End of the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
+    pub(crate) finished_at: Option<String>,
     /// Failure message of the last attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 /// Where the safety backup is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BackupRecord {
+pub(crate) struct BackupRecord {
     /// `tar`, `btrfs` or `snapper`.
-    pub method: String,
+    pub(crate) method: String,
     /// Location: a directory relative to the root (tar), a snapshot path
     /// (btrfs) or a snapshot number (snapper).
-    pub location: String,
+    pub(crate) location: String,
     /// When it was taken.
-    pub created_at: String,
+    pub(crate) created_at: String,
     /// The package manager whose package selection the backup holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub package_manager: Option<String>,
+    pub(crate) package_manager: Option<String>,
 }
 
 /// A service the plan stopped or disabled, so that rollback can step it back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceChange {
+pub(crate) struct ServiceChange {
     /// Unit name.
-    pub unit: String,
+    pub(crate) unit: String,
     /// What the plan did (`stop`, `disable`, `mask`).
-    pub action: String,
+    pub(crate) action: String,
     /// Whether it was active before.
-    pub was_active: bool,
+    pub(crate) was_active: bool,
     /// Whether it was enabled before.
-    pub was_enabled: bool,
+    pub(crate) was_enabled: bool,
     /// The system bus socket (a path in the root) for units of a running
     /// root; none for an offline root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bus: Option<String>,
+    pub(crate) bus: Option<String>,
 }
 
 /// The journal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Journal {
+pub(crate) struct Journal {
     /// Format version.
-    pub version: u32,
+    pub(crate) version: u32,
     /// Id of the migration: the run id of its first changing run.
-    pub migration_id: String,
+    pub(crate) migration_id: String,
     /// Hash of the plan ([`Plan::hash`]).
-    pub plan_hash: String,
+    pub(crate) plan_hash: String,
     /// The image.
-    pub image: ImageIdentity,
+    pub(crate) image: ImageIdentity,
     /// The root's release before the migration.
-    pub source: OsRelease,
+    pub(crate) source: OsRelease,
     /// The release the image upgrades to.
-    pub target: Release,
+    pub(crate) target: Release,
     /// Where the migration stands.
     #[serde(flatten)]
-    pub lifecycle: Lifecycle,
+    pub(crate) lifecycle: Lifecycle,
     /// When the journal was created.
-    pub created_at: String,
+    pub(crate) created_at: String,
     /// When it was last written.
-    pub updated_at: String,
+    pub(crate) updated_at: String,
     /// Every run on this migration.
-    pub runs: Vec<JournalRun>,
+    pub(crate) runs: Vec<JournalRun>,
     /// Every step of the plan, in order.
-    pub steps: Vec<JournalStep>,
+    pub(crate) steps: Vec<JournalStep>,
     /// The safety backup, once taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<BackupRecord>,
+    pub(crate) backup: Option<BackupRecord>,
     /// Services changed by the plan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<ServiceChange>,
+    pub(crate) services: Vec<ServiceChange>,
 }
 
 impl Journal {
     /// A journal for a migration that starts now.
-    pub fn new(
+    pub(crate) fn new(
         run_id: &str,
         plan: &Plan,
         image: ImageIdentity,
@@ -163,12 +163,12 @@ impl Journal {
     }
 
     /// Reads the journal of `root`, if there is one.
-    pub fn load(root: &Path) -> Result<Option<Self>> {
+    pub(crate) fn load(root: &Path) -> Result<Option<Self>> {
         crate::core::fsutil::read_json_if_exists(&root.join(STATE_PATH), "a migrate state journal")
     }
 
     /// Writes the journal atomically.
-    pub fn save(&mut self, root: &Path) -> Result<()> {
+    pub(crate) fn save(&mut self, root: &Path) -> Result<()> {
         self.updated_at = timestamp(std::time::SystemTime::now());
         let json = serde_json::to_vec_pretty(self).context("encoding the journal")?;
         crate::core::fsutil::write_atomic(&root.join(STATE_PATH), &json)
@@ -176,7 +176,7 @@ impl Journal {
 
     /// Moves the journal aside (`state-MIGRATION.json`) so a new migration can
     /// start: `--force-new`.
-    pub fn archive(&self, root: &Path) -> Result<()> {
+    pub(crate) fn archive(&self, root: &Path) -> Result<()> {
         let from = root.join(STATE_PATH);
         let to = from.with_file_name(format!("state-{}.json", self.migration_id));
         std::fs::rename(&from, &to)
@@ -184,26 +184,26 @@ impl Journal {
     }
 
     /// Whether it is unfinished (the next run continues it).
-    pub fn in_progress(&self) -> bool {
+    pub(crate) fn in_progress(&self) -> bool {
         self.state().in_progress()
     }
 
     /// Whether a cutover step has started: from then on the root is no
     /// longer the source release as it was, and checks and pre-copies are
     /// not repeated.
-    pub fn cutover_started(&self) -> bool {
+    pub(crate) fn cutover_started(&self) -> bool {
         self.steps
             .iter()
             .any(|s| s.phase >= Phase::Cutover && s.attempts > 0)
     }
 
     /// The entry of step `id`.
-    pub fn step(&self, id: &str) -> Option<&JournalStep> {
+    pub(crate) fn step(&self, id: &str) -> Option<&JournalStep> {
         self.steps.iter().find(|s| s.id == id)
     }
 
     /// The entry of step `id`, created (pending) if the plan gained it.
-    pub fn step_mut(&mut self, id: &str, phase: Phase) -> &mut JournalStep {
+    pub(crate) fn step_mut(&mut self, id: &str, phase: Phase) -> &mut JournalStep {
         let index = match self.steps.iter().position(|s| s.id == id) {
             Some(i) => i,
             None => {
@@ -223,19 +223,19 @@ impl Journal {
     }
 
     /// Where the migration stands.
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         self.lifecycle.0
     }
 
     /// Moves the migration's state ([`State::next`]).
-    pub fn advance(&mut self, t: Transition) -> Result<(), InvalidTransition> {
+    pub(crate) fn advance(&mut self, t: Transition) -> Result<(), InvalidTransition> {
         self.lifecycle.0 = self.state().next(t)?;
         Ok(())
     }
 
     /// Records that step `id` starts; the first changing step of a phase
     /// moves the migration's state.
-    pub fn start_step(&mut self, id: &str, phase: Phase) -> Result<(), InvalidTransition> {
+    pub(crate) fn start_step(&mut self, id: &str, phase: Phase) -> Result<(), InvalidTransition> {
         match phase {
             Phase::Sync if self.state() != State::Syncing => self.advance(Transition::Sync)?,
             Phase::Cutover if self.state() != State::CutoverStarted => {
@@ -253,7 +253,7 @@ impl Journal {
     }
 
     /// Records how step `id` ended.
-    pub fn finish_step(
+    pub(crate) fn finish_step(
         &mut self,
         id: &str,
         phase: Phase,

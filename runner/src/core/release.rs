@@ -15,7 +15,7 @@ use crate::core::rootfs;
 /// The parsed contents of an `os-release` file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
-pub struct OsRelease {
+pub(crate) struct OsRelease {
     fields: BTreeMap<String, String>,
 }
 
@@ -23,7 +23,7 @@ impl OsRelease {
     /// Parses `os-release(5)` text: `KEY=value` lines, values optionally quoted
     /// with shell-style escapes. Lines that are not assignments are ignored, as
     /// the format asks.
-    pub fn parse(text: &str) -> Self {
+    pub(crate) fn parse(text: &str) -> Self {
         let mut fields = BTreeMap::new();
         for line in text.lines() {
             let line = line.trim();
@@ -44,7 +44,7 @@ impl OsRelease {
     /// Reads the `os-release` of the root filesystem at `root`
     /// (`etc/os-release`, falling back to `usr/lib/os-release`), resolving
     /// symlinks inside that root.
-    pub fn read_from_root(root: &Path) -> Result<Self> {
+    pub(crate) fn read_from_root(root: &Path) -> Result<Self> {
         for candidate in ["etc/os-release", "usr/lib/os-release"] {
             let path = rootfs::resolve(root, candidate)?;
             match std::fs::read_to_string(&path) {
@@ -62,7 +62,7 @@ impl OsRelease {
     }
 
     /// A field by its key, if present and not empty.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.fields
             .get(key)
             .map(String::as_str)
@@ -71,29 +71,29 @@ impl OsRelease {
 
     /// `ID`, lower-case operating system identifier (`linux` when missing, as
     /// the specification says).
-    pub fn id(&self) -> &str {
+    pub(crate) fn id(&self) -> &str {
         self.get("ID").unwrap_or("linux")
     }
 
     /// `ID_LIKE`: identifiers of related distributions, closest first.
-    pub fn id_like(&self) -> Vec<&str> {
+    pub(crate) fn id_like(&self) -> Vec<&str> {
         self.get("ID_LIKE")
             .map(|v| v.split_whitespace().collect())
             .unwrap_or_default()
     }
 
     /// `VERSION_ID`, if present.
-    pub fn version_id(&self) -> Option<&str> {
+    pub(crate) fn version_id(&self) -> Option<&str> {
         self.get("VERSION_ID")
     }
 
     /// `VERSION_CODENAME`, if present.
-    pub fn codename(&self) -> Option<&str> {
+    pub(crate) fn codename(&self) -> Option<&str> {
         self.get("VERSION_CODENAME")
     }
 
     /// `PRETTY_NAME`, else `NAME VERSION`, else the release.
-    pub fn pretty_name(&self) -> String {
+    pub(crate) fn pretty_name(&self) -> String {
         if let Some(p) = self.get("PRETTY_NAME") {
             return p.to_string();
         }
@@ -105,7 +105,7 @@ impl OsRelease {
     }
 
     /// The release this file describes.
-    pub fn release(&self) -> Release {
+    pub(crate) fn release(&self) -> Release {
         Release {
             id: self.id().to_string(),
             version_id: self.version_id().unwrap_or_default().to_string(),
@@ -140,11 +140,11 @@ fn unquote(raw: &str) -> String {
 
 /// A release: `ID` and `VERSION_ID` from os-release.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Release {
+pub(crate) struct Release {
     /// os-release `ID`, e.g. `debian`.
-    pub id: String,
+    pub(crate) id: String,
     /// os-release `VERSION_ID`, e.g. `12`; empty for rolling releases.
-    pub version_id: String,
+    pub(crate) version_id: String,
 }
 
 impl fmt::Display for Release {
@@ -174,7 +174,7 @@ impl std::str::FromStr for Release {
 /// A pattern that matches releases: `ID:VERSION`, where VERSION may end in `*`
 /// (`sles:12.*` matches 12.4 and 12.5; `debian:12` matches only 12).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReleasePattern {
+pub(crate) struct ReleasePattern {
     id: String,
     version: String,
 }
@@ -182,14 +182,14 @@ pub struct ReleasePattern {
 impl ReleasePattern {
     /// Whether `release` matches this pattern.
     #[cfg(test)]
-    pub fn matches(&self, release: &Release) -> bool {
+    pub(crate) fn matches(&self, release: &Release) -> bool {
         release.id == self.id && self.version_matches(&release.version_id)
     }
 
     /// Whether the system `os` describes matches: by `ID`, or by one of its
     /// `ID_LIKE` identifiers (a pattern `rhel:9.*` accepts Rocky Linux 9.4,
     /// whose os-release says `ID=rocky`, `ID_LIKE="rhel centos fedora"`).
-    pub fn matches_os(&self, os: &OsRelease) -> bool {
+    pub(crate) fn matches_os(&self, os: &OsRelease) -> bool {
         let version = os.version_id().unwrap_or_default();
         (os.id() == self.id || os.id_like().contains(&self.id.as_str()))
             && self.version_matches(version)

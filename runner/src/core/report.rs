@@ -13,14 +13,14 @@ use crate::core::plan::Phase;
 use crate::core::release::Release;
 
 /// Report location relative to the migrated root.
-pub const REPORT_PATH: &str = "var/log/migrate/report.json";
+pub(crate) const REPORT_PATH: &str = "var/log/migrate/report.json";
 /// Log location relative to the migrated root.
-pub const LOG_PATH: &str = "var/log/migrate/migrate.log";
+pub(crate) const LOG_PATH: &str = "var/log/migrate/migrate.log";
 
 /// Overall result of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RunResult {
+pub(crate) enum RunResult {
     /// The run is in progress (or the host died while it was).
     Running,
     /// Every step succeeded.
@@ -36,7 +36,7 @@ pub enum RunResult {
 /// State of one step in the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum StepState {
+pub(crate) enum StepState {
     /// Not reached (yet).
     Pending,
     /// Started, not finished.
@@ -61,122 +61,122 @@ impl From<StepStatus> for StepState {
 
 /// The image a run used.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageInfo {
+pub(crate) struct ImageInfo {
     /// The reference the user gave (or the default).
-    pub reference: String,
+    pub(crate) reference: String,
     /// Image id.
-    pub id: String,
+    pub(crate) id: String,
     /// Manifest digest, when podman knows one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub digest: Option<String>,
+    pub(crate) digest: Option<String>,
     /// Whether migrate pulled the image itself (and so removes it once the
     /// migration is finished).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub pulled: bool,
+    pub(crate) pulled: bool,
 }
 
 /// The source release as found in the root.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceInfo {
+pub(crate) struct SourceInfo {
     /// `ID:VERSION_ID`.
     #[serde(flatten)]
-    pub release: Release,
+    pub(crate) release: Release,
     /// `PRETTY_NAME`.
-    pub pretty_name: String,
+    pub(crate) pretty_name: String,
 }
 
 /// One step of the run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StepReport {
+pub(crate) struct StepReport {
     /// Step id.
-    pub id: String,
+    pub(crate) id: String,
     /// Step kind.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Phase.
-    pub phase: Phase,
+    pub(crate) phase: Phase,
     /// What the step does.
-    pub description: String,
+    pub(crate) description: String,
     /// Where it got to.
-    pub status: StepState,
+    pub(crate) status: StepState,
     /// When it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
+    pub(crate) started_at: Option<String>,
     /// How long it took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
+    pub(crate) duration_ms: Option<u64>,
     /// Failure message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 /// A finding of a check, with the step that found it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReportFinding {
+pub(crate) struct ReportFinding {
     /// The check step.
-    pub step: String,
+    pub(crate) step: String,
     /// The finding.
     #[serde(flatten)]
-    pub finding: Finding,
+    pub(crate) finding: Finding,
 }
 
 /// The report of one run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Version of `migrate` that wrote the report.
-    pub migrate_version: String,
+    pub(crate) migrate_version: String,
     /// Run id.
-    pub run_id: String,
+    pub(crate) run_id: String,
     /// What the run did.
-    pub verb: Verb,
+    pub(crate) verb: Verb,
     /// Whether it continued an interrupted migration.
     #[serde(default)]
-    pub resumed: bool,
+    pub(crate) resumed: bool,
     /// Overall result.
-    pub result: RunResult,
+    pub(crate) result: RunResult,
     /// The exit code `migrate` ended with (absent while running).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
+    pub(crate) exit_code: Option<i32>,
     /// Why the run failed, in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
     /// The migrated root, as given on the command line.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// The migration image.
-    pub image: ImageInfo,
+    pub(crate) image: ImageInfo,
     /// Release found in the root before the run.
-    pub source: SourceInfo,
+    pub(crate) source: SourceInfo,
     /// Release the image upgrades to.
-    pub target: Release,
+    pub(crate) target: Release,
     /// When the run started.
-    pub started_at: String,
+    pub(crate) started_at: String,
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
+    pub(crate) finished_at: Option<String>,
     /// Wall-clock duration in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
+    pub(crate) duration_ms: Option<u64>,
     /// Every step, in plan order.
-    pub steps: Vec<StepReport>,
+    pub(crate) steps: Vec<StepReport>,
     /// What the checks found.
     #[serde(default)]
-    pub findings: Vec<ReportFinding>,
+    pub(crate) findings: Vec<ReportFinding>,
     /// The full log, relative to the root.
-    pub log: String,
+    pub(crate) log: String,
     /// The agent's peak resident memory, in KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_peak_rss_kb: Option<u64>,
+    pub(crate) agent_peak_rss_kb: Option<u64>,
     /// When migrate asked for the reboot into the new release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reboot_requested_at: Option<String>,
+    pub(crate) reboot_requested_at: Option<String>,
     /// What the first boot after the migration found (`migrate cleanup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after_reboot: Option<AfterReboot>,
+    pub(crate) after_reboot: Option<AfterReboot>,
 }
 
 /// How the first boot into the new release went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BootResult {
+pub(crate) enum BootResult {
     /// The new release runs, no unit failed because of the migration and
     /// the post phase succeeded.
     Confirmed,
@@ -187,36 +187,36 @@ pub enum BootResult {
 /// The report's final part, written by `migrate cleanup` on the first boot
 /// after the migration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AfterReboot {
+pub(crate) struct AfterReboot {
     /// Run id of the cleanup.
-    pub run_id: String,
+    pub(crate) run_id: String,
     /// When the boot was checked.
-    pub checked_at: String,
+    pub(crate) checked_at: String,
     /// The verdict.
-    pub result: BootResult,
+    pub(crate) result: BootResult,
     /// Why it failed, in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
     /// The release the root runs now.
-    pub running: SourceInfo,
+    pub(crate) running: SourceInfo,
     /// Units that failed on this boot and had not failed before the
     /// migration.
     #[serde(default)]
-    pub failed_units: Vec<String>,
+    pub(crate) failed_units: Vec<String>,
     /// The post phase.
     #[serde(default)]
-    pub steps: Vec<StepReport>,
+    pub(crate) steps: Vec<StepReport>,
     /// What was removed: leftover containers, the image migrate pulled.
     #[serde(default)]
-    pub removed: Vec<String>,
+    pub(crate) removed: Vec<String>,
     /// What the cleanup could not do or check.
     #[serde(default)]
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 impl Report {
     /// A report for a run that is about to start.
-    pub fn new(
+    pub(crate) fn new(
         run_id: &str,
         verb: Verb,
         root: &Path,
@@ -249,7 +249,7 @@ impl Report {
     }
 
     /// Updates the report with an agent event.
-    pub fn apply(&mut self, envelope: &Envelope) {
+    pub(crate) fn apply(&mut self, envelope: &Envelope) {
         match &envelope.event {
             Event::RunStarted { steps, resumed, .. } => {
                 self.steps = steps.iter().map(planned).collect();
@@ -310,7 +310,7 @@ impl Report {
 
     /// Records the end of the run. A run the agent did not finish is failed
     /// with `message` (or interrupted).
-    pub fn finish(&mut self, result: RunResult, exit_code: i32, message: Option<String>) {
+    pub(crate) fn finish(&mut self, result: RunResult, exit_code: i32, message: Option<String>) {
         self.result = result;
         self.exit_code = Some(exit_code);
         if message.is_some() {
@@ -334,7 +334,7 @@ impl Report {
 
     /// Moves the report of an earlier run aside (`report-RUNID.json`), so
     /// that `report.json` is always the latest run's and none is lost.
-    pub fn keep_previous(root: &Path, current_run: &str) -> Result<()> {
+    pub(crate) fn keep_previous(root: &Path, current_run: &str) -> Result<()> {
         let path = root.join(REPORT_PATH);
         match Self::read(root) {
             Ok(old) if old.run_id != current_run => {
@@ -347,14 +347,14 @@ impl Report {
     }
 
     /// Writes the report under `root` atomically (temporary file, fsync, rename).
-    pub fn write(&self, root: &Path) -> Result<()> {
+    pub(crate) fn write(&self, root: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("encoding the report")?;
         crate::core::fsutil::write_atomic(&root.join(REPORT_PATH), &json)
     }
 
     /// Rewrites this run's report where it is: `report.json` if that still
     /// is this run's (or there is none), else the copy kept aside.
-    pub fn update(&self, root: &Path) -> Result<()> {
+    pub(crate) fn update(&self, root: &Path) -> Result<()> {
         let latest = root.join(REPORT_PATH);
         let path = match Self::read_file(&latest) {
             Ok(r) if r.run_id != self.run_id => {
@@ -367,13 +367,13 @@ impl Report {
     }
 
     /// Reads the report of the last run under `root`.
-    pub fn read(root: &Path) -> Result<Self> {
+    pub(crate) fn read(root: &Path) -> Result<Self> {
         Self::read_file(&root.join(REPORT_PATH))
     }
 
     /// Reads the report of run `run_id` under `root`: `report.json` if it is
     /// that run's, else the copy kept aside by [`Report::keep_previous`].
-    pub fn read_run(root: &Path, run_id: &str) -> Result<Self> {
+    pub(crate) fn read_run(root: &Path, run_id: &str) -> Result<Self> {
         let latest = root.join(REPORT_PATH);
         match Self::read_file(&latest) {
             Ok(r) if r.run_id == run_id => Ok(r),

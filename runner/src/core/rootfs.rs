@@ -17,7 +17,7 @@ const MAX_SYMLINKS: usize = 40;
 ///
 /// The final component need not exist; missing intermediate directories are
 /// returned unresolved, so that callers can report "not found" themselves.
-pub fn resolve(root: &Path, path: impl AsRef<Path>) -> Result<PathBuf> {
+pub(crate) fn resolve(root: &Path, path: impl AsRef<Path>) -> Result<PathBuf> {
     let mut pending: Vec<std::ffi::OsString> = components(path.as_ref());
     pending.reverse();
     let mut resolved: Vec<std::ffi::OsString> = Vec::new();

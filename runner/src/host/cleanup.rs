@@ -33,17 +33,17 @@ use crate::core::report::{AfterReboot, BootResult, Report, SourceInfo, StepRepor
 
 /// What to clean up.
 #[derive(Clone, Debug)]
-pub struct CleanupOptions {
+pub(crate) struct CleanupOptions {
     /// `--root`.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// `--output`.
-    pub output: OutputFormat,
+    pub(crate) output: OutputFormat,
     /// `-v` count.
-    pub verbose: u8,
+    pub(crate) verbose: u8,
 }
 
 /// Runs the cleanup of the migration waiting for its first boot, if any.
-pub async fn cleanup(opts: &CleanupOptions) -> Result<()> {
+pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
     preflight::require_root()?;
     let (root, os) = preflight::inspect_root(&opts.root)?;
     let Some(marker) = PendingReboot::read(&root).exit_code(ExitCode::BadInput)? else {

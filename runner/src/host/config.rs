@@ -18,9 +18,9 @@ use chrono::{Datelike, Timelike};
 use serde::Deserialize;
 
 /// The main configuration file, relative to the root.
-pub const CONFIG_PATH: &str = "etc/migrate/config.toml";
+pub(crate) const CONFIG_PATH: &str = "etc/migrate/config.toml";
 /// The drop-in directory, relative to the root.
-pub const DROPIN_DIR: &str = "etc/migrate/config.d";
+pub(crate) const DROPIN_DIR: &str = "etc/migrate/config.d";
 
 /// One file's settings; every key optional so that files merge.
 #[derive(Debug, Default, Deserialize)]
@@ -36,7 +36,7 @@ struct Fragment {
 
 /// What an unattended run does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Run the checks and record the outcome.
     Check,
     /// Migrate.
@@ -45,19 +45,19 @@ pub enum Mode {
 
 /// The merged, validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
+pub(crate) struct Config {
     /// Whether unattended runs do anything.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// What they do.
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// The migration image.
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
     /// A plan replacing the image's.
-    pub plan: Option<PathBuf>,
+    pub(crate) plan: Option<PathBuf>,
     /// Reboot into the new release after a migration.
-    pub reboot: bool,
+    pub(crate) reboot: bool,
     /// When that reboot may happen.
-    pub window: Option<MaintenanceWindow>,
+    pub(crate) window: Option<MaintenanceWindow>,
 }
 
 impl Default for Config {
@@ -76,7 +76,7 @@ impl Default for Config {
 /// Loads the configuration of `root`: `explicit` (`--config`) or the main
 /// file if it exists, then the drop-ins. No file at all gives the defaults
 /// (disabled).
-pub fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
+pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
     let mut files: Vec<PathBuf> = Vec::new();
     match explicit {
         Some(p) => {
@@ -146,7 +146,7 @@ fn validate(f: &Fragment) -> Result<(Mode, Option<MaintenanceWindow>)> {
 /// When a reboot may happen: some days (none listed: every day) between two
 /// times of day, local time; an end before the start wraps past midnight.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MaintenanceWindow {
+pub(crate) struct MaintenanceWindow {
     days: Vec<chrono::Weekday>,
     start: u32,
     end: u32,
@@ -209,7 +209,7 @@ impl std::fmt::Display for MaintenanceWindow {
 
 impl MaintenanceWindow {
     /// Whether `now` is inside the window.
-    pub fn contains<T: Datelike + Timelike>(&self, now: &T) -> bool {
+    pub(crate) fn contains<T: Datelike + Timelike>(&self, now: &T) -> bool {
         let minute = now.hour() * 60 + now.minute();
         let day_ok = |d: chrono::Weekday| self.days.is_empty() || self.days.contains(&d);
         if self.start <= self.end {
@@ -226,7 +226,7 @@ impl MaintenanceWindow {
     }
 
     /// Whether the window is open now (local time).
-    pub fn open_now(&self) -> bool {
+    pub(crate) fn open_now(&self) -> bool {
         self.contains(&chrono::Local::now())
     }
 }

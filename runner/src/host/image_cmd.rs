@@ -14,21 +14,21 @@ use crate::core::image::{DefinitionSource, EmbeddedImage, ImageLabels, LABEL_PRO
 
 /// Options of `migrate image build`.
 #[derive(Clone, Debug)]
-pub struct BuildOptions {
+pub(crate) struct BuildOptions {
     /// Name of a built-in image definition, or a definition directory.
-    pub target: String,
+    pub(crate) target: String,
     /// Base image (the Containerfile's `BASE` argument).
-    pub base: Option<String>,
+    pub(crate) base: Option<String>,
     /// Tag of the built image.
-    pub tag: Option<String>,
+    pub(crate) tag: Option<String>,
     /// The static `migrate-agent` binary to put in the image.
-    pub agent: Option<PathBuf>,
+    pub(crate) agent: Option<PathBuf>,
     /// `--output`.
-    pub output: OutputFormat,
+    pub(crate) output: OutputFormat,
 }
 
 /// Builds a migration image.
-pub async fn build(opts: &BuildOptions) -> Result<()> {
+pub(crate) async fn build(opts: &BuildOptions) -> Result<()> {
     let source = definition_source(&opts.target)?;
     let def = source.definition().exit_code(ExitCode::BadInput)?;
     let agent_path = locate_agent(opts.agent.as_deref())?;
@@ -145,7 +145,7 @@ fn locate_agent(given: Option<&Path>) -> Result<PathBuf> {
 
 /// Refuses anything but a statically linked ELF executable: the agent runs on
 /// the target release's libc, whatever that is, so it must bring none.
-pub fn check_static(bytes: &[u8]) -> Result<()> {
+pub(crate) fn check_static(bytes: &[u8]) -> Result<()> {
     const PT_INTERP: u32 = 3;
     anyhow::ensure!(bytes.get(..4) == Some(b"\x7fELF"), "not an ELF executable");
     anyhow::ensure!(
@@ -207,7 +207,7 @@ fn build_context(image: &DefinitionSource, agent: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// `migrate image list`: migration images podman has.
-pub async fn list(output: OutputFormat) -> Result<()> {
+pub(crate) async fn list(output: OutputFormat) -> Result<()> {
     require_root()?;
     let podman = Podman::connect().await?;
     let images = podman.images_with_label(LABEL_PROTOCOL).await;
@@ -245,7 +245,7 @@ pub async fn list(output: OutputFormat) -> Result<()> {
 }
 
 /// `migrate image inspect REF`: what the image's labels say.
-pub async fn inspect(reference: &str, output: OutputFormat) -> Result<()> {
+pub(crate) async fn inspect(reference: &str, output: OutputFormat) -> Result<()> {
     require_root()?;
     let podman = Podman::connect().await?;
     let found = super::preflight::inspect_image(&podman, reference).await;

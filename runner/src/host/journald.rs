@@ -10,26 +10,26 @@ use std::path::Path;
 const SOCKET: &str = "/run/systemd/journal/socket";
 
 /// Message ids (128-bit, as `journalctl MESSAGE_ID=...` matches them).
-pub mod ids {
+pub(crate) mod ids {
     /// A run started.
-    pub const STARTED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c01";
+    pub(crate) const STARTED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c01";
     /// A run finished successfully.
-    pub const FINISHED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c02";
+    pub(crate) const FINISHED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c02";
     /// A run failed (a step, or the environment).
-    pub const FAILED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c03";
+    pub(crate) const FAILED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c03";
     /// A check found an inhibitor; nothing was changed.
-    pub const INHIBITED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c04";
+    pub(crate) const INHIBITED: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c04";
     /// migrate asked logind to reboot.
-    pub const REBOOTING: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c05";
+    pub(crate) const REBOOTING: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c05";
     /// A finished migration waits for the maintenance window to reboot.
-    pub const REBOOT_WAITING: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c07";
+    pub(crate) const REBOOT_WAITING: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c07";
     /// The first boot after a migration was checked.
-    pub const CLEANUP: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c06";
+    pub(crate) const CLEANUP: &str = "6d1f1c1d4b7a4c0f9a9d1b0e3f2a5c06";
 }
 
 /// Syslog-style priorities.
 #[derive(Clone, Copy, Debug)]
-pub enum Priority {
+pub(crate) enum Priority {
     /// 3
     Error = 3,
     /// 4
@@ -42,19 +42,19 @@ pub enum Priority {
 
 /// Whether the journal listens on this host. Runs started by hand are
 /// recorded too: who migrated or rebooted the host belongs in its journal.
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     Path::new(SOCKET).exists()
 }
 
 /// Whether this process is a systemd service (its standard output already
 /// goes to the journal).
-pub fn under_systemd() -> bool {
+pub(crate) fn under_systemd() -> bool {
     std::env::var_os("INVOCATION_ID").is_some()
 }
 
 /// Sends one message with `fields` (`MIGRATE_RUN_ID`, ...); does nothing when
 /// journald does not listen. Failures are ignored: the journal is a second channel.
-pub fn send<V: AsRef<str>>(
+pub(crate) fn send<V: AsRef<str>>(
     priority: Priority,
     message_id: &str,
     message: &str,

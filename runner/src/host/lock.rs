@@ -15,11 +15,11 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::core::exit::{ExitCode, fail};
 
 /// Pid file location relative to the root.
-pub const LOCK_PATH: &str = "var/lib/migrate/lock";
+pub(crate) const LOCK_PATH: &str = "var/lib/migrate/lock";
 
 /// The held lock; dropping it releases the lock.
 #[derive(Debug)]
-pub struct RootLock {
+pub(crate) struct RootLock {
     _lock: Flock<File>,
     root: PathBuf,
 }
@@ -27,7 +27,7 @@ pub struct RootLock {
 impl RootLock {
     /// Takes the lock of `root`, or fails with exit code 4 naming the process
     /// that holds it.
-    pub fn acquire(root: &Path) -> Result<Self> {
+    pub(crate) fn acquire(root: &Path) -> Result<Self> {
         let dir = File::open(root).map_err(|e| {
             fail(
                 ExitCode::Environment,
@@ -60,7 +60,7 @@ impl RootLock {
     }
 
     /// Records this process as the holder, in `ROOT/var/lib/migrate/lock`.
-    pub fn record_holder(&self) -> Result<()> {
+    pub(crate) fn record_holder(&self) -> Result<()> {
         let path = self.root.join(LOCK_PATH);
         crate::core::fsutil::write_atomic(&path, format!("{}\n", std::process::id()).as_bytes())
             .with_context(|| format!("recording the lock holder in {}", path.display()))

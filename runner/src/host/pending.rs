@@ -18,48 +18,48 @@ use crate::core::release::Release;
 use crate::core::report::ImageInfo;
 
 /// Marker location relative to the root.
-pub const MARKER_PATH: &str = "var/lib/migrate/reboot-pending";
+pub(crate) const MARKER_PATH: &str = "var/lib/migrate/reboot-pending";
 
 /// What the marker records.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PendingReboot {
+pub(crate) struct PendingReboot {
     /// The migration (its journal's id).
-    pub migration_id: String,
+    pub(crate) migration_id: String,
     /// The run that finished it (its report is the one to finalize).
-    pub run_id: String,
+    pub(crate) run_id: String,
     /// When that run finished.
-    pub finished_at: String,
+    pub(crate) finished_at: String,
     /// The release the root was migrated to.
-    pub target: Release,
+    pub(crate) target: Release,
     /// `PRETTY_NAME` of that release, for messages.
-    pub target_name: String,
+    pub(crate) target_name: String,
     /// The migration image (for the post phase, and to remove it if migrate
     /// pulled it).
-    pub image: ImageInfo,
+    pub(crate) image: ImageInfo,
     /// The plan (its post phase runs after the reboot).
-    pub plan: Plan,
+    pub(crate) plan: Plan,
     /// Whether the root was the running host (`--root /`).
-    pub live: bool,
+    pub(crate) live: bool,
     /// Units that had already failed before the reboot (live hosts only):
     /// they are not the migration's fault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failed_units_before: Option<Vec<String>>,
+    pub(crate) failed_units_before: Option<Vec<String>>,
 }
 
 impl PendingReboot {
     /// Reads the marker of `root`; `Ok(None)` when there is none.
-    pub fn read(root: &Path) -> Result<Option<Self>> {
+    pub(crate) fn read(root: &Path) -> Result<Option<Self>> {
         crate::core::fsutil::read_json_if_exists(&root.join(MARKER_PATH), "a migrate reboot marker")
     }
 
     /// Writes the marker atomically.
-    pub fn write(&self, root: &Path) -> Result<()> {
+    pub(crate) fn write(&self, root: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("encoding the reboot marker")?;
         crate::core::fsutil::write_atomic(&root.join(MARKER_PATH), &json)
     }
 
     /// Removes the marker (and is content when it is already gone).
-    pub fn remove(root: &Path) -> Result<()> {
+    pub(crate) fn remove(root: &Path) -> Result<()> {
         let path = root.join(MARKER_PATH);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -72,7 +72,7 @@ impl PendingReboot {
     /// Whether the system booted after the migration finished: the init
     /// process (PID 1 of this PID namespace) started later. The kernel's
     /// boot id cannot tell, because a container's boot shares it.
-    pub fn rebooted_since(&self) -> Result<bool> {
+    pub(crate) fn rebooted_since(&self) -> Result<bool> {
         let finished = humantime::parse_rfc3339(&self.finished_at)
             .with_context(|| format!("reboot marker: bad time {:?}", self.finished_at))?;
         Ok(init_started()? > finished)
@@ -81,7 +81,7 @@ impl PendingReboot {
 
 /// When PID 1 started: the boot time (`btime` of `/proc/stat`) plus its
 /// start time in clock ticks (field 22 of `/proc/1/stat`).
-pub fn init_started() -> Result<SystemTime> {
+pub(crate) fn init_started() -> Result<SystemTime> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let pid1 = std::fs::read_to_string("/proc/1/stat").context("reading /proc/1/stat")?;
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

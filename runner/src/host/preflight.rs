@@ -13,7 +13,7 @@ use crate::core::image::{ImageLabels, LABEL_PROTOCOL, default_image_for};
 use crate::core::release::OsRelease;
 
 /// Refuses to go on unless running as root (exit 4).
-pub fn require_root() -> Result<()> {
+pub(crate) fn require_root() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(fail(
             ExitCode::Environment,
@@ -24,7 +24,7 @@ pub fn require_root() -> Result<()> {
 }
 
 /// The root directory, made absolute, and its os-release.
-pub fn inspect_root(root: &Path) -> Result<(PathBuf, OsRelease)> {
+pub(crate) fn inspect_root(root: &Path) -> Result<(PathBuf, OsRelease)> {
     let meta = std::fs::metadata(root).map_err(|e| {
         fail(
             ExitCode::BadInput,
@@ -57,7 +57,7 @@ fn io_reason(e: &std::io::Error) -> String {
 
 /// The image to use: `--image`, else the default of the built-in image
 /// definition that accepts the root's release.
-pub fn image_reference(given: Option<&str>, source: &OsRelease) -> Result<String> {
+pub(crate) fn image_reference(given: Option<&str>, source: &OsRelease) -> Result<String> {
     if let Some(r) = given {
         return Ok(r.to_string());
     }
@@ -76,7 +76,7 @@ pub fn image_reference(given: Option<&str>, source: &OsRelease) -> Result<String
 
 /// Looks the image up and reads its labels; refuses an image that is missing
 /// or is not a migration image.
-pub async fn inspect_image(
+pub(crate) async fn inspect_image(
     podman: &Podman,
     reference: &str,
 ) -> Result<(ImageDetails, ImageLabels)> {
@@ -115,7 +115,7 @@ pub async fn inspect_image(
 /// transport (`docker://`, `oci-archive:`, `docker-archive:`; see
 /// [`Podman::pull`]). Short names are never pulled: which registry they resolve to
 /// depends on the host's configuration. Returns whether it pulled.
-pub async fn find_or_pull_image(
+pub(crate) async fn find_or_pull_image(
     podman: &Podman,
     reference: &str,
     progress: impl FnMut(&str),
@@ -145,7 +145,7 @@ pub async fn find_or_pull_image(
 }
 
 /// Whether a reference names where to pull it from.
-pub fn pullable(reference: &str) -> bool {
+pub(crate) fn pullable(reference: &str) -> bool {
     const TRANSPORTS: [&str; 3] = ["docker://", "oci-archive:", "docker-archive:"];
     if TRANSPORTS.iter().any(|t| reference.starts_with(t)) {
         return true;
@@ -157,7 +157,7 @@ pub fn pullable(reference: &str) -> bool {
 }
 
 /// Refuses an image whose agent speaks another event protocol.
-pub fn check_protocol(labels: &ImageLabels, reference: &str) -> Result<()> {
+pub(crate) fn check_protocol(labels: &ImageLabels, reference: &str) -> Result<()> {
     if labels.protocol != PROTOCOL_VERSION {
         return Err(fail(
             ExitCode::BadInput,
@@ -172,7 +172,11 @@ pub fn check_protocol(labels: &ImageLabels, reference: &str) -> Result<()> {
 
 /// Refuses an image whose agent speaks another protocol, a root that already
 /// is the target release, or a root the image does not accept.
-pub fn check_compatible(labels: &ImageLabels, reference: &str, source: &OsRelease) -> Result<()> {
+pub(crate) fn check_compatible(
+    labels: &ImageLabels,
+    reference: &str,
+    source: &OsRelease,
+) -> Result<()> {
     check_protocol(labels, reference)?;
     let release = source.release();
     if release == labels.target {

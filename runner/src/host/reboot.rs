@@ -15,7 +15,7 @@ use crate::core::exit::{ExitCode, fail};
 use crate::core::report::Report;
 
 /// Asks logind to reboot the host into the release `marker` migrated it to.
-pub fn reboot_into(root: &Path, marker: &PendingReboot, output: OutputFormat) -> Result<()> {
+pub(crate) fn reboot_into(root: &Path, marker: &PendingReboot, output: OutputFormat) -> Result<()> {
     let line = format!(
         "rebooting into {} to finish migration {} (run {})",
         marker.target_name, marker.migration_id, marker.run_id

@@ -19,7 +19,7 @@ use crate::core::report::{BootResult, Report, RunResult};
     Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     /// For people: a live display on a terminal, plain lines otherwise.
     Human,
     /// JSON lines, one event per line.
@@ -43,7 +43,7 @@ struct Current {
 }
 
 /// Renders events to standard output.
-pub struct Renderer {
+pub(crate) struct Renderer {
     mode: Mode,
     verbose: u8,
     steps: Vec<PlannedStep>,
@@ -54,7 +54,7 @@ pub struct Renderer {
 
 impl Renderer {
     /// A renderer for `format`; `terminal` says whether stdout is a terminal.
-    pub fn new(format: OutputFormat, verbose: u8, terminal: bool) -> Self {
+    pub(crate) fn new(format: OutputFormat, verbose: u8, terminal: bool) -> Self {
         let mode = match (format, terminal) {
             (OutputFormat::Json, _) => Mode::Json,
             (OutputFormat::Human, true) => Mode::Live,
@@ -71,13 +71,13 @@ impl Renderer {
     }
 
     /// A renderer that shows nothing (the caller prints a result at the end).
-    pub fn quiet(mut self) -> Self {
+    pub(crate) fn quiet(mut self) -> Self {
         self.mode = Mode::Quiet;
         self
     }
 
     /// A message of the host itself.
-    pub fn note(&mut self, message: &str) {
+    pub(crate) fn note(&mut self, message: &str) {
         match self.mode {
             Mode::Quiet => {}
             Mode::Json => self.json(&Envelope::now(Event::Output {
@@ -91,7 +91,7 @@ impl Renderer {
 
     /// A line the agent printed outside the event protocol (its own
     /// diagnostics on stderr, or a crash message).
-    pub fn raw(&mut self, stream: OutputStream, line: &str) {
+    pub(crate) fn raw(&mut self, stream: OutputStream, line: &str) {
         match self.mode {
             Mode::Quiet => {}
             Mode::Json => self.json(&Envelope::now(Event::Output {
@@ -109,7 +109,7 @@ impl Renderer {
     }
 
     /// An event of the agent.
-    pub fn event(&mut self, env: &Envelope) {
+    pub(crate) fn event(&mut self, env: &Envelope) {
         match self.mode {
             Mode::Json => return self.json(env),
             Mode::Quiet => return,
@@ -239,12 +239,12 @@ impl Renderer {
     }
 
     /// Redraws the status line (elapsed time moves on even without output).
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         self.draw(true);
     }
 
     /// Clears the status line.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.clear_status();
     }
 
@@ -393,7 +393,7 @@ pub(crate) fn summary(report: &Report) -> String {
 }
 
 /// `1.2s`, `3m05s`, `1h02m`.
-pub fn human_duration_ms(ms: u64) -> String {
+pub(crate) fn human_duration_ms(ms: u64) -> String {
     let secs = ms / 1000;
     if secs < 60 {
         format!("{}.{}s", secs, (ms % 1000) / 100)

@@ -13,7 +13,7 @@ use crate::core::report::LOG_PATH;
 
 /// A run log. Lines are kept in memory until [`RunLog::start_writing`]: a run
 /// that stops before changing anything leaves no log in the root.
-pub struct RunLog {
+pub(crate) struct RunLog {
     file: Option<File>,
     pending: Vec<String>,
     path: PathBuf,
@@ -21,7 +21,7 @@ pub struct RunLog {
 
 impl RunLog {
     /// A log for `root`, not written yet.
-    pub fn new(root: &Path) -> Self {
+    pub(crate) fn new(root: &Path) -> Self {
         Self {
             file: None,
             pending: Vec::new(),
@@ -30,7 +30,7 @@ impl RunLog {
     }
 
     /// Opens (creates) the log file for appending and writes what was kept.
-    pub fn start_writing(&mut self) -> Result<()> {
+    pub(crate) fn start_writing(&mut self) -> Result<()> {
         if self.file.is_some() {
             return Ok(());
         }
@@ -50,23 +50,23 @@ impl RunLog {
     }
 
     /// Whether the log is being written to the root.
-    pub fn writing(&self) -> bool {
+    pub(crate) fn writing(&self) -> bool {
         self.file.is_some()
     }
 
     /// Where the log is (or would be).
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// A line from the host.
-    pub fn host(&mut self, message: &str) {
+    pub(crate) fn host(&mut self, message: &str) {
         let ts = timestamp(std::time::SystemTime::now());
         self.write(&format!("{ts} [migrate] {message}"));
     }
 
     /// A line the agent printed outside the event protocol.
-    pub fn raw(&mut self, stream: OutputStream, line: &str) {
+    pub(crate) fn raw(&mut self, stream: OutputStream, line: &str) {
         let ts = timestamp(std::time::SystemTime::now());
         let tag = match stream {
             OutputStream::Stdout => "agent",
@@ -76,7 +76,7 @@ impl RunLog {
     }
 
     /// An agent event (progress events are not logged: they repeat the output).
-    pub fn event(&mut self, env: &Envelope) {
+    pub(crate) fn event(&mut self, env: &Envelope) {
         let text = match &env.event {
             Event::RunStarted {
                 run_id,

@@ -12,7 +12,7 @@ use crate::core::journal::Journal;
 use crate::core::report::{REPORT_PATH, Report};
 
 /// Prints the status of `root`.
-pub fn status(root: &Path, output: OutputFormat) -> Result<()> {
+pub(crate) fn status(root: &Path, output: OutputFormat) -> Result<()> {
     let (root, _) = super::preflight::inspect_root(root)?;
     let journal = Journal::load(&root).exit_code(ExitCode::BadInput)?;
     let report = if root.join(REPORT_PATH).exists() {

@@ -31,13 +31,13 @@ fn logind(conn: &zbus::blocking::Connection) -> Result<zbus::blocking::Proxy<'_>
 
 /// A held inhibitor lock; released when dropped.
 #[derive(Debug)]
-pub struct Inhibitor {
+pub(crate) struct Inhibitor {
     _fd: OwnedFd,
 }
 
 /// Takes a blocking shutdown/sleep inhibitor lock for `why`, or fails when
 /// logind is not there (the caller decides whether that matters).
-pub fn inhibit(why: &str) -> Result<Inhibitor> {
+pub(crate) fn inhibit(why: &str) -> Result<Inhibitor> {
     let conn = system_bus()?;
     let fd: zbus::zvariant::OwnedFd = logind(&conn)?
         .call("Inhibit", &("shutdown:sleep", "migrate", why, "block"))
@@ -46,7 +46,7 @@ pub fn inhibit(why: &str) -> Result<Inhibitor> {
 }
 
 /// Asks logind for an orderly reboot after telling logged-in users why.
-pub fn reboot(wall: &str) -> Result<()> {
+pub(crate) fn reboot(wall: &str) -> Result<()> {
     let conn = system_bus()?;
     let m = logind(&conn)?;
     // The wall message is a courtesy; older logind versions lack the call.
@@ -71,7 +71,7 @@ type UnitEntry = (
 );
 
 /// The units systemd reports as failed, sorted.
-pub fn failed_units() -> Result<Vec<String>> {
+pub(crate) fn failed_units() -> Result<Vec<String>> {
     let conn = system_bus()?;
     let manager = zbus::blocking::Proxy::new(&conn, SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER)?;
     let units: Vec<UnitEntry> = manager

@@ -23,25 +23,25 @@ use crate::core::exit::{ExitCode, fail};
 
 /// What the command line adds to the configuration.
 #[derive(Clone, Debug)]
-pub struct UnattendedOptions {
+pub(crate) struct UnattendedOptions {
     /// `--root`.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// `--config`.
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// `--image` (overrides the configuration's).
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
     /// `--plan` (overrides the configuration's).
-    pub plan: Option<PathBuf>,
+    pub(crate) plan: Option<PathBuf>,
     /// `--reboot` (as if the configuration said `reboot = true`).
-    pub reboot: bool,
+    pub(crate) reboot: bool,
     /// `--output`.
-    pub output: OutputFormat,
+    pub(crate) output: OutputFormat,
     /// `-v` count.
-    pub verbose: u8,
+    pub(crate) verbose: u8,
 }
 
 /// Runs what the configuration asks for.
-pub async fn unattended(opts: &UnattendedOptions) -> Result<()> {
+pub(crate) async fn unattended(opts: &UnattendedOptions) -> Result<()> {
     preflight::require_root()?;
     let (root, _) = preflight::inspect_root(&opts.root)?;
     let config = config::load(&root, opts.config.as_deref()).map_err(|e| {

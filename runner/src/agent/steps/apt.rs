@@ -54,7 +54,7 @@ fn apt_query(root: &Path, program: &str, args: &[&str]) -> Command {
 }
 
 /// Updates the package lists and runs `apt-get dist-upgrade`.
-pub struct DistUpgrade;
+pub(crate) struct DistUpgrade;
 
 impl StepKind for DistUpgrade {
     fn describe(&self) -> String {
@@ -128,7 +128,7 @@ fn apt_get_with_status(root: &Path, args: &[&str]) -> Command {
 /// Parses apt's `APT::Status-Fd` lines (`pmstatus:PKG:PERCENT:MESSAGE`,
 /// `dlstatus:N:PERCENT:MESSAGE`, and the `pmerror`/`pmconffile` variants
 /// that repeat what dpkg already printed).
-pub fn apt_progress(line: &str) -> Option<(f32, String)> {
+pub(crate) fn apt_progress(line: &str) -> Option<(f32, String)> {
     let (kind, rest) = line.split_once(':')?;
     let prefix = match kind {
         "pmstatus" => "",
@@ -147,7 +147,7 @@ pub fn apt_progress(line: &str) -> Option<(f32, String)> {
 /// apt as a [`PackageManager`]: questions about the target release are asked
 /// with the root's own apt, pointed at a scratch copy of its sources (switched
 /// to the target suite), lists and caches on the agent's tmpfs.
-pub struct Apt {
+pub(crate) struct Apt {
     root: PathBuf,
     from: String,
     to: String,
@@ -157,7 +157,7 @@ pub struct Apt {
 
 impl Apt {
     /// apt for the run's root and suites.
-    pub fn new(run: &RunContext) -> Result<Self> {
+    pub(crate) fn new(run: &RunContext) -> Result<Self> {
         let (from, to) = suites(run)?;
         Ok(Self {
             root: run.root.clone(),

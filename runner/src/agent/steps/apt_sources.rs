@@ -12,7 +12,7 @@ use crate::core::fsutil::write_atomic;
 
 /// Switches the apt sources of the root from the source release's suite to the
 /// target's.
-pub struct SwitchSources;
+pub(crate) struct SwitchSources;
 
 /// The source and target suites (codenames) of the migration.
 pub(super) fn suites(run: &RunContext) -> Result<(&str, &str)> {
@@ -141,7 +141,7 @@ fn switch_suite(suite: &str, from: &str, to: &str) -> Option<String> {
 /// Switches suites in one-line `sources.list` text. Returns the new text and
 /// the number of entries that use the release. Comments, options and
 /// whitespace are kept as they are.
-pub fn switch_one_line(text: &str, from: &str, to: &str) -> (String, usize) {
+pub(crate) fn switch_one_line(text: &str, from: &str, to: &str) -> (String, usize) {
     let mut changes = 0;
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
@@ -200,7 +200,7 @@ fn tokens(line: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
 /// Switches suites in deb822 `*.sources` text (the `Suites:` field, including
 /// continuation lines). Returns the new text and the number of suites that
 /// belong to the release.
-pub fn switch_deb822(text: &str, from: &str, to: &str) -> (String, usize) {
+pub(crate) fn switch_deb822(text: &str, from: &str, to: &str) -> (String, usize) {
     let mut changes = 0;
     let mut out = String::with_capacity(text.len());
     let mut in_suites = false;

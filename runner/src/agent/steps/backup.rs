@@ -22,20 +22,20 @@ use crate::core::journal::BackupRecord;
 use crate::core::kinds::backup::{BackupOptions, Method};
 
 /// Backup directory relative to the root.
-pub const BACKUP_DIR: &str = "var/lib/migrate/backup";
+pub(crate) const BACKUP_DIR: &str = "var/lib/migrate/backup";
 /// The tarball of /etc in a backup directory.
-pub const ETC_ARCHIVE: &str = "etc.tar.gz";
+pub(crate) const ETC_ARCHIVE: &str = "etc.tar.gz";
 /// The package selection in a backup directory.
-pub const PACKAGES_FILE: &str = "packages.txt";
+pub(crate) const PACKAGES_FILE: &str = "packages.txt";
 
 /// The `safety-backup` step.
-pub struct SafetyBackup {
+pub(crate) struct SafetyBackup {
     method: Method,
 }
 
 impl SafetyBackup {
     /// From the step's options.
-    pub fn new(o: BackupOptions) -> Self {
+    pub(crate) fn new(o: BackupOptions) -> Self {
         Self { method: o.method }
     }
 }
@@ -257,11 +257,11 @@ fn archive_etc(root: &Path, archive: &Path) -> Result<usize> {
 
 /// What a restore of /etc did.
 #[derive(Debug, Default)]
-pub struct Restored {
+pub(crate) struct Restored {
     /// Entries written from the archive.
-    pub restored: usize,
+    pub(crate) restored: usize,
     /// Paths removed because the backup did not have them.
-    pub removed: Vec<String>,
+    pub(crate) removed: Vec<String>,
 }
 
 struct ArchivedEntry {
@@ -273,7 +273,7 @@ struct ArchivedEntry {
 /// Restores `root/etc` exactly as archived: paths the backup does not have
 /// are removed, every archived entry is written back with its owner, mode and
 /// mtime (symlinks and directories included).
-pub fn restore_etc(root: &Path, archive: &Path) -> Result<Restored> {
+pub(crate) fn restore_etc(root: &Path, archive: &Path) -> Result<Restored> {
     let open = || -> Result<tar::Archive<flate2::read::GzDecoder<File>>> {
         let f = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
         Ok(tar::Archive::new(flate2::read::GzDecoder::new(f)))

@@ -48,7 +48,7 @@ fn finding(id: &str, severity: Severity, message: String, hint: &str) -> Finding
 }
 
 /// The root's release is one the image accepts.
-pub struct Release;
+pub(crate) struct Release;
 
 impl StepKind for Release {
     fn describe(&self) -> String {
@@ -87,7 +87,7 @@ impl StepKind for Release {
 }
 
 /// The package database is healthy and not locked.
-pub struct PackageDb;
+pub(crate) struct PackageDb;
 
 impl StepKind for PackageDb {
     fn describe(&self) -> String {
@@ -125,7 +125,7 @@ impl StepKind for PackageDb {
 }
 
 /// The target release's repositories answer.
-pub struct Repositories;
+pub(crate) struct Repositories;
 
 impl StepKind for Repositories {
     fn describe(&self) -> String {
@@ -147,13 +147,13 @@ impl StepKind for Repositories {
 }
 
 /// Enough free space where the upgrade writes.
-pub struct DiskSpace {
+pub(crate) struct DiskSpace {
     margin: u64,
 }
 
 impl DiskSpace {
     /// From the step's options.
-    pub fn new(o: DiskSpaceOptions) -> Self {
+    pub(crate) fn new(o: DiskSpaceOptions) -> Self {
         Self {
             margin: o.margin_mb.saturating_mul(1_000_000),
         }
@@ -249,7 +249,7 @@ fn largest_kernel_set(ctx: &StepContext<'_>) -> Result<u64> {
 }
 
 /// Held packages the upgrade would have to change.
-pub struct HeldPackages;
+pub(crate) struct HeldPackages;
 
 impl StepKind for HeldPackages {
     fn describe(&self) -> String {
@@ -275,13 +275,13 @@ impl StepKind for HeldPackages {
 }
 
 /// Third-party repositories and packages not from the distribution.
-pub struct ThirdParty {
+pub(crate) struct ThirdParty {
     origins: Vec<String>,
 }
 
 impl ThirdParty {
     /// From the step's options.
-    pub fn new(o: ThirdPartyOptions) -> Self {
+    pub(crate) fn new(o: ThirdPartyOptions) -> Self {
         Self { origins: o.origins }
     }
 }

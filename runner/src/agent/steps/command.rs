@@ -13,13 +13,13 @@ use crate::core::event::StepStatus;
 use crate::core::kinds::command::CommandOptions;
 
 /// A `command` step.
-pub struct CommandStep {
+pub(crate) struct CommandStep {
     opts: CommandOptions,
 }
 
 impl CommandStep {
     /// From the step's options.
-    pub fn new(opts: CommandOptions) -> Self {
+    pub(crate) fn new(opts: CommandOptions) -> Self {
         Self { opts }
     }
 

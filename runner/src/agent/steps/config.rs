@@ -17,13 +17,13 @@ use crate::core::fsutil::write_atomic;
 use crate::core::kinds::config::{ConfigOptions, Mapping, Transform};
 
 /// The `config` step.
-pub struct ConfigStep {
+pub(crate) struct ConfigStep {
     opts: ConfigOptions,
 }
 
 impl ConfigStep {
     /// From the step's options.
-    pub fn new(opts: ConfigOptions) -> Self {
+    pub(crate) fn new(opts: ConfigOptions) -> Self {
         Self { opts }
     }
 
@@ -105,7 +105,7 @@ impl StepKind for ConfigStep {
 /// The settings of a YAML configuration as a flat key -> value map. The
 /// `juju config` shape (`settings: KEY: {value: ...}`) gives each setting's
 /// value; a plain mapping gives its keys, nested ones joined with dots.
-pub fn read_settings(text: &str) -> Result<BTreeMap<String, Value>> {
+pub(crate) fn read_settings(text: &str) -> Result<BTreeMap<String, Value>> {
     let docs = yaml_rust2::YamlLoader::load_from_str(text).context("invalid YAML")?;
     let Some(doc) = docs.into_iter().next() else {
         return Ok(BTreeMap::new());
@@ -185,7 +185,7 @@ fn is_empty(v: &Value) -> bool {
 
 /// Applies the mapping: mapped keys with non-empty values, in the mapping's
 /// order. Returns the new configuration and a note per key left out.
-pub fn map_settings(
+pub(crate) fn map_settings(
     old: &BTreeMap<String, Value>,
     mapping: &BTreeMap<String, Mapping>,
 ) -> Result<(Map<String, Value>, Vec<String>)> {

@@ -21,7 +21,7 @@ use crate::core::kinds::packages::DnfOptions;
 use crate::core::kinds::packages::RepoChange;
 
 /// Repository files in the root.
-pub const REPOS: RepoDir = RepoDir {
+pub(crate) const REPOS: RepoDir = RepoDir {
     in_root: "etc/yum.repos.d",
 };
 /// Scratch area: the switched repositories (a path in the container), and
@@ -31,13 +31,13 @@ pub const REPOS: RepoDir = RepoDir {
 const SCRATCH: &str = "/run/migrate/dnf";
 
 /// The `dnf` step.
-pub struct DnfStep {
+pub(crate) struct DnfStep {
     opts: DnfOptions,
 }
 
 impl DnfStep {
     /// From the step's options.
-    pub fn new(opts: DnfOptions) -> Self {
+    pub(crate) fn new(opts: DnfOptions) -> Self {
         Self { opts }
     }
 }
@@ -162,7 +162,7 @@ impl StepKind for DnfStep {
 }
 
 /// dnf as a [`PackageManager`].
-pub struct Dnf {
+pub(crate) struct Dnf {
     root: PathBuf,
     opts: DnfOptions,
     refreshed: Refreshed,
@@ -170,7 +170,7 @@ pub struct Dnf {
 
 impl Dnf {
     /// dnf for the run's root, configured by the plan's dnf step.
-    pub fn new(run: &RunContext, opts: DnfOptions) -> Self {
+    pub(crate) fn new(run: &RunContext, opts: DnfOptions) -> Self {
         Self {
             root: run.root.clone(),
             opts,

@@ -7,22 +7,22 @@
 //! any container starts; [`instantiate`] maps each kind to its
 //! implementation here.
 
-pub mod apt;
-pub mod apt_sources;
-pub mod backup;
-pub mod checks;
-pub mod command;
-pub mod config;
-pub mod dnf;
-pub mod packages;
-pub mod postgres;
-pub mod repofile;
-pub mod rpm;
-pub mod rsync;
-pub mod service;
-pub mod snapd;
-pub mod verify;
-pub mod zypper;
+pub(crate) mod apt;
+pub(crate) mod apt_sources;
+pub(crate) mod backup;
+pub(crate) mod checks;
+pub(crate) mod command;
+pub(crate) mod config;
+pub(crate) mod dnf;
+pub(crate) mod packages;
+pub(crate) mod postgres;
+pub(crate) mod repofile;
+pub(crate) mod rpm;
+pub(crate) mod rsync;
+pub(crate) mod service;
+pub(crate) mod snapd;
+pub(crate) mod verify;
+pub(crate) mod zypper;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ use packages::PackageManager;
 const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The work of one step.
-pub trait StepKind {
+pub(crate) trait StepKind {
     /// One line saying what the step does.
     fn describe(&self) -> String;
     /// Does the work. Returns `Skipped` when there was nothing to do.
@@ -59,7 +59,7 @@ pub trait StepKind {
 /// Builds the step of a plan entry: the one place that maps each kind of
 /// the registry ([`Kind`]) to its implementation; the compiler sees that
 /// none is missing.
-pub fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
+pub(crate) fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
     Ok(match step.kind {
         Kind::CheckRelease => Box::new(checks::Release),
         Kind::CheckPackageDb => Box::new(checks::PackageDb),
@@ -82,38 +82,38 @@ pub fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
 }
 
 /// What the whole run shares.
-pub struct RunContext {
+pub(crate) struct RunContext {
     /// The migrated root (`/system-root` in the container).
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// The same root without the agent's own mounts (/proc, /run,
     /// resolv.conf): what backups read and restores write.
-    pub pristine: PathBuf,
+    pub(crate) pristine: PathBuf,
     /// Run id.
-    pub run_id: String,
+    pub(crate) run_id: String,
     /// The root's release before the migration.
-    pub source: OsRelease,
+    pub(crate) source: OsRelease,
     /// The release the image upgrades to.
-    pub target: TargetRelease,
+    pub(crate) target: TargetRelease,
     /// Source release patterns the image accepts.
-    pub accepts: Vec<String>,
+    pub(crate) accepts: Vec<String>,
     /// The plan.
-    pub plan: Plan,
+    pub(crate) plan: Plan,
     /// Event output.
-    pub sink: EventSink,
+    pub(crate) sink: EventSink,
     /// The package manager of the plan, created on first use.
-    pub packages: std::cell::OnceCell<Box<dyn PackageManager>>,
+    pub(crate) packages: std::cell::OnceCell<Box<dyn PackageManager>>,
     /// Findings of the check steps so far.
-    pub findings: RefCell<Vec<Finding>>,
+    pub(crate) findings: RefCell<Vec<Finding>>,
     /// The state journal (absent for runs that change nothing).
-    pub journal: RefCell<Option<Journal>>,
+    pub(crate) journal: RefCell<Option<Journal>>,
     /// Whether the root is the running host (`--root /`).
-    pub live: bool,
+    pub(crate) live: bool,
 }
 
 impl RunContext {
     /// The plan's package manager (apt, zypper or dnf, from the plan's
     /// package upgrade step).
-    pub fn packages(&self) -> Result<&dyn PackageManager> {
+    pub(crate) fn packages(&self) -> Result<&dyn PackageManager> {
         if let Some(p) = self.packages.get() {
             return Ok(p.as_ref());
         }
@@ -123,44 +123,48 @@ impl RunContext {
 }
 
 /// What a running step can use.
-pub struct StepContext<'a> {
+pub(crate) struct StepContext<'a> {
     /// The run.
-    pub run: &'a RunContext,
+    pub(crate) run: &'a RunContext,
     /// The step.
-    pub step: &'a PlanStep,
+    pub(crate) step: &'a PlanStep,
 }
 
 impl StepContext<'_> {
     /// The migrated root.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.run.root
     }
 
     /// Runs a command, streaming its output as events of this step.
-    pub fn run(&self, cmd: &mut Command) -> Result<()> {
+    pub(crate) fn run(&self, cmd: &mut Command) -> Result<()> {
         run_streaming(cmd, &self.run.sink, &self.step.id, None)
     }
 
     /// Runs a command whose stdout carries progress lines.
-    pub fn run_with_progress(&self, cmd: &mut Command, progress: &ProgressParser) -> Result<()> {
+    pub(crate) fn run_with_progress(
+        &self,
+        cmd: &mut Command,
+        progress: &ProgressParser,
+    ) -> Result<()> {
         run_streaming(cmd, &self.run.sink, &self.step.id, Some(progress))
     }
 
     /// A command that runs `program` chrooted into the root, with a clean,
     /// non-interactive environment.
-    pub fn chroot(&self, program: &str) -> Command {
+    pub(crate) fn chroot(&self, program: &str) -> Command {
         chroot(&self.run.root, program)
     }
 
     /// A path inside the root, symlinks resolved inside it.
-    pub fn path(&self, inside: &str) -> Result<PathBuf> {
+    pub(crate) fn path(&self, inside: &str) -> Result<PathBuf> {
         crate::core::rootfs::resolve(&self.run.root, inside)
     }
 
     /// This step's directory under the migration's backup directory
     /// (`var/lib/migrate/backup/<migration>/<step>` of the pristine root),
     /// kept until cleanup. Not created.
-    pub fn backup_dir(&self) -> PathBuf {
+    pub(crate) fn backup_dir(&self) -> PathBuf {
         let migration = self
             .run
             .journal
@@ -176,14 +180,14 @@ impl StepContext<'_> {
     }
 
     /// Tells the host something about the step's progress.
-    pub fn say(&self, line: impl Into<String>) {
+    pub(crate) fn say(&self, line: impl Into<String>) {
         self.run
             .sink
             .output(&self.step.id, OutputStream::Stdout, line);
     }
 
     /// Reports a finding of a check.
-    pub fn finding(&self, finding: Finding) {
+    pub(crate) fn finding(&self, finding: Finding) {
         self.run.sink.emit(Event::Finding {
             step: self.step.id.clone(),
             finding: finding.clone(),
@@ -194,7 +198,7 @@ impl StepContext<'_> {
 
 /// A command that runs `program` chrooted into `root`, with a clean,
 /// non-interactive environment.
-pub fn chroot(root: &Path, program: &str) -> Command {
+pub(crate) fn chroot(root: &Path, program: &str) -> Command {
     let mut cmd = Command::new("chroot");
     cmd.arg(root)
         .arg(program)

@@ -15,16 +15,16 @@ use crate::core::kinds::Kind;
 /// need it report "not checked" (the repositories check reports the cause).
 #[derive(Debug, thiserror::Error)]
 #[error("the target release's repositories did not answer: {0}")]
-pub struct TargetUnavailable(pub String);
+pub(crate) struct TargetUnavailable(pub String);
 
 /// The outcome of fetching the target's metadata, once tried: the checks ask
 /// several questions of one fetch, and a failed fetch is not repeated.
 #[derive(Debug, Default)]
-pub struct Refreshed(std::cell::RefCell<Option<std::result::Result<(), String>>>);
+pub(crate) struct Refreshed(std::cell::RefCell<Option<std::result::Result<(), String>>>);
 
 impl Refreshed {
     /// Records the outcome of a fetch and passes it on.
-    pub fn record(&self, result: Result<()>) -> Result<()> {
+    pub(crate) fn record(&self, result: Result<()>) -> Result<()> {
         *self.0.borrow_mut() = Some(match &result {
             Ok(()) => Ok(()),
             Err(e) => Err(format!("{e:#}")),
@@ -34,7 +34,7 @@ impl Refreshed {
 
     /// Fetches with `fetch` the first time; later calls repeat the outcome
     /// (a failure as [`TargetUnavailable`]).
-    pub fn ensure(&self, fetch: impl FnOnce() -> Result<()>) -> Result<()> {
+    pub(crate) fn ensure(&self, fetch: impl FnOnce() -> Result<()>) -> Result<()> {
         let known = self.0.borrow().clone();
         match known {
             Some(Ok(())) => Ok(()),
@@ -46,28 +46,28 @@ impl Refreshed {
 
 /// Space an upgrade needs, as the package manager estimates it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SpaceEstimate {
+pub(crate) struct SpaceEstimate {
     /// Bytes to download (into the package cache, under /var).
-    pub download: u64,
+    pub(crate) download: u64,
     /// Change of the installed size in bytes (mostly under /usr); negative
     /// when the upgrade frees space.
-    pub installed_delta: i64,
+    pub(crate) installed_delta: i64,
     /// Whether a kernel is installed or upgraded (space needed in /boot).
-    pub kernel: bool,
+    pub(crate) kernel: bool,
 }
 
 /// Packages and repositories not from the distribution.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Foreign {
+pub(crate) struct Foreign {
     /// Repositories whose origin is not the distribution's.
-    pub repositories: Vec<String>,
+    pub(crate) repositories: Vec<String>,
     /// Installed packages whose installed version no distribution repository
     /// has (installed by hand, or from a third-party repository).
-    pub packages: Vec<String>,
+    pub(crate) packages: Vec<String>,
 }
 
 /// A package manager, as seen by checks, dry runs and backups.
-pub trait PackageManager {
+pub(crate) trait PackageManager {
     /// Its name (`apt`).
     fn name(&self) -> &'static str;
     /// Problems of the package database: half-installed packages, or a
@@ -90,7 +90,7 @@ pub trait PackageManager {
 }
 
 /// The package manager of the plan: the kind of its package upgrade step.
-pub fn for_plan(run: &RunContext) -> Result<Box<dyn PackageManager>> {
+pub(crate) fn for_plan(run: &RunContext) -> Result<Box<dyn PackageManager>> {
     let Some(step) =
         run.plan
             .first_of_kind(&[Kind::Apt, Kind::AptSources, Kind::Zypper, Kind::Dnf])
@@ -106,7 +106,7 @@ pub fn for_plan(run: &RunContext) -> Result<Box<dyn PackageManager>> {
 
 /// The package manager a root uses, for plans without a package step:
 /// `apt` if it has a dpkg database, `rpm` if it has an rpm one.
-pub fn detect(root: &std::path::Path) -> Option<&'static str> {
+pub(crate) fn detect(root: &std::path::Path) -> Option<&'static str> {
     if root.join("var/lib/dpkg/status").is_file() {
         return Some("apt");
     }
@@ -119,7 +119,7 @@ pub fn detect(root: &std::path::Path) -> Option<&'static str> {
 /// The command that lists the installed packages of `root` as
 /// [`PackageManager::package_selection`] does, for the package manager named
 /// `name` (rollback compares the backup with it).
-pub fn selection_command(name: &str, root: &std::path::Path) -> std::process::Command {
+pub(crate) fn selection_command(name: &str, root: &std::path::Path) -> std::process::Command {
     match name {
         "zypper" | "dnf" => super::rpm::rpm(
             root,
@@ -142,7 +142,7 @@ pub fn selection_command(name: &str, root: &std::path::Path) -> std::process::Co
 }
 
 /// Parses a size as package managers print it: `36.4 MB`, `812 kB`, `1,024 B`.
-pub fn parse_size(text: &str) -> Option<u64> {
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let mut parts = text.split_whitespace();
     let number: f64 = parts.next()?.replace(',', "").parse().ok()?;
     let unit = parts.next().unwrap_or("B");

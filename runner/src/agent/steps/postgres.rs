@@ -176,13 +176,13 @@ fn replace_database(url: &str, database: &str) -> String {
 }
 
 /// A `postgres` step.
-pub struct PostgresStep {
+pub(crate) struct PostgresStep {
     opts: PostgresOptions,
 }
 
 impl PostgresStep {
     /// From the step's options.
-    pub fn new(opts: PostgresOptions) -> Self {
+    pub(crate) fn new(opts: PostgresOptions) -> Self {
         Self { opts }
     }
 
@@ -244,7 +244,7 @@ fn passfile(
 
 /// Whether `table` (`schema.name`) matches a pg_dump table pattern (`*`,
 /// `?`; without a schema the pattern matches the name in any schema).
-pub fn table_matches(pattern: &str, table: &str) -> bool {
+pub(crate) fn table_matches(pattern: &str, table: &str) -> bool {
     let (schema, name) = table.split_once('.').unwrap_or(("public", table));
     match pattern.split_once('.') {
         Some((ps, pn)) => glob(ps, schema) && glob(pn, name),

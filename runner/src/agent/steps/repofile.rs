@@ -10,10 +10,10 @@ use crate::core::kinds::packages::{RepoAction, RepoChange};
 use anyhow::{Context, Result, bail};
 
 /// The repository files of a directory: file name -> text.
-pub type RepoFiles = BTreeMap<String, String>;
+pub(crate) type RepoFiles = BTreeMap<String, String>;
 
 /// Reads every `*.repo` file of `dir` (none if it does not exist).
-pub fn read_dir(dir: &Path) -> Result<RepoFiles> {
+pub(crate) fn read_dir(dir: &Path) -> Result<RepoFiles> {
     let mut files = RepoFiles::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -38,7 +38,7 @@ pub fn read_dir(dir: &Path) -> Result<RepoFiles> {
 
 /// Applies `changes` to `files`; returns the new files and one line per
 /// change made.
-pub fn apply(files: &RepoFiles, changes: &[RepoChange]) -> Result<(RepoFiles, Vec<String>)> {
+pub(crate) fn apply(files: &RepoFiles, changes: &[RepoChange]) -> Result<(RepoFiles, Vec<String>)> {
     let mut out = files.clone();
     let mut said = Vec::new();
     for change in changes {

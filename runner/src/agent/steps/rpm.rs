@@ -22,14 +22,14 @@ use crate::core::fsutil::write_atomic;
 use crate::core::kinds::packages::RepoChange;
 
 /// `rpm --root ROOT ARGS`, run from the migration image.
-pub fn rpm(root: &Path, args: &[&str]) -> Command {
+pub(crate) fn rpm(root: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("rpm");
     cmd.arg("--root").arg(root).args(args);
     cmd
 }
 
 /// Problems of the rpm database: unreadable, or dependencies unsatisfied.
-pub fn database_problems(root: &Path) -> Result<Vec<String>> {
+pub(crate) fn database_problems(root: &Path) -> Result<Vec<String>> {
     let query = rpm(root, &["-qa"]).run_unchecked()?;
     if !query.status.success() {
         return Ok(vec![format!(
@@ -44,7 +44,7 @@ pub fn database_problems(root: &Path) -> Result<Vec<String>> {
 }
 
 /// Unsatisfied dependencies of the installed packages (`rpm -Va --nofiles`).
-pub fn verify(root: &Path) -> Result<Vec<String>> {
+pub(crate) fn verify(root: &Path) -> Result<Vec<String>> {
     let out = rpm(
         root,
         &[
@@ -65,19 +65,19 @@ pub fn verify(root: &Path) -> Result<Vec<String>> {
 }
 
 /// Where a package manager keeps its repository files, inside the root.
-pub struct RepoDir {
+pub(crate) struct RepoDir {
     /// e.g. `etc/zypp/repos.d`.
-    pub in_root: &'static str,
+    pub(crate) in_root: &'static str,
 }
 
 impl RepoDir {
     /// The directory in the root.
-    pub fn path(&self, root: &Path) -> Result<PathBuf> {
+    pub(crate) fn path(&self, root: &Path) -> Result<PathBuf> {
         crate::core::rootfs::resolve(root, self.in_root)
     }
 
     /// The root's repository files with `changes` applied.
-    pub fn switched(
+    pub(crate) fn switched(
         &self,
         root: &Path,
         changes: &[RepoChange],
@@ -87,7 +87,7 @@ impl RepoDir {
     }
 
     /// Writes `files` into `dir` (a scratch directory), replacing what is there.
-    pub fn write_scratch(files: &RepoFiles, dir: &Path) -> Result<()> {
+    pub(crate) fn write_scratch(files: &RepoFiles, dir: &Path) -> Result<()> {
         if dir.exists() {
             std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
@@ -100,7 +100,7 @@ impl RepoDir {
     }
 
     /// Writes the changed files into the root (atomically, one by one).
-    pub fn write_root(&self, root: &Path, files: &RepoFiles) -> Result<usize> {
+    pub(crate) fn write_root(&self, root: &Path, files: &RepoFiles) -> Result<usize> {
         let dir = self.path(root)?;
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut written = 0;
@@ -117,7 +117,7 @@ impl RepoDir {
 
 /// Copies `dirs` of the root (e.g. the repository files) into
 /// `var/lib/migrate/backup/<migration>/<step>/`, once per migration.
-pub fn back_up_dirs(ctx: &StepContext<'_>, dirs: &[&str]) -> Result<()> {
+pub(crate) fn back_up_dirs(ctx: &StepContext<'_>, dirs: &[&str]) -> Result<()> {
     let base = ctx.backup_dir();
     if base.exists() {
         return Ok(()); // taken by an earlier attempt, before anything changed
@@ -165,7 +165,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// Runs a package manager command of an upgrade, streaming its output; a
 /// failure names the lines `notable` picks (solver problems, download
 /// errors), and `accept` may declare other exit codes successful.
-pub fn run_pm(
+pub(crate) fn run_pm(
     ctx: &StepContext<'_>,
     cmd: &mut Command,
     notable: &(dyn Fn(&str) -> bool + Sync),

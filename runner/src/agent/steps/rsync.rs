@@ -26,7 +26,7 @@ const ROOT_SSH_DIR: &str = "root/.ssh";
 const DEFAULT_IDENTITIES: [&str; 3] = ["id_ed25519", "id_ecdsa", "id_rsa"];
 
 /// An `rsync` step.
-pub struct RsyncStep {
+pub(crate) struct RsyncStep {
     opts: RsyncOptions,
     phase: Phase,
 }
@@ -37,7 +37,7 @@ const KEEP_ALL: [&str; 5] = ["-a", "-H", "-A", "-X", "--numeric-ids"];
 
 impl RsyncStep {
     /// From the step's options and phase.
-    pub fn new(opts: RsyncOptions, phase: Phase) -> Self {
+    pub(crate) fn new(opts: RsyncOptions, phase: Phase) -> Self {
         Self { opts, phase }
     }
 
@@ -113,7 +113,7 @@ impl RsyncStep {
 /// Whether an rsync endpoint names a remote (`host:path`, not `/path`).
 /// Parses rsync's `--info=progress2` lines
 /// (`  1,234,567  45%   12.34MB/s    0:00:10 (xfr#10, to-chk=100/5000)`).
-pub fn progress(line: &str) -> Option<(f32, String)> {
+pub(crate) fn progress(line: &str) -> Option<(f32, String)> {
     let mut words = line.split_whitespace();
     let bytes = words.next()?;
     if !bytes.chars().all(|c| c.is_ascii_digit() || c == ',') {

@@ -20,16 +20,16 @@ use crate::core::journal::ServiceChange;
 use crate::core::kinds::service::{Action, ServiceOptions};
 
 /// The system bus socket of a running root.
-pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
+pub(crate) const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 
 /// A `service` step.
-pub struct ServiceStep {
+pub(crate) struct ServiceStep {
     opts: ServiceOptions,
 }
 
 impl ServiceStep {
     /// From the step's options.
-    pub fn new(opts: ServiceOptions) -> Self {
+    pub(crate) fn new(opts: ServiceOptions) -> Self {
         Self { opts }
     }
 
@@ -129,11 +129,11 @@ fn capitalized(s: &str) -> String {
 
 /// What systemd says about a unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnitState {
+pub(crate) struct UnitState {
     /// `active`, `inactive`, `failed`, ... (offline: `not running`).
-    pub active: String,
+    pub(crate) active: String,
     /// `enabled`, `disabled`, `masked`, `static`, ...
-    pub enabled: String,
+    pub(crate) enabled: String,
 }
 
 impl UnitState {
@@ -145,7 +145,7 @@ impl UnitState {
 /// Steps back what `changes` did (in reverse order): units that were
 /// enabled are enabled again, running ones started again, masks removed.
 /// Returns one line per action.
-pub fn step_back(pristine: &Path, changes: &[ServiceChange]) -> Result<Vec<String>> {
+pub(crate) fn step_back(pristine: &Path, changes: &[ServiceChange]) -> Result<Vec<String>> {
     let mut said = Vec::new();
     for c in changes.iter().rev() {
         let mut actions = Vec::new();

@@ -14,7 +14,11 @@ use serde_json::Value;
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Sets `conf` on `snap` and waits until snapd reports the change done.
-pub fn set_conf(socket: &Path, snap: &str, conf: &serde_json::Map<String, Value>) -> Result<()> {
+pub(crate) fn set_conf(
+    socket: &Path,
+    snap: &str,
+    conf: &serde_json::Map<String, Value>,
+) -> Result<()> {
     let body = serde_json::to_vec(conf)?;
     let reply = request(
         socket,

@@ -9,7 +9,7 @@ use crate::core::event::StepStatus;
 use crate::core::release::{OsRelease, Release};
 
 /// The `verify-release` step.
-pub struct VerifyRelease;
+pub(crate) struct VerifyRelease;
 
 impl StepKind for VerifyRelease {
     fn describe(&self) -> String {

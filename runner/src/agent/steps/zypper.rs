@@ -23,20 +23,20 @@ use crate::core::event::StepStatus;
 use crate::core::kinds::packages::{ZypperMode, ZypperOptions};
 
 /// Repository files in the root.
-pub const REPOS: RepoDir = RepoDir {
+pub(crate) const REPOS: RepoDir = RepoDir {
     in_root: "etc/zypp/repos.d",
 };
 /// Scratch area in the container (metadata, solver cache, switched repos).
 const SCRATCH: &str = "/run/migrate/zypp";
 
 /// The `zypper` step.
-pub struct ZypperStep {
+pub(crate) struct ZypperStep {
     opts: ZypperOptions,
 }
 
 impl ZypperStep {
     /// From the step's options.
-    pub fn new(opts: ZypperOptions) -> Self {
+    pub(crate) fn new(opts: ZypperOptions) -> Self {
         Self { opts }
     }
 }
@@ -51,7 +51,7 @@ const DUP_FLAGS: [&str; 4] = [
 
 /// zypper's exit codes (zypper(8)): 0 and the informational 100-series
 /// codes 100-103 and 107 are success; 1-8, 104, 105 and 106 are failures.
-pub fn exit_meaning(code: i32) -> (bool, &'static str) {
+pub(crate) fn exit_meaning(code: i32) -> (bool, &'static str) {
     match code {
         0 => (true, "success"),
         1 => (false, "internal error"),
@@ -243,7 +243,7 @@ impl ZypperStep {
 }
 
 /// The arguments of `zypper migration` to `product`.
-pub fn migration_args(product: &str) -> Vec<String> {
+pub(crate) fn migration_args(product: &str) -> Vec<String> {
     [
         "migration",
         "--non-interactive",
@@ -265,7 +265,7 @@ pub fn migration_args(product: &str) -> Vec<String> {
 
 /// zypper as a [`PackageManager`]: questions about the target are asked
 /// against the scratch copy of the switched repositories.
-pub struct Zypper {
+pub(crate) struct Zypper {
     root: PathBuf,
     opts: ZypperOptions,
     refreshed: Refreshed,
@@ -273,7 +273,7 @@ pub struct Zypper {
 
 impl Zypper {
     /// zypper for the run's root, configured by the plan's zypper step.
-    pub fn new(run: &RunContext, opts: ZypperOptions) -> Self {
+    pub(crate) fn new(run: &RunContext, opts: ZypperOptions) -> Self {
         Self {
             root: run.root.clone(),
             opts,

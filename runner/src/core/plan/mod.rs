@@ -31,9 +31,9 @@ use toml::Spanned;
 use super::kinds::{Kind, OptionsError};
 
 /// Drop-in directory, relative to the migrated root.
-pub const DROPIN_DIR: &str = "etc/migrate/plan.d";
+pub(crate) const DROPIN_DIR: &str = "etc/migrate/plan.d";
 /// Kind and id of the safety backup inserted before the first cutover step.
-pub const SAFETY_BACKUP: &str = "safety-backup";
+pub(crate) const SAFETY_BACKUP: &str = "safety-backup";
 
 /// The phases, in the order they run.
 #[derive(
@@ -50,7 +50,7 @@ pub const SAFETY_BACKUP: &str = "safety-backup";
     clap::ValueEnum,
 )]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Read-only checks; an inhibitor stops the run.
     Check,
     /// Online, repeatable work while services run (pre-copies, dumps).
@@ -63,10 +63,10 @@ pub enum Phase {
 
 impl Phase {
     /// All phases in order.
-    pub const ALL: [Phase; 4] = [Phase::Check, Phase::Sync, Phase::Cutover, Phase::Post];
+    pub(crate) const ALL: [Phase; 4] = [Phase::Check, Phase::Sync, Phase::Cutover, Phase::Post];
 
     /// The name used in plans.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Phase::Check => "check",
             Phase::Sync => "sync",
@@ -88,36 +88,36 @@ impl fmt::Display for Phase {
 
 /// A resolved, validated plan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// What the plan does.
-    pub description: String,
+    pub(crate) description: String,
     /// Steps in the order they run (phases ascending).
-    pub steps: Vec<PlanStep>,
+    pub(crate) steps: Vec<PlanStep>,
 }
 
 /// One step of a resolved plan.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PlanStep {
+pub(crate) struct PlanStep {
     /// Unique id.
-    pub id: String,
+    pub(crate) id: String,
     /// Step kind.
-    pub kind: Kind,
+    pub(crate) kind: Kind,
     /// Phase.
-    pub phase: Phase,
+    pub(crate) phase: Phase,
     /// Description override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// Kind-specific options, validated against the kind's schema.
     #[serde(default)]
-    pub options: serde_json::Map<String, serde_json::Value>,
+    pub(crate) options: serde_json::Map<String, serde_json::Value>,
     /// Where the step was defined (`FILE:LINE`).
-    pub defined_at: String,
+    pub(crate) defined_at: String,
 }
 
 impl Plan {
     /// A stable hash of the plan (what runs, not where it was written), so
     /// that a resumed run can tell it is running the same plan.
-    pub fn hash(&self) -> String {
+    pub(crate) fn hash(&self) -> String {
         let canonical: Vec<_> = self
             .steps
             .iter()
@@ -128,19 +128,22 @@ impl Plan {
     }
 
     /// The steps of some phases, in order.
-    pub fn steps_in<'a>(&'a self, phases: &'a [Phase]) -> impl Iterator<Item = &'a PlanStep> + 'a {
+    pub(crate) fn steps_in<'a>(
+        &'a self,
+        phases: &'a [Phase],
+    ) -> impl Iterator<Item = &'a PlanStep> + 'a {
         self.steps.iter().filter(move |s| phases.contains(&s.phase))
     }
 
     /// The first step of one of `kinds`.
-    pub fn first_of_kind(&self, kinds: &[Kind]) -> Option<&PlanStep> {
+    pub(crate) fn first_of_kind(&self, kinds: &[Kind]) -> Option<&PlanStep> {
         self.steps.iter().find(|s| kinds.contains(&s.kind))
     }
 }
 
 impl PlanStep {
     /// The step's options as its kind's typed struct.
-    pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+    pub(crate) fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_value(serde_json::Value::Object(self.options.clone()))
             .with_context(|| format!("options of step {} ({})", self.id, self.defined_at))
     }
@@ -148,16 +151,16 @@ impl PlanStep {
 
 /// A plan file's text and the name it is shown by in errors.
 #[derive(Clone, Debug)]
-pub struct PlanSource {
+pub(crate) struct PlanSource {
     /// Shown in errors (a path, or `image REF`).
-    pub name: String,
+    pub(crate) name: String,
     /// The TOML text.
-    pub text: String,
+    pub(crate) text: String,
 }
 
 impl PlanSource {
     /// Reads a plan file.
-    pub fn read(path: &Path) -> Result<Self> {
+    pub(crate) fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let reason = match e.kind() {
                 std::io::ErrorKind::NotFound => "no such file".to_string(),
@@ -176,7 +179,7 @@ impl PlanSource {
 }
 
 /// The drop-ins of a root (`ROOT/etc/migrate/plan.d/*.toml`), in name order.
-pub fn read_dropins(root: &Path) -> Result<Vec<PlanSource>> {
+pub(crate) fn read_dropins(root: &Path) -> Result<Vec<PlanSource>> {
     let dir = root.join(DROPIN_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -222,7 +225,7 @@ struct StepTables {
 }
 
 /// A TOML error as one line: `FILE:LINE: message`.
-pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
+pub(crate) fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> anyhow::Error {
     let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
     let message: Vec<&str> = e
         .message()
@@ -335,7 +338,7 @@ fn type_name(v: &toml::Value) -> &'static str {
 /// Resolves a plan: `base` (the image's plan or `--plan`), then each drop-in
 /// merged on top; validates every step; inserts the safety backup before the
 /// first cutover step.
-pub fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
+pub(crate) fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
     let (description, base_steps) = parse_file(base)?;
     check_phase_order(&base_steps)?;
     let mut merged: Vec<RawStep> = Vec::new();

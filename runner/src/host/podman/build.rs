@@ -15,17 +15,17 @@ use super::http::{self, percent_encode};
 
 /// What to build.
 #[derive(Debug)]
-pub struct BuildRequest<'a> {
+pub(crate) struct BuildRequest<'a> {
     /// The build context: an uncompressed tar archive.
-    pub context: &'a [u8],
+    pub(crate) context: &'a [u8],
     /// Path of the Containerfile inside the context.
-    pub containerfile: &'a str,
+    pub(crate) containerfile: &'a str,
     /// The tag to give the image.
-    pub tag: &'a str,
+    pub(crate) tag: &'a str,
     /// `--build-arg`s.
-    pub build_args: &'a BTreeMap<String, String>,
+    pub(crate) build_args: &'a BTreeMap<String, String>,
     /// Labels to set on the image.
-    pub labels: &'a BTreeMap<String, String>,
+    pub(crate) labels: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,7 +46,7 @@ struct Aux {
 
 /// Sends the build; `progress` gets each line of build output. Returns the
 /// id of the built image, if podman said it.
-pub async fn build(
+pub(crate) async fn build(
     socket: &Path,
     api_version: &str,
     req: &BuildRequest<'_>,

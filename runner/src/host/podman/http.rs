@@ -11,16 +11,16 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::UnixStream;
 
 /// A response: its status and its body, not read yet.
-pub struct Response {
+pub(crate) struct Response {
     /// HTTP status code.
-    pub status: u16,
+    pub(crate) status: u16,
     /// The body.
-    pub body: Body,
+    pub(crate) body: Body,
 }
 
 impl Response {
     /// Reads the whole body (an error response is small).
-    pub async fn text(&mut self) -> Result<Vec<u8>> {
+    pub(crate) async fn text(&mut self) -> Result<Vec<u8>> {
         let mut text = Vec::new();
         while let Some(chunk) = self.body.next_chunk().await? {
             text.extend_from_slice(&chunk);
@@ -29,13 +29,13 @@ impl Response {
     }
 
     /// The message of an error response.
-    pub async fn error_text(&mut self) -> Result<String> {
+    pub(crate) async fn error_text(&mut self) -> Result<String> {
         Ok(api_error(&self.text().await?))
     }
 }
 
 /// Sends `POST path` with `len` bytes from `body`.
-pub async fn post(
+pub(crate) async fn post(
     socket: &Path,
     path: &str,
     content_type: &str,
@@ -73,7 +73,7 @@ pub async fn post(
 }
 
 /// The message of a libpod error body (`{"cause":..,"message":..}`).
-pub fn api_error(body: &[u8]) -> String {
+pub(crate) fn api_error(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct ApiError {
         #[serde(default)]
@@ -116,7 +116,7 @@ async fn read_head(reader: &mut BufReader<UnixStream>) -> Result<(u16, bool)> {
 }
 
 /// A response body, chunked or read to the end of the connection.
-pub struct Body {
+pub(crate) struct Body {
     reader: BufReader<UnixStream>,
     chunked: bool,
     remaining: usize,
@@ -125,7 +125,7 @@ pub struct Body {
 
 impl Body {
     /// The next piece of the body; `None` at its end.
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
         if self.done {
             return Ok(None);
         }
@@ -165,7 +165,7 @@ impl Body {
 }
 
 /// Percent-encodes a query value.
-pub fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

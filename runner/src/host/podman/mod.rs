@@ -16,9 +16,9 @@
 //!   socket's peer credentials): asking for more fails where limits cannot be
 //!   raised.
 
-pub mod build;
+pub(crate) mod build;
 mod http;
-pub mod service;
+pub(crate) mod service;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -36,13 +36,13 @@ use podman_api::{ApiVersion, conn::TtyChunk, models};
 
 use crate::core::event::OutputStream;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
-pub use build::BuildRequest;
+pub(crate) use build::BuildRequest;
 
 /// Oldest libpod API this adapter works with.
 const MIN_API_MAJOR: usize = 4;
 
 /// A connection to podman, and the private service behind it if we started one.
-pub struct Podman {
+pub(crate) struct Podman {
     api: podman_api::Podman,
     endpoint: service::Endpoint,
     api_version: String,
@@ -52,63 +52,63 @@ pub struct Podman {
 
 /// What `migrate` needs to know about an image.
 #[derive(Clone, Debug)]
-pub struct ImageDetails {
+pub(crate) struct ImageDetails {
     /// Full image id.
-    pub id: String,
+    pub(crate) id: String,
     /// Manifest digest.
-    pub digest: Option<String>,
+    pub(crate) digest: Option<String>,
     /// Tags.
-    pub names: Vec<String>,
+    pub(crate) names: Vec<String>,
     /// The OCI image configuration (labels among it).
-    pub config: oci_spec::image::Config,
+    pub(crate) config: oci_spec::image::Config,
 }
 
 /// A resource limit given to the container.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rlimit {
+pub(crate) struct Rlimit {
     /// Name as podman takes it (`nofile`; podman adds the `RLIMIT_` prefix).
-    pub name: String,
+    pub(crate) name: String,
     /// Soft limit.
-    pub soft: u64,
+    pub(crate) soft: u64,
     /// Hard limit.
-    pub hard: u64,
+    pub(crate) hard: u64,
 }
 
 /// The container to run.
 #[derive(Clone, Debug)]
-pub struct ContainerSpec {
+pub(crate) struct ContainerSpec {
     /// Container name.
-    pub name: String,
+    pub(crate) name: String,
     /// Image reference or id.
-    pub image: String,
+    pub(crate) image: String,
     /// Command (arguments to the image's entry point).
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
     /// Environment variables.
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     /// Labels identifying the container.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Host directories recursively bind-mounted: host path -> container
     /// path.
-    pub binds: Vec<(PathBuf, String)>,
+    pub(crate) binds: Vec<(PathBuf, String)>,
     /// Whether the binds are read-only.
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     /// Resource limits.
-    pub rlimits: Vec<Rlimit>,
+    pub(crate) rlimits: Vec<Rlimit>,
 }
 
 /// How a container run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ContainerOutcome {
+pub(crate) struct ContainerOutcome {
     /// Exit code of the container's process.
-    pub exit_code: i32,
+    pub(crate) exit_code: i32,
     /// Whether we stopped it because of `cancel`.
-    pub cancelled: bool,
+    pub(crate) cancelled: bool,
 }
 
 impl Podman {
     /// Connects to podman (see [`service::find_or_start`]) and checks its API
     /// version.
-    pub async fn connect() -> Result<Self> {
+    pub(crate) async fn connect() -> Result<Self> {
         let mut endpoint = service::find_or_start().await?;
         match Self::handshake(&endpoint).await {
             Ok((api, api_version, service_limits)) => Ok(Self {
@@ -162,24 +162,24 @@ impl Podman {
     }
 
     /// The socket in use.
-    pub fn socket(&self) -> &Path {
+    pub(crate) fn socket(&self) -> &Path {
         &self.endpoint.socket
     }
 
     /// Whether we started a private service for this run.
-    pub fn is_private_service(&self) -> bool {
+    pub(crate) fn is_private_service(&self) -> bool {
         self.endpoint.service.is_some()
     }
 
     /// Disconnects, stopping the private service if we started one.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         if let Some(service) = self.endpoint.service {
             service.stop().await;
         }
     }
 
     /// Looks an image up; `Ok(None)` if podman has no such image.
-    pub async fn image(&self, reference: &str) -> Result<Option<ImageDetails>> {
+    pub(crate) async fn image(&self, reference: &str) -> Result<Option<ImageDetails>> {
         let image = self.api.images().get(reference);
         let data = match image.inspect().await {
             Ok(d) => d,
@@ -202,7 +202,7 @@ impl Podman {
     }
 
     /// Images carrying `label` (any value).
-    pub async fn images_with_label(&self, label: &str) -> Result<Vec<ImageDetails>> {
+    pub(crate) async fn images_with_label(&self, label: &str) -> Result<Vec<ImageDetails>> {
         let opts = ImageListOpts::builder()
             .filter([ImageListFilter::LabelKey(label.to_string())])
             .build();
@@ -224,7 +224,7 @@ impl Podman {
     }
 
     /// Builds an image; `progress` gets each line of build output.
-    pub async fn build(
+    pub(crate) async fn build(
         &self,
         req: &BuildRequest<'_>,
         progress: impl FnMut(&str),
@@ -233,7 +233,11 @@ impl Podman {
     }
 
     /// Names of containers carrying label `key=value`.
-    pub async fn containers_with_label(&self, key: &str, value: &str) -> Result<Vec<String>> {
+    pub(crate) async fn containers_with_label(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<String>> {
         let opts = ContainerListOpts::builder()
             .all(true)
             .filter([ContainerListFilter::LabelKeyVal(key.into(), value.into())])
@@ -254,7 +258,7 @@ impl Podman {
     /// archive (`oci-archive:PATH` or `docker-archive:PATH`, an optional
     /// `:NAME` after the path ignored: the archive's own names are kept);
     /// `progress` gets podman's progress lines. Returns the image id.
-    pub async fn pull(&self, reference: &str, progress: impl FnMut(&str)) -> Result<String> {
+    pub(crate) async fn pull(&self, reference: &str, progress: impl FnMut(&str)) -> Result<String> {
         match archive_path(reference) {
             Some(path) => self.load(reference, &path).await,
             None => {
@@ -343,7 +347,7 @@ impl Podman {
     }
 
     /// Removes a container (stopping it first if it still runs).
-    pub async fn remove_container(&self, name: &str) -> Result<()> {
+    pub(crate) async fn remove_container(&self, name: &str) -> Result<()> {
         self.api
             .containers()
             .get(name)
@@ -360,7 +364,7 @@ impl Podman {
     /// Removes one image by id, without force: podman refuses while a
     /// container uses it (the crate's `Image::remove` always forces, which
     /// would remove those containers too).
-    pub async fn remove_image(&self, id: &str) -> Result<()> {
+    pub(crate) async fn remove_image(&self, id: &str) -> Result<()> {
         let report = self
             .api
             .images()
@@ -383,7 +387,7 @@ impl Podman {
     /// completes first, the container is stopped (SIGTERM, then SIGKILL after
     /// 10 s) and the outcome says so. The container is removed whatever
     /// happens after it was created.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         spec: &ContainerSpec,
         mut output: impl FnMut(OutputStream, &str),

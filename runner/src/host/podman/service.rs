@@ -16,30 +16,30 @@ use tokio::process::{Child, Command};
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 
 /// The system-wide rootful socket.
-pub const SYSTEM_SOCKET: &str = "/run/podman/podman.sock";
+pub(crate) const SYSTEM_SOCKET: &str = "/run/podman/podman.sock";
 
 /// How long a private service may take to start accepting connections.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A `podman system service` started by us; stopped by [`PrivateService::stop`].
 #[derive(Debug)]
-pub struct PrivateService {
+pub(crate) struct PrivateService {
     child: Child,
     dir: PathBuf,
 }
 
 /// Where to talk to podman.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The socket path.
-    pub socket: PathBuf,
+    pub(crate) socket: PathBuf,
     /// The private service behind it, if we started one.
-    pub service: Option<PrivateService>,
+    pub(crate) service: Option<PrivateService>,
 }
 
 /// Finds a listening socket: `CONTAINER_HOST` (unix:// only), then the system
 /// socket; starts a private service if neither listens.
-pub async fn find_or_start() -> Result<Endpoint> {
+pub(crate) async fn find_or_start() -> Result<Endpoint> {
     let mut tried = Vec::new();
     if let Some(host) = std::env::var_os("CONTAINER_HOST") {
         let host = host.to_string_lossy().into_owned();
@@ -72,7 +72,7 @@ pub async fn find_or_start() -> Result<Endpoint> {
 }
 
 /// The socket path of a `CONTAINER_HOST` value.
-pub fn parse_container_host(value: &str) -> Result<PathBuf> {
+pub(crate) fn parse_container_host(value: &str) -> Result<PathBuf> {
     match value.strip_prefix("unix://") {
         Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
         _ => bail!(
@@ -84,7 +84,7 @@ pub fn parse_container_host(value: &str) -> Result<PathBuf> {
 /// Resource limits of the process that serves `socket` (from its peer
 /// credentials and `/proc/PID/limits`), by podman's names (`nofile`, ...).
 /// Empty when they cannot be read.
-pub async fn peer_limits(socket: &Path) -> HashMap<String, (u64, u64)> {
+pub(crate) async fn peer_limits(socket: &Path) -> HashMap<String, (u64, u64)> {
     let Ok(stream) = UnixStream::connect(socket).await else {
         return HashMap::new();
     };
@@ -97,7 +97,7 @@ pub async fn peer_limits(socket: &Path) -> HashMap<String, (u64, u64)> {
 }
 
 /// Parses `/proc/PID/limits`.
-pub fn parse_proc_limits(text: &str) -> HashMap<String, (u64, u64)> {
+pub(crate) fn parse_proc_limits(text: &str) -> HashMap<String, (u64, u64)> {
     const NAMES: [(&str, &str); 7] = [
         ("Max open files", "nofile"),
         ("Max processes", "nproc"),
@@ -201,7 +201,7 @@ impl PrivateService {
 
     /// Stops the service (SIGTERM, then SIGKILL after 10 s) and removes its
     /// socket directory.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }

@@ -51,31 +51,31 @@ pub(crate) const LABEL_ROOT: &str = "io.migrate.root";
 #[derive(Clone, Debug)]
 pub(crate) struct LaunchOptions {
     /// The verb.
-    pub verb: Verb,
+    pub(crate) verb: Verb,
     /// The root.
-    pub root: PathBuf,
+    pub(crate) root: PathBuf,
     /// `--image`.
-    pub image: Option<String>,
+    pub(crate) image: Option<String>,
     /// `--plan`.
-    pub plan: Option<PathBuf>,
+    pub(crate) plan: Option<PathBuf>,
     /// `--output`.
-    pub output: OutputFormat,
+    pub(crate) output: OutputFormat,
     /// `-v` count.
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     /// `--force-new`.
-    pub force_new: bool,
+    pub(crate) force_new: bool,
     /// The configuration's image: used when neither `--image` nor an
     /// unfinished migration names one.
-    pub default_image: Option<String>,
+    pub(crate) default_image: Option<String>,
     /// What the run leaves in the root for the record.
-    pub record: Record,
+    pub(crate) record: Record,
     /// Whether to reboot into the new release once the migration finished.
-    pub reboot: Reboot,
+    pub(crate) reboot: Reboot,
 }
 
 impl LaunchOptions {
     /// Options for `verb` on `root` with everything else at its default.
-    pub fn new(verb: Verb, root: PathBuf) -> Self {
+    pub(crate) fn new(verb: Verb, root: PathBuf) -> Self {
         Self {
             verb,
             root,
