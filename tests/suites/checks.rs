@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
-use fixtures::{Fixtures, MIGRATION_IMAGE, dropin, serial, show, tree_checksum};
+use fixtures::{
+    Fixtures, MIGRATION_IMAGE, check_report_schema, dropin, serial, show, tree_checksum,
+};
 
 #[test]
 fn migrate_check_changes_nothing_and_gives_a_stable_json_report() {
@@ -32,6 +34,7 @@ fn migrate_check_changes_nothing_and_gives_a_stable_json_report() {
     );
 
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_report_schema(&report).unwrap();
     for key in [
         "migrate_version",
         "run_id",

@@ -32,8 +32,8 @@ pub(crate) const LABEL_PLAN: &str = "io.migrate.plan";
 /// Path of the image definition inside a built image.
 pub(crate) const IMAGE_DATA_DIR: &str = "/usr/share/migrate";
 
-/// An image definition, `images/<name>/image.toml`.
-#[derive(Clone, Debug, Deserialize)]
+/// An image definition, `images/<name>/image.toml` (docs/images.md).
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ImageDefinition {
     /// One line saying what the image does.
@@ -47,7 +47,7 @@ pub(crate) struct ImageDefinition {
 }
 
 /// The target release of an image definition.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TargetRelease {
     /// os-release `ID`.
@@ -424,6 +424,33 @@ codename = "trixie"
                 .unwrap_or_else(|e| panic!("{}: {e:#}", img.name));
             crate::core::plan::resolve(&source.plan().unwrap(), &[])
                 .unwrap_or_else(|e| panic!("{}: {e:#}", img.name));
+        }
+    }
+
+    #[test]
+    fn docs_images_md_lists_every_key_of_image_toml() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/images.md"),
+        )
+        .unwrap();
+        let schema = schemars::schema_for!(ImageDefinition);
+        let root = schema.as_value();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.get("properties")
+                .and_then(serde_json::Value::as_object)
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        let mut documented = keys(root);
+        documented.retain(|k| k != "target");
+        let target = &root["$defs"]["TargetRelease"];
+        documented.extend(keys(target).into_iter().map(|k| format!("target.{k}")));
+        assert!(documented.len() >= 6, "{documented:?}");
+        for key in documented {
+            assert!(
+                doc.contains(&format!("| `{key}` |")),
+                "docs/images.md lacks {key}"
+            );
         }
     }
 }

@@ -139,7 +139,9 @@ fn unquote(raw: &str) -> String {
 }
 
 /// A release: `ID` and `VERSION_ID` from os-release.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub(crate) struct Release {
     /// os-release `ID`, e.g. `debian`.
     pub(crate) id: String,

@@ -18,7 +18,7 @@ pub(crate) const REPORT_PATH: &str = "var/log/migrate/report.json";
 pub(crate) const LOG_PATH: &str = "var/log/migrate/migrate.log";
 
 /// Overall result of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum RunResult {
     /// The run is in progress (or the host died while it was).
@@ -34,7 +34,7 @@ pub(crate) enum RunResult {
 }
 
 /// State of one step in the report.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum StepState {
     /// Not reached (yet).
@@ -60,7 +60,7 @@ impl From<StepStatus> for StepState {
 }
 
 /// The image a run used.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct ImageInfo {
     /// The reference the user gave (or the default).
     pub(crate) reference: String,
@@ -76,7 +76,7 @@ pub(crate) struct ImageInfo {
 }
 
 /// The source release as found in the root.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct SourceInfo {
     /// `ID:VERSION_ID`.
     #[serde(flatten)]
@@ -86,7 +86,7 @@ pub(crate) struct SourceInfo {
 }
 
 /// One step of the run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct StepReport {
     /// Step id.
     pub(crate) id: String,
@@ -110,7 +110,7 @@ pub(crate) struct StepReport {
 }
 
 /// A finding of a check, with the step that found it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct ReportFinding {
     /// The check step.
     pub(crate) step: String,
@@ -120,7 +120,7 @@ pub(crate) struct ReportFinding {
 }
 
 /// The report of one run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct Report {
     /// Version of `migrate` that wrote the report.
     pub(crate) migrate_version: String,
@@ -174,7 +174,7 @@ pub(crate) struct Report {
 }
 
 /// How the first boot into the new release went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum BootResult {
     /// The new release runs, no unit failed because of the migration and
@@ -186,7 +186,7 @@ pub(crate) enum BootResult {
 
 /// The report's final part, written by `migrate cleanup` on the first boot
 /// after the migration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct AfterReboot {
     /// Run id of the cleanup.
     pub(crate) run_id: String,
@@ -470,5 +470,60 @@ mod tests {
         r.finish(RunResult::Succeeded, 0, None);
         r.write(root.path()).unwrap();
         assert_eq!(Report::read(root.path()).unwrap(), r);
+    }
+
+    /// docs/report.schema.json, the JSON Schema of report.json, is generated
+    /// from these types: this test fails when they changed and the file did
+    /// not (`UPDATE_SCHEMA=1 cargo test -p migrate report_schema` rewrites it).
+    #[test]
+    fn the_report_schema_in_docs_is_generated_from_the_types() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.schema.json");
+        let schema = schemars::schema_for!(Report);
+        let text = format!("{}\n", serde_json::to_string_pretty(&schema).unwrap());
+        if std::env::var_os("UPDATE_SCHEMA").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let written = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            written == text,
+            "docs/report.schema.json is out of date: run UPDATE_SCHEMA=1 cargo test -p migrate report_schema"
+        );
+    }
+
+    /// Every field the schema has is described in docs/report.md.
+    #[test]
+    fn docs_report_md_describes_every_field() {
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/report.md"),
+        )
+        .unwrap();
+        let schema = schemars::schema_for!(Report);
+        let mut fields = Vec::new();
+        collect_properties(schema.as_value(), &mut fields);
+        for f in fields {
+            assert!(
+                doc.contains(&format!("`{f}`")),
+                "docs/report.md does not describe `{f}`"
+            );
+        }
+    }
+
+    fn collect_properties(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    out.extend(props.keys().cloned());
+                }
+                for value in map.values() {
+                    collect_properties(value, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for i in items {
+                    collect_properties(i, out);
+                }
+            }
+            _ => {}
+        }
     }
 }

@@ -48,6 +48,7 @@ pub(crate) const SAFETY_BACKUP: &str = "safety-backup";
     Serialize,
     Deserialize,
     clap::ValueEnum,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Phase {
