@@ -19,6 +19,7 @@ use crate::agent::steps::backup::{ETC_ARCHIVE, PACKAGES_FILE, restore_etc};
 use crate::core::event::{Event, Finding, PlannedStep, Severity, StepStatus, Verb};
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::journal::Journal;
+use crate::core::kinds::backup::Method;
 use crate::core::lifecycle::{State, Transition};
 use crate::core::plan::Phase;
 
@@ -53,7 +54,7 @@ pub(crate) fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -
             ),
         )
     })?;
-    let snapshot = backup.method != "tar";
+    let snapshot = backup.method != Method::Tar;
     // A snapshot is booted back into, not restored here; a tar backup leaves
     // the packages as they are: either makes the rollback partial.
     let complete = std::cell::Cell::new(!snapshot);
@@ -101,7 +102,7 @@ pub(crate) fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -
 
     if snapshot {
         step(sink, "snapshot", || {
-            let how = if backup.method == "snapper" {
+            let how = if backup.method == Method::Snapper {
                 format!(
                     "`snapper rollback {}` in the root, then reboot",
                     backup.location

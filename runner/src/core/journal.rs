@@ -13,6 +13,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::core::event::timestamp;
+use crate::core::kinds::backup::Method;
+use crate::core::kinds::service::Action;
 use crate::core::lifecycle::{InvalidTransition, Lifecycle, State, Transition};
 use crate::core::plan::{Phase, Plan};
 use crate::core::release::{OsRelease, Release};
@@ -61,7 +63,7 @@ pub(crate) struct JournalStep {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct BackupRecord {
     /// `tar`, `btrfs` or `snapper`.
-    pub(crate) method: String,
+    pub(crate) method: Method,
     /// Location: a directory relative to the root (tar), a snapshot path
     /// (btrfs) or a snapshot number (snapper).
     pub(crate) location: String,
@@ -78,7 +80,7 @@ pub(crate) struct ServiceChange {
     /// Unit name.
     pub(crate) unit: String,
     /// What the plan did (`stop`, `disable`, `mask`).
-    pub(crate) action: String,
+    pub(crate) action: Action,
     /// Whether it was active before.
     pub(crate) was_active: bool,
     /// Whether it was enabled before.

@@ -125,7 +125,7 @@ fn btrfs_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord
     let location = format!("/.snapshots/migrate-{migration}");
     ctx.run(chroot(pristine, "btrfs").args(["subvolume", "snapshot", "-r", "/", &location]))?;
     Ok(BackupRecord {
-        method: "btrfs".into(),
+        method: Method::Btrfs,
         location,
         created_at: timestamp(std::time::SystemTime::now()),
         package_manager: None,
@@ -142,7 +142,7 @@ fn snapper_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupReco
         ])
         .run_get_string()?;
     Ok(BackupRecord {
-        method: "snapper".into(),
+        method: Method::Snapper,
         location: number.trim().to_string(),
         created_at: timestamp(std::time::SystemTime::now()),
         package_manager: None,
@@ -198,7 +198,7 @@ fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
     }
     std::fs::rename(&partial, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
     Ok(BackupRecord {
-        method: "tar".into(),
+        method: Method::Tar,
         location: rel,
         created_at: timestamp(std::time::SystemTime::now()),
         package_manager: manager,

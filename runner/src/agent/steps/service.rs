@@ -60,13 +60,13 @@ impl StepKind for ServiceStep {
                 Some(bus) => {
                     let systemd = Systemd::connect(&ctx.run.pristine, &bus)?;
                     let before = systemd.state(unit)?;
-                    systemd.act(self.opts.action.name(), unit, timeout)?;
+                    systemd.act(self.opts.action, unit, timeout)?;
                     (before, systemd.state(unit)?)
                 }
                 None => {
                     let offline = Offline::new(&ctx.run.pristine);
                     let before = offline.state(unit)?;
-                    if !offline.act(self.opts.action.name(), unit)? {
+                    if !offline.act(self.opts.action, unit)? {
                         ctx.say(format!(
                             "{unit}: the root does not run ({}); nothing to {}",
                             ctx.root().display(),
@@ -90,7 +90,7 @@ impl StepKind for ServiceStep {
             {
                 j.services.push(ServiceChange {
                     unit: unit.clone(),
-                    action: self.opts.action.name().to_string(),
+                    action: self.opts.action,
                     was_active: before.active == "active",
                     was_enabled: before.enabled == "enabled",
                     bus: self.bus(ctx),
@@ -149,14 +149,14 @@ pub(crate) fn step_back(pristine: &Path, changes: &[ServiceChange]) -> Result<Ve
     let mut said = Vec::new();
     for c in changes.iter().rev() {
         let mut actions = Vec::new();
-        if c.action == "mask" {
-            actions.push("unmask");
+        if c.action == Action::Mask {
+            actions.push(Action::Unmask);
         }
-        if c.was_enabled && matches!(c.action.as_str(), "disable" | "mask") {
-            actions.push("enable");
+        if c.was_enabled && matches!(c.action, Action::Disable | Action::Mask) {
+            actions.push(Action::Enable);
         }
         if c.was_active {
-            actions.push("start");
+            actions.push(Action::Start);
         }
         for action in actions {
             match &c.bus {
@@ -169,12 +169,16 @@ pub(crate) fn step_back(pristine: &Path, changes: &[ServiceChange]) -> Result<Ve
                     Offline::new(pristine).act(action, &c.unit)?;
                 }
             }
-            let did = match c.action.as_str() {
-                "stop" => "stopped",
-                "disable" => "disabled",
+            let did = match c.action {
+                Action::Stop => "stopped",
+                Action::Disable => "disabled",
                 _ => "masked",
             };
-            said.push(format!("{}: {action} (the migration had {did} it)", c.unit));
+            said.push(format!(
+                "{}: {} (the migration had {did} it)",
+                c.unit,
+                action.name()
+            ));
         }
     }
     Ok(said)
@@ -219,52 +223,51 @@ impl Systemd {
         Ok(UnitState { active, enabled })
     }
 
-    fn act(&self, action: &str, unit: &str, timeout: Duration) -> Result<()> {
+    fn act(&self, action: Action, unit: &str, timeout: Duration) -> Result<()> {
         let manager = self.manager()?;
         let units = vec![unit];
         let what = || format!("{action} {unit}");
         match action {
-            "start" | "stop" | "restart" => {
+            Action::Start | Action::Stop | Action::Restart => {
                 let method = match action {
-                    "start" => "StartUnit",
-                    "stop" => "StopUnit",
+                    Action::Start => "StartUnit",
+                    Action::Stop => "StopUnit",
                     _ => "RestartUnit",
                 };
                 let _job: zbus::zvariant::OwnedObjectPath = manager
                     .call(method, &(unit, "replace"))
                     .with_context(what)?;
-                let want = if action == "stop" {
+                let want = if action == Action::Stop {
                     "inactive"
                 } else {
                     "active"
                 };
                 self.wait_for(unit, want, timeout)?;
             }
-            "enable" => {
+            Action::Enable => {
                 let _: (bool, Vec<(String, String, String)>) = manager
                     .call("EnableUnitFiles", &(units, false, true))
                     .with_context(what)?;
                 manager.call::<_, _, ()>("Reload", &()).with_context(what)?;
             }
-            "disable" => {
+            Action::Disable => {
                 let _: Vec<(String, String, String)> = manager
                     .call("DisableUnitFiles", &(units, false))
                     .with_context(what)?;
                 manager.call::<_, _, ()>("Reload", &()).with_context(what)?;
             }
-            "mask" => {
+            Action::Mask => {
                 let _: Vec<(String, String, String)> = manager
                     .call("MaskUnitFiles", &(units, false, true))
                     .with_context(what)?;
                 manager.call::<_, _, ()>("Reload", &()).with_context(what)?;
             }
-            "unmask" => {
+            Action::Unmask => {
                 let _: Vec<(String, String, String)> = manager
                     .call("UnmaskUnitFiles", &(units, false))
                     .with_context(what)?;
                 manager.call::<_, _, ()>("Reload", &()).with_context(what)?;
             }
-            other => bail!("unknown action {other}"),
         }
         Ok(())
     }
@@ -375,9 +378,9 @@ impl<'a> Offline<'a> {
     }
 
     /// Does `action`; `false` for start/stop, which have nothing to act on.
-    fn act(&self, action: &str, unit: &str) -> Result<bool> {
+    fn act(&self, action: Action, unit: &str) -> Result<bool> {
         match action {
-            "enable" => {
+            Action::Enable => {
                 let (_, target) = self.unit_file(unit)?;
                 for link in self.links(unit)? {
                     if let Some(dir) = link.parent() {
@@ -389,7 +392,7 @@ impl<'a> Offline<'a> {
                         .with_context(|| format!("linking {}", link.display()))?;
                 }
             }
-            "disable" => {
+            Action::Disable => {
                 for link in self.links(unit)? {
                     match std::fs::remove_file(&link) {
                         Ok(()) => {}
@@ -400,7 +403,7 @@ impl<'a> Offline<'a> {
                     }
                 }
             }
-            "mask" => {
+            Action::Mask => {
                 let path = self.etc().join(unit);
                 if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
                     bail!("{unit} has a unit file in /etc/systemd/system; it cannot be masked");
@@ -410,13 +413,13 @@ impl<'a> Offline<'a> {
                 std::os::unix::fs::symlink("/dev/null", &path)
                     .with_context(|| format!("masking {unit}"))?;
             }
-            "unmask" => {
+            Action::Unmask => {
                 if self.masked(unit) {
                     std::fs::remove_file(self.etc().join(unit))
                         .with_context(|| format!("unmasking {unit}"))?;
                 }
             }
-            _ => return Ok(false),
+            Action::Start | Action::Stop | Action::Restart => return Ok(false),
         }
         Ok(true)
     }
@@ -465,7 +468,7 @@ mod tests {
         let root = root_with_unit();
         let o = Offline::new(root.path());
         assert_eq!(o.state("app.service").unwrap().enabled, "disabled");
-        assert!(o.act("enable", "app.service").unwrap());
+        assert!(o.act(Action::Enable, "app.service").unwrap());
         let wants = root
             .path()
             .join("etc/systemd/system/multi-user.target.wants/app.service");
@@ -477,15 +480,15 @@ mod tests {
             std::fs::read_link(root.path().join("etc/systemd/system/application.service")).is_ok()
         );
         assert_eq!(o.state("app.service").unwrap().enabled, "enabled");
-        assert!(o.act("disable", "app.service").unwrap());
+        assert!(o.act(Action::Disable, "app.service").unwrap());
         assert!(std::fs::symlink_metadata(&wants).is_err());
         assert_eq!(o.state("app.service").unwrap().enabled, "disabled");
-        assert!(o.act("mask", "app.service").unwrap());
+        assert!(o.act(Action::Mask, "app.service").unwrap());
         assert_eq!(o.state("app.service").unwrap().enabled, "masked");
-        assert!(o.act("unmask", "app.service").unwrap());
+        assert!(o.act(Action::Unmask, "app.service").unwrap());
         assert_eq!(o.state("app.service").unwrap().enabled, "disabled");
         assert!(
-            !o.act("stop", "app.service").unwrap(),
+            !o.act(Action::Stop, "app.service").unwrap(),
             "nothing runs in an offline root"
         );
     }
@@ -494,13 +497,13 @@ mod tests {
     fn stepping_back_re_enables_what_was_enabled() {
         let root = root_with_unit();
         let o = Offline::new(root.path());
-        o.act("enable", "app.service").unwrap();
-        o.act("disable", "app.service").unwrap();
+        o.act(Action::Enable, "app.service").unwrap();
+        o.act(Action::Disable, "app.service").unwrap();
         let said = step_back(
             root.path(),
             &[ServiceChange {
                 unit: "app.service".into(),
-                action: "disable".into(),
+                action: Action::Disable,
                 was_active: false,
                 was_enabled: true,
                 bus: None,

@@ -32,3 +32,21 @@ pub(crate) struct BackupOptions {
 }
 
 impl KindOptions for BackupOptions {}
+
+impl Method {
+    /// The name in plans and in the journal.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Method::Auto => "auto",
+            Method::Tar => "tar",
+            Method::Btrfs => "btrfs",
+            Method::Snapper => "snapper",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
