@@ -28,7 +28,8 @@ use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::image::ImageDefinition;
 use crate::core::journal::{ImageIdentity, Journal, JournalRun};
 use crate::core::lifecycle::{InvalidTransition, State, Transition};
-use crate::core::plan::{Phase, Plan, PlanStep};
+use crate::core::phase::Phase;
+use crate::core::plan::{Plan, PlanStep};
 use crate::core::release::{OsRelease, Release};
 use crate::core::report::StepState;
 

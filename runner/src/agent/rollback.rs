@@ -21,7 +21,7 @@ use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::journal::Journal;
 use crate::core::kinds::backup::Method;
 use crate::core::lifecycle::{State, Transition};
-use crate::core::plan::Phase;
+use crate::core::phase::Phase;
 
 /// Rolls the root back. The caller has entered the private mount namespace.
 pub(crate) fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Result<()> {

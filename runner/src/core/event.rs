@@ -186,13 +186,13 @@ pub(crate) struct PlannedStep {
     pub(crate) kind: String,
     /// Phase the step belongs to.
     #[serde(default = "default_phase")]
-    pub(crate) phase: crate::core::plan::Phase,
+    pub(crate) phase: crate::core::phase::Phase,
     /// One line saying what the step does.
     pub(crate) description: String,
 }
 
-fn default_phase() -> crate::core::plan::Phase {
-    crate::core::plan::Phase::Cutover
+fn default_phase() -> crate::core::phase::Phase {
+    crate::core::phase::Phase::Cutover
 }
 
 /// Output stream of a tool.
@@ -304,7 +304,7 @@ mod tests {
             steps: vec![PlannedStep {
                 id: "upgrade".into(),
                 kind: "apt".into(),
-                phase: crate::core::plan::Phase::Cutover,
+                phase: crate::core::phase::Phase::Cutover,
                 description: "Upgrade packages".into(),
             }],
         });

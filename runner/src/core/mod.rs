@@ -9,6 +9,7 @@ pub(crate) mod image;
 pub(crate) mod journal;
 pub(crate) mod kinds;
 pub(crate) mod lifecycle;
+pub(crate) mod phase;
 pub(crate) mod plan;
 pub(crate) mod release;
 pub(crate) mod report;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::core::event::{Envelope, Event, Finding, PlannedStep, RunStatus, StepStatus, Verb};
-use crate::core::plan::Phase;
+use crate::core::phase::Phase;
 use crate::core::release::Release;
 
 /// Report location relative to the migrated root.

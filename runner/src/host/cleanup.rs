@@ -27,7 +27,7 @@ use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::journal::Journal;
 use crate::core::lifecycle::Transition;
-use crate::core::plan::Phase;
+use crate::core::phase::Phase;
 use crate::core::release::OsRelease;
 use crate::core::report::{AfterReboot, BootResult, Report, SourceInfo, StepReport};
 

@@ -18,7 +18,7 @@ use super::{StepContext, StepKind};
 use crate::agent::exec::{Streaming, run_streaming_with};
 use crate::core::event::StepStatus;
 use crate::core::kinds::rsync::{RsyncOptions, is_remote};
-use crate::core::plan::Phase;
+use crate::core::phase::Phase;
 
 /// Where ssh looks for identities and known hosts in the root: root's own.
 const ROOT_SSH_DIR: &str = "root/.ssh";

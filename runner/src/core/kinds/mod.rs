@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::plan::Phase;
+use super::phase::Phase;
 
 /// The options of a step kind.
 pub(crate) trait KindOptions: DeserializeOwned + schemars::JsonSchema {
