@@ -1,0 +1,96 @@
+//! What apt prints, read: estimates, origins, policy, progress.
+
+use super::*;
+
+#[test]
+fn the_upgrade_estimate_is_read_from_apt_output() {
+    let e = parse_estimate(
+        "The following NEW packages will be installed:\n  gcc-14-base linux-image-6.12.0-1-amd64\nNeed to get 12.0 MB/36.4 MB of archives.\nAfter this operation, 23.2 MB of additional disk space will be used.\n",
+    );
+    assert_eq!(e.download, 24_400_000);
+    assert_eq!(e.installed_delta, 23_200_000);
+    assert!(e.kernel);
+    let e = parse_estimate(
+        "Need to get 1 kB of archives.\nAfter this operation, 2 MB disk space will be freed.\n",
+    );
+    assert_eq!(
+        (e.download, e.installed_delta, e.kernel),
+        (1000, -2_000_000, false)
+    );
+}
+
+const POLICY_PACKAGES: &str = "\
+Package files:
+ 100 /var/lib/dpkg/status
+ release a=now
+ 500 http://example.org/vendor bookworm/main amd64 Packages
+ release o=Vendor,a=bookworm,n=bookworm,c=main,b=amd64
+ origin example.org
+ 500 http://mirror/debian bookworm/main amd64 Packages
+ release v=12.10,o=Debian,a=stable,n=bookworm,l=Debian,c=main,b=amd64
+ origin mirror
+Pinned packages:
+";
+
+#[test]
+fn package_files_map_to_their_origin() {
+    let m = parse_package_files(POLICY_PACKAGES);
+    assert_eq!(
+        m["http://mirror/debian bookworm/main amd64 Packages"],
+        "Debian"
+    );
+    assert_eq!(
+        m["http://example.org/vendor bookworm/main amd64 Packages"],
+        "Vendor"
+    );
+    assert_eq!(m.len(), 2);
+}
+
+#[test]
+fn installed_versions_and_their_sources_are_read_from_policy() {
+    let text = "\
+bash:
+  Installed: 5.2.15-2+b7
+  Candidate: 5.2.15-2+b7
+  Version table:
+ *** 5.2.15-2+b7 500
+    500 http://mirror/debian bookworm/main amd64 Packages
+    100 /var/lib/dpkg/status
+tool:
+  Installed: 1.0
+  Candidate: 2.0
+  Version table:
+ 2.0 500
+    500 http://mirror/debian bookworm/main amd64 Packages
+ *** 1.0 100
+    100 /var/lib/dpkg/status
+";
+    let sources = parse_installed_sources(text);
+    assert_eq!(
+        sources[0],
+        (
+            "bash".to_string(),
+            vec!["http://mirror/debian bookworm/main amd64 Packages".to_string()]
+        )
+    );
+    assert_eq!(sources[1], ("tool".to_string(), vec![]));
+    let versions = parse_policy_versions(text);
+    assert_eq!(
+        versions[1],
+        ("tool".to_string(), Some("1.0".into()), Some("2.0".into()))
+    );
+}
+
+#[test]
+fn apt_status_lines_become_progress() {
+    assert_eq!(
+        apt_progress("pmstatus:libc6:42.5:Unpacking libc6 (amd64)"),
+        Some((42.5, "Unpacking libc6 (amd64)".into()))
+    );
+    assert_eq!(
+        apt_progress("dlstatus:3:10:Retrieving file 3 of 30"),
+        Some((10.0, "Downloading: Retrieving file 3 of 30".into()))
+    );
+    assert_eq!(apt_progress("Setting up libc6 ..."), None);
+    assert_eq!(apt_progress("pmstatus:x:notanumber:y"), None);
+}
