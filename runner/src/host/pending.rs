@@ -75,8 +75,21 @@ impl PendingReboot {
     pub(crate) fn rebooted_since(&self) -> Result<bool> {
         let finished = humantime::parse_rfc3339(&self.finished_at)
             .with_context(|| format!("reboot marker: bad time {:?}", self.finished_at))?;
-        Ok(init_started()? > finished)
+        Ok(started_after(init_started()?, finished))
     }
+}
+
+/// How much earlier than it was [`init_started`] can say PID 1 started:
+/// the kernel's `btime` is whole seconds, truncated.
+const INIT_START_RESOLUTION: Duration = Duration::from_secs(1);
+
+/// Whether PID 1, started at `init` as [`init_started`] tells it, started
+/// after `finished`. A boot right after the migration finished (a container
+/// booted within the second) reads as up to a second earlier; no host
+/// finishes a migration within a second of its own boot, so the resolution
+/// is given to the boot.
+fn started_after(init: SystemTime, finished: SystemTime) -> bool {
+    init + INIT_START_RESOLUTION > finished
 }
 
 /// When PID 1 started: the boot time (`btime` of `/proc/stat`) plus its
@@ -123,6 +136,18 @@ mod tests {
         );
         assert!(started_from("cpu 1\n", pid1, 100).is_none());
         assert!(started_from(stat, "1 (init) S", 100).is_none());
+    }
+
+    #[test]
+    fn a_boot_within_the_second_after_the_migration_counts_as_a_reboot() {
+        let finished = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_025_727);
+        // btime 1700000025 (truncated) + 0.2 s: really 25.9 s, after finished.
+        let init = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_025_200);
+        assert!(started_after(init, finished));
+        // An init that started minutes before: no reboot.
+        let long_before = finished - Duration::from_secs(600);
+        assert!(!started_after(long_before, finished));
+        assert!(!started_after(finished - Duration::from_secs(2), finished));
     }
 
     #[test]
