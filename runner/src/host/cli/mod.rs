@@ -126,6 +126,13 @@ struct RunArgs {
     /// simulation); change nothing.
     #[arg(long, conflicts_with = "reboot")]
     dry_run: bool,
+    #[command(flatten)]
+    new: NewArgs,
+}
+
+/// `--force-new`.
+#[derive(Debug, Args)]
+struct NewArgs {
     /// Start a new migration even though another one is unfinished on this
     /// root (its journal is kept as state-ID.json).
     #[arg(long)]
@@ -152,10 +159,8 @@ struct SyncArgs {
     plan: PlanArgs,
     #[command(flatten)]
     out: OutputArgs,
-    /// Start a new migration even though another one is unfinished on this
-    /// root (its journal is kept as state-ID.json).
-    #[arg(long)]
-    force_new: bool,
+    #[command(flatten)]
+    new: NewArgs,
 }
 
 /// `migrate rollback`.
@@ -354,7 +359,15 @@ impl Cli {
                 launch_verb(Verb::Check, a.root, a.plan, a.out, false, Reboot::No).await
             }
             Command::Sync(a) => {
-                launch_verb(Verb::Sync, a.root, a.plan, a.out, a.force_new, Reboot::No).await
+                launch_verb(
+                    Verb::Sync,
+                    a.root,
+                    a.plan,
+                    a.out,
+                    a.new.force_new,
+                    Reboot::No,
+                )
+                .await
             }
             Command::Rollback(a) => {
                 let plan = PlanArgs {
@@ -412,7 +425,7 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     let verb = if a.dry_run { Verb::DryRun } else { Verb::Run };
     let reboot = if a.reboot { Reboot::Now } else { Reboot::No };
-    launch_verb(verb, a.root, a.plan, a.out, a.force_new, reboot).await
+    launch_verb(verb, a.root, a.plan, a.out, a.new.force_new, reboot).await
 }
 
 /// The verbs that run the agent in a migration container.

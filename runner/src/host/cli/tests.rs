@@ -53,7 +53,7 @@ fn run_takes_its_options_after_the_verb() {
     assert_eq!(a.plan.image.image.as_deref(), Some("img"));
     assert_eq!(a.plan.plan, Some(PathBuf::from("/p.toml")));
     assert_eq!(a.out.output, OutputFormat::Json);
-    assert!(a.dry_run && a.force_new);
+    assert!(a.dry_run && a.new.force_new);
     assert_eq!(cli.verbose(), 2);
 }
 
