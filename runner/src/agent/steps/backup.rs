@@ -27,6 +27,8 @@ pub(crate) const BACKUP_DIR: &str = "var/lib/migrate/backup";
 pub(crate) const ETC_ARCHIVE: &str = "etc.tar.gz";
 /// The package selection in a backup directory.
 pub(crate) const PACKAGES_FILE: &str = "packages.txt";
+/// What a tar backup is, written last: the backup is complete once it is there.
+const MANIFEST_FILE: &str = "manifest.json";
 
 /// The `safety-backup` step.
 pub(crate) struct SafetyBackup {
@@ -190,19 +192,37 @@ fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
         "contents": { ETC_ARCHIVE: "/etc", PACKAGES_FILE: "installed packages: name, version, status" },
     });
     write_synced(
-        &partial.join("manifest.json"),
+        &partial.join(MANIFEST_FILE),
         manifest.to_string().as_bytes(),
     )?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
-    }
-    std::fs::rename(&partial, &dir).with_context(|| format!("renaming to {}", dir.display()))?;
+    publish(&partial, &dir)?;
     Ok(BackupRecord {
         method: Method::Tar,
         location: rel,
         created_at: timestamp(std::time::SystemTime::now()),
         package_manager: manager,
     })
+}
+
+/// Moves the backup's files from `partial` into the migration's backup
+/// directory `dir`, the manifest last (a backup is complete once its
+/// manifest is there). Only the backup's own files are replaced: `dir` also
+/// holds what earlier steps kept until cleanup (a `postgres` step's dump of
+/// the sync phase), which stays.
+fn publish(partial: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    for name in [ETC_ARCHIVE, PACKAGES_FILE, MANIFEST_FILE] {
+        let (from, to) = (partial.join(name), dir.join(name));
+        if from.exists() {
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+        } else if name != MANIFEST_FILE && to.exists() {
+            // Left by an earlier attempt that had it; this backup has not.
+            std::fs::remove_file(&to).with_context(|| format!("removing {}", to.display()))?;
+        }
+    }
+    std::fs::remove_dir_all(partial).with_context(|| format!("removing {}", partial.display()))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -475,6 +495,33 @@ mod tests {
             r.removed
         );
         assert_eq!(snapshot(root.path()), before);
+    }
+
+    #[test]
+    fn a_new_backup_keeps_what_earlier_steps_left_in_the_backup_directory() {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("m1");
+        // A dump of the sync phase, and an earlier attempt's backup.
+        std::fs::create_dir_all(dir.join("move-db")).unwrap();
+        std::fs::write(dir.join("move-db/app.dump"), "dump").unwrap();
+        std::fs::write(dir.join(ETC_ARCHIVE), "old").unwrap();
+        std::fs::write(dir.join(PACKAGES_FILE), "old").unwrap();
+        let partial = top.path().join("m1.partial");
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join(ETC_ARCHIVE), "new").unwrap();
+        std::fs::write(partial.join(MANIFEST_FILE), "{}").unwrap();
+        publish(&partial, &dir).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("move-db/app.dump")).unwrap(),
+            "dump"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join(ETC_ARCHIVE)).unwrap(),
+            "new"
+        );
+        assert!(dir.join(MANIFEST_FILE).exists());
+        assert!(!dir.join(PACKAGES_FILE).exists(), "not part of this backup");
+        assert!(!partial.exists());
     }
 
     #[test]
