@@ -22,13 +22,13 @@ fn the_upgrade_estimate_is_read_from_apt_output() {
 const POLICY_PACKAGES: &str = "\
 Package files:
  100 /var/lib/dpkg/status
- release a=now
+     release a=now
  500 http://example.org/vendor bookworm/main amd64 Packages
- release o=Vendor,a=bookworm,n=bookworm,c=main,b=amd64
- origin example.org
+     release o=Vendor,a=bookworm,n=bookworm,c=main,b=amd64
+     origin example.org
  500 http://mirror/debian bookworm/main amd64 Packages
- release v=12.10,o=Debian,a=stable,n=bookworm,l=Debian,c=main,b=amd64
- origin mirror
+     release v=12.10,o=Debian,a=stable,n=bookworm,l=Debian,c=main,b=amd64
+     origin mirror
 Pinned packages:
 ";
 
@@ -54,16 +54,16 @@ bash:
   Candidate: 5.2.15-2+b7
   Version table:
  *** 5.2.15-2+b7 500
-    500 http://mirror/debian bookworm/main amd64 Packages
-    100 /var/lib/dpkg/status
+        500 http://mirror/debian bookworm/main amd64 Packages
+        100 /var/lib/dpkg/status
 tool:
   Installed: 1.0
   Candidate: 2.0
   Version table:
- 2.0 500
-    500 http://mirror/debian bookworm/main amd64 Packages
+     2.0 500
+        500 http://mirror/debian bookworm/main amd64 Packages
  *** 1.0 100
-    100 /var/lib/dpkg/status
+        100 /var/lib/dpkg/status
 ";
     let sources = parse_installed_sources(text);
     assert_eq!(
