@@ -25,6 +25,31 @@ pub(crate) fn read_json_if_exists<T: serde::de::DeserializeOwned>(
 /// directory, fsync, rename, fsync of the directory. Readers see the old or the
 /// new contents, never a mix, even after a power loss. Parent directories are
 /// created. An existing file's permissions are kept.
+/// Makes `path` readable by its owner only: a file 0600, a directory 0700
+/// with everything in it likewise (symlinks are left alone).
+pub(crate) fn restrict(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        return Ok(());
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    if meta.is_dir() {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
+            restrict(&entry?.path())?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -126,5 +151,21 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(holder, Some(format!("pid {} (python3)", child.id())));
+    }
+
+    #[test]
+    fn restricted_trees_are_for_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("dump.dir");
+        std::fs::create_dir_all(dump.join("sub")).unwrap();
+        std::fs::write(dump.join("toc.dat"), "x").unwrap();
+        std::fs::write(dump.join("sub/1.dat"), "x").unwrap();
+        restrict(&dump).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dump), 0o700);
+        assert_eq!(mode(&dump.join("sub")), 0o700);
+        assert_eq!(mode(&dump.join("toc.dat")), 0o600);
+        assert_eq!(mode(&dump.join("sub/1.dat")), 0o600);
     }
 }

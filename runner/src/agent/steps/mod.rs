@@ -28,7 +28,9 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Result;
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::{Context, Result};
 
 use crate::agent::exec::{ProgressParser, run_streaming};
 use crate::agent::sink::EventSink;
@@ -163,8 +165,22 @@ impl StepContext<'_> {
 
     /// This step's directory under the migration's backup directory
     /// (`var/lib/migrate/backup/<migration>/<step>` of the pristine root),
-    /// kept until cleanup. Not created.
-    pub(crate) fn backup_dir(&self) -> PathBuf {
+    /// kept until cleanup, created readable by root only (mode 0700, and
+    /// the migration's directory too): it holds copies of configuration and
+    /// databases.
+    pub(crate) fn backup_dir(&self) -> Result<PathBuf> {
+        let dir = self.backup_path();
+        let migration = dir.parent().unwrap_or(&dir);
+        for d in [migration, dir.as_path()] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {}", d.display()))?;
+        }
+        Ok(dir)
+    }
+
+    /// Where [`Self::backup_dir`] is, not created.
+    pub(crate) fn backup_path(&self) -> PathBuf {
         let migration = self
             .run
             .journal

@@ -292,8 +292,7 @@ impl StepKind for PostgresStep {
         let (src_pass, dst_pass) = (src_pass.as_deref(), dst_pass.as_deref());
 
         // The dump goes to the backup directory and stays until cleanup.
-        let dir = ctx.backup_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = ctx.backup_dir()?;
         let directory = self.opts.format == Format::Directory;
         let dump = dir.join(if directory { "dump.dir" } else { "dump.custom" });
         if dump.exists() {
@@ -316,6 +315,7 @@ impl StepKind for PostgresStep {
         pg_dump.arg(format!("--file={}", dump.display()));
         ctx.run(&mut pg_dump)
             .context("dumping the source database")?;
+        crate::core::fsutil::restrict(&dump)?;
         ctx.say(format!(
             "dumped {src_db} to /{}",
             dump.strip_prefix(&ctx.run.pristine)

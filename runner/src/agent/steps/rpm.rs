@@ -118,7 +118,7 @@ impl RepoDir {
 /// Copies `dirs` of the root (e.g. the repository files) into
 /// `var/lib/migrate/backup/<migration>/<step>/`, once per migration.
 pub(crate) fn back_up_dirs(ctx: &StepContext<'_>, dirs: &[&str]) -> Result<()> {
-    let base = ctx.backup_dir();
+    let base = ctx.backup_path();
     if base.exists() {
         return Ok(()); // taken by an earlier attempt, before anything changed
     }
