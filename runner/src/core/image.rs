@@ -29,6 +29,53 @@ pub(crate) const LABEL_PROTOCOL: &str = "io.migrate.protocol";
 /// host can resolve and validate the plan before any container starts.
 pub(crate) const LABEL_PLAN: &str = "io.migrate.plan";
 
+/// The transports whose references name an archive file.
+pub(crate) const ARCHIVE_TRANSPORTS: [&str; 2] = ["oci-archive:", "docker-archive:"];
+
+/// Checks an image reference before anything uses it: a local or registry
+/// reference (`[host[:port]/]name[:tag][@digest]`, as the distribution
+/// spec's grammar says), an image id, `docker://` and such a reference, or
+/// `oci-archive:PATH` / `docker-archive:PATH` naming a regular file. The
+/// error is one line.
+pub(crate) fn check_reference(reference: &str) -> std::result::Result<(), String> {
+    if reference.is_empty() {
+        return Err("an image reference must not be empty".into());
+    }
+    if reference
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "image reference {reference:?} has spaces or control characters"
+        ));
+    }
+    if let Some(rest) = ARCHIVE_TRANSPORTS
+        .iter()
+        .find_map(|t| reference.strip_prefix(t))
+    {
+        // `PATH[:REFERENCE]`: the longest prefix that is a file.
+        let candidates = std::iter::once(rest).chain(
+            rest.match_indices(':')
+                .map(|(i, _)| &rest[..i])
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev(),
+        );
+        for path in candidates {
+            match std::fs::metadata(path) {
+                Ok(m) if m.is_file() => return Ok(()),
+                Ok(_) => return Err(format!("{reference}: {path} is not a regular file")),
+                Err(_) => {}
+            }
+        }
+        return Err(format!("{reference}: no such file"));
+    }
+    let name = reference.strip_prefix("docker://").unwrap_or(reference);
+    name.parse::<oci_spec::distribution::Reference>()
+        .map(|_| ())
+        .map_err(|e| format!("image reference {reference:?}: {e}"))
+}
+
 /// Path of the image definition inside a built image.
 pub(crate) const IMAGE_DATA_DIR: &str = "/usr/share/migrate";
 
@@ -451,6 +498,36 @@ codename = "trixie"
                 doc.contains(&format!("| `{key}` |")),
                 "docs/images.md lacks {key}"
             );
+        }
+    }
+
+    #[test]
+    fn image_references_are_checked_before_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("m.tar");
+        std::fs::write(&archive, "x").unwrap();
+        for good in [
+            "localhost/migrate/debian-13:latest",
+            "registry.example:5000/migrate/debian-13@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "docker://registry.example/m:1",
+            "0123456789ab",
+            &format!("oci-archive:{}", archive.display()),
+            &format!("docker-archive:{}:localhost/m:1", archive.display()),
+        ] {
+            check_reference(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for (bad, says) in [
+            ("", "must not be empty"),
+            ("!!x", "invalid reference format"),
+            ("a\nb", "control characters"),
+            ("my image", "spaces"),
+            ("Upper/Case", "invalid reference format"),
+            ("oci-archive:/nonexistent.tar", "no such file"),
+            ("docker-archive:/", "not a regular file"),
+        ] {
+            let e = check_reference(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
         }
     }
 }

@@ -129,6 +129,10 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
 
 /// The values of one file (or the merge) that need more than a type check.
 fn validate(f: &Fragment) -> Result<(Mode, Option<MaintenanceWindow>)> {
+    if let Some(image) = &f.image {
+        crate::core::image::check_reference(image)
+            .map_err(|e| anyhow::anyhow!("key `image`: {e}"))?;
+    }
     let mode = match f.mode.as_deref() {
         None | Some("check") => Mode::Check,
         Some("run") => Mode::Run,
@@ -310,5 +314,18 @@ mod tests {
         assert!(e.contains("60-bad.toml: key `mode`: unknown mode"), "{e}");
         let explicit = root.path().join("missing.toml");
         assert!(load(root.path(), Some(&explicit)).is_err());
+    }
+
+    #[test]
+    fn a_bad_image_reference_is_named_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "image = \"my image\"\n").unwrap();
+        let e = format!("{:#}", load(dir.path(), Some(&file)).unwrap_err());
+        assert!(
+            e.contains("config.toml: key `image`: image reference"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1);
     }
 }

@@ -130,10 +130,20 @@ pub(crate) async fn find_or_pull_image(
         let (image, labels) = inspect_image(podman, reference).await?;
         return Ok((image, labels, false));
     }
+    // An archive podman cannot load is bad input; a registry that does not
+    // answer is the environment.
+    let code = if crate::core::image::ARCHIVE_TRANSPORTS
+        .iter()
+        .any(|t| reference.starts_with(t))
+    {
+        ExitCode::BadInput
+    } else {
+        ExitCode::Environment
+    };
     let id = podman
         .pull(reference, progress)
         .await
-        .map_err(|e| fail(ExitCode::Environment, format!("{e:#}")))?;
+        .map_err(|e| fail(code, format!("{e:#}")))?;
     match inspect_image(podman, &id).await {
         Ok((image, labels)) => Ok((image, labels, true)),
         Err(e) => {
@@ -146,8 +156,11 @@ pub(crate) async fn find_or_pull_image(
 
 /// Whether a reference names where to pull it from.
 pub(crate) fn pullable(reference: &str) -> bool {
-    const TRANSPORTS: [&str; 3] = ["docker://", "oci-archive:", "docker-archive:"];
-    if TRANSPORTS.iter().any(|t| reference.starts_with(t)) {
+    if reference.starts_with("docker://")
+        || crate::core::image::ARCHIVE_TRANSPORTS
+            .iter()
+            .any(|t| reference.starts_with(t))
+    {
         return true;
     }
     match reference.split_once('/') {

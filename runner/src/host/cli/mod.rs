@@ -81,7 +81,7 @@ struct ImageArgs {
     /// Migration image to use (default: the image of an unfinished
     /// migration, else the built-in image for the root's release, e.g.
     /// localhost/migrate/debian-13:latest for Debian 12).
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", value_parser = image_reference)]
     image: Option<String>,
     /// Host configuration to use instead of ROOT/etc/migrate/config.toml
     /// (drop-ins in ROOT/etc/migrate/config.d/*.toml still apply). Its
@@ -234,7 +234,7 @@ enum ImageCommand {
         #[arg(value_name = "TARGET")]
         target: String,
         /// Base image built from the target release (the Containerfile's BASE).
-        #[arg(long, value_name = "REF")]
+        #[arg(long, value_name = "REF", value_parser = image_reference)]
         base: Option<String>,
         /// Tag of the new image (default: the definition's default tag).
         #[arg(long, value_name = "REF")]
@@ -256,12 +256,17 @@ enum ImageCommand {
     /// Show what a migration image's labels say.
     Inspect {
         /// Image reference.
-        #[arg(value_name = "REF")]
+        #[arg(value_name = "REF", value_parser = image_reference)]
         reference: String,
         /// Output format: `human` or `json`.
         #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
         output: OutputFormat,
     },
+}
+
+/// `--image`: checked before anything uses it.
+fn image_reference(s: &str) -> Result<String, String> {
+    crate::core::image::check_reference(s).map(|()| s.to_string())
 }
 
 /// Parses the command line. On `--help` and `--version` prints them and
@@ -313,6 +318,15 @@ fn usage_line(e: &clap::Error) -> String {
             let names: Vec<String> = verbs.iter().map(|v| format!("`migrate {v}`")).collect();
             return format!("{flag} applies to {} only", names.join(" and "));
         }
+    }
+    if e.kind() == ErrorKind::ValueValidation
+        && let (Some(ContextValue::String(arg)), Some(why)) =
+            (e.get(ContextKind::InvalidArg), std::error::Error::source(e))
+    {
+        // Our own reason, which quotes the value safely (it may hold a
+        // newline).
+        let flag = arg.split(' ').next().unwrap_or(arg);
+        return format!("{flag}: {why}");
     }
     // clap's own message is several lines; the first says it.
     let text = e.render().to_string();

@@ -204,3 +204,25 @@ fn help_fits_in_100_columns() {
         }
     }
 }
+
+#[test]
+fn a_bad_image_reference_is_one_line_and_never_reaches_podman() {
+    for (image, says) in [
+        (
+            "!!x",
+            "--image: image reference \"!!x\": invalid reference format",
+        ),
+        (
+            "a\nb",
+            "--image: image reference \"a\\nb\" has spaces or control characters",
+        ),
+        ("", "--image: an image reference must not be empty"),
+        (
+            "oci-archive:/nonexistent.tar",
+            "--image: oci-archive:/nonexistent.tar: no such file",
+        ),
+    ] {
+        assert_eq!(bad(&["check", "--image", image]), says);
+    }
+    assert!(bad(&["image", "inspect", "my image"]).starts_with("<REF>: image reference"));
+}

@@ -146,6 +146,9 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
         .map_err(|e| fail(ExitCode::BadInput, format!("--plan {e:#}")))?;
     let dropins = crate::core::plan::read_dropins(&root).exit_code(ExitCode::BadInput)?;
     let reference = prepare::image_reference(opts, journal.as_ref(), &os)?;
+    // From the journal, the configuration or a built-in default: checked
+    // like --image before podman sees it.
+    crate::core::image::check_reference(&reference).map_err(|e| fail(ExitCode::BadInput, e))?;
 
     let podman = Podman::connect().await?;
     let result = async {
