@@ -5,26 +5,79 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// The largest state document (journal, marker, report) read.
+pub(crate) const DOCUMENT_LIMIT: u64 = 64 << 20;
+
+/// Reads a regular file of at most `limit` bytes; `Ok(None)` when it does not
+/// exist. A FIFO, device, socket or directory is refused without blocking
+/// (it is opened non-blocking and checked before a byte is read), and so is
+/// a larger file: what a root or a command line names is never read without
+/// bound. Errors are one line naming the path.
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_NOCTTY.bits())
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("{}: {}", path.display(), io_reason(&e))),
+    };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if meta.is_dir() {
+        anyhow::bail!("{}: is a directory", path.display());
+    }
+    if !meta.is_file() {
+        anyhow::bail!("{}: not a regular file", path.display());
+    }
+    if meta.len() > limit {
+        anyhow::bail!("{}: larger than {limit} bytes", path.display());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        anyhow::bail!("{}: larger than {limit} bytes", path.display());
+    }
+    Ok(Some(bytes))
+}
+
+/// [`read_limited`] as UTF-8 text.
+pub(crate) fn read_text_limited(path: &Path, limit: u64) -> Result<Option<String>> {
+    read_limited(path, limit)?
+        .map(|b| {
+            String::from_utf8(b).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))
+        })
+        .transpose()
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::IsADirectory => "is a directory".into(),
+        _ => e.to_string(),
+    }
+}
+
 /// Reads a JSON document; `Ok(None)` when the file does not exist. `what`
 /// names the document in the error for a file that is not one.
 pub(crate) fn read_json_if_exists<T: serde::de::DeserializeOwned>(
     path: &Path,
     what: &str,
 ) -> Result<Option<T>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let Some(bytes) = read_limited(path, DOCUMENT_LIMIT)? else {
+        return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
         .with_context(|| format!("{}: not {what}", path.display()))
 }
 
-/// Writes `contents` to `path` atomically: a temporary file in the same
-/// directory, fsync, rename, fsync of the directory. Readers see the old or the
-/// new contents, never a mix, even after a power loss. Parent directories are
-/// created. An existing file's permissions are kept.
 /// Makes `path` readable by its owner only: a file 0600, a directory 0700
 /// with everything in it likewise (symlinks are left alone).
 pub(crate) fn restrict(path: &Path) -> Result<()> {
@@ -50,6 +103,10 @@ pub(crate) fn restrict(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes `contents` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename, fsync of the directory. Readers see the old or the
+/// new contents, never a mix, even after a power loss. Parent directories are
+/// created. An existing file's permissions are kept.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -167,5 +224,34 @@ mod tests {
         assert_eq!(mode(&dump.join("sub")), 0o700);
         assert_eq!(mode(&dump.join("toc.dat")), 0o600);
         assert_eq!(mode(&dump.join("sub/1.dat")), 0o600);
+    }
+
+    #[test]
+    fn fifos_devices_and_huge_files_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_limited(&fifo, 100).unwrap_err().to_string();
+        assert!(e.ends_with("fifo: not a regular file"), "{e}");
+        let e = read_limited(Path::new("/dev/zero"), 100)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "/dev/zero: not a regular file");
+        let e = read_limited(dir.path(), 100).unwrap_err().to_string();
+        assert!(e.ends_with(": is a directory"), "{e}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 101]).unwrap();
+        assert!(
+            read_limited(&big, 100)
+                .unwrap_err()
+                .to_string()
+                .ends_with("larger than 100 bytes")
+        );
+        assert_eq!(read_limited(&big, 101).unwrap().unwrap().len(), 101);
+        assert!(
+            read_limited(&dir.path().join("missing"), 1)
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::core::rootfs;
 
@@ -47,12 +47,9 @@ impl OsRelease {
     pub(crate) fn read_from_root(root: &Path) -> Result<Self> {
         for candidate in ["etc/os-release", "usr/lib/os-release"] {
             let path = rootfs::resolve(root, candidate)?;
-            match std::fs::read_to_string(&path) {
-                Ok(text) => return Ok(Self::parse(&text)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("reading {}", path.display()));
-                }
+            // Bounded: a root's os-release may be a FIFO or /dev/zero.
+            if let Some(text) = crate::core::fsutil::read_text_limited(&path, OS_RELEASE_LIMIT)? {
+                return Ok(Self::parse(&text));
             }
         }
         bail!(
@@ -137,6 +134,9 @@ fn unquote(raw: &str) -> String {
         _ => raw.to_string(),
     }
 }
+
+/// The largest os-release read (real ones are a few hundred bytes).
+const OS_RELEASE_LIMIT: u64 = 64 << 10;
 
 /// A release: `ID` and `VERSION_ID` from os-release.
 #[derive(

@@ -102,8 +102,8 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
     }
     let mut merged = Fragment::default();
     for file in &files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let text = crate::core::fsutil::read_text_limited(file, crate::core::plan::PLAN_LIMIT)?
+            .ok_or_else(|| anyhow::anyhow!("{}: no such file", file.display()))?;
         let f: Fragment = toml::from_str(&text)
             .map_err(|e| crate::core::plan::toml_error(&file.display().to_string(), &text, &e))?;
         validate(&f).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;

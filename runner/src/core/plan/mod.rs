@@ -31,6 +31,9 @@ use toml::Spanned;
 use super::kinds::{Kind, OptionsError};
 pub(crate) use super::phase::Phase;
 
+/// The largest plan file read.
+pub(crate) const PLAN_LIMIT: u64 = 1 << 20;
+
 /// Drop-in directory, relative to the migrated root.
 pub(crate) const DROPIN_DIR: &str = "etc/migrate/plan.d";
 /// Kind and id of the safety backup inserted before the first cutover step.
@@ -110,17 +113,11 @@ pub(crate) struct PlanSource {
 
 impl PlanSource {
     /// Reads a plan file.
+    /// Reads a plan file: a regular file of at most [`PLAN_LIMIT`] bytes
+    /// (a FIFO or `/dev/zero` is refused, not read).
     pub(crate) fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            let reason = match e.kind() {
-                std::io::ErrorKind::NotFound => "no such file".to_string(),
-                std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-                std::io::ErrorKind::IsADirectory => "is a directory".to_string(),
-                std::io::ErrorKind::InvalidData => "not UTF-8 text".to_string(),
-                _ => e.to_string(),
-            };
-            anyhow::anyhow!("{}: {reason}", path.display())
-        })?;
+        let text = crate::core::fsutil::read_text_limited(path, PLAN_LIMIT)?
+            .ok_or_else(|| anyhow::anyhow!("{}: no such file", path.display()))?;
         Ok(Self {
             name: path.display().to_string(),
             text,

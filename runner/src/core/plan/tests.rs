@@ -247,3 +247,20 @@ fn unreadable_plan_files_are_one_line() {
     let e = PlanSource::read(dir.path()).unwrap_err();
     assert!(e.to_string().contains("is a directory"), "{e}");
 }
+
+#[test]
+fn plans_that_are_fifos_or_devices_are_refused_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("50-fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let e = PlanSource::read(&fifo).unwrap_err().to_string();
+    assert!(e.ends_with("50-fifo.toml: not a regular file"), "{e}");
+    let e = PlanSource::read(Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "/dev/zero: not a regular file");
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; usize::try_from(PLAN_LIMIT).unwrap() + 1]).unwrap();
+    let e = PlanSource::read(&big).unwrap_err().to_string();
+    assert!(e.contains("larger than"), "{e}");
+}
