@@ -79,16 +79,60 @@ fn write_plan(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// Every argument list of every process, sampled until `stop` is set.
-fn sample_processes(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+/// What a run shows of itself, sampled until `stop` is set.
+#[derive(Default)]
+struct Samples {
+    /// Every argument list of every process.
+    processes: Vec<String>,
+    /// `podman inspect` of the migration containers that ran.
+    inspected: Vec<String>,
+    /// Processes (pid, command name) whose environment held `secret`.
+    environments: Vec<(String, String)>,
+}
+
+fn sample_processes(
+    stop: Arc<AtomicBool>,
+    secret: &'static str,
+) -> std::thread::JoinHandle<Samples> {
     std::thread::spawn(move || {
-        let mut seen = Vec::new();
+        let f = Fixtures::get();
+        let mut seen = Samples::default();
+        let mut round = 0u32;
         while !stop.load(Ordering::SeqCst) {
             if let Ok(out) = std::process::Command::new("ps")
                 .args(["-eo", "args"])
                 .output()
             {
-                seen.push(String::from_utf8_lossy(&out.stdout).into_owned());
+                seen.processes
+                    .push(String::from_utf8_lossy(&out.stdout).into_owned());
+            }
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let pid = entry.file_name().to_string_lossy().into_owned();
+                if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+                    continue;
+                };
+                if env.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                    let comm =
+                        std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                    seen.environments.push((pid, comm.trim().to_string()));
+                }
+            }
+            round += 1;
+            if round.is_multiple_of(5)
+                && let Ok(out) = f
+                    .podman()
+                    .args(["ps", "-q", "--filter", "label=io.migrate.run-id"])
+                    .output()
+            {
+                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(i) = f.podman().args(["inspect", id]).output() {
+                        seen.inspected
+                            .push(String::from_utf8_lossy(&i.stdout).into_owned());
+                    }
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -162,7 +206,7 @@ target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env 
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_processes(Arc::clone(&stop));
+    let sampler = sample_processes(Arc::clone(&stop), APP_PASSWORD);
     let out = f
         .migrate()
         .args(["run", "--image", SERVICES_IMAGE, "--plan"])
@@ -173,7 +217,8 @@ target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env 
         .output()
         .unwrap();
     stop.store(true, Ordering::SeqCst);
-    let processes = sampler.join().unwrap();
+    let samples = sampler.join().unwrap();
+    let processes = &samples.processes;
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 
     // The database: ordinary tables complete, patch tables present and
@@ -254,6 +299,26 @@ target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env 
     assert!(
         processes.iter().all(|p| !p.contains(APP_PASSWORD)),
         "the password was on a command line"
+    );
+    // Not in the container's configuration podman stores and shows, and in
+    // no process's environment but migrate's own (where the user put it):
+    // not podman's, not the agent's, not the tools'.
+    assert!(
+        !samples.inspected.is_empty(),
+        "the migration container was inspected while it ran"
+    );
+    assert!(
+        samples.inspected.iter().all(|i| !i.contains(APP_PASSWORD)),
+        "the password is in podman inspect"
+    );
+    let others: Vec<_> = samples
+        .environments
+        .iter()
+        .filter(|(_, comm)| comm != "migrate")
+        .collect();
+    assert!(
+        others.is_empty(),
+        "the password is in the environment of {others:?}"
     );
     assert!(
         processes.iter().any(|p| p.contains("pg_dump")

@@ -5,6 +5,7 @@ pub(crate) mod exec;
 pub(crate) mod executor;
 pub(crate) mod mounts;
 pub(crate) mod rollback;
+pub(crate) mod secrets;
 pub(crate) mod sink;
 pub(crate) mod steps;
 
@@ -129,6 +130,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
     // Before any thread exists: the kernel refuses a new mount namespace to a
     // multi-threaded process.
     mounts::enter_private_namespace().exit_code(ExitCode::Environment)?;
+    secrets::take_from_host().exit_code(ExitCode::Environment)?;
     match command {
         AgentCommand::Run {
             verb,

@@ -16,6 +16,14 @@ use crate::core::release::Release;
 /// the agent.
 pub(crate) const PLAN_ENV: &str = "MIGRATE_PLAN";
 
+/// Where the host's secrets for the agent (passwords a plan names by
+/// environment variable) are bind-mounted in the container: a directory on
+/// the host's `/run` holding [`SECRETS_FILE`], which the agent reads and
+/// deletes when it starts. Never the container's environment.
+pub(crate) const HOST_SECRETS_DIR: &str = "/run/migrate-host-secrets";
+/// The file in [`HOST_SECRETS_DIR`]: a JSON object, variable -> value.
+pub(crate) const SECRETS_FILE: &str = "secrets.json";
+
 /// The version of this protocol spoken by this build of agent and host.
 pub(crate) const PROTOCOL_VERSION: u32 = 1;
 

@@ -27,7 +27,7 @@ use crate::core::event::StepStatus;
 use crate::core::kinds::postgres::{Endpoint, Format, PostgresOptions};
 
 /// Where the agent writes password files (its own tmpfs, in the container).
-const SECRETS_DIR: &str = "/run/migrate/pg";
+const SECRETS_DIR: &str = crate::agent::secrets::PRIVATE_DIR;
 
 impl Endpoint {
     /// The database name.
@@ -98,9 +98,9 @@ impl Endpoint {
             return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
         }
         if let Some(var) = &self.password_env {
-            return match std::env::var(var) {
-                Ok(p) => Ok(Some(p)),
-                Err(_) => {
+            return match crate::agent::secrets::get(var) {
+                Some(p) => Ok(Some(p.to_string())),
+                None => {
                     bail!("the environment variable {var} (password_env) is not set for migrate")
                 }
             };

@@ -87,13 +87,21 @@ pub(crate) struct ContainerSpec {
     pub(crate) env: BTreeMap<String, String>,
     /// Labels identifying the container.
     pub(crate) labels: BTreeMap<String, String>,
-    /// Host directories recursively bind-mounted: host path -> container
-    /// path.
-    pub(crate) binds: Vec<(PathBuf, String)>,
-    /// Whether the binds are read-only.
-    pub(crate) read_only: bool,
+    /// Host directories recursively bind-mounted.
+    pub(crate) binds: Vec<Bind>,
     /// Resource limits.
     pub(crate) rlimits: Vec<Rlimit>,
+}
+
+/// A host directory recursively bind-mounted into the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Bind {
+    /// The directory on the host.
+    pub(crate) source: PathBuf,
+    /// Where it appears in the container.
+    pub(crate) destination: String,
+    /// Whether the container may not write it.
+    pub(crate) read_only: bool,
 }
 
 /// How a container run ended.
@@ -531,13 +539,13 @@ fn create_opts(spec: &ContainerSpec) -> ContainerCreateOpts {
         .pid_namespace(host())
         .terminal(false)
         .stdin(false)
-        .mounts(spec.binds.iter().map(|(src, dst)| models::ContainerMount {
-            destination: Some(dst.clone()),
-            source: Some(src.display().to_string()),
+        .mounts(spec.binds.iter().map(|b| models::ContainerMount {
+            destination: Some(b.destination.clone()),
+            source: Some(b.source.display().to_string()),
             _type: Some("bind".into()),
             options: Some(vec![
                 "rbind".into(),
-                if spec.read_only { "ro" } else { "rw" }.into(),
+                if b.read_only { "ro" } else { "rw" }.into(),
             ]),
             uid_mappings: None,
             gid_mappings: None,

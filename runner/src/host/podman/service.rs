@@ -127,6 +127,31 @@ pub(crate) fn parse_proc_limits(text: &str) -> HashMap<String, (u64, u64)> {
     out
 }
 
+/// The environment variables the podman service is given.
+fn podman_needs(name: &std::ffi::OsStr) -> bool {
+    const KEEP: [&str; 13] = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "TMPDIR",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "REGISTRY_AUTH_FILE",
+        "DOCKER_CONFIG",
+    ];
+    let name = name.to_string_lossy();
+    KEEP.contains(&name.as_ref())
+        || ["CONTAINERS_", "XDG_", "PODMAN_", "STORAGE_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        || ["http_proxy", "https_proxy", "no_proxy"].contains(&name.as_ref())
+}
+
 async fn listening(path: &Path) -> bool {
     UnixStream::connect(path).await.is_ok()
 }
@@ -142,6 +167,11 @@ impl PrivateService {
         let mut child = Command::new("podman")
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
+            // Only what podman needs: migrate's environment may hold the
+            // passwords a plan names, and the service and every container
+            // it starts would inherit them.
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(k, _)| podman_needs(k)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -88,8 +88,11 @@ fn the_container_is_privileged_with_host_namespaces_and_our_limits() {
         command: vec!["run".into()],
         env: BTreeMap::new(),
         labels: BTreeMap::from([("io.migrate.run-id".into(), "x".into())]),
-        binds: vec![(PathBuf::from("/srv/root"), "/system-root".into())],
-        read_only: false,
+        binds: vec![Bind {
+            source: PathBuf::from("/srv/root"),
+            destination: "/system-root".into(),
+            read_only: false,
+        }],
         rlimits: vec![Rlimit {
             name: "nofile".into(),
             soft: 1024,

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use nix::sys::resource::{Resource, getrlimit};
 
 use super::{CONTAINER_ROOT, LABEL_ROOT, LABEL_RUN_ID, LaunchOptions};
-use crate::core::event::{PLAN_ENV, Verb};
+use crate::core::event::{HOST_SECRETS_DIR, PLAN_ENV, SECRETS_FILE, Verb};
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::image::{ImageLabels, LABEL_PLAN};
 use crate::core::journal::Journal;
@@ -17,7 +17,7 @@ use crate::core::kinds::Kind;
 use crate::core::kinds::postgres::PostgresOptions;
 use crate::core::plan::{Plan, PlanSource};
 use crate::core::release::OsRelease;
-use crate::host::podman::{ContainerSpec, ImageDetails, Podman, Rlimit};
+use crate::host::podman::{Bind, ContainerSpec, ImageDetails, Podman, Rlimit};
 use crate::host::preflight;
 use crate::host::render::OutputFormat;
 
@@ -166,11 +166,56 @@ fn resolve_plan(
     crate::core::plan::resolve(&base, dropins).exit_code(ExitCode::BadInput)
 }
 
+/// Where the host keeps a run's secrets for the agent: its own `/run` (a
+/// tmpfs on the hosts this runs on), one directory per run, for root only.
+const HOST_SECRETS: &str = "/run/migrate/secrets";
+
+/// A run's secrets directory on the host; removed when dropped. The agent
+/// deletes the file in it as soon as it has read it, so a killed `migrate`
+/// leaves at most an empty directory in `/run`.
+pub(crate) struct HostSecrets {
+    dir: PathBuf,
+}
+
+impl HostSecrets {
+    /// Writes `secrets` (variable -> value) for the agent of `run_id`.
+    fn write(run_id: &str, secrets: &BTreeMap<String, String>) -> Result<Self> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = Path::new(HOST_SECRETS).join(run_id);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let guard = Self { dir };
+        let file = guard.dir.join(SECRETS_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .with_context(|| format!("creating {}", file.display()))?;
+        f.write_all(&serde_json::to_vec(secrets)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for HostSecrets {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The container's spec, and the secrets directory it mounts (to keep
+/// until the container ended).
 pub(crate) fn container_spec(
     opts: &LaunchOptions,
     p: &Prepared,
     run_id: &str,
-) -> Result<ContainerSpec> {
+) -> Result<(ContainerSpec, Option<HostSecrets>)> {
+    let mut secrets = BTreeMap::new();
     let level = match opts.verbose {
         0 => "info",
         1 => "debug",
@@ -202,7 +247,9 @@ pub(crate) fn container_spec(
             command.push("--live".into());
         }
         // Passwords named by environment variable come from migrate's own
-        // environment (never the plan, never a command line).
+        // environment (never the plan, never a command line), and go to the
+        // agent in a file (never the container's environment, which podman
+        // stores and shows).
         for step in plan.steps.iter().filter(|s| s.kind == Kind::Postgres) {
             let opts: PostgresOptions = step.options()?;
             for var in opts.password_envs() {
@@ -212,11 +259,27 @@ pub(crate) fn container_spec(
                         format!("step {}: the password variable {var} is not set", step.id),
                     )
                 })?;
-                env.insert(var, value);
+                secrets.insert(var, value);
             }
         }
     }
-    Ok(ContainerSpec {
+    let mut binds = vec![Bind {
+        source: p.root.clone(),
+        destination: CONTAINER_ROOT.to_string(),
+        read_only: !opts.verb.changes_root(),
+    }];
+    let host_secrets = if secrets.is_empty() {
+        None
+    } else {
+        let s = HostSecrets::write(run_id, &secrets).exit_code(ExitCode::Environment)?;
+        binds.push(Bind {
+            source: s.dir.clone(),
+            destination: HOST_SECRETS_DIR.to_string(),
+            read_only: false,
+        });
+        Some(s)
+    };
+    let spec = ContainerSpec {
         name: format!("migrate-{run_id}"),
         image: p.image.id.clone(),
         command,
@@ -225,10 +288,10 @@ pub(crate) fn container_spec(
             (LABEL_RUN_ID.to_string(), run_id.to_string()),
             (LABEL_ROOT.to_string(), p.root.display().to_string()),
         ]),
-        binds: vec![(p.root.clone(), CONTAINER_ROOT.to_string())],
-        read_only: !opts.verb.changes_root(),
+        binds,
         rlimits: own_rlimits(),
-    })
+    };
+    Ok((spec, host_secrets))
 }
 
 /// The limits this process runs under, for the container: a container asking

@@ -49,7 +49,8 @@ pub(crate) async fn run(
         },
         p.target.clone(),
     );
-    let spec = match prepare::container_spec(opts, p, &run_id) {
+    // The secrets directory lives until the container ended.
+    let (spec, _secrets) = match prepare::container_spec(opts, p, &run_id) {
         Ok(s) => s,
         Err(e) => return (report, Err(e)),
     };
