@@ -174,3 +174,85 @@ fn a_dry_run_shows_the_plan_and_the_simulated_upgrade_and_changes_nothing() {
     );
     assert!(stdout.contains("would take a tarball of /etc"), "{stdout}");
 }
+
+/// A day of the week that is not today (C locale names, as the
+/// maintenance window takes them).
+fn another_day() -> &'static str {
+    let out = std::process::Command::new("date")
+        .arg("+%a")
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&out.stdout).trim() == "Mon" {
+        "Wed"
+    } else {
+        "Mon"
+    }
+}
+
+#[test]
+fn an_unattended_run_outside_the_maintenance_window_only_syncs_and_the_cutover_waits_for_it() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = scratch.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "description = \"window\"\n\n\
+         [[step]]\nid = \"release\"\nkind = \"check-release\"\nphase = \"check\"\n\n\
+         [[step]]\nid = \"pre-copy\"\nkind = \"command\"\nphase = \"sync\"\ncommand = [\"touch\", \"/srv/synced\"]\nchroot = true\n\n\
+         [[step]]\nid = \"switch\"\nkind = \"command\"\nphase = \"cutover\"\ncommand = [\"touch\", \"/srv/cut\"]\nchroot = true\n",
+    )
+    .unwrap();
+    let config = root.join("etc/migrate/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let unattended = |window: Option<&str>| {
+        let window = window
+            .map(|w| format!("maintenance_window = \"{w}\"\n"))
+            .unwrap_or_default();
+        std::fs::write(&config, format!("enabled = true\nmode = \"run\"\n{window}")).unwrap();
+        f.migrate()
+            .args(["--unattended", "--image", MIGRATION_IMAGE, "--plan"])
+            .arg(&plan)
+            .arg("--root")
+            .arg(&root.path)
+            .output()
+            .unwrap()
+    };
+
+    // Outside the window: the checks and the sync phase, and why.
+    let out = unattended(Some(&format!("{} 00:00-23:59", another_day())));
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(root.join("srv/synced").exists(), "the sync phase ran");
+    assert!(
+        !root.join("srv/cut").exists(),
+        "the cutover ran outside the window"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("outside the maintenance window"),
+        "{}",
+        show(&out)
+    );
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    assert!(log.contains("outside the maintenance window"), "{log}");
+    let r = fixtures::report(&root.path).unwrap();
+    assert_eq!(
+        (r["verb"].as_str(), r["result"].as_str()),
+        (Some("sync"), Some("succeeded"))
+    );
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("12"));
+
+    // Without a window, as inside one: the cutover.
+    let out = unattended(None);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        root.join("srv/cut").exists(),
+        "the cutover did not run inside the window"
+    );
+    let r = fixtures::report(&root.path).unwrap();
+    assert_eq!(
+        (r["verb"].as_str(), r["result"].as_str()),
+        (Some("run"), Some("succeeded"))
+    );
+}

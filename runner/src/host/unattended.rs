@@ -71,13 +71,26 @@ pub(crate) async fn unattended(opts: &UnattendedOptions) -> Result<()> {
     } else {
         Reboot::No
     };
-    let mut launch = LaunchOptions::new(
-        match config.mode {
-            Mode::Check => Verb::Check,
-            Mode::Run => Verb::Run,
-        },
-        root.clone(),
-    );
+    // The cutover (services stopped, packages upgraded) happens only inside
+    // the maintenance window; outside it a run does what may happen while
+    // services run: the checks and the sync phase.
+    let outside = config
+        .window
+        .as_ref()
+        .filter(|w| config.mode == Mode::Run && !w.open_now());
+    let verb = match (config.mode, outside) {
+        (Mode::Check, _) => Verb::Check,
+        (Mode::Run, Some(_)) => Verb::Sync,
+        (Mode::Run, None) => Verb::Run,
+    };
+    let mut launch = LaunchOptions::new(verb, root.clone());
+    if let Some(w) = outside {
+        let line = format!(
+            "outside the maintenance window ({w}): the checks and the sync phase run now; the cutover waits for a run inside the window"
+        );
+        journald::send::<&str>(Priority::Notice, journald::ids::STARTED, &line, &[]);
+        launch.note = Some(line);
+    }
     launch.image = opts.image.clone();
     launch.default_image = config.image.clone();
     launch.plan = opts.plan.clone().or(config.plan.clone());

@@ -71,6 +71,9 @@ pub(crate) struct LaunchOptions {
     pub(crate) record: Record,
     /// Whether to reboot into the new release once the migration finished.
     pub(crate) reboot: Reboot,
+    /// Why the run does what it does, when the caller decided (an
+    /// unattended run outside its window): shown and logged at the start.
+    pub(crate) note: Option<String>,
 }
 
 impl LaunchOptions {
@@ -87,6 +90,7 @@ impl LaunchOptions {
             default_image: None,
             record: Record::OnChange,
             reboot: Reboot::No,
+            note: None,
         }
     }
 }

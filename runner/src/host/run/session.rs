@@ -111,6 +111,10 @@ pub(crate) async fn run(
             ""
         }
     ));
+    if let Some(note) = &opts.note {
+        renderer.note(note);
+        log.host(note);
+    }
     if opts.verb == Verb::DryRun
         && let Some(plan) = &p.plan
     {
