@@ -7,10 +7,10 @@
 //!   `/etc` (owners, modes, symlinks and nanosecond mtimes, so a restore is
 //!   exact), the package selection with versions, and a manifest.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -247,13 +247,36 @@ fn archive_etc(root: &Path, archive: &Path) -> Result<usize> {
         let meta =
             std::fs::symlink_metadata(&abs).with_context(|| format!("stat {}", abs.display()))?;
         let ft = meta.file_type();
-        if !(ft.is_file() || ft.is_dir() || ft.is_symlink()) {
-            continue; // sockets, fifos, devices do not belong in /etc
+        if !(ft.is_file() || ft.is_dir() || ft.is_symlink() || ft.is_fifo()) {
+            continue; // sockets and devices do not belong in /etc
         }
         let mtime = format!("{}.{:09}", meta.mtime(), meta.mtime_nsec());
-        tar.append_pax_extensions([("mtime", mtime.as_bytes())])?;
-        tar.append_path_with_name(&abs, &rel)
-            .with_context(|| format!("archiving {}", abs.display()))?;
+        // Extended attributes (SELinux labels, ACLs, capabilities) as
+        // GNU tar and bsdtar write them; the restore unpacks them.
+        let mut pax: Vec<(String, Vec<u8>)> = vec![("mtime".into(), mtime.into_bytes())];
+        if !ft.is_symlink() {
+            for name in
+                xattr::list(&abs).with_context(|| format!("listing xattrs of {}", abs.display()))?
+            {
+                if let Some(value) = xattr::get(&abs, &name)
+                    .with_context(|| format!("reading xattrs of {}", abs.display()))?
+                {
+                    pax.push((format!("SCHILY.xattr.{}", name.to_string_lossy()), value));
+                }
+            }
+        }
+        tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        if ft.is_fifo() {
+            // The builder would open it (and block): a header is all there is.
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            header.set_entry_type(tar::EntryType::Fifo);
+            header.set_size(0);
+            tar.append_data(&mut header, &rel, std::io::empty())
+        } else {
+            tar.append_path_with_name(&abs, &rel)
+        }
+        .with_context(|| format!("archiving {}", abs.display()))?;
         count += 1;
         if ft.is_dir() {
             let mut children: Vec<PathBuf> = std::fs::read_dir(&abs)
@@ -288,11 +311,20 @@ struct ArchivedEntry {
     path: PathBuf,
     kind: tar::EntryType,
     mtime: (i64, i64),
+    /// Mode, owner and group, for what the unpacker cannot make (FIFOs).
+    mode: u32,
+    owner: (u32, u32),
 }
 
-/// Restores `root/etc` exactly as archived: paths the backup does not have
-/// are removed, every archived entry is written back with its owner, mode and
-/// mtime (symlinks and directories included).
+/// Where a restore of /etc is staged, in the root beside it (the same file
+/// system, so that the swap is one rename).
+const RESTORE_STAGING: &str = ".migrate-restore";
+
+/// Restores `root/etc` exactly as archived, or not at all: the archive is
+/// unpacked beside it (owners, modes, mtimes, extended attributes, symlinks,
+/// FIFOs), then the staged tree and `/etc` trade places in one atomic
+/// rename (`RENAME_EXCHANGE`), and the old tree is removed. A failure before
+/// the swap (a damaged archive, a full disk) leaves `/etc` as it was.
 pub(crate) fn restore_etc(root: &Path, archive: &Path) -> Result<Restored> {
     let open = || -> Result<tar::Archive<flate2::read::GzDecoder<File>>> {
         let f = File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
@@ -321,27 +353,47 @@ pub(crate) fn restore_etc(root: &Path, archive: &Path) -> Result<Restored> {
         {
             bail!("the backup holds an entry outside etc/: {}", path.display());
         }
-        entries.push(ArchivedEntry { path, kind, mtime });
+        let header = entry.header();
+        let mode = header.mode()?;
+        let owner = (
+            u32::try_from(header.uid()?).unwrap_or(0),
+            u32::try_from(header.gid()?).unwrap_or(0),
+        );
+        entries.push(ArchivedEntry {
+            path,
+            kind,
+            mtime,
+            mode,
+            owner,
+        });
     }
     let wanted: BTreeMap<&Path, tar::EntryType> =
         entries.iter().map(|e| (e.path.as_path(), e.kind)).collect();
-
-    // Pass 2: remove what the backup does not have, or has as another type.
+    // What the restore will remove, for the user: what /etc has and the
+    // backup has not (or has as another type).
     let mut removed = Vec::new();
-    remove_unwanted(root, Path::new("etc"), &wanted, &mut removed)?;
+    list_unwanted(root, Path::new("etc"), &wanted, &mut removed)?;
 
-    // Pass 3: write everything back.
+    // Pass 2: the whole tree, staged.
+    let staging = root.join(RESTORE_STAGING);
+    if std::fs::symlink_metadata(&staging).is_ok() {
+        remove_tree(&staging)?;
+    }
+    std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let mut archive = open()?;
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     archive.set_unpack_xattrs(true);
-    archive
-        .unpack(root)
-        .with_context(|| format!("unpacking the /etc backup into {}", root.display()))?;
-
-    // Pass 4: exact mtimes, deepest first so that directories end up right.
+    let unpacked = archive
+        .unpack(&staging)
+        .with_context(|| format!("unpacking the /etc backup into {}", staging.display()));
+    if let Err(e) = unpacked.and_then(|()| make_fifos(&staging, &entries)) {
+        let _ = remove_tree(&staging);
+        return Err(e);
+    }
+    // Exact mtimes, deepest first so that directories end up right.
     let mut by_depth: Vec<&ArchivedEntry> = entries.iter().collect();
     by_depth.sort_by_key(|e| std::cmp::Reverse(e.path.components().count()));
     for e in by_depth {
@@ -349,17 +401,57 @@ pub(crate) fn restore_etc(root: &Path, archive: &Path) -> Result<Restored> {
         let t = nix::sys::time::TimeSpec::new(secs, nanos);
         nix::sys::stat::utimensat(
             nix::fcntl::AT_FDCWD,
-            &root.join(&e.path),
+            &staging.join(&e.path),
             &t,
             &t,
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )
         .with_context(|| format!("setting the mtime of {}", e.path.display()))?;
     }
+
+    // Pass 3: the swap, then the old tree goes.
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &staging.join("etc"),
+        nix::fcntl::AT_FDCWD,
+        &root.join("etc"),
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .with_context(|| format!("swapping the restored /etc into {}", root.display()))?;
+    if let Err(e) = remove_tree(&staging) {
+        // /etc is restored; only the old copy is left behind.
+        tracing::warn!("removing the replaced /etc: {e:#}");
+    }
     Ok(Restored {
         restored: entries.len(),
         removed,
     })
+}
+
+/// The unpacker writes FIFOs as empty files: made here as they were.
+fn make_fifos(staging: &Path, entries: &[ArchivedEntry]) -> Result<()> {
+    for e in entries.iter().filter(|e| e.kind == tar::EntryType::Fifo) {
+        let path = staging.join(&e.path);
+        let _ = std::fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(e.mode))
+            .with_context(|| format!("making the FIFO {}", path.display()))?;
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(e.owner.0)),
+            Some(nix::unistd::Gid::from_raw(e.owner.1)),
+        )
+        .with_context(|| format!("setting the owner of {}", path.display()))?;
+        // mkfifo applies the umask; the archived mode is the truth.
+        std::fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(e.mode & 0o7777),
+        )?;
+    }
+    Ok(())
+}
+
+fn remove_tree(path: &Path) -> Result<()> {
+    std::fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
 }
 
 fn parse_pax_time(v: &str) -> Option<(i64, i64)> {
@@ -375,11 +467,12 @@ fn same_type(meta: &std::fs::Metadata, kind: tar::EntryType) -> bool {
     match kind {
         tar::EntryType::Directory => ft.is_dir(),
         tar::EntryType::Symlink => ft.is_symlink(),
+        tar::EntryType::Fifo => ft.is_fifo(),
         _ => ft.is_file(),
     }
 }
 
-fn remove_unwanted(
+fn list_unwanted(
     root: &Path,
     rel: &Path,
     wanted: &BTreeMap<&Path, tar::EntryType>,
@@ -392,21 +485,16 @@ fn remove_unwanted(
     let keep = wanted.get(rel).is_some_and(|k| same_type(&meta, *k));
     if !keep {
         removed.push(format!("/{}", rel.display()));
-        if meta.is_dir() {
-            std::fs::remove_dir_all(&abs)
-        } else {
-            std::fs::remove_file(&abs)
-        }
-        .with_context(|| format!("removing {}", abs.display()))?;
         return Ok(());
     }
     if meta.is_dir() {
-        let children: HashSet<PathBuf> = std::fs::read_dir(&abs)
+        let mut children: Vec<PathBuf> = std::fs::read_dir(&abs)
             .with_context(|| format!("reading {}", abs.display()))?
             .filter_map(|e| e.ok().map(|e| rel.join(e.file_name())))
             .collect();
+        children.sort();
         for child in children {
-            remove_unwanted(root, &child, wanted, removed)?;
+            list_unwanted(root, &child, wanted, removed)?;
         }
     }
     Ok(())
@@ -495,6 +583,55 @@ mod tests {
             r.removed
         );
         assert_eq!(snapshot(root.path()), before);
+    }
+
+    #[test]
+    fn a_restore_keeps_extended_attributes_and_fifos() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("labelled"), "x").unwrap();
+        xattr::set(etc.join("labelled"), "user.migrate-test", b"label").unwrap();
+        nix::unistd::mkfifo(
+            &etc.join("initctl"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let archive = root.path().join("etc.tar.gz");
+        archive_etc(root.path(), &archive).unwrap();
+        xattr::remove(etc.join("labelled"), "user.migrate-test").unwrap();
+        std::fs::remove_file(etc.join("initctl")).unwrap();
+        restore_etc(root.path(), &archive).unwrap();
+        assert_eq!(
+            xattr::get(etc.join("labelled"), "user.migrate-test").unwrap(),
+            Some(b"label".to_vec())
+        );
+        let ft = std::fs::symlink_metadata(etc.join("initctl"))
+            .unwrap()
+            .file_type();
+        assert!(ft.is_fifo(), "{ft:?}");
+        assert!(!root.path().join(RESTORE_STAGING).exists());
+    }
+
+    #[test]
+    fn a_restore_that_fails_half_way_leaves_etc_as_it_was() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        std::fs::create_dir_all(etc.join("a")).unwrap();
+        for i in 0..200 {
+            std::fs::write(etc.join(format!("a/f{i}")), format!("{i}").repeat(500)).unwrap();
+        }
+        let archive = root.path().join("etc.tar.gz");
+        archive_etc(root.path(), &archive).unwrap();
+        // The upgraded /etc, and a backup damaged in its second half.
+        std::fs::write(etc.join("a/f1"), "changed").unwrap();
+        std::fs::write(etc.join("new"), "added").unwrap();
+        let before = snapshot(root.path());
+        let bytes = std::fs::read(&archive).unwrap();
+        std::fs::write(&archive, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(restore_etc(root.path(), &archive).is_err());
+        assert_eq!(snapshot(root.path()), before, "/etc changed");
+        assert!(!root.path().join(RESTORE_STAGING).exists());
     }
 
     #[test]
