@@ -64,18 +64,20 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Reads a JSON document; `Ok(None)` when the file does not exist. `what`
-/// names the document in the error for a file that is not one.
+/// Reads the JSON document `rel` of `root` (inside it, bounded:
+/// [`crate::core::rootfs::confined`]); `Ok(None)` when it does not exist.
+/// `what` names the document in the error for a file that is not one.
 pub(crate) fn read_json_if_exists<T: serde::de::DeserializeOwned>(
-    path: &Path,
+    root: &Path,
+    rel: &str,
     what: &str,
 ) -> Result<Option<T>> {
-    let Some(bytes) = read_limited(path, DOCUMENT_LIMIT)? else {
+    let Some(bytes) = crate::core::rootfs::confined::read(root, rel, DOCUMENT_LIMIT)? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .with_context(|| format!("{}: not {what}", path.display()))
+        .with_context(|| format!("{}: not {what}", root.join(rel).display()))
 }
 
 /// Makes `path` readable by its owner only: a file 0600, a directory 0700

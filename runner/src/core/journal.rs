@@ -167,23 +167,21 @@ impl Journal {
 
     /// Reads the journal of `root`, if there is one.
     pub(crate) fn load(root: &Path) -> Result<Option<Self>> {
-        crate::core::fsutil::read_json_if_exists(&root.join(STATE_PATH), "a migrate state journal")
+        crate::core::fsutil::read_json_if_exists(root, STATE_PATH, "a migrate state journal")
     }
 
     /// Writes the journal atomically.
     pub(crate) fn save(&mut self, root: &Path) -> Result<()> {
         self.updated_at = timestamp(std::time::SystemTime::now());
         let json = serde_json::to_vec_pretty(self).context("encoding the journal")?;
-        crate::core::fsutil::write_atomic(&root.join(STATE_PATH), &json)
+        crate::core::rootfs::confined::write_atomic(root, STATE_PATH, &json)
     }
 
     /// Moves the journal aside (`state-MIGRATION.json`) so a new migration can
     /// start: `--force-new`.
     pub(crate) fn archive(&self, root: &Path) -> Result<()> {
-        let from = root.join(STATE_PATH);
-        let to = from.with_file_name(format!("state-{}.json", self.migration_id));
-        std::fs::rename(&from, &to)
-            .with_context(|| format!("moving {} to {}", from.display(), to.display()))
+        let to = STATE_PATH.replace("state.json", &format!("state-{}.json", self.migration_id));
+        crate::core::rootfs::confined::rename(root, STATE_PATH, &to)
     }
 
     /// Whether it is unfinished (the next run continues it).

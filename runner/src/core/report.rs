@@ -335,12 +335,9 @@ impl Report {
     /// Moves the report of an earlier run aside (`report-RUNID.json`), so
     /// that `report.json` is always the latest run's and none is lost.
     pub(crate) fn keep_previous(root: &Path, current_run: &str) -> Result<()> {
-        let path = root.join(REPORT_PATH);
         match Self::read(root) {
             Ok(old) if old.run_id != current_run => {
-                let to = path.with_file_name(format!("report-{}.json", old.run_id));
-                std::fs::rename(&path, &to)
-                    .with_context(|| format!("moving {} to {}", path.display(), to.display()))
+                crate::core::rootfs::confined::rename(root, REPORT_PATH, &kept(&old.run_id))
             }
             _ => Ok(()),
         }
@@ -349,42 +346,44 @@ impl Report {
     /// Writes the report under `root` atomically (temporary file, fsync, rename).
     pub(crate) fn write(&self, root: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("encoding the report")?;
-        crate::core::fsutil::write_atomic(&root.join(REPORT_PATH), &json)
+        crate::core::rootfs::confined::write_atomic(root, REPORT_PATH, &json)
     }
 
     /// Rewrites this run's report where it is: `report.json` if that still
     /// is this run's (or there is none), else the copy kept aside.
     pub(crate) fn update(&self, root: &Path) -> Result<()> {
-        let latest = root.join(REPORT_PATH);
-        let path = match Self::read_file(&latest) {
-            Ok(r) if r.run_id != self.run_id => {
-                latest.with_file_name(format!("report-{}.json", self.run_id))
-            }
-            _ => latest,
+        let path = match Self::read_file(root, REPORT_PATH) {
+            Ok(r) if r.run_id != self.run_id => kept(&self.run_id),
+            _ => REPORT_PATH.to_string(),
         };
         let json = serde_json::to_vec_pretty(self).context("encoding the report")?;
-        crate::core::fsutil::write_atomic(&path, &json)
+        crate::core::rootfs::confined::write_atomic(root, &path, &json)
     }
 
     /// Reads the report of the last run under `root`.
     pub(crate) fn read(root: &Path) -> Result<Self> {
-        Self::read_file(&root.join(REPORT_PATH))
+        Self::read_file(root, REPORT_PATH)
     }
 
     /// Reads the report of run `run_id` under `root`: `report.json` if it is
     /// that run's, else the copy kept aside by [`Report::keep_previous`].
     pub(crate) fn read_run(root: &Path, run_id: &str) -> Result<Self> {
-        let latest = root.join(REPORT_PATH);
-        match Self::read_file(&latest) {
+        match Self::read_file(root, REPORT_PATH) {
             Ok(r) if r.run_id == run_id => Ok(r),
-            _ => Self::read_file(&latest.with_file_name(format!("report-{run_id}.json"))),
+            _ => Self::read_file(root, &kept(run_id)),
         }
     }
 
-    fn read_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+    fn read_file(root: &Path, rel: &str) -> Result<Self> {
+        crate::core::fsutil::read_json_if_exists(root, rel, "a migrate report")?
+            .with_context(|| format!("reading {}: no such file", root.join(rel).display()))
     }
+}
+
+/// Where the report of run `run_id` is kept once a later run's is
+/// `report.json`.
+fn kept(run_id: &str) -> String {
+    REPORT_PATH.replace("report.json", &format!("report-{run_id}.json"))
 }
 
 fn planned(p: &PlannedStep) -> StepReport {

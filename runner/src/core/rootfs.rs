@@ -69,6 +69,144 @@ fn join(root: &Path, parts: &[std::ffi::OsString]) -> PathBuf {
 }
 
 #[cfg(test)]
+mod confined_tests {
+    use std::path::Path;
+
+    use super::confined;
+
+    /// A root whose migrate paths are symlinks out of it, and a canary
+    /// directory outside: every write lands inside the root or is refused,
+    /// and the canary never changes.
+    #[test]
+    fn symlinks_in_a_root_never_steer_reads_or_writes_out_of_it() {
+        let top = tempfile::tempdir().unwrap();
+        let root = top.path().join("root");
+        let canary = top.path().join("canary");
+        std::fs::create_dir_all(&canary).unwrap();
+        std::fs::write(canary.join("host.log"), "host\n").unwrap();
+        std::fs::write(canary.join("secret.toml"), "[[step]]\nid = \"x\"\n").unwrap();
+        let snapshot = |d: &Path| {
+            let mut v: Vec<(String, String)> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    let c = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    (e.file_name().to_string_lossy().into_owned(), c)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let before = snapshot(&canary);
+
+        // The log directory a symlink to the canary: inside the root that
+        // path does not exist, so nothing is written, anywhere.
+        std::fs::create_dir_all(root.join("var/log")).unwrap();
+        std::os::unix::fs::symlink(&canary, root.join("var/log/migrate")).unwrap();
+        assert!(confined::append(&root, "var/log/migrate/migrate.log").is_err());
+        assert!(confined::write_atomic(&root, "var/log/migrate/report.json", b"{}").is_err());
+        // A symlink to a directory the root has: followed as the root sees it.
+        std::fs::remove_file(root.join("var/log/migrate")).unwrap();
+        std::fs::create_dir_all(root.join("srv/logs")).unwrap();
+        std::os::unix::fs::symlink("/srv/logs", root.join("var/log/migrate")).unwrap();
+        let mut log = confined::append(&root, "var/log/migrate/migrate.log").unwrap();
+        std::io::Write::write_all(&mut log, b"line\n").unwrap();
+        confined::write_atomic(&root, "var/log/migrate/report.json", b"{}").unwrap();
+        let inside = root.join("srv/logs");
+        assert_eq!(
+            std::fs::read_to_string(inside.join("migrate.log")).unwrap(),
+            "line\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(inside.join("report.json")).unwrap(),
+            "{}"
+        );
+
+        // The state file itself a symlink to a host file: replaced, not followed.
+        std::fs::create_dir_all(root.join("var/lib/migrate")).unwrap();
+        std::os::unix::fs::symlink(
+            canary.join("host.log"),
+            root.join("var/lib/migrate/state.json"),
+        )
+        .unwrap();
+        confined::write_atomic(&root, "var/lib/migrate/state.json", b"{\"v\":1}").unwrap();
+        let state = root.join("var/lib/migrate/state.json");
+        assert!(
+            !std::fs::symlink_metadata(&state)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        // A log that is a symlink to a host file is refused.
+        std::fs::create_dir_all(root.join("var/log2")).unwrap();
+        std::os::unix::fs::symlink(canary.join("host.log"), root.join("var/log2/migrate.log"))
+            .unwrap();
+        assert!(confined::append(&root, "var/log2/migrate.log").is_err());
+
+        // A drop-in symlinked to a host file reads the root's file of that
+        // name (there is none), and `..` stops at the root.
+        std::fs::create_dir_all(root.join("etc/migrate/plan.d")).unwrap();
+        std::os::unix::fs::symlink(
+            canary.join("secret.toml"),
+            root.join("etc/migrate/plan.d/50-x.toml"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../../../../../canary/secret.toml",
+            root.join("etc/migrate/plan.d/60-y.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            confined::list(&root, "etc/migrate/plan.d").unwrap(),
+            ["50-x.toml", "60-y.toml"]
+        );
+        assert!(
+            confined::read(&root, "etc/migrate/plan.d/50-x.toml", 100)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            confined::read(&root, "etc/migrate/plan.d/60-y.toml", 100)
+                .unwrap()
+                .is_none()
+        );
+        confined::remove(&root, "var/lib/migrate/state.json").unwrap();
+        confined::rename(
+            &root,
+            "var/log/migrate/report.json",
+            "var/log/migrate/report-1.json",
+        )
+        .unwrap();
+
+        assert_eq!(snapshot(&canary), before, "a file outside the root changed");
+    }
+
+    #[test]
+    fn reads_inside_a_root_are_bounded_and_regular_files_only() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc")).unwrap();
+        nix::unistd::mkfifo(
+            &root.path().join("etc/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        std::fs::write(root.path().join("etc/big"), vec![b'x'; 10]).unwrap();
+        let e = confined::read(root.path(), "etc/fifo", 100)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("etc/fifo: not a regular file"), "{e}");
+        let e = confined::read(root.path(), "etc/big", 5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("larger than 5 bytes"), "{e}");
+        let e = confined::read(root.path(), "etc", 5)
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("etc: is a directory"), "{e}");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
@@ -103,5 +241,209 @@ mod tests {
         symlink("b", root.path().join("a")).unwrap();
         symlink("a", root.path().join("b")).unwrap();
         assert!(resolve(root.path(), "a").is_err());
+    }
+}
+
+/// Files the host and the agent keep in a root (`var/log/migrate/`,
+/// `var/lib/migrate/`, `etc/migrate/`), reached through [`pathrs`]: every
+/// path resolves inside the root as a chroot would see it (an absolute
+/// symlink means the root's `/`, `..` stops at it), so a root's symlinks can
+/// never steer a read or a write out of it. New files are created exclusively
+/// and never through a final symlink; reads take regular files only, bounded.
+pub(crate) mod confined {
+    use std::fs::{File, Permissions};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use anyhow::{Context, Result, bail};
+    use pathrs::flags::{OpenFlags, RenameFlags};
+    use pathrs::{Root, error::ErrorKind};
+
+    fn open(root: &Path) -> Result<Root> {
+        // pathrs wants the root itself free of symlinks.
+        let real =
+            std::fs::canonicalize(root).with_context(|| format!("resolving {}", root.display()))?;
+        Root::open(&real).with_context(|| format!("opening {}", root.display()))
+    }
+
+    fn not_found(e: &pathrs::error::Error) -> bool {
+        e.kind() == ErrorKind::OsError(Some(nix::libc::ENOENT))
+    }
+
+    fn shown(root: &Path, rel: &str) -> String {
+        root.join(rel).display().to_string()
+    }
+
+    /// Reads `rel`, a regular file of at most `limit` bytes; `Ok(None)` if
+    /// it does not exist. A FIFO or device is refused without blocking.
+    pub(crate) fn read(root: &Path, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
+        let r = open(root)?;
+        let file = match r.open_subpath(
+            rel,
+            OpenFlags::O_RDONLY
+                | OpenFlags::O_NONBLOCK
+                | OpenFlags::O_NOCTTY
+                | OpenFlags::O_CLOEXEC,
+        ) {
+            Ok(f) => f,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => bail!("{}: {e}", shown(root, rel)),
+        };
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading {}", shown(root, rel)))?;
+        if meta.is_dir() {
+            bail!("{}: is a directory", shown(root, rel));
+        }
+        if !meta.is_file() {
+            bail!("{}: not a regular file", shown(root, rel));
+        }
+        if meta.len() > limit {
+            bail!("{}: larger than {limit} bytes", shown(root, rel));
+        }
+        let mut bytes = Vec::new();
+        file.take(limit + 1)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {}", shown(root, rel)))?;
+        if bytes.len() as u64 > limit {
+            bail!("{}: larger than {limit} bytes", shown(root, rel));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// The names in directory `rel` (none if it does not exist).
+    pub(crate) fn list(root: &Path, rel: &str) -> Result<Vec<String>> {
+        let r = open(root)?;
+        let dir = match r.resolve(rel) {
+            Ok(h) => h,
+            Err(e) if not_found(&e) => return Ok(Vec::new()),
+            Err(e) => bail!("{}: {e}", shown(root, rel)),
+        };
+        let file = dir
+            .reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY | OpenFlags::O_CLOEXEC)
+            .with_context(|| format!("{}: not a directory", shown(root, rel)))?;
+        let mut d = nix::dir::Dir::from_fd(file.into())
+            .with_context(|| format!("reading {}", shown(root, rel)))?;
+        let mut names = Vec::new();
+        for entry in d.iter() {
+            let entry = entry.with_context(|| format!("reading {}", shown(root, rel)))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn parent_and_name(rel: &str) -> (&str, &str) {
+        rel.rsplit_once('/').unwrap_or(("", rel))
+    }
+
+    /// Opens `rel` to append (created 0644 with its directories if missing,
+    /// never through a final symlink).
+    pub(crate) fn append(root: &Path, rel: &str) -> Result<File> {
+        let r = open(root)?;
+        let (parent, _) = parent_and_name(rel);
+        r.mkdir_all(parent, &Permissions::from_mode(0o755))
+            .with_context(|| format!("creating {}", shown(root, parent)))?;
+        let file = r
+            .create_file(
+                rel,
+                OpenFlags::O_WRONLY
+                    | OpenFlags::O_APPEND
+                    | OpenFlags::O_NOFOLLOW
+                    | OpenFlags::O_NONBLOCK
+                    | OpenFlags::O_CLOEXEC,
+                &Permissions::from_mode(0o644),
+            )
+            .with_context(|| format!("opening {}", shown(root, rel)))?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            bail!("{}: not a regular file", shown(root, rel));
+        }
+        Ok(file)
+    }
+
+    /// Writes `rel` atomically: a new temporary file beside it (created
+    /// exclusively, an unpredictable name), fsync, rename over it, fsync of
+    /// the directory. An existing file's permissions are kept.
+    pub(crate) fn write_atomic(root: &Path, rel: &str, contents: &[u8]) -> Result<()> {
+        let r = open(root)?;
+        let (parent, name) = parent_and_name(rel);
+        let dir = r
+            .mkdir_all(parent, &Permissions::from_mode(0o755))
+            .with_context(|| format!("creating {}", shown(root, parent)))?;
+        let mode = match r.open_subpath(rel, OpenFlags::O_PATH | OpenFlags::O_NOFOLLOW) {
+            Ok(f) => f
+                .metadata()
+                .map(|m| m.permissions().mode() & 0o7777)
+                .unwrap_or(0o644),
+            Err(_) => 0o644,
+        };
+        let (tmp, mut file) = (0..16)
+            .find_map(|_| {
+                let tmp = format!("{parent}/.{name}.{}.tmp", unpredictable());
+                r.create_file(
+                    &tmp,
+                    OpenFlags::O_WRONLY
+                        | OpenFlags::O_EXCL
+                        | OpenFlags::O_NOFOLLOW
+                        | OpenFlags::O_CLOEXEC,
+                    &Permissions::from_mode(mode),
+                )
+                .ok()
+                .map(|f| (tmp, f))
+            })
+            .with_context(|| format!("creating a temporary file beside {}", shown(root, rel)))?;
+        let written = file
+            .write_all(contents)
+            .and_then(|()| file.set_permissions(Permissions::from_mode(mode)))
+            .and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = r.remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing {}", shown(root, rel)));
+        }
+        if let Err(e) = r.rename(&tmp, rel, RenameFlags::empty()) {
+            let _ = r.remove_file(&tmp);
+            bail!("replacing {}: {e}", shown(root, rel));
+        }
+        if let Ok(d) = dir.reopen(OpenFlags::O_RDONLY | OpenFlags::O_DIRECTORY) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Renames `from` to `to`, both inside the root.
+    pub(crate) fn rename(root: &Path, from: &str, to: &str) -> Result<()> {
+        open(root)?
+            .rename(from, to, RenameFlags::empty())
+            .with_context(|| format!("moving {} to {}", shown(root, from), shown(root, to)))
+    }
+
+    /// Removes the file (or symlink) `rel`; a missing one is no error.
+    pub(crate) fn remove(root: &Path, rel: &str) -> Result<()> {
+        match open(root)?.remove_file(rel) {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => bail!("removing {}: {e}", shown(root, rel)),
+        }
+    }
+
+    /// A name part nobody can guess ahead of time.
+    fn unpredictable() -> String {
+        let mut bytes = [0u8; 8];
+        if File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .is_err()
+        {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            bytes = (nanos as u64 ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

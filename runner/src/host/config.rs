@@ -77,35 +77,38 @@ impl Default for Config {
 /// file if it exists, then the drop-ins. No file at all gives the defaults
 /// (disabled).
 pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
-    let mut files: Vec<PathBuf> = Vec::new();
+    // (name shown in errors, text): --config from the host, the rest inside
+    // the root (its symlinks cannot point at host files).
+    let limit = crate::core::plan::PLAN_LIMIT;
+    let confined = |rel: &str| -> Result<Option<(PathBuf, String)>> {
+        let shown = root.join(rel);
+        crate::core::rootfs::confined::read(root, rel, limit)?
+            .map(|b| {
+                String::from_utf8(b)
+                    .map(|t| (shown.clone(), t))
+                    .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", shown.display()))
+            })
+            .transpose()
+    };
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
     match explicit {
         Some(p) => {
-            if !p.is_file() {
-                bail!("--config {}: no such file", p.display());
-            }
-            files.push(p.to_path_buf());
+            let text = crate::core::fsutil::read_text_limited(p, limit)
+                .map_err(|e| anyhow::anyhow!("--config {e:#}"))?
+                .ok_or_else(|| anyhow::anyhow!("--config {}: no such file", p.display()))?;
+            files.push((p.to_path_buf(), text));
         }
-        None => {
-            let main = root.join(CONFIG_PATH);
-            if main.is_file() {
-                files.push(main);
-            }
-        }
+        None => files.extend(confined(CONFIG_PATH)?),
     }
-    if let Ok(entries) = std::fs::read_dir(root.join(DROPIN_DIR)) {
-        let mut dropins: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        dropins.sort();
-        files.extend(dropins);
+    for name in crate::core::rootfs::confined::list(root, DROPIN_DIR)? {
+        if name.ends_with(".toml") {
+            files.extend(confined(&format!("{DROPIN_DIR}/{name}"))?);
+        }
     }
     let mut merged = Fragment::default();
-    for file in &files {
-        let text = crate::core::fsutil::read_text_limited(file, crate::core::plan::PLAN_LIMIT)?
-            .ok_or_else(|| anyhow::anyhow!("{}: no such file", file.display()))?;
-        let f: Fragment = toml::from_str(&text)
-            .map_err(|e| crate::core::plan::toml_error(&file.display().to_string(), &text, &e))?;
+    for (file, text) in &files {
+        let f: Fragment = toml::from_str(text)
+            .map_err(|e| crate::core::plan::toml_error(&file.display().to_string(), text, &e))?;
         validate(&f).map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
         merged = Fragment {
             enabled: f.enabled.or(merged.enabled),

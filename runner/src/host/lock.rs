@@ -40,7 +40,11 @@ impl RootLock {
                 root: root.to_path_buf(),
             }),
             Err((_, Errno::EWOULDBLOCK)) => {
-                let holder = std::fs::read_to_string(root.join(LOCK_PATH)).unwrap_or_default();
+                let holder = crate::core::rootfs::confined::read(root, LOCK_PATH, 64)
+                    .ok()
+                    .flatten()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
                 let holder = holder.trim();
                 let by = if holder.is_empty() {
                     String::new()
@@ -61,9 +65,12 @@ impl RootLock {
 
     /// Records this process as the holder, in `ROOT/var/lib/migrate/lock`.
     pub(crate) fn record_holder(&self) -> Result<()> {
-        let path = self.root.join(LOCK_PATH);
-        crate::core::fsutil::write_atomic(&path, format!("{}\n", std::process::id()).as_bytes())
-            .with_context(|| format!("recording the lock holder in {}", path.display()))
+        crate::core::rootfs::confined::write_atomic(
+            &self.root,
+            LOCK_PATH,
+            format!("{}\n", std::process::id()).as_bytes(),
+        )
+        .context("recording the lock holder")
     }
 }
 

@@ -49,24 +49,18 @@ pub(crate) struct PendingReboot {
 impl PendingReboot {
     /// Reads the marker of `root`; `Ok(None)` when there is none.
     pub(crate) fn read(root: &Path) -> Result<Option<Self>> {
-        crate::core::fsutil::read_json_if_exists(&root.join(MARKER_PATH), "a migrate reboot marker")
+        crate::core::fsutil::read_json_if_exists(root, MARKER_PATH, "a migrate reboot marker")
     }
 
     /// Writes the marker atomically.
     pub(crate) fn write(&self, root: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).context("encoding the reboot marker")?;
-        crate::core::fsutil::write_atomic(&root.join(MARKER_PATH), &json)
+        crate::core::rootfs::confined::write_atomic(root, MARKER_PATH, &json)
     }
 
     /// Removes the marker (and is content when it is already gone).
     pub(crate) fn remove(root: &Path) -> Result<()> {
-        let path = root.join(MARKER_PATH);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", path.display()))
-            }
-            _ => Ok(()),
-        }
+        crate::core::rootfs::confined::remove(root, MARKER_PATH)
     }
 
     /// Whether the system booted after the migration finished: the init

@@ -2,11 +2,11 @@
 //! tool printed, with time and step, plus what the host did. Appended to, so
 //! the log of an interrupted run and of its resumption stay together.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::core::event::{Envelope, Event, OutputStream, timestamp};
 use crate::core::report::LOG_PATH;
@@ -16,6 +16,7 @@ use crate::core::report::LOG_PATH;
 pub(crate) struct RunLog {
     file: Option<File>,
     pending: Vec<String>,
+    root: PathBuf,
     path: PathBuf,
 }
 
@@ -25,6 +26,7 @@ impl RunLog {
         Self {
             file: None,
             pending: Vec::new(),
+            root: root.to_path_buf(),
             path: root.join(LOG_PATH),
         }
     }
@@ -34,14 +36,8 @@ impl RunLog {
         if self.file.is_some() {
             return Ok(());
         }
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
+        // Inside the root whatever its symlinks say, never through one.
+        let mut file = crate::core::rootfs::confined::append(&self.root, LOG_PATH)?;
         for line in self.pending.drain(..) {
             let _ = writeln!(file, "{line}");
         }

@@ -126,19 +126,22 @@ impl PlanSource {
 }
 
 /// The drop-ins of a root (`ROOT/etc/migrate/plan.d/*.toml`), in name order.
+/// They are read inside the root: a drop-in that is a symlink to a host
+/// file reads the root's file of that name, not the host's.
 pub(crate) fn read_dropins(root: &Path) -> Result<Vec<PlanSource>> {
-    let dir = root.join(DROPIN_DIR);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
-    paths.iter().map(|p| PlanSource::read(p)).collect()
+    crate::core::rootfs::confined::list(root, DROPIN_DIR)?
+        .into_iter()
+        .filter(|name| name.ends_with(".toml"))
+        .map(|name| {
+            let rel = format!("{DROPIN_DIR}/{name}");
+            let shown = root.join(&rel).display().to_string();
+            let bytes = crate::core::rootfs::confined::read(root, &rel, PLAN_LIMIT)?
+                .ok_or_else(|| anyhow::anyhow!("{shown}: no such file"))?;
+            let text =
+                String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{shown}: not UTF-8 text"))?;
+            Ok(PlanSource { name: shown, text })
+        })
+        .collect()
 }
 
 /// Where a key was written.
