@@ -256,3 +256,37 @@ fn an_unattended_run_outside_the_maintenance_window_only_syncs_and_the_cutover_w
         (Some("run"), Some("succeeded"))
     );
 }
+
+#[test]
+fn check_runs_on_a_root_without_api_filesystem_directories_and_creates_nothing() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    for dir in ["proc", "sys", "dev", "run"] {
+        let _ = std::fs::remove_dir_all(root.join(dir));
+        let _ = std::fs::remove_file(root.join(dir));
+    }
+    let before = tree_checksum(&root.path).unwrap();
+    let out = f
+        .migrate()
+        .args(["check", "--image", MIGRATION_IMAGE, "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    // The checks ran and judged (0: passed, 3: an inhibitor), whatever they
+    // found without /run; not an environment failure.
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", show(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        tree_checksum(&root.path).unwrap(),
+        before,
+        "check changed the root"
+    );
+    for dir in ["proc", "sys", "dev", "run"] {
+        assert!(!root.join(dir).exists(), "check created /{dir}");
+    }
+}

@@ -63,6 +63,16 @@ pub(crate) struct Prepared {
     pub(crate) actions: Vec<String>,
 }
 
+/// Makes sure `dir` exists to mount on: `false` when it does not and the
+/// root is read-only.
+fn mount_point(dir: &Path) -> Result<bool> {
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EROFS) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
 /// Mounts `/proc`, `/sys` and `/dev` (recursive binds of the agent's own),
 /// a tmpfs on `/run` and working name resolution in `root`, where the root
 /// does not already have them (a live host root bind-mounted with its
@@ -76,8 +86,14 @@ pub(crate) fn prepare(root: &Path) -> Result<Prepared> {
             done.actions.push(format!("/{name}: already mounted"));
             continue;
         }
-        std::fs::create_dir_all(&target)
-            .with_context(|| format!("creating {}", target.display()))?;
+        if !mount_point(&target)? {
+            // A read-only root (check, --dry-run) without the directory:
+            // nothing may be created in it, so the tools do without.
+            done.actions.push(format!(
+                "/{name}: the read-only root has no mount point; not mounted"
+            ));
+            continue;
+        }
         mount(
             Some(Path::new("/").join(name).as_path()),
             &target,
@@ -92,8 +108,11 @@ pub(crate) fn prepare(root: &Path) -> Result<Prepared> {
     let run = root.join("run");
     if mounted.is_mount_point(&run) {
         done.actions.push("/run: already mounted".into());
+    } else if !mount_point(&run)? {
+        done.actions
+            .push("/run: the read-only root has no mount point; not mounted".into());
+        return Ok(done);
     } else {
-        std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
         mount(
             Some("tmpfs"),
             &run,
