@@ -143,6 +143,10 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             live,
         } => {
             check_root(&root)?;
+            let _one_agent = match verb {
+                RunVerb::Check | RunVerb::DryRun => None,
+                RunVerb::Sync | RunVerb::Run | RunVerb::Cleanup => Some(one_agent(&root)?),
+            };
             let plan: Plan = std::env::var(PLAN_ENV)
                 .map_err(|_| fail(ExitCode::BadInput, format!("${PLAN_ENV} carries no plan")))
                 .and_then(|json| {
@@ -178,9 +182,33 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
         }
         AgentCommand::Rollback { root, run_id } => {
             check_root(&root)?;
+            let _one_agent = one_agent(&root)?;
             rollback::rollback(&root, &run_id, sink)
         }
     }
+}
+
+/// One agent per root, whatever dies: an exclusive `flock` on the root's
+/// `var/lib` directory for the agent's whole life, released by the kernel
+/// when it ends. (The host holds one on the root directory itself, which a
+/// `migrate` that died releases while its agent goes on; this one is the
+/// agent's own.) Locking a directory creates nothing in the root.
+fn one_agent(root: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = root.join("var/lib");
+    let file = std::fs::File::open(&dir)
+        .with_context(|| format!("opening {}", dir.display()))
+        .exit_code(ExitCode::Environment)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        fail(
+            ExitCode::Environment,
+            if e == nix::errno::Errno::EWOULDBLOCK {
+                "another migrate agent is working on this root; `migrate run` re-attaches to it"
+                    .to_string()
+            } else {
+                format!("locking {}: {e}", dir.display())
+            },
+        )
+    })
 }
 
 fn check_root(root: &std::path::Path) -> Result<()> {

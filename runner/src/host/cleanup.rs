@@ -264,7 +264,8 @@ async fn post_phase(
     lo.output = opts.output;
     lo.verbose = opts.verbose;
     lo.record = Record::LogOnly;
-    let (report, result) = run::session::run(podman, &lo, &prepared, Some(lock)).await;
+    let (report, result) =
+        run::session::run(podman, &lo, &prepared, Some(lock), run::session::Start::New).await;
     Ok((report.steps, result))
 }
 

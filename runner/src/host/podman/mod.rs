@@ -29,8 +29,8 @@ use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use podman_api::opts::{
     ContainerAttachOpts, ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter,
-    ContainerListOpts, ContainerStopOpts, ImageListFilter, ImageListOpts, ImagesRemoveOpts,
-    PullOpts,
+    ContainerListOpts, ContainerLogsOpts, ContainerStopOpts, ImageListFilter, ImageListOpts,
+    ImagesRemoveOpts, PullOpts,
 };
 use podman_api::{ApiVersion, conn::TtyChunk, models};
 
@@ -421,11 +421,103 @@ impl Podman {
                 )
                 .await
                 .context("attaching to the container")?;
-            container.start(None).await.context("starting the container")?;
+            container
+                .start(None)
+                .await
+                .context("starting the container")?;
             tracing::debug!(container = %spec.name, "started");
-            let (mut reader, _writer) = attach.split();
+            let (reader, _writer) = attach.split();
+            self.follow(&container, &spec.name, reader, &mut output, cancel)
+                .await
+        }
+        .await;
+        let removed = self.remove_container(&spec.name).await;
+        match (result, removed) {
+            (Ok(outcome), Ok(())) => Ok(outcome),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(r)) => Err(e.context(format!("also: {r:#}"))),
+        }
+    }
+
+    /// A migration container of `root` that is still running (its host
+    /// process died): its name and run id.
+    pub(crate) async fn running_for_root(
+        &self,
+        label_root: &str,
+        root: &str,
+        label_run_id: &str,
+    ) -> Result<Option<(String, String)>> {
+        let opts = ContainerListOpts::builder()
+            .all(false)
+            .filter([ContainerListFilter::LabelKeyVal(
+                label_root.into(),
+                root.into(),
+            )])
+            .build();
+        let list = self
+            .api
+            .containers()
+            .list(&opts)
+            .await
+            .context("listing containers")?;
+        Ok(list.into_iter().find_map(|c| {
+            let name = c.names.and_then(|n| n.into_iter().next()).or(c.id)?;
+            let run_id = c.labels.and_then(|l| l.get(label_run_id).cloned())?;
+            Some((name, run_id))
+        }))
+    }
+
+    /// Follows a running container's whole output from its start (podman
+    /// keeps it), to its end, then removes it: how a new `migrate`
+    /// re-attaches to a migration whose host process died.
+    pub(crate) async fn reattach(
+        &self,
+        name: &str,
+        mut output: impl FnMut(OutputStream, &str),
+        cancel: impl Future<Output = ()>,
+    ) -> Result<ContainerOutcome> {
+        let container = self.api.containers().get(name);
+        let result = async {
+            let logs = container.logs(
+                &ContainerLogsOpts::builder()
+                    .follow(true)
+                    .stdout(true)
+                    .stderr(true)
+                    .build(),
+            );
+            self.follow(&container, name, logs, &mut output, cancel)
+                .await
+        }
+        .await;
+        let removed = self.remove_container(name).await;
+        match (result, removed) {
+            (Ok(outcome), Ok(())) => Ok(outcome),
+            (Ok(_), Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(e),
+            (Err(e), Err(r)) => Err(e.context(format!("also: {r:#}"))),
+        }
+    }
+
+    /// Reads a container's output stream to its end (stopping the container
+    /// in order when `cancel` completes first), then its exit code.
+    async fn follow<S, E>(
+        &self,
+        container: &podman_api::api::Container,
+        name: &str,
+        reader: S,
+        output: &mut impl FnMut(OutputStream, &str),
+        cancel: impl Future<Output = ()>,
+    ) -> Result<ContainerOutcome>
+    where
+        S: futures_util::Stream<Item = std::result::Result<TtyChunk, E>>,
+        E: std::fmt::Display,
+    {
+        {
+            let mut reader = std::pin::pin!(reader);
             let mut lines = LineSplitter::default();
             let mut cancelled = false;
+            let mut output = |s: OutputStream, l: &str| output(s, l);
             tokio::pin!(cancel);
             loop {
                 tokio::select! {
@@ -448,21 +540,13 @@ impl Podman {
                 }
             }
             lines.flush(&mut output);
-            tracing::debug!(container = %spec.name, "output ended");
-            let exit_code = self.exit_code(&container).await?;
-            tracing::debug!(container = %spec.name, exit_code, "exited");
+            tracing::debug!(container = %name, "output ended");
+            let exit_code = self.exit_code(container).await?;
+            tracing::debug!(container = %name, exit_code, "exited");
             Ok(ContainerOutcome {
                 exit_code,
                 cancelled,
             })
-        }
-        .await;
-        let removed = self.remove_container(&spec.name).await;
-        match (result, removed) {
-            (Ok(outcome), Ok(())) => Ok(outcome),
-            (Ok(_), Err(e)) => Err(e),
-            (Err(e), Ok(())) => Err(e),
-            (Err(e), Err(r)) => Err(e.context(format!("also: {r:#}"))),
         }
     }
 

@@ -127,6 +127,12 @@ pub(crate) fn parse_proc_limits(text: &str) -> HashMap<String, (u64, u64)> {
     out
 }
 
+/// Whether `program` is in PATH.
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// The environment variables the podman service is given.
 fn podman_needs(name: &std::ffi::OsStr) -> bool {
     const KEEP: [&str; 13] = [
@@ -164,7 +170,22 @@ impl PrivateService {
             .exit_code(ExitCode::Environment)?;
         let socket = dir.join("podman.sock");
         let _ = std::fs::remove_file(&socket);
-        let mut child = Command::new("podman")
+        if !which("podman") {
+            return Err(fail(
+                ExitCode::Environment,
+                "podman is not installed (no `podman` in PATH) and no podman socket is listening",
+            ));
+        }
+        // With setpriv (util-linux), the service gets SIGTERM when migrate
+        // dies, however it dies: it does not outlive it.
+        let mut command = if which("setpriv") {
+            let mut c = Command::new("setpriv");
+            c.args(["--pdeathsig", "TERM", "--", "podman"]);
+            c
+        } else {
+            Command::new("podman")
+        };
+        let mut child = command
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
             // Only what podman needs: migrate's environment may hold the

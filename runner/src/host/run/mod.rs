@@ -178,7 +178,21 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
                 ));
             }
         }
-        let (report, result) = session::run(&podman, opts, &prepared, lock.as_ref()).await;
+        // A migration container of this root that outlived its migrate (killed,
+        // hung up, out of memory) is followed, not started a second time.
+        let live = podman
+            .running_for_root(
+                LABEL_ROOT,
+                &prepared.root.display().to_string(),
+                LABEL_RUN_ID,
+            )
+            .await
+            .exit_code(ExitCode::Environment)?;
+        let start = match &live {
+            Some((name, run_id)) => session::Start::Reattach { name, run_id },
+            None => session::Start::New,
+        };
+        let (report, result) = session::run(&podman, opts, &prepared, lock.as_ref(), start).await;
         if prepared.pulled && !opts.verb.changes_root() {
             // Nothing refers to it any more: leave podman's storage as it was.
             if let Err(e) = podman.remove_image(&prepared.image.id).await {

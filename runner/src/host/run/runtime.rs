@@ -21,6 +21,16 @@ pub(crate) trait ContainerRuntime {
         cancel: impl Future<Output = ()>,
     ) -> impl Future<Output = Result<ContainerOutcome>>;
 
+    /// Follows a container that is already running (started by a
+    /// `migrate` that died) from its first line to its end, then removes
+    /// it; `cancel` as in [`ContainerRuntime::run`].
+    fn reattach(
+        &self,
+        name: &str,
+        output: impl FnMut(OutputStream, &str),
+        cancel: impl Future<Output = ()>,
+    ) -> impl Future<Output = Result<ContainerOutcome>>;
+
     /// Where the containers run, for the log.
     fn describe(&self) -> String;
 }
@@ -33,6 +43,15 @@ impl ContainerRuntime for Podman {
         cancel: impl Future<Output = ()>,
     ) -> impl Future<Output = Result<ContainerOutcome>> {
         Podman::run(self, spec, output, cancel)
+    }
+
+    fn reattach(
+        &self,
+        name: &str,
+        output: impl FnMut(OutputStream, &str),
+        cancel: impl Future<Output = ()>,
+    ) -> impl Future<Output = Result<ContainerOutcome>> {
+        Podman::reattach(self, name, output, cancel)
     }
 
     fn describe(&self) -> String {

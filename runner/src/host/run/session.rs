@@ -22,6 +22,22 @@ use crate::host::lock::RootLock;
 use crate::host::render::{OutputFormat, Renderer};
 use crate::host::runlog::RunLog;
 
+/// Which container the session follows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Start<'a> {
+    /// A new one, for a new run.
+    New,
+    /// One still running for this root, whose host process died: its whole
+    /// output is followed from the start, so the report and the log are
+    /// completed as if nothing had happened.
+    Reattach {
+        /// The container.
+        name: &'a str,
+        /// Its run.
+        run_id: &'a str,
+    },
+}
+
 /// Runs the agent in the migration container and renders, logs and
 /// reports what it does. Returns the run's report and its outcome.
 pub(crate) async fn run(
@@ -29,9 +45,13 @@ pub(crate) async fn run(
     opts: &LaunchOptions,
     p: &Prepared,
     lock: Option<&RootLock>,
+    start: Start<'_>,
 ) -> (Report, Result<()>) {
     let root = p.root.as_path();
-    let run_id = prepare::new_run_id();
+    let run_id = match start {
+        Start::New => prepare::new_run_id(),
+        Start::Reattach { run_id, .. } => run_id.to_string(),
+    };
     let image_info = ImageInfo {
         reference: p.reference.clone(),
         id: p.image.id.clone(),
@@ -49,10 +69,14 @@ pub(crate) async fn run(
         },
         p.target.clone(),
     );
-    // The secrets directory lives until the container ended.
-    let (spec, _secrets) = match prepare::container_spec(opts, p, &run_id) {
-        Ok(s) => s,
-        Err(e) => return (report, Err(e)),
+    // The secrets directory lives until the container ended. A container
+    // re-attached to has its spec already.
+    let (spec, _secrets) = match start {
+        Start::New => match prepare::container_spec(opts, p, &run_id) {
+            Ok((spec, secrets)) => (Some(spec), secrets),
+            Err(e) => return (report, Err(e)),
+        },
+        Start::Reattach { .. } => (None, None),
     };
     let mut log = RunLog::new(root);
     log.host(&format!(
@@ -162,15 +186,48 @@ pub(crate) async fn run(
     if opts.verb == Verb::Rollback {
         guard(&session).begin_changes();
     }
+    if let Start::Reattach { name, .. } = start {
+        let line = format!(
+            "re-attached to {name}: run {run_id} goes on without the migrate that started it; its whole output follows"
+        );
+        let mut s = guard(&session);
+        s.renderer.note(&line);
+        s.log.host(&line);
+    }
     let ticker = async {
         let mut every = tokio::time::interval(Duration::from_secs(1));
+        // A dropped terminal does not stop the migration: SIGHUP is noted,
+        // not obeyed.
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
-            every.tick().await;
-            guard(&session).renderer.tick();
+            tokio::select! {
+                _ = every.tick() => guard(&session).renderer.tick(),
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    guard(&session).log.host(
+                        "the terminal hung up; the migration goes on (`migrate run` on this root re-attaches to it)",
+                    );
+                }
+            }
+        }
+    };
+    let output = |stream, line: &str| guard(&session).line(stream, line);
+    let container = async {
+        match (start, &spec) {
+            (Start::Reattach { name, .. }, _) => {
+                runtime.reattach(name, output, shutdown_signal()).await
+            }
+            (Start::New, Some(spec)) => runtime.run(spec, output, shutdown_signal()).await,
+            (Start::New, None) => unreachable!("a new run has its spec"),
         }
     };
     let outcome = tokio::select! {
-        o = runtime.run(&spec, |stream, line| guard(&session).line(stream, line), shutdown_signal()) => o,
+        o = container => o,
         () = ticker => unreachable!("the ticker never ends"),
     };
     drop(inhibitor);
@@ -327,20 +384,37 @@ mod tests {
         exit_code: i32,
     }
 
+    impl Recorded {
+        fn replay(&self, mut output: impl FnMut(OutputStream, &str)) -> ContainerOutcome {
+            for (stream, line) in &self.lines {
+                output(*stream, line);
+            }
+            ContainerOutcome {
+                exit_code: self.exit_code,
+                cancelled: false,
+            }
+        }
+    }
+
     impl ContainerRuntime for Recorded {
         async fn run(
             &self,
             _spec: &ContainerSpec,
-            mut output: impl FnMut(OutputStream, &str),
+            output: impl FnMut(OutputStream, &str),
             _cancel: impl Future<Output = ()>,
         ) -> anyhow::Result<ContainerOutcome> {
-            for (stream, line) in &self.lines {
-                output(*stream, line);
-            }
-            Ok(ContainerOutcome {
-                exit_code: self.exit_code,
-                cancelled: false,
-            })
+            Ok(self.replay(output))
+        }
+
+        async fn reattach(
+            &self,
+            _name: &str,
+            output: impl FnMut(OutputStream, &str),
+            cancel: impl Future<Output = ()>,
+        ) -> anyhow::Result<ContainerOutcome> {
+            // The whole output again, as podman's log has it.
+            drop(cancel);
+            Ok(self.replay(output))
         }
 
         fn describe(&self) -> String {
@@ -443,7 +517,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let (report, result) = rt.block_on(run(&runtime, &opts, &p, None));
+        let (report, result) = rt.block_on(run(&runtime, &opts, &p, None, Start::New));
         (dir, report, result)
     }
 
@@ -520,6 +594,34 @@ mod tests {
             "{err:#}"
         );
         assert_eq!(report.result, RunResult::Failed);
+    }
+
+    #[test]
+    fn a_reattached_session_completes_the_report_of_the_run_it_follows() {
+        let mut lines = vec![started()];
+        lines.extend(step("release", StepStatus::Succeeded, None));
+        lines.extend(step("upgrade", StepStatus::Succeeded, None));
+        lines.push(finished(RunStatus::Succeeded, None));
+        let (dir, p) = prepared();
+        let opts = LaunchOptions::new(Verb::Run, p.root.clone());
+        let runtime = Recorded {
+            lines,
+            exit_code: 0,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = Start::Reattach {
+            name: "migrate-20261201000000-abcd",
+            run_id: "20261201000000-abcd",
+        };
+        let (report, result) = rt.block_on(run(&runtime, &opts, &p, None, start));
+        result.unwrap();
+        assert_eq!(report.run_id, "20261201000000-abcd");
+        assert_eq!(written(dir.path())["run_id"], "20261201000000-abcd");
+        assert_eq!(written(dir.path())["result"], "succeeded");
+        assert!(log(dir.path()).contains("re-attached to migrate-20261201000000-abcd"));
     }
 
     #[test]
