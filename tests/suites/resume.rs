@@ -142,3 +142,69 @@ fn a_run_killed_between_two_steps_resumes_to_a_clean_debian_13() {
         "upgrade-packages",
     );
 }
+
+/// The host's `migrate` killed mid-upgrade (not its container): the next
+/// `migrate run` re-attaches to the migration that goes on, follows it to the
+/// end and completes its report; no second agent, no container left.
+#[test]
+fn a_migrate_killed_mid_upgrade_is_re_attached_to_by_the_next_run() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let mut run = LiveRun::start(f, &["run", "--image", MIGRATION_IMAGE], &root.path).unwrap();
+    run.until(|e| in_step(e, "upgrade-packages") && e["event"] == "progress")
+        .expect("the upgrade started");
+    let run_id = run.run_id().unwrap();
+    run.kill_host().unwrap();
+
+    let out = f
+        .migrate()
+        .args(["run", "--output", "json", "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the re-attached run: {}",
+        show(&out)
+    );
+    let events = json_lines(&out.stdout);
+    assert!(
+        events.iter().any(|e| e["event"] == "output"
+            && e["line"]
+                .as_str()
+                .is_some_and(|l| l.contains("re-attached to"))),
+        "{}",
+        show(&out)
+    );
+    // The run that was killed, completed: one run, one agent.
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["run_id"], run_id.as_str(), "{r:#}");
+    assert_eq!(r["result"], "succeeded", "{r:#}");
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["runs"].as_array().unwrap().len(), 1, "{state:#}");
+    let upgrade = state["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "upgrade-packages")
+        .unwrap();
+    assert_eq!(upgrade["attempts"], 1, "the upgrade ran twice: {state:#}");
+    let left = f
+        .podman()
+        .args([
+            "ps",
+            "-a",
+            "-q",
+            "--filter",
+            &format!("label=io.migrate.run-id={run_id}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "a container was left behind");
+}
