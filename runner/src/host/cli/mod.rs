@@ -295,7 +295,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    match Cli::try_parse_from(args) {
+    match Cli::try_parse_from(verb_first(args.into_iter().map(Into::into).collect())) {
         Ok(cli) => Ok(cli),
         Err(e) if !e.use_stderr() => {
             // --help, --version
@@ -304,6 +304,52 @@ where
         }
         Err(e) => Err(Usage::Bad(usage_line(&e))),
     }
+}
+
+/// The options that take a value as the next argument.
+const WITH_VALUE: [&str; 8] = [
+    "--root", "--image", "--plan", "--config", "--output", "--base", "--tag", "--agent",
+];
+
+/// `migrate [OPTIONS] VERB [ARGS]` read as `migrate VERB [OPTIONS] [ARGS]`:
+/// options may come before the verb, as they always could; each verb still
+/// takes only its own. Without a verb, nothing moves (`run` is the default).
+fn verb_first(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let verbs = [
+        "run", "check", "sync", "status", "rollback", "cleanup", "image",
+    ];
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--" {
+            return args;
+        }
+        if verbs.contains(&a.as_ref()) {
+            break;
+        }
+        if !a.starts_with('-') {
+            return args; // a value clap will judge
+        }
+        i += if WITH_VALUE.contains(&a.as_ref()) {
+            2
+        } else {
+            1
+        };
+    }
+    if i <= 1 || i >= args.len() {
+        return args;
+    }
+    // `image` has verbs of its own: the options go after those.
+    let verb_end = if args[i] == "image" && i + 1 < args.len() {
+        i + 2
+    } else {
+        i + 1
+    };
+    let mut out = vec![args[0].clone()];
+    out.extend_from_slice(&args[i..verb_end]);
+    out.extend_from_slice(&args[1..i]);
+    out.extend_from_slice(&args[verb_end..]);
+    out
 }
 
 /// A clap error as one line; a flag given to a verb it does not belong to

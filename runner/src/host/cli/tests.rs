@@ -142,7 +142,7 @@ fn bad_usage_is_one_line() {
         &["frobnicate"],
         &["image", "build"],
         &["run", "--root"],
-        &["--root", "/r", "check"],
+        &["--reboot", "check"],
     ] {
         let line = bad(args);
         assert_eq!(line.lines().count(), 1, "{args:?}: {line}");
@@ -225,4 +225,20 @@ fn a_bad_image_reference_is_one_line_and_never_reaches_podman() {
         assert_eq!(bad(&["check", "--image", image]), says);
     }
     assert!(bad(&["image", "inspect", "my image"]).starts_with("<REF>: image reference"));
+}
+
+#[test]
+fn options_may_come_before_the_verb_and_still_belong_to_it() {
+    let cli = parse(&["--root", "/r", "--image", "i", "check", "--output", "json"]).unwrap();
+    let Some(Command::Check(a)) = &cli.command else {
+        panic!("{cli:?}")
+    };
+    assert_eq!(a.root.root, PathBuf::from("/r"));
+    assert_eq!(a.plan.image.image.as_deref(), Some("i"));
+    assert_eq!(
+        bad(&["--image", "i", "check", "--dry-run"]),
+        "--dry-run applies to `migrate run` only"
+    );
+    assert!(parse(&["--output", "json", "image", "list"]).is_ok());
+    assert!(parse(&["--unattended", "--config", "/c.toml"]).is_ok());
 }
