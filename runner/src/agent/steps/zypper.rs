@@ -41,6 +41,9 @@ impl ZypperStep {
     }
 }
 
+/// zypper's record of the packages its solver installed automatically.
+const AUTO_INSTALLED: &str = "var/lib/zypp/AutoInstalled";
+
 /// The flags of a distribution upgrade (after `dup`).
 const DUP_FLAGS: [&str; 4] = [
     "--auto-agree-with-licenses",
@@ -182,6 +185,10 @@ impl StepKind for ZypperStep {
         //    root is not changed if this fails.
         RepoDir::write_scratch(&files, &scratch)?;
         let releasever = self.opts.releasever.as_deref();
+        // zypper records its solver's auto-installed set in the root even
+        // when the download pass fails: what was there is put back then.
+        let auto_installed = crate::core::rootfs::resolve(root, AUTO_INSTALLED)?;
+        let before = std::fs::read(&auto_installed).ok();
         run_pm(
             ctx,
             zypper(root, &scratch, releasever, PackageCache::Root)
@@ -191,7 +198,19 @@ impl StepKind for ZypperStep {
             &notable,
             &OK_CODES,
         )
-        .map_err(|e| explain("dup (download)", e))?;
+        .map_err(|e| {
+            let restored = match &before {
+                Some(bytes) => std::fs::write(&auto_installed, bytes),
+                None => match std::fs::remove_file(&auto_installed) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    other => other,
+                },
+            };
+            if let Err(r) = restored {
+                tracing::warn!("restoring /{AUTO_INSTALLED}: {r}");
+            }
+            explain("dup (download)", e)
+        })?;
         // 2. The switched repositories go into the root; install from the cache.
         let written = REPOS.write_root(root, &files)?;
         ctx.say(format!(
