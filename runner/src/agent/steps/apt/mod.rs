@@ -62,9 +62,13 @@ impl StepKind for DistUpgrade {
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        // Finish whatever an interrupted earlier attempt left half done.
-        ctx.run(&mut apt(ctx.root(), "dpkg", &["--configure", "-a"]))
-            .context("finishing interrupted package configuration")?;
+        // Finish whatever an interrupted earlier attempt left half done. A
+        // transaction killed mid-way can leave packages half-installed, which
+        // `dpkg --configure -a` refuses ("reinstall it before attempting
+        // configuration"): its failure is what the repair below is for.
+        let configured = ctx
+            .run(&mut apt(ctx.root(), "dpkg", &["--configure", "-a"]))
+            .is_ok();
         ctx.run(&mut apt(
             ctx.root(),
             "apt-get",
@@ -73,13 +77,8 @@ impl StepKind for DistUpgrade {
         .context("updating the package lists")?;
         let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0"];
         args.extend(KEEP_LOCAL_CONFIG);
-        if !dpkg_audit(ctx.root())?.is_empty() {
-            // Packages unpacked but not configured, with dependencies that
-            // `dpkg --configure -a` could not satisfy: let apt repair them.
-            let mut fix = args.clone();
-            fix.extend(["-f", "install"]);
-            ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &fix), &apt_progress)
-                .context("repairing broken dependencies")?;
+        if !configured || !dpkg_audit(ctx.root())?.is_empty() {
+            self.repair(ctx, &args)?;
         }
         args.push("dist-upgrade");
         ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &args), &apt_progress)
@@ -90,6 +89,78 @@ impl StepKind for DistUpgrade {
     fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
         ctx.run.packages()?.simulate(ctx)
     }
+}
+
+impl DistUpgrade {
+    /// Brings dpkg back from what an interrupted transaction left: packages
+    /// half-installed or marked for reinstallation are installed again (their
+    /// files may be half unpacked), unpacked ones configured, broken
+    /// dependencies resolved by apt; then everything must be configured.
+    fn repair(&self, ctx: &StepContext<'_>, args: &[&str]) -> Result<()> {
+        let broken = needs_reinstall(ctx.root())?;
+        if !broken.is_empty() {
+            ctx.say(format!(
+                "reinstalling what an interrupted transaction left half-installed: {}",
+                broken.join(", ")
+            ));
+            let mut reinstall: Vec<&str> = args.to_vec();
+            reinstall.extend(["install", "--reinstall"]);
+            reinstall.extend(broken.iter().map(String::as_str));
+            // apt may refuse while other packages are broken; -f install
+            // below resolves those, and the reinstall is tried once more.
+            if ctx
+                .run_with_progress(
+                    &mut apt_get_with_status(ctx.root(), &reinstall),
+                    &apt_progress,
+                )
+                .is_err()
+            {
+                let mut fix: Vec<&str> = args.to_vec();
+                fix.extend(["-f", "install"]);
+                let _ = ctx
+                    .run_with_progress(&mut apt_get_with_status(ctx.root(), &fix), &apt_progress);
+                ctx.run_with_progress(
+                    &mut apt_get_with_status(ctx.root(), &reinstall),
+                    &apt_progress,
+                )
+                .context("reinstalling half-installed packages")?;
+            }
+        }
+        // Unpacked but not configured, with dependencies `dpkg --configure
+        // -a` could not satisfy: apt repairs them.
+        let mut fix: Vec<&str> = args.to_vec();
+        fix.extend(["-f", "install"]);
+        ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &fix), &apt_progress)
+            .context("repairing broken dependencies")?;
+        ctx.run(&mut apt(ctx.root(), "dpkg", &["--configure", "-a"]))
+            .context("finishing interrupted package configuration")?;
+        Ok(())
+    }
+}
+
+/// Packages dpkg says must be installed again: half-installed (`H`) or
+/// with the reinstall-required flag (`R`), from `dpkg-query`'s abbreviated
+/// status.
+fn needs_reinstall(root: &Path) -> Result<Vec<String>> {
+    let out = apt(
+        root,
+        "dpkg-query",
+        &["-W", "-f", "${db:Status-Abbrev}\t${binary:Package}\n"],
+    )
+    .run_get_string()
+    .context("asking dpkg which packages are half-installed")?;
+    Ok(parse_needs_reinstall(&out))
+}
+
+fn parse_needs_reinstall(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let (abbrev, name) = l.split_once('\t')?;
+            let mut chars = abbrev.chars();
+            let (_want, status, error) = (chars.next(), chars.next(), chars.next());
+            (status == Some('H') || error == Some('R')).then(|| name.trim().to_string())
+        })
+        .collect()
 }
 
 fn apt(root: &Path, program: &str, args: &[&str]) -> Command {

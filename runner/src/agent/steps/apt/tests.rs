@@ -94,3 +94,9 @@ fn apt_status_lines_become_progress() {
     assert_eq!(apt_progress("Setting up libc6 ..."), None);
     assert_eq!(apt_progress("pmstatus:x:notanumber:y"), None);
 }
+
+#[test]
+fn half_installed_and_reinstall_required_packages_are_found() {
+    let text = "ii \tbash\niU \tlibc6:amd64\niHR\tsystemd\nrH \tlibc-bin\niFR\tudev\n";
+    assert_eq!(parse_needs_reinstall(text), ["systemd", "libc-bin", "udev"]);
+}
