@@ -208,3 +208,123 @@ fn a_migrate_killed_mid_upgrade_is_re_attached_to_by_the_next_run() {
         .unwrap();
     assert!(left.stdout.is_empty(), "a container was left behind");
 }
+
+/// Where in dpkg's work an apt progress event is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Stage {
+    Download,
+    Unpack,
+    Configure,
+    Any,
+}
+
+fn stage_of(e: &serde_json::Value) -> Option<Stage> {
+    if !(in_step(e, "upgrade-packages") && e["event"] == "progress") {
+        return None;
+    }
+    let m = e["message"].as_str().unwrap_or_default();
+    Some(if m.starts_with("Downloading") {
+        Stage::Download
+    } else if m.starts_with("Unpacking") || m.starts_with("Preparing to unpack") {
+        Stage::Unpack
+    } else if m.starts_with("Configuring")
+        || m.starts_with("Preparing to configure")
+        || m.starts_with("Installed")
+    {
+        Stage::Configure
+    } else {
+        Stage::Any
+    })
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kill {
+    /// `migrate` itself: its container goes on.
+    Host,
+    /// The migration container: the transaction stops where it is.
+    Container,
+}
+
+/// Kills `migrate` or its container with SIGKILL at ten seeded points over
+/// one upgrade (downloads, dpkg's unpacking and configuring: two container
+/// kills in each dpkg stage), each time running plain `migrate run` again;
+/// the last run converges to a clean Debian 13 with its report, and nothing
+/// is left behind. A point the upgrade never reaches fails the test.
+#[test]
+fn an_upgrade_killed_ten_times_host_and_container_converges_to_a_clean_debian_13() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    // (whom, in which stage, the how-manieth such event after the last kill)
+    let schedule = [
+        (Kill::Host, Stage::Download, 1),
+        (Kill::Container, Stage::Unpack, 3),
+        (Kill::Host, Stage::Unpack, 3),
+        (Kill::Container, Stage::Unpack, 8),
+        (Kill::Host, Stage::Unpack, 3),
+        (Kill::Container, Stage::Configure, 3),
+        (Kill::Host, Stage::Configure, 3),
+        (Kill::Container, Stage::Configure, 6),
+        (Kill::Host, Stage::Configure, 3),
+        (Kill::Container, Stage::Any, 3),
+    ];
+    let mut after = String::new(); // agent time of the last kill
+    for (point, (whom, stage, nth)) in schedule.into_iter().enumerate() {
+        let mut run = LiveRun::start(f, &["run", "--image", MIGRATION_IMAGE], &root.path).unwrap();
+        let seen = std::cell::Cell::new(0);
+        let hit = run.until(|e| {
+            let new = e["ts"].as_str().is_some_and(|ts| ts > after.as_str());
+            let matches = new && stage_of(e).is_some_and(|s| stage == Stage::Any || s == stage);
+            if matches {
+                seen.set(seen.get() + 1);
+            }
+            matches && seen.get() >= nth
+        });
+        let Some(event) = hit else {
+            let (code, stderr) = run.finish().unwrap();
+            panic!(
+                "kill point {} ({whom:?} in {stage:?}) was never reached: exit {code:?}: {stderr}",
+                point + 1
+            );
+        };
+        after = event["ts"].as_str().unwrap().to_string();
+        let run_id = run.run_id().unwrap();
+        match whom {
+            Kill::Host => run.kill_host().unwrap(),
+            Kill::Container => {
+                kill_container(f, &run_id).unwrap();
+                let (code, stderr) = run.finish().unwrap();
+                assert_eq!(code, Some(1), "point {}: {stderr}", point + 1);
+            }
+        }
+    }
+
+    let out = f
+        .migrate()
+        .args(["run", "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "the last run: {}", show(&out));
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+    let audit = root.chroot(&["dpkg", "--audit"]).unwrap();
+    assert!(
+        audit.status.success() && audit.stdout.is_empty(),
+        "{}",
+        show(&audit)
+    );
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["result"], "succeeded", "{r:#}");
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["state"], "completed", "{state:#}");
+    let left = f
+        .podman()
+        .args(["ps", "-a", "-q", "--filter"])
+        .arg(format!("label=io.migrate.root={}", root.path.display()))
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "a container was left behind");
+}
