@@ -21,10 +21,7 @@ fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &
     assert_eq!(code, Some(1), "the killed run failed: {stderr}");
     assert!(stderr.contains("killed by signal 9"), "{stderr}");
 
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state = journal(&root.path);
     assert_eq!(state["status"], "in_progress", "{state:#}");
     let step = state["steps"]
         .as_array()
@@ -85,10 +82,7 @@ fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &
         };
         assert_eq!(s["status"], expected, "step {}: {r:#}", s["id"]);
     }
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state = journal(&root.path);
     assert_eq!(state["status"], "completed");
     let resumed = state["steps"]
         .as_array()
@@ -98,6 +92,12 @@ fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &
         .unwrap();
     assert_eq!(resumed["attempts"], 2, "{state:#}");
     assert_eq!(state["runs"].as_array().unwrap().len(), 2);
+}
+
+/// The root's state journal.
+fn journal(root: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap())
+        .unwrap()
 }
 
 fn in_step(e: &serde_json::Value, step: &str) -> bool {
@@ -183,10 +183,7 @@ fn a_migrate_killed_mid_upgrade_is_re_attached_to_by_the_next_run() {
     assert_eq!(r["run_id"], run_id.as_str(), "{r:#}");
     assert_eq!(r["result"], "succeeded", "{r:#}");
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state = journal(&root.path);
     assert_eq!(state["runs"].as_array().unwrap().len(), 1, "{state:#}");
     let upgrade = state["steps"]
         .as_array()
@@ -315,10 +312,7 @@ fn an_upgrade_killed_ten_times_host_and_container_converges_to_a_clean_debian_13
     );
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded", "{r:#}");
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("var/lib/migrate/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state = journal(&root.path);
     assert_eq!(state["state"], "completed", "{state:#}");
     let left = f
         .podman()

@@ -431,13 +431,7 @@ impl Podman {
                 .await
         }
         .await;
-        let removed = self.remove_container(&spec.name).await;
-        match (result, removed) {
-            (Ok(outcome), Ok(())) => Ok(outcome),
-            (Ok(_), Err(e)) => Err(e),
-            (Err(e), Ok(())) => Err(e),
-            (Err(e), Err(r)) => Err(e.context(format!("also: {r:#}"))),
-        }
+        both(result, self.remove_container(&spec.name).await)
     }
 
     /// A migration container of `root` that is still running (its host
@@ -490,13 +484,7 @@ impl Podman {
                 .await
         }
         .await;
-        let removed = self.remove_container(name).await;
-        match (result, removed) {
-            (Ok(outcome), Ok(())) => Ok(outcome),
-            (Ok(_), Err(e)) => Err(e),
-            (Err(e), Ok(())) => Err(e),
-            (Err(e), Err(r)) => Err(e.context(format!("also: {r:#}"))),
-        }
+        both(result, self.remove_container(name).await)
     }
 
     /// Reads a container's output stream to its end (stopping the container
@@ -575,6 +563,15 @@ impl Podman {
 
 /// Lowers each limit's hard value to the service process's hard limit (what
 /// it can grant without privilege), and the soft value to the hard one.
+/// A container's outcome, unless it or its removal failed (both said).
+fn both(result: Result<ContainerOutcome>, removed: Result<()>) -> Result<ContainerOutcome> {
+    match (result, removed) {
+        (Ok(outcome), Ok(())) => Ok(outcome),
+        (Ok(_), Err(e)) | (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(r)) => Err(e.context(format!("also: {r:#}"))),
+    }
+}
+
 fn clamp_limits(limits: &mut [Rlimit], service: &HashMap<String, (u64, u64)>) {
     for limit in limits {
         if let Some((_, hard)) = service.get(&limit.name) {
