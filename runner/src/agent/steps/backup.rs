@@ -410,14 +410,17 @@ pub(crate) fn restore_etc(root: &Path, archive: &Path) -> Result<Restored> {
     }
 
     // Pass 3: the swap, then the old tree goes.
-    nix::fcntl::renameat2(
-        nix::fcntl::AT_FDCWD,
-        &staging.join("etc"),
-        nix::fcntl::AT_FDCWD,
-        &root.join("etc"),
-        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-    )
-    .with_context(|| format!("swapping the restored /etc into {}", root.display()))?;
+    // pathrs: renameat2 inside the root (nix has it for glibc only, and the
+    // agent is built for musl).
+    pathrs::Root::open(root)
+        .and_then(|r| {
+            r.rename(
+                format!("{RESTORE_STAGING}/etc"),
+                "etc",
+                pathrs::flags::RenameFlags::RENAME_EXCHANGE,
+            )
+        })
+        .with_context(|| format!("swapping the restored /etc into {}", root.display()))?;
     if let Err(e) = remove_tree(&staging) {
         // /etc is restored; only the old copy is left behind.
         tracing::warn!("removing the replaced /etc: {e:#}");
