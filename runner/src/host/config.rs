@@ -98,11 +98,16 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
                 .ok_or_else(|| anyhow::anyhow!("--config {}: no such file", p.display()))?;
             files.push((p.to_path_buf(), text));
         }
-        None => files.extend(confined(CONFIG_PATH)?),
+        None if root.is_dir() => files.extend(confined(CONFIG_PATH)?),
+        // No root to read: what is wrong with it is said where it is
+        // inspected, in the words of the root checks.
+        None => {}
     }
-    for name in crate::core::rootfs::confined::list(root, DROPIN_DIR)? {
-        if name.ends_with(".toml") {
-            files.extend(confined(&format!("{DROPIN_DIR}/{name}"))?);
+    if root.is_dir() {
+        for name in crate::core::rootfs::confined::list(root, DROPIN_DIR)? {
+            if name.ends_with(".toml") {
+                files.extend(confined(&format!("{DROPIN_DIR}/{name}"))?);
+            }
         }
     }
     let mut merged = Fragment::default();
