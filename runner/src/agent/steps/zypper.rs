@@ -44,6 +44,43 @@ impl ZypperStep {
 /// zypper's record of the packages its solver installed automatically.
 const AUTO_INSTALLED: &str = "var/lib/zypp/AutoInstalled";
 
+/// A file as it was: its bytes and times, or that there was none.
+struct Recorded(Option<(Vec<u8>, std::fs::Metadata)>);
+
+impl Recorded {
+    fn take(path: &Path) -> Self {
+        Recorded(
+            std::fs::read(path)
+                .ok()
+                .zip(std::fs::symlink_metadata(path).ok()),
+        )
+    }
+
+    /// Makes `path` what it was, if it changed (its times included).
+    fn put_back(&self, path: &Path) -> Result<()> {
+        match &self.0 {
+            None => match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+            Some((bytes, _)) if std::fs::read(path).ok().as_ref() == Some(bytes) => Ok(()),
+            Some((bytes, meta)) => {
+                std::fs::write(path, bytes)?;
+                let at = |s: i64, ns: i64| nix::sys::time::TimeSpec::new(s, ns);
+                use std::os::unix::fs::MetadataExt;
+                nix::sys::stat::utimensat(
+                    nix::fcntl::AT_FDCWD,
+                    path,
+                    &at(meta.atime(), meta.atime_nsec()),
+                    &at(meta.mtime(), meta.mtime_nsec()),
+                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                )?;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The flags of a distribution upgrade (after `dup`).
 const DUP_FLAGS: [&str; 4] = [
     "--auto-agree-with-licenses",
@@ -188,7 +225,7 @@ impl StepKind for ZypperStep {
         // zypper records its solver's auto-installed set in the root even
         // when the download pass fails: what was there is put back then.
         let auto_installed = crate::core::rootfs::resolve(root, AUTO_INSTALLED)?;
-        let before = std::fs::read(&auto_installed).ok();
+        let before = Recorded::take(&auto_installed);
         run_pm(
             ctx,
             zypper(root, &scratch, releasever, PackageCache::Root)
@@ -199,15 +236,8 @@ impl StepKind for ZypperStep {
             &OK_CODES,
         )
         .map_err(|e| {
-            let restored = match &before {
-                Some(bytes) => std::fs::write(&auto_installed, bytes),
-                None => match std::fs::remove_file(&auto_installed) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    other => other,
-                },
-            };
-            if let Err(r) = restored {
-                tracing::warn!("restoring /{AUTO_INSTALLED}: {r}");
+            if let Err(r) = before.put_back(&auto_installed) {
+                tracing::warn!("restoring /{AUTO_INSTALLED}: {r:#}");
             }
             explain("dup (download)", e)
         })?;
@@ -484,6 +514,31 @@ fn parse_package_table(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_put_back_as_it_was_and_left_alone_when_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("AutoInstalled");
+        std::fs::write(&path, "a\n").unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let before = Recorded::take(&path);
+        before.put_back(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), old);
+        std::fs::write(&path, "a\nb\n").unwrap();
+        before.put_back(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), old);
+        let none = Recorded::take(&dir.path().join("missing"));
+        std::fs::write(dir.path().join("missing"), "x").unwrap();
+        none.put_back(&dir.path().join("missing")).unwrap();
+        assert!(!dir.path().join("missing").exists());
+    }
 
     #[test]
     fn exit_codes_follow_zyppers_manual() {
