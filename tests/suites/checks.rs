@@ -292,3 +292,38 @@ fn check_runs_on_a_root_without_api_filesystem_directories_and_creates_nothing()
         assert!(!root.join(dir).exists(), "check created /{dir}");
     }
 }
+
+#[test]
+fn an_unattended_run_that_cannot_start_still_writes_its_report() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let config = root.join("etc/migrate/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        "enabled = true\nmode = \"run\"\nimage = \"my image\"\n",
+    )
+    .unwrap();
+    let out = f
+        .migrate()
+        .args(["--unattended", "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("key `image`"), "{stderr}");
+    let r = fixtures::report(&root.path).unwrap();
+    assert_eq!(
+        (r["result"].as_str(), r["exit_code"].as_i64()),
+        (Some("failed"), Some(2))
+    );
+    assert!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("key `image`")),
+        "{r:#}"
+    );
+}

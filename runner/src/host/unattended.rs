@@ -20,6 +20,7 @@ use super::render::OutputFormat;
 use super::run::{self, LaunchOptions, Reboot, Record};
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, fail};
+use crate::core::report::{ImageInfo, Report, RunResult, SourceInfo};
 
 /// What the command line adds to the configuration.
 #[derive(Clone, Debug)]
@@ -40,10 +41,62 @@ pub(crate) struct UnattendedOptions {
     pub(crate) verbose: u8,
 }
 
-/// Runs what the configuration asks for.
+/// Runs what the configuration asks for. Whatever fails, the outcome is in
+/// `report.json`: a failure before the run could start (a bad
+/// configuration, an image that cannot be had) leaves a report saying so,
+/// for the administrator who reads it in the morning.
 pub(crate) async fn unattended(opts: &UnattendedOptions) -> Result<()> {
     preflight::require_root()?;
-    let (root, _) = preflight::inspect_root(&opts.root)?;
+    let (root, os) = preflight::inspect_root(&opts.root)?;
+    let earlier = Report::read(&root).ok().map(|r| r.run_id);
+    let result = run_configured(opts, &root).await;
+    if let Err(e) = &result {
+        let wrote = Report::read(&root).ok().map(|r| r.run_id);
+        if wrote == earlier
+            && let Err(w) = failure_report(opts, &root, &os, e)
+        {
+            tracing::warn!("writing the report of the failed unattended run: {w:#}");
+        }
+    }
+    result
+}
+
+/// A report for an unattended run that failed before its run started.
+fn failure_report(
+    opts: &UnattendedOptions,
+    root: &std::path::Path,
+    os: &crate::core::release::OsRelease,
+    e: &anyhow::Error,
+) -> Result<()> {
+    let run_id = run::new_run_id();
+    let mut report = Report::new(
+        &run_id,
+        Verb::Run,
+        root,
+        ImageInfo {
+            reference: opts.image.clone().unwrap_or_default(),
+            ..ImageInfo::default()
+        },
+        SourceInfo {
+            release: os.release(),
+            pretty_name: os.pretty_name(),
+        },
+        crate::core::release::Release {
+            id: String::new(),
+            version_id: String::new(),
+        },
+    );
+    report.finish(
+        RunResult::Failed,
+        crate::core::exit::exit_code_of(e).code(),
+        Some(format!("{e:#}")),
+    );
+    Report::keep_previous(root, &run_id)?;
+    report.write(root)
+}
+
+async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Result<()> {
+    let root = root.to_path_buf();
     let config = config::load(&root, opts.config.as_deref()).map_err(|e| {
         let line = format!("configuration: {e:#}");
         journald::send::<&str>(Priority::Error, journald::ids::FAILED, &line, &[]);
