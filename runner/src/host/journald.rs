@@ -52,6 +52,19 @@ pub(crate) fn under_systemd() -> bool {
     std::env::var_os("INVOCATION_ID").is_some()
 }
 
+/// Whether this process sent a message to the journal.
+static SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Before the process exits: journald attributes a message to its unit
+/// (`_SYSTEMD_UNIT`) from the sender's cgroup, which it reads while the
+/// sender lives; a message sent just before exiting can lose its unit. Under
+/// systemd, after sending, stay a moment.
+pub(crate) fn linger() {
+    if under_systemd() && SENT.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
 /// Sends one message with `fields` (`MIGRATE_RUN_ID`, ...); does nothing when
 /// journald does not listen. Failures are ignored: the journal is a second channel.
 pub(crate) fn send<V: AsRef<str>>(
@@ -71,8 +84,10 @@ pub(crate) fn send<V: AsRef<str>>(
     for (k, v) in fields {
         field(&mut datagram, k, v.as_ref());
     }
-    if let Ok(socket) = UnixDatagram::unbound() {
-        let _ = socket.send_to(&datagram, SOCKET);
+    if let Ok(socket) = UnixDatagram::unbound()
+        && socket.send_to(&datagram, SOCKET).is_ok()
+    {
+        SENT.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

@@ -49,7 +49,9 @@ pub(crate) fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(4);
         }
     };
-    match runtime.block_on(cli.exec()) {
+    let result = runtime.block_on(cli.exec());
+    journald::linger();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
