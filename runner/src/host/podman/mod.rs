@@ -240,23 +240,33 @@ impl Podman {
         build::build(&self.endpoint.socket, &self.api_version, req, progress).await
     }
 
+    /// Containers carrying label `key=value`: all of them, or the running.
+    async fn labelled(
+        &self,
+        key: &str,
+        value: &str,
+        all: bool,
+    ) -> Result<Vec<models::ListContainer>> {
+        let opts = ContainerListOpts::builder()
+            .all(all)
+            .filter([ContainerListFilter::LabelKeyVal(key.into(), value.into())])
+            .build();
+        self.api
+            .containers()
+            .list(&opts)
+            .await
+            .context("listing containers")
+    }
+
     /// Names of containers carrying label `key=value`.
     pub(crate) async fn containers_with_label(
         &self,
         key: &str,
         value: &str,
     ) -> Result<Vec<String>> {
-        let opts = ContainerListOpts::builder()
-            .all(true)
-            .filter([ContainerListFilter::LabelKeyVal(key.into(), value.into())])
-            .build();
-        let list = self
-            .api
-            .containers()
-            .list(&opts)
-            .await
-            .context("listing containers")?;
-        Ok(list
+        Ok(self
+            .labelled(key, value, true)
+            .await?
             .into_iter()
             .filter_map(|c| c.names.and_then(|n| n.into_iter().next()).or(c.id))
             .collect())
@@ -442,20 +452,8 @@ impl Podman {
         root: &str,
         label_run_id: &str,
     ) -> Result<Option<(String, String)>> {
-        let opts = ContainerListOpts::builder()
-            .all(false)
-            .filter([ContainerListFilter::LabelKeyVal(
-                label_root.into(),
-                root.into(),
-            )])
-            .build();
-        let list = self
-            .api
-            .containers()
-            .list(&opts)
-            .await
-            .context("listing containers")?;
-        Ok(list.into_iter().find_map(|c| {
+        let running = self.labelled(label_root, root, false).await?;
+        Ok(running.into_iter().find_map(|c| {
             let name = c.names.and_then(|n| n.into_iter().next()).or(c.id)?;
             let run_id = c.labels.and_then(|l| l.get(label_run_id).cloned())?;
             Some((name, run_id))
