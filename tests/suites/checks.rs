@@ -327,3 +327,109 @@ fn an_unattended_run_that_cannot_start_still_writes_its_report() {
         "{r:#}"
     );
 }
+
+/// A filesystem the test mounts inside a scratch root, unmounted however
+/// the test ends.
+struct Submount(std::path::PathBuf);
+
+impl Submount {
+    fn tmpfs(at: std::path::PathBuf) -> Self {
+        std::fs::create_dir_all(&at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        Self(at)
+    }
+}
+
+impl Drop for Submount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// What a root's own scripts see of the machine, as a `command` step run in
+/// the root reports it.
+const PROBE: &str = r#"
+echo "devs: $(ls /dev | tr '\n' ' ')"
+echo "pid1: $(cat /proc/1/comm)"
+echo "processes: $(ls /proc | grep -c '^[0-9]')"
+[ -w /proc/sys/kernel/hostname ] && echo "sysctl: writable" || echo "sysctl: read-only"
+[ -w /sys/kernel ] && echo "sysfs: writable" || echo "sysfs: read-only"
+echo x > /dev/null && echo "null: usable"
+touch /srv/sub/probe 2>/dev/null && echo "submount: written" || echo "submount: read-only"
+"#;
+
+fn probe(f: &Fixtures, verb: &str, phase: &str, root: &std::path::Path) -> Vec<String> {
+    let scratch = tempfile::tempdir().unwrap();
+    let plan = scratch.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "[[step]]\nid = \"probe\"\nkind = \"command\"\nphase = \"{phase}\"\nchroot = true\ncommand = [\"sh\", \"-c\", '''{PROBE}''']\n"
+        ),
+    )
+    .unwrap();
+    let out = f
+        .migrate()
+        .args([verb, "-v", "--image", MIGRATION_IMAGE, "--plan"])
+        .arg(&plan)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("[probe] "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_root_directory_sees_no_host_device_process_or_kernel_setting_and_check_cannot_write_its_submounts()
+ {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let _sub = Submount::tmpfs(root.join("srv/sub"));
+    for (verb, phase, submount) in [
+        ("check", "check", "submount: read-only"),
+        ("run", "cutover", "submount: written"),
+    ] {
+        let lines = probe(f, verb, phase, &root.path);
+        let line = |key: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(key))
+                .cloned()
+                .unwrap_or_else(|| panic!("{verb}: no {key} in {lines:?}"))
+        };
+        let devs: Vec<String> = line("devs:")
+            .trim_start_matches("devs:")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let mut expected: Vec<&str> = vec![
+            "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+            "tty", "urandom", "zero",
+        ];
+        expected.sort_unstable();
+        assert_eq!(devs, expected, "{verb}: the root's /dev");
+        assert_eq!(line("pid1:"), "pid1: migrate-agent", "{verb}: {lines:?}");
+        let processes: usize = line("processes:")
+            .trim_start_matches("processes:")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(processes < 10, "{verb}: {processes} processes visible");
+        assert_eq!(line("sysctl:"), "sysctl: read-only", "{verb}");
+        assert_eq!(line("sysfs:"), "sysfs: read-only", "{verb}");
+        assert_eq!(line("null:"), "null: usable", "{verb}");
+        assert_eq!(line("submount:"), submount, "{verb}");
+    }
+    assert!(root.join("srv/sub/probe").exists());
+}

@@ -99,6 +99,8 @@ pub(crate) fn main() -> i32 {
                 .unwrap_or_else(|_| "info".into()),
         )
         .without_time()
+        // Its stderr is a pipe to migrate, which shows the lines as they are.
+        .with_ansi(false)
         .init();
     let sink = EventSink::stdout();
     let result = dispatch(cli.command, &sink);
@@ -143,6 +145,11 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             live,
         } => {
             check_root(&root)?;
+            if matches!(verb, RunVerb::Check | RunVerb::DryRun) {
+                // Read-only all the way down: a filesystem mounted inside
+                // the root is as untouchable as the root itself.
+                mounts::make_read_only(&root).exit_code(ExitCode::Environment)?;
+            }
             let _one_agent = match verb {
                 RunVerb::Check | RunVerb::DryRun => None,
                 RunVerb::Sync | RunVerb::Run | RunVerb::Cleanup => Some(one_agent(&root)?),

@@ -73,10 +73,15 @@ fn mount_point(dir: &Path) -> Result<bool> {
     }
 }
 
-/// Mounts `/proc`, `/sys` and `/dev` (recursive binds of the agent's own),
-/// a tmpfs on `/run` and working name resolution in `root`, where the root
-/// does not already have them (a live host root bind-mounted with its
-/// submounts already has them all).
+/// Mounts `/proc`, `/sys` and `/dev` in `root`, a tmpfs on `/run` and
+/// working name resolution, where the root does not already have them (a
+/// live host root bind-mounted with its submounts already has them all).
+///
+/// A root directory gets no host device and no writable kernel setting: its
+/// `/dev` is a tmpfs built here with the few nodes package scripts use (no
+/// disk, so no bootloader can be installed onto one of the host's), its
+/// `/proc` is that of the container's own PID namespace with `/proc/sys` and
+/// `/proc/sysrq-trigger` read-only, and its `/sys` is read-only throughout.
 pub(crate) fn prepare(root: &Path) -> Result<Prepared> {
     let mut done = Prepared::default();
     let mounted = MountTable::read()?;
@@ -86,6 +91,12 @@ pub(crate) fn prepare(root: &Path) -> Result<Prepared> {
             done.actions.push(format!("/{name}: already mounted"));
             continue;
         }
+        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+            anyhow::bail!(
+                "{} is a symbolic link; refusing to mount /{name} through it",
+                target.display()
+            );
+        }
         if !mount_point(&target)? {
             // A read-only root (check, --dry-run) without the directory:
             // nothing may be created in it, so the tools do without.
@@ -94,15 +105,32 @@ pub(crate) fn prepare(root: &Path) -> Result<Prepared> {
             ));
             continue;
         }
-        mount(
-            Some(Path::new("/").join(name).as_path()),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind-mounting /{name} on {}", target.display()))?;
-        done.actions.push(format!("/{name}: bound"));
+        match name {
+            "dev" => {
+                build_dev(&target)?;
+                done.actions
+                    .push("/dev: a tmpfs with null, zero, full, random, urandom, tty, pts, shm (no host device)".into());
+            }
+            _ => {
+                bind(Path::new("/").join(name).as_path(), &target, true)?;
+                if name == "proc" {
+                    for sub in ["sys", "sysrq-trigger"] {
+                        let p = target.join(sub);
+                        if !p.exists() {
+                            continue; // a kernel without magic SysRq
+                        }
+                        bind(&p, &p, false)?;
+                        remount_read_only(&p, MsFlags::empty())?;
+                    }
+                    done.actions.push(
+                        "/proc: the container's (own PID namespace), /proc/sys read-only".into(),
+                    );
+                } else {
+                    make_read_only(&target)?;
+                    done.actions.push("/sys: bound read-only".into());
+                }
+            }
+        }
     }
 
     let run = root.join("run");
@@ -182,9 +210,101 @@ fn provide_name_resolution(root: &Path) -> Result<String> {
     Ok("resolv.conf: the migration container's".into())
 }
 
-/// Mount points of this mount namespace, from `/proc/self/mountinfo`.
+fn bind(source: &Path, target: &Path, recursive: bool) -> Result<()> {
+    let flags = if recursive {
+        MsFlags::MS_BIND | MsFlags::MS_REC
+    } else {
+        MsFlags::MS_BIND
+    };
+    mount(Some(source), target, None::<&str>, flags, None::<&str>)
+        .with_context(|| format!("bind-mounting {} on {}", source.display(), target.display()))
+}
+
+fn remount_read_only(point: &Path, keep: MsFlags) -> Result<()> {
+    mount(
+        None::<&str>,
+        point,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | keep,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {} read-only", point.display()))
+}
+
+/// Makes `top` and every mount below it read-only in this mount namespace
+/// (a bind mount's `ro` covers only its top mount: a filesystem mounted
+/// inside the root would stay writable). The mounts keep their other flags.
+pub(crate) fn make_read_only(top: &Path) -> Result<usize> {
+    let table = MountTable::read()?;
+    let mut count = 0;
+    for (point, flags) in &table.mounts {
+        if point == top || point.starts_with(top) {
+            remount_read_only(point, *flags)?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Device nodes of the container bound into a root's own `/dev`.
+const DEVICE_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// A `/dev` for a root directory: a tmpfs with the usual character devices
+/// (bound from the container's), a private devpts instance, a tmpfs on
+/// `shm` and the usual links. A privileged container sees every device of
+/// the host; the root sees none of them.
+fn build_dev(target: &Path) -> Result<()> {
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=4m"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", target.display()))?;
+    for node in DEVICE_NODES {
+        let path = target.join(node);
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        bind(&Path::new("/dev").join(node), &path, false)?;
+    }
+    let pts = target.join("pts");
+    std::fs::create_dir(&pts).with_context(|| format!("creating {}", pts.display()))?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .with_context(|| format!("mounting devpts on {}", pts.display()))?;
+    let shm = target.join("shm");
+    std::fs::create_dir(&shm).with_context(|| format!("creating {}", shm.display()))?;
+    mount(
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", shm.display()))?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, target.join(link))
+            .with_context(|| format!("creating {}/{link}", target.display()))?;
+    }
+    Ok(())
+}
+
+/// Mount points of this mount namespace, from `/proc/self/mountinfo`, in
+/// its order (a mount after the one it is mounted on), each with the flags
+/// a read-only remount must keep.
 struct MountTable {
-    points: Vec<PathBuf>,
+    mounts: Vec<(PathBuf, MsFlags)>,
 }
 
 impl MountTable {
@@ -195,17 +315,37 @@ impl MountTable {
     }
 
     fn parse(text: &str) -> Self {
-        let points = text
+        let mounts = text
             .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(|p| PathBuf::from(unescape_octal(p)))
+            .filter_map(|l| {
+                let mut fields = l.split(' ');
+                let point = fields.nth(4)?;
+                let options = fields.next().unwrap_or("");
+                Some((PathBuf::from(unescape_octal(point)), kept_flags(options)))
+            })
             .collect();
-        Self { points }
+        Self { mounts }
     }
 
     fn is_mount_point(&self, path: &Path) -> bool {
-        self.points.iter().any(|p| p == path)
+        self.mounts.iter().any(|(p, _)| p == path)
     }
+}
+
+/// The per-mount flags of a mountinfo options field that a remount must
+/// repeat so as not to clear them.
+fn kept_flags(options: &str) -> MsFlags {
+    options.split(',').fold(MsFlags::empty(), |acc, o| {
+        acc | match o {
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "relatime" => MsFlags::MS_RELATIME,
+            _ => MsFlags::empty(),
+        }
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\NNN` octal.
@@ -241,5 +381,16 @@ mod tests {
         assert!(table.is_mount_point(Path::new("/system-root")));
         assert!(table.is_mount_point(Path::new("/system-root/my dir")));
         assert!(!table.is_mount_point(Path::new("/system-root/proc")));
+    }
+
+    #[test]
+    fn a_remount_keeps_the_mount_flags() {
+        let table = MountTable::parse(
+            "22 1 0:21 / /system-root rw,nosuid,nodev,relatime - ext4 /dev/x rw\n",
+        );
+        assert_eq!(
+            table.mounts[0].1,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_RELATIME
+        );
     }
 }

@@ -23,7 +23,7 @@ pub(crate) use crate::core::report::ImageInfo as ImageIdentity;
 use crate::core::report::StepState;
 
 /// Journal location relative to the root.
-pub(crate) const STATE_PATH: &str = "var/lib/migrate/state.json";
+pub(crate) const STATE_PATH: &str = crate::core::root_paths::RootPath::State.rel();
 /// Journal format version.
 pub(crate) const JOURNAL_VERSION: u32 = 1;
 
@@ -31,6 +31,7 @@ pub(crate) const JOURNAL_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct JournalRun {
     /// Run id.
+    #[serde(deserialize_with = "crate::core::ids::deserialize")]
     pub(crate) run_id: String,
     /// Verb (`sync`, `run`, `rollback`).
     pub(crate) verb: String,
@@ -98,6 +99,7 @@ pub(crate) struct Journal {
     /// Format version.
     pub(crate) version: u32,
     /// Id of the migration: the run id of its first changing run.
+    #[serde(deserialize_with = "crate::core::ids::deserialize")]
     pub(crate) migration_id: String,
     /// Hash of the plan ([`Plan::hash`]).
     pub(crate) plan_hash: String,

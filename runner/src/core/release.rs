@@ -45,10 +45,13 @@ impl OsRelease {
     /// (`etc/os-release`, falling back to `usr/lib/os-release`), resolving
     /// symlinks inside that root.
     pub(crate) fn read_from_root(root: &Path) -> Result<Self> {
-        for candidate in ["etc/os-release", "usr/lib/os-release"] {
-            let path = rootfs::resolve(root, candidate)?;
+        use crate::core::root_paths::RootPath;
+        for candidate in [RootPath::OsRelease, RootPath::UsrOsRelease] {
             // Bounded: a root's os-release may be a FIFO or /dev/zero.
-            if let Some(text) = crate::core::fsutil::read_text_limited(&path, OS_RELEASE_LIMIT)? {
+            let rel = candidate.rel();
+            if let Some(bytes) = rootfs::confined::read(root, rel, OS_RELEASE_LIMIT)? {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", root.join(rel).display()))?;
                 return Ok(Self::parse(&text));
             }
         }

@@ -13,9 +13,9 @@ use crate::core::phase::Phase;
 use crate::core::release::Release;
 
 /// Report location relative to the migrated root.
-pub(crate) const REPORT_PATH: &str = "var/log/migrate/report.json";
+pub(crate) const REPORT_PATH: &str = crate::core::root_paths::RootPath::Report.rel();
 /// Log location relative to the migrated root.
-pub(crate) const LOG_PATH: &str = "var/log/migrate/migrate.log";
+pub(crate) const LOG_PATH: &str = crate::core::root_paths::RootPath::Log.rel();
 
 /// Overall result of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -125,6 +125,8 @@ pub(crate) struct Report {
     /// Version of `migrate` that wrote the report.
     pub(crate) migrate_version: String,
     /// Run id.
+    #[serde(deserialize_with = "crate::core::ids::deserialize")]
+    #[schemars(with = "String")]
     pub(crate) run_id: String,
     /// What the run did.
     pub(crate) verb: Verb,

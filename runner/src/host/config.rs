@@ -18,9 +18,9 @@ use chrono::{Datelike, Timelike};
 use serde::Deserialize;
 
 /// The main configuration file, relative to the root.
-pub(crate) const CONFIG_PATH: &str = "etc/migrate/config.toml";
+pub(crate) const CONFIG_PATH: &str = crate::core::root_paths::RootPath::Config.rel();
 /// The drop-in directory, relative to the root.
-pub(crate) const DROPIN_DIR: &str = "etc/migrate/config.d";
+pub(crate) const DROPIN_DIR: &str = crate::core::root_paths::RootPath::ConfigDropins.rel();
 
 /// One file's settings; every key optional so that files merge.
 #[derive(Debug, Default, Deserialize)]
@@ -53,7 +53,7 @@ pub(crate) struct Config {
     /// The migration image.
     pub(crate) image: Option<String>,
     /// A plan replacing the image's.
-    pub(crate) plan: Option<PathBuf>,
+    pub(crate) plan: Option<crate::core::plan::PlanFile>,
     /// Reboot into the new release after a migration.
     pub(crate) reboot: bool,
     /// When that reboot may happen.
@@ -129,7 +129,14 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
         enabled: merged.enabled.unwrap_or(false),
         mode,
         image: merged.image,
-        plan: merged.plan.map(PathBuf::from),
+        // A root directory's own configuration names a plan inside it.
+        plan: merged.plan.map(|p| {
+            if explicit.is_none() && root != Path::new("/") {
+                crate::core::plan::PlanFile::InRoot(root.to_path_buf(), PathBuf::from(p))
+            } else {
+                crate::core::plan::PlanFile::Host(PathBuf::from(p))
+            }
+        }),
         reboot: merged.reboot.unwrap_or(false),
         window,
     })

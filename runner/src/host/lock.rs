@@ -15,7 +15,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::core::exit::{ExitCode, fail};
 
 /// Pid file location relative to the root.
-pub(crate) const LOCK_PATH: &str = "var/lib/migrate/lock";
+pub(crate) const LOCK_PATH: &str = crate::core::root_paths::RootPath::Lock.rel();
 
 /// The held lock; dropping it releases the lock.
 #[derive(Debug)]

@@ -54,7 +54,7 @@ pub(crate) fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render::printable(&format!("{e:#}")));
             let code = exit_code_of(&e).code();
             std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
         }

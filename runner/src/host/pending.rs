@@ -18,14 +18,16 @@ use crate::core::release::Release;
 use crate::core::report::ImageInfo;
 
 /// Marker location relative to the root.
-pub(crate) const MARKER_PATH: &str = "var/lib/migrate/reboot-pending";
+pub(crate) const MARKER_PATH: &str = crate::core::root_paths::RootPath::Marker.rel();
 
 /// What the marker records.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct PendingReboot {
     /// The migration (its journal's id).
+    #[serde(deserialize_with = "crate::core::ids::deserialize")]
     pub(crate) migration_id: String,
     /// The run that finished it (its report is the one to finalize).
+    #[serde(deserialize_with = "crate::core::ids::deserialize")]
     pub(crate) run_id: String,
     /// When that run finished.
     pub(crate) finished_at: String,

@@ -312,9 +312,26 @@ impl Renderer {
 
 /// A message of the host outside a run's rendering: a plain line, or with
 /// `--output json` an `output` event, so that every line of stdout is JSON.
+/// `text` safe for a terminal and on one line: control characters (a
+/// newline, an escape sequence from a root's file) shown escaped.
+pub(crate) fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub(crate) fn say(output: OutputFormat, message: &str) {
     match output {
-        OutputFormat::Human => println!("{message}"),
+        OutputFormat::Human => println!("{}", printable(message)),
         OutputFormat::Json => {
             let env = Envelope::now(Event::Output {
                 step: None,
@@ -407,6 +424,12 @@ pub(crate) fn human_duration_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(printable("plain — text"), "plain — text");
+        assert_eq!(printable("a\nb\u{1b}[31mc"), "a\\nb\\u{1b}[31mc");
+    }
 
     #[test]
     fn durations_read_naturally() {

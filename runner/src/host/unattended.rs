@@ -146,7 +146,11 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
     }
     launch.image = opts.image.clone();
     launch.default_image = config.image.clone();
-    launch.plan = opts.plan.clone().or(config.plan.clone());
+    launch.plan = opts
+        .plan
+        .clone()
+        .map(crate::core::plan::PlanFile::Host)
+        .or(config.plan.clone());
     launch.output = opts.output;
     launch.verbose = opts.verbose;
     launch.record = Record::Always;

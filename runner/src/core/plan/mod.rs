@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -35,7 +35,7 @@ pub(crate) use super::phase::Phase;
 pub(crate) const PLAN_LIMIT: u64 = 1 << 20;
 
 /// Drop-in directory, relative to the migrated root.
-pub(crate) const DROPIN_DIR: &str = "etc/migrate/plan.d";
+pub(crate) const DROPIN_DIR: &str = crate::core::root_paths::RootPath::PlanDropins.rel();
 /// Kind and id of the safety backup inserted before the first cutover step.
 pub(crate) const SAFETY_BACKUP: &str = "safety-backup";
 
@@ -122,6 +122,41 @@ impl PlanSource {
             name: path.display().to_string(),
             text,
         })
+    }
+}
+
+/// Where a plan file is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PlanFile {
+    /// A path of the host: `--plan`, or named by `--config` or by the
+    /// running host's own configuration.
+    Host(PathBuf),
+    /// A path named by a root directory's own configuration: read inside
+    /// that root (`root`, then the path as the root sees it), so that a root
+    /// cannot make the host read one of its files.
+    InRoot(PathBuf, PathBuf),
+}
+
+impl PlanFile {
+    /// Reads the plan; errors name where it came from.
+    pub(crate) fn read(&self) -> Result<PlanSource> {
+        match self {
+            Self::Host(path) => PlanSource::read(path).map_err(|e| anyhow::anyhow!("--plan {e:#}")),
+            Self::InRoot(root, path) => {
+                let rel = path.to_string_lossy();
+                let rel = rel.trim_start_matches('/');
+                let shown = root.join(rel).display().to_string();
+                let bytes = crate::core::rootfs::confined::read(root, rel, PLAN_LIMIT)
+                    .map_err(|e| anyhow::anyhow!("plan of the root's configuration: {e:#}"))?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("plan of the root's configuration: {shown}: no such file")
+                    })?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    anyhow::anyhow!("plan of the root's configuration: {shown}: not UTF-8 text")
+                })?;
+                Ok(PlanSource { name: shown, text })
+            }
+        }
     }
 }
 

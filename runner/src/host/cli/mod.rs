@@ -275,7 +275,7 @@ pub(crate) fn parse() -> Result<Cli, std::process::ExitCode> {
     parse_from(std::env::args_os()).map_err(|e| match e {
         Usage::Shown => std::process::ExitCode::SUCCESS,
         Usage::Bad(line) => {
-            eprintln!("error: {line}");
+            eprintln!("error: {}", crate::host::render::printable(&line));
             std::process::ExitCode::from(2)
         }
     })
@@ -503,7 +503,10 @@ async fn launch_verb(
     let mut opts = LaunchOptions::new(verb, root.root);
     opts.image = plan.image.image;
     opts.default_image = config.image;
-    opts.plan = plan.plan.or(config.plan);
+    opts.plan = plan
+        .plan
+        .map(crate::core::plan::PlanFile::Host)
+        .or(config.plan);
     opts.output = out.output;
     opts.verbose = out.verbose;
     opts.force_new = force_new;

@@ -91,6 +91,10 @@ pub(crate) struct ContainerSpec {
     pub(crate) binds: Vec<Bind>,
     /// Resource limits.
     pub(crate) rlimits: Vec<Rlimit>,
+    /// Share the host's PID namespace (the running host's own migration);
+    /// a root directory's container gets a namespace of its own, so that its
+    /// scripts see no host process and no `/proc/1/root` of the host.
+    pub(crate) host_pid: bool,
 }
 
 /// A host directory recursively bind-mounted into the container.
@@ -603,8 +607,8 @@ fn parse_api_version(text: &str) -> Option<ApiVersion> {
 }
 
 fn create_opts(spec: &ContainerSpec) -> ContainerCreateOpts {
-    let host = || models::Namespace {
-        nsmode: Some("host".into()),
+    let ns = |mode: &str| models::Namespace {
+        nsmode: Some(mode.into()),
         value: None,
     };
     ContainerCreateOpts::builder()
@@ -614,8 +618,8 @@ fn create_opts(spec: &ContainerSpec) -> ContainerCreateOpts {
         .env(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .labels(spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .privileged(true)
-        .net_namespace(host())
-        .pid_namespace(host())
+        .net_namespace(ns("host"))
+        .pid_namespace(ns(if spec.host_pid { "host" } else { "private" }))
         .terminal(false)
         .stdin(false)
         .mounts(spec.binds.iter().map(|b| models::ContainerMount {

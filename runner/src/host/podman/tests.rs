@@ -98,6 +98,7 @@ fn the_container_is_privileged_with_host_namespaces_and_our_limits() {
             soft: 1024,
             hard: 4096,
         }],
+        host_pid: true,
     };
     let json: serde_json::Value =
         serde_json::from_slice(&create_opts(&spec).serialize_vec().unwrap()).unwrap();
@@ -109,4 +110,12 @@ fn the_container_is_privileged_with_host_namespaces_and_our_limits() {
     assert_eq!(json["r_limits"][0]["type"], "nofile");
     assert_eq!(json["r_limits"][0]["soft"], 1024);
     assert_eq!(json["labels"]["io.migrate.run-id"], "x");
+    let own = ContainerSpec {
+        host_pid: false,
+        ..spec
+    };
+    let json: serde_json::Value =
+        serde_json::from_slice(&create_opts(&own).serialize_vec().unwrap()).unwrap();
+    assert_eq!(json["pidns"]["nsmode"], "private");
+    assert_eq!(json["netns"]["nsmode"], "host");
 }

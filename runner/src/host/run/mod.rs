@@ -35,7 +35,6 @@ use super::render::OutputFormat;
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::journal::Journal;
-use crate::core::plan::PlanSource;
 use crate::core::release::OsRelease;
 pub(crate) use finished::{finished_migration, pending_reboot};
 pub(crate) use prepare::{Prepared, new_run_id};
@@ -56,8 +55,8 @@ pub(crate) struct LaunchOptions {
     pub(crate) root: PathBuf,
     /// `--image`.
     pub(crate) image: Option<String>,
-    /// `--plan`.
-    pub(crate) plan: Option<PathBuf>,
+    /// `--plan`, or the configuration's plan.
+    pub(crate) plan: Option<crate::core::plan::PlanFile>,
     /// `--output`.
     pub(crate) output: OutputFormat,
     /// `-v` count.
@@ -144,10 +143,10 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
     let journal = Journal::load(&root).exit_code(ExitCode::BadInput)?;
     let plan_file = opts
         .plan
-        .as_deref()
-        .map(PlanSource::read)
+        .as_ref()
+        .map(crate::core::plan::PlanFile::read)
         .transpose()
-        .map_err(|e| fail(ExitCode::BadInput, format!("--plan {e:#}")))?;
+        .map_err(|e| fail(ExitCode::BadInput, format!("{e:#}")))?;
     let dropins = crate::core::plan::read_dropins(&root).exit_code(ExitCode::BadInput)?;
     let reference = prepare::image_reference(opts, journal.as_ref(), &os)?;
     // From the journal, the configuration or a built-in default: checked

@@ -290,6 +290,7 @@ pub(crate) fn container_spec(
         ]),
         binds,
         rlimits: own_rlimits(),
+        host_pid: p.root == Path::new("/"),
     };
     Ok((spec, host_secrets))
 }
