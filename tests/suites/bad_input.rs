@@ -326,3 +326,291 @@ fn rollback_without_a_migration_is_refused_and_changes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to roll back"));
     assert_eq!(tree_checksum(Path::new(&root.path)).unwrap(), before);
 }
+
+/// The README's table of every path under a root the host side touches
+/// (kept equal to the code's own list by a unit test): `(path, access)`.
+fn root_paths() -> Vec<(String, String)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let table = readme.split("<!-- root-paths -->").nth(1).unwrap();
+    table
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            (cells[0].trim_matches('`').to_string(), cells[1].to_string())
+        })
+        .collect()
+}
+
+/// One way a hostile root can lay out a path.
+#[derive(Clone, Copy, Debug)]
+enum Attack {
+    /// An absolute symlink to a host path outside the root.
+    SymlinkOut,
+    /// A FIFO (a reader that opens it blocks).
+    Fifo,
+    /// The device /dev/zero (endless).
+    Device,
+    /// A 2 GiB file (sparse).
+    Oversized,
+    /// Bytes that are not UTF-8.
+    NotUtf8,
+    /// Terminal escape sequences and a newline where a value is shown.
+    ControlCharacters,
+    /// A document of migrate's own whose ids name paths out of the root.
+    MaliciousIds,
+}
+
+const CHEAP_PLAN: &str = "[[step]]\nid = \"release\"\nkind = \"check-release\"\nphase = \"check\"\n\n\
+    [[step]]\nid = \"noop\"\nkind = \"command\"\nphase = \"cutover\"\ncommand = [\"true\"]\n";
+
+fn config() -> String {
+    format!(
+        "enabled = true\nmode = \"run\"\nimage = \"{MIGRATION_IMAGE}\"\nplan = \"/etc/migrate/plan.toml\"\n"
+    )
+}
+
+/// What the host does with a path of the README's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// A directory whose `*.toml` files it reads.
+    Listed,
+    /// A directory it creates.
+    Created,
+    /// A file it reads (and maybe writes).
+    Read,
+    /// A file it only writes.
+    Written,
+}
+
+impl Shape {
+    fn of(access: &str) -> Self {
+        if access.starts_with("list") {
+            Self::Listed
+        } else if access == "create" {
+            Self::Created
+        } else if access.contains("read") {
+            Self::Read
+        } else {
+            Self::Written
+        }
+    }
+
+    fn attacks(self) -> &'static [Attack] {
+        match self {
+            Self::Listed | Self::Read => &[
+                Attack::SymlinkOut,
+                Attack::Fifo,
+                Attack::Device,
+                Attack::Oversized,
+                Attack::NotUtf8,
+                Attack::ControlCharacters,
+                Attack::MaliciousIds,
+            ],
+            Self::Created => &[Attack::SymlinkOut, Attack::Fifo],
+            Self::Written => &[Attack::SymlinkOut, Attack::Fifo, Attack::Device],
+        }
+    }
+}
+
+/// Lays `attack` out at `rel` (for a directory the host lists, its
+/// symlink replaces the directory and the rest is an entry `evil.toml` in
+/// it); `templates` holds migrate's own documents.
+fn lay_out(
+    root: &Path,
+    rel: &str,
+    shape: Shape,
+    attack: Attack,
+    canary: &Path,
+    templates: &std::collections::HashMap<String, serde_json::Value>,
+) -> bool {
+    let dir = matches!(shape, Shape::Listed | Shape::Created);
+    let at = match (shape, attack) {
+        (Shape::Listed, Attack::NotUtf8) => root
+            .join(rel)
+            .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"evil\xff.toml")),
+        (Shape::Listed, a) if !matches!(a, Attack::SymlinkOut) => root.join(rel).join("evil.toml"),
+        _ => root.join(rel),
+    };
+    let _ = std::fs::remove_file(&at);
+    let _ = std::fs::remove_dir_all(&at);
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    let run = |cmd: &str, args: &[&str]| {
+        let out = std::process::Command::new(cmd)
+            .args(args)
+            .arg(&at)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {}", show(&out));
+    };
+    match attack {
+        Attack::SymlinkOut => {
+            let target = if dir {
+                canary.join("dir")
+            } else {
+                canary.join("file")
+            };
+            std::os::unix::fs::symlink(target, &at).unwrap();
+        }
+        Attack::Fifo => run("mkfifo", &[]),
+        Attack::Device => {
+            let out = std::process::Command::new("mknod")
+                .arg(&at)
+                .args(["c", "1", "5"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "mknod: {}", show(&out));
+        }
+        Attack::Oversized => {
+            std::fs::File::create(&at)
+                .unwrap()
+                .set_len(2 << 30)
+                .unwrap();
+        }
+        Attack::NotUtf8 => std::fs::write(&at, b"ID=\xff\xfe\nkey = \"\xff\"\n").unwrap(),
+        Attack::ControlCharacters => std::fs::write(
+            &at,
+            "ID=\"debian\x1b[31m\"\nVERSION_ID=\"12\x1b]0;owned\x07\"\n\x1b[2J = \"x\"\n",
+        )
+        .unwrap(),
+        Attack::MaliciousIds => {
+            let Some(template) = templates.get(rel) else {
+                return false;
+            };
+            let evil = format!("../../../..{}/id", canary.display());
+            let mut doc = template.clone();
+            for key in ["run_id", "migration_id"] {
+                if doc.get(key).is_some() {
+                    doc[key] = serde_json::Value::String(evil.clone());
+                }
+            }
+            std::fs::write(&at, serde_json::to_vec(&doc).unwrap()).unwrap();
+        }
+    }
+    true
+}
+
+/// Puts the root back as the battery found it.
+fn reset(root: &Path, pristine_os_release: &[u8]) {
+    for dir in ["var/lib/migrate", "var/log/migrate", "etc/migrate"] {
+        let p = root.join(dir);
+        let _ = std::fs::remove_file(&p);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+    for f in ["etc/os-release", "usr/lib/os-release"] {
+        let _ = std::fs::remove_file(root.join(f));
+    }
+    std::fs::write(root.join("usr/lib/os-release"), pristine_os_release).unwrap();
+    std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release")).unwrap();
+    std::fs::create_dir_all(root.join("etc/migrate")).unwrap();
+    std::fs::write(root.join("etc/migrate/config.toml"), config()).unwrap();
+    std::fs::write(root.join("etc/migrate/plan.toml"), CHEAP_PLAN).unwrap();
+}
+
+#[test]
+fn a_hostile_root_is_refused_at_every_path_the_host_touches_and_nothing_outside_moves() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let os_release = std::fs::read(root.join("usr/lib/os-release")).unwrap();
+    let canary = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(canary.path().join("dir")).unwrap();
+    std::fs::write(canary.path().join("file"), "canary\n").unwrap();
+    std::fs::write(canary.path().join("dir/inside"), "canary\n").unwrap();
+    let canary_sum = tree_checksum(canary.path()).unwrap();
+    let etc_sum = tree_checksum(Path::new("/etc")).unwrap();
+
+    let unattended = |root: &Path| {
+        std::process::Command::new("timeout")
+            .args(["-s", "KILL", "180"])
+            .arg(f.migrate().get_program())
+            .args(["--unattended", "--root"])
+            .arg(root)
+            .envs(
+                f.migrate()
+                    .get_envs()
+                    .filter_map(|(k, v)| v.map(|v| (k, v))),
+            )
+            .output()
+            .unwrap()
+    };
+
+    // A real run first: migrate's own journal, marker and report, to turn
+    // into hostile ones.
+    reset(&root.path, &os_release);
+    let out = unattended(&root.path);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let mut templates = std::collections::HashMap::new();
+    for rel in [
+        "var/lib/migrate/state.json",
+        "var/lib/migrate/reboot-pending",
+        "var/log/migrate/report.json",
+    ] {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join(rel)).unwrap()).unwrap();
+        templates.insert(rel.to_string(), doc);
+    }
+
+    let paths = root_paths();
+    assert!(paths.len() >= 12, "{paths:?}");
+    let mut cases = 0;
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for (rel, access) in &paths {
+        let shape = Shape::of(access);
+        for &attack in shape.attacks() {
+            reset(&root.path, &os_release);
+            if !lay_out(&root.path, rel, shape, attack, canary.path(), &templates) {
+                continue;
+            }
+            cases += 1;
+            let name = format!("{rel} as {attack:?}");
+            let out = unattended(&root.path);
+            let code = out.status.code();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let mut wrong = Vec::new();
+            // Exit 0 only where the README says the attack is harmless: a
+            // symlink out of the root that is read resolves inside it; a
+            // report or lock that is not migrate's is replaced.
+            let replaced = rel.ends_with("/report.json") || rel.ends_with("/lock");
+            let may_pass = (matches!(attack, Attack::SymlinkOut)
+                && matches!(shape, Shape::Read | Shape::Listed))
+                || (replaced
+                    && !matches!(attack, Attack::SymlinkOut | Attack::Fifo | Attack::Device));
+            if !(code == Some(2) || (may_pass && code == Some(0))) {
+                wrong.push(format!("exit {code:?} (137: killed after 180 s)"));
+            }
+            if stderr.contains("panicked") {
+                wrong.push("a panic".to_string());
+            }
+            if code != Some(0) && stderr.lines().count() != 1 {
+                wrong.push("not one line on stderr".to_string());
+            }
+            if [&out.stdout, &out.stderr]
+                .iter()
+                .any(|s| s.contains(&0x1b) || s.contains(&0x07))
+            {
+                wrong.push("a control character reached the terminal".to_string());
+            }
+            if tree_checksum(canary.path()).unwrap() != canary_sum {
+                wrong.push("something outside the root changed".to_string());
+            }
+            if !wrong.is_empty() {
+                failures.push(format!("{name}: {}: {}", wrong.join(", "), show(&out)));
+            }
+            outcomes.push(format!("{name}: {code:?} {}", stderr.trim()));
+        }
+    }
+    // The outcomes, for whoever reads the test's output.
+    println!("{}", outcomes.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(cases >= 40, "{cases} cases");
+    assert_eq!(
+        tree_checksum(Path::new("/etc")).unwrap(),
+        etc_sum,
+        "the host's /etc changed"
+    );
+}

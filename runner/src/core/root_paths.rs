@@ -17,12 +17,16 @@ pub(crate) enum RootPath {
     ConfigDropins,
     /// Plan drop-ins.
     PlanDropins,
+    /// migrate's state directory.
+    StateDir,
     /// The state journal.
     State,
     /// Who holds the root (pid and verb of a running `migrate`).
     Lock,
     /// The reboot marker of a finished migration.
     Marker,
+    /// migrate's log directory.
+    LogDir,
     /// The run log.
     Log,
     /// The last run's report.
@@ -32,12 +36,28 @@ pub(crate) enum RootPath {
 impl RootPath {
     /// Every path, in the README's order.
     #[cfg(test)]
-    pub(crate) const ALL: [Self; 10] = [
+    pub(crate) const ALL: [Self; 12] = [
         Self::OsRelease,
         Self::UsrOsRelease,
         Self::Config,
         Self::ConfigDropins,
         Self::PlanDropins,
+        Self::StateDir,
+        Self::State,
+        Self::Lock,
+        Self::Marker,
+        Self::LogDir,
+        Self::Log,
+        Self::Report,
+    ];
+
+    /// The directories the host creates: each must be missing or a
+    /// directory before a run starts.
+    pub(crate) const CREATED: [Self; 2] = [Self::StateDir, Self::LogDir];
+
+    /// The files the host writes: each must be missing or a regular file
+    /// before a run starts.
+    pub(crate) const WRITTEN: [Self; 5] = [
         Self::State,
         Self::Lock,
         Self::Marker,
@@ -53,9 +73,11 @@ impl RootPath {
             Self::Config => "etc/migrate/config.toml",
             Self::ConfigDropins => "etc/migrate/config.d",
             Self::PlanDropins => "etc/migrate/plan.d",
+            Self::StateDir => "var/lib/migrate",
             Self::State => "var/lib/migrate/state.json",
             Self::Lock => "var/lib/migrate/lock",
             Self::Marker => "var/lib/migrate/reboot-pending",
+            Self::LogDir => "var/log/migrate",
             Self::Log => "var/log/migrate/migrate.log",
             Self::Report => "var/log/migrate/report.json",
         }
@@ -68,6 +90,7 @@ impl RootPath {
             Self::OsRelease | Self::UsrOsRelease | Self::Config => "read",
             Self::ConfigDropins | Self::PlanDropins => "list, read *.toml",
             Self::State => "read, write, rename to state-ID.json",
+            Self::StateDir | Self::LogDir => "create",
             Self::Lock => "read, write",
             Self::Marker => "read, write, remove",
             Self::Log => "append",

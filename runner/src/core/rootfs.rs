@@ -142,6 +142,36 @@ mod confined_tests {
         std::os::unix::fs::symlink(canary.join("host.log"), root.join("var/log2/migrate.log"))
             .unwrap();
         assert!(confined::append(&root, "var/log2/migrate.log").is_err());
+        // ... and so, before a run starts, is any file not a regular one.
+        let e = confined::check_writable(&root, "var/log2/migrate.log").unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "migrate.log: a symbolic link; migrate writes it only as a regular file"
+            ),
+            "{e}"
+        );
+        assert!(confined::check_writable(&root, "var/log2/report.json").is_ok());
+        assert!(confined::check_writable(&root, "srv/logs/report.json").is_ok());
+        let e = confined::check_writable(&root, "srv/logs").unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("srv/logs: a directory; migrate writes it only as a regular file"),
+            "{e}"
+        );
+        // migrate's directories: missing, or directories as the root sees them.
+        assert!(confined::check_directory(&root, "var/log/migrate").is_ok());
+        assert!(confined::check_directory(&root, "var/log/none").is_ok());
+        let e = confined::check_directory(&root, "var/log2/migrate.log").unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("a symbolic link to nothing inside the root"),
+            "{e}"
+        );
+        let e = confined::check_directory(&root, "srv/logs/report.json").unwrap_err();
+        assert!(
+            e.to_string().ends_with("report.json: not a directory"),
+            "{e}"
+        );
 
         // A drop-in symlinked to a host file reads the root's file of that
         // name (there is none), and `..` stops at the root.
@@ -328,7 +358,13 @@ pub(crate) mod confined {
         let mut names = Vec::new();
         for entry in d.iter() {
             let entry = entry.with_context(|| format!("reading {}", shown(root, rel)))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(name) = entry.file_name().to_str().map(str::to_string) else {
+                bail!(
+                    "{}: a file name that is not UTF-8: {}",
+                    shown(root, rel),
+                    entry.file_name().to_string_lossy()
+                );
+            };
             if name != "." && name != ".." {
                 names.push(name);
             }
@@ -413,6 +449,71 @@ pub(crate) mod confined {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+
+    /// Fails unless `rel` is missing or a regular file: migrate writes its
+    /// files only as regular files, never through a symlink, a FIFO or a
+    /// device the root put in their place. (Its directories may be symlinks:
+    /// they resolve inside the root.)
+    pub(crate) fn check_writable(root: &Path, rel: &str) -> Result<()> {
+        let r = open(root)?;
+        let file = match r.open_subpath(rel, OpenFlags::O_PATH | OpenFlags::O_NOFOLLOW) {
+            Ok(f) => f,
+            Err(e) if not_found(&e) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::OsError(Some(nix::libc::ENOTDIR)) => {
+                bail!("{}: a parent is not a directory", shown(root, rel))
+            }
+            Err(e) => bail!("{}: {e}", shown(root, rel)),
+        };
+        let kind = file
+            .metadata()
+            .with_context(|| format!("inspecting {}", shown(root, rel)))?
+            .file_type();
+        let what = if kind.is_file() {
+            return Ok(());
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        bail!(
+            "{}: {what}; migrate writes it only as a regular file",
+            shown(root, rel)
+        )
+    }
+
+    /// Fails unless `rel` is missing or a directory (a symlink to a
+    /// directory inside the root is one): what stands in the way of creating
+    /// migrate's own directories is refused before a run starts.
+    pub(crate) fn check_directory(root: &Path, rel: &str) -> Result<()> {
+        let r = open(root)?;
+        match r.resolve(rel) {
+            Ok(h) => {
+                let meta = h
+                    .reopen(OpenFlags::O_PATH)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .and_then(|f| f.metadata().map_err(Into::into))
+                    .with_context(|| format!("inspecting {}", shown(root, rel)))?;
+                if meta.is_dir() {
+                    Ok(())
+                } else {
+                    bail!("{}: not a directory", shown(root, rel))
+                }
+            }
+            Err(e) if not_found(&e) => {
+                // Missing, or a symlink to nothing inside the root.
+                match r.open_subpath(rel, OpenFlags::O_PATH | OpenFlags::O_NOFOLLOW) {
+                    Ok(_) => bail!(
+                        "{}: a symbolic link to nothing inside the root",
+                        shown(root, rel)
+                    ),
+                    Err(_) => Ok(()),
+                }
+            }
+            Err(e) => bail!("{}: {e}", shown(root, rel)),
+        }
     }
 
     /// Renames `from` to `to`, both inside the root.

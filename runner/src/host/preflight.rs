@@ -44,6 +44,14 @@ pub(crate) fn inspect_root(root: &Path) -> Result<(PathBuf, OsRelease)> {
         )
     })?;
     let os = OsRelease::read_from_root(&root).exit_code(ExitCode::BadInput)?;
+    for path in crate::core::root_paths::RootPath::CREATED {
+        crate::core::rootfs::confined::check_directory(&root, path.rel())
+            .exit_code(ExitCode::BadInput)?;
+    }
+    for path in crate::core::root_paths::RootPath::WRITTEN {
+        crate::core::rootfs::confined::check_writable(&root, path.rel())
+            .exit_code(ExitCode::BadInput)?;
+    }
     Ok((root, os))
 }
 
