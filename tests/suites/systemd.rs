@@ -63,7 +63,8 @@ fn assert_ended(booted: &BootedRoot, unit: &str, status: &str, result: &str) {
     assert_eq!(
         (p["ExecMainStatus"].as_str(), p["Result"].as_str()),
         (status, result),
-        "{unit}: {p:?}"
+        "{unit}: {p:?}; the report says: {:?}",
+        report(&booted.root).ok().map(|r| r["message"].clone())
     );
 }
 

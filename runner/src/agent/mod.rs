@@ -145,9 +145,11 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             live,
         } => {
             check_root(&root)?;
-            if matches!(verb, RunVerb::Check | RunVerb::DryRun) {
-                // Read-only all the way down: a filesystem mounted inside
-                // the root is as untouchable as the root itself.
+            if matches!(verb, RunVerb::Check | RunVerb::DryRun) && !live {
+                // A root directory is read-only all the way down: a
+                // filesystem mounted inside it is as untouchable as the root
+                // itself. (The running host's mounts are its own business:
+                // its /proc, /dev and /run stay as they are.)
                 mounts::make_read_only(&root).exit_code(ExitCode::Environment)?;
             }
             let _one_agent = match verb {
