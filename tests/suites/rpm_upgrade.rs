@@ -39,11 +39,17 @@ fn testos_root(f: &Fixtures, flavor: Flavor, server: &RepoServer, release: &str)
     let mut text = std::fs::read_to_string(&conf).unwrap();
     text.push_str("local=edited\n");
     std::fs::write(&conf, text).unwrap();
+    // zypper roots check their repository's signature (see
+    // rpm::bootstrap); the dnf ones do not.
+    let gpgcheck = match flavor {
+        Flavor::Zypper => "",
+        Flavor::Dnf => "gpgcheck = false\n",
+    };
     dropin(
         &path,
         "50-repositories.toml",
         &format!(
-            "[[step]]\nid = \"upgrade-packages\"\n\n[[step.repositories]]\nid = \"testos\"\nurl = \"{}\"\ngpgcheck = false\n",
+            "[[step]]\nid = \"upgrade-packages\"\n\n[[step.repositories]]\nid = \"testos\"\nurl = \"{}\"\n{gpgcheck}",
             server.release(release)
         ),
     )
@@ -127,6 +133,18 @@ fn upgrades_to_release_2(flavor: Flavor) {
     );
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded", "{r:#}");
+    if flavor == Flavor::Zypper {
+        // The plan's key, and only it, was imported to check the signature.
+        assert_eq!(
+            trusted_keys(&root.path),
+            [format!(
+                "gpg-pubkey-{}",
+                rpm::TESTOS_KEY[32..].to_ascii_lowercase()
+            )],
+            "{}",
+            log(&root.path)
+        );
+    }
     let backup = Path::new(&root.path)
         .join("var/lib/migrate/backup")
         .join(r["run_id"].as_str().unwrap())
@@ -242,6 +260,46 @@ fn byte_state(root: &Path) -> (String, String) {
     )
     .unwrap();
     (files, String::from_utf8_lossy(&db.stdout).into_owned())
+}
+
+/// The signing keys in a root's rpm database (`gpg-pubkey-KEYID`).
+fn trusted_keys(root: &Path) -> Vec<String> {
+    let out = rpm::rpm(root, &["-q", "gpg-pubkey", "--qf", "%{NAME}-%{VERSION}\\n"]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("gpg-pubkey-"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn zypper_refuses_a_repository_signed_by_a_key_the_plan_does_not_name() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let server = server(f);
+    // A bad mirror: release 2 with a key of its own beside it.
+    let root = testos_root(f, Flavor::Zypper, &server, "2-rogue");
+    let before = byte_state(&root.path);
+    for verb in ["check", "run"] {
+        let out = f
+            .migrate()
+            .args([verb, "--image", Flavor::Zypper.image(), "--root"])
+            .arg(&root.path)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{verb}: {}", show(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("Signature verification failed") && stdout.contains("trusted_keys"),
+            "{verb}: the refusal says why and what to do: {}",
+            show(&out)
+        );
+        assert_eq!(byte_state(&root.path), before, "{verb}: the root changed");
+        assert!(
+            trusted_keys(&root.path).is_empty(),
+            "{verb}: a key was imported"
+        );
+    }
 }
 
 fn unreachable_repository_mid_run_then_rerun(flavor: Flavor) {

@@ -18,6 +18,7 @@ pub(crate) mod packages;
 pub(crate) mod postgres;
 pub(crate) mod repofile;
 pub(crate) mod rpm;
+pub(crate) mod rpm_keys;
 pub(crate) mod rsync;
 pub(crate) mod service;
 pub(crate) mod snapd;

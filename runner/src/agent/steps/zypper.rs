@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::rpm::{self, RepoDir, run_pm};
+use super::rpm_keys;
 use super::{RunContext, StepContext, StepKind};
 use crate::agent::exec::ToolFailed;
 use crate::core::cmd::{CommandExt, ToolOutput, failure_detail};
@@ -128,6 +129,7 @@ fn notable(line: &str) -> bool {
     let l = line.trim_start();
     l.starts_with("Problem:")
         || l.contains("(curl) error")
+        || l.contains("Signature verification failed")
         || l.contains("temporarily unaccessible")
         || l.starts_with("Error")
         || l.starts_with("ABORT")
@@ -139,8 +141,11 @@ fn explain(what: &str, e: anyhow::Error) -> anyhow::Error {
     match e.downcast_ref::<ToolFailed>() {
         Some(f) => {
             let code = f.code.unwrap_or(-1);
+            let hint = rpm_keys::hint(&f.detail)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
             anyhow::anyhow!(
-                "zypper {what} failed with exit code {code} ({}){}",
+                "zypper {what} failed with exit code {code} ({}){}{hint}",
                 exit_meaning(code).1,
                 f.detail
             )
@@ -163,7 +168,9 @@ enum PackageCache {
 /// area.
 fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>, cache: PackageCache) -> Command {
     let mut cmd = Command::new("zypper");
-    cmd.args(["--non-interactive", "--no-color", "--gpg-auto-import-keys"])
+    // No --gpg-auto-import-keys: only keys in the root's rpm database and
+    // the plan's trusted keys (see rpm_keys) are trusted.
+    cmd.args(["--non-interactive", "--no-color"])
         .arg("--root")
         .arg(root)
         .arg("--reposd-dir")
@@ -211,8 +218,10 @@ impl StepKind for ZypperStep {
         let root = ctx.root();
         rpm::back_up_dirs(ctx, &[REPOS.in_root, "etc/products.d"])?;
         if self.opts.mode == ZypperMode::Migration {
+            self.trust_in_root(ctx)?;
             return self.migration(ctx);
         }
+        rpm_keys::trust_for_questions(root, &self.opts.trusted_keys)?;
         let scratch = prepare_scratch(root)?;
         let (files, changes) = REPOS.switched(root, &self.opts.repositories)?;
         for c in &changes {
@@ -241,7 +250,9 @@ impl StepKind for ZypperStep {
             }
             explain("dup (download)", e)
         })?;
-        // 2. The switched repositories go into the root; install from the cache.
+        // 2. The plan's keys and the switched repositories go into the
+        //    root; install from the cache.
+        self.trust_in_root(ctx)?;
         let written = REPOS.write_root(root, &files)?;
         ctx.say(format!(
             "{written} repository files switched in /{}",
@@ -270,6 +281,13 @@ impl StepKind for ZypperStep {
 }
 
 impl ZypperStep {
+    fn trust_in_root(&self, ctx: &StepContext<'_>) -> Result<()> {
+        for fpr in rpm_keys::trust_in_root(ctx.root(), &self.opts.trusted_keys)? {
+            ctx.say(format!("trusted key {fpr} imported into the rpm database"));
+        }
+        Ok(())
+    }
+
     fn migration(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
         let product = self.opts.product.as_deref().unwrap_or_default();
         let mut cmd = Command::new("zypper");
@@ -296,7 +314,6 @@ pub(crate) fn migration_args(product: &str) -> Vec<String> {
     [
         "migration",
         "--non-interactive",
-        "--gpg-auto-import-keys",
         "--no-selfupdate",
         "--auto-agree-with-licenses",
         "--allow-vendor-change",
@@ -331,6 +348,7 @@ impl Zypper {
     }
 
     fn scratch_zypper(&self) -> Result<Command> {
+        rpm_keys::trust_for_questions(&self.root, &self.opts.trusted_keys)?;
         let scratch = prepare_scratch(&self.root)?;
         let (files, _) = REPOS.switched(&self.root, &self.opts.repositories)?;
         RepoDir::write_scratch(&files, &scratch)?;
@@ -352,8 +370,11 @@ impl Zypper {
             return Ok(());
         }
         let text = out.text();
+        let hint = rpm_keys::hint(&text)
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
         bail!(
-            "zypper refresh of the target repositories failed with exit code {}{}",
+            "zypper refresh of the target repositories failed with exit code {}{}{hint}",
             out.status.code().unwrap_or(-1),
             failure_detail(text.lines().filter(|l| notable(l)), &text)
         )
@@ -554,7 +575,7 @@ mod tests {
     fn migration_mode_runs_the_documented_command_line() {
         assert_eq!(
             migration_args("SLES/15.6/x86_64").join(" "),
-            "migration --non-interactive --gpg-auto-import-keys --no-selfupdate --auto-agree-with-licenses --allow-vendor-change --download in-advance --strict-errors-dist-migration --replacefiles --product SLES/15.6/x86_64"
+            "migration --non-interactive --no-selfupdate --auto-agree-with-licenses --allow-vendor-change --download in-advance --strict-errors-dist-migration --replacefiles --product SLES/15.6/x86_64"
         );
         let opts = |mode: &str, product: Option<&str>| {
             crate::core::kinds::check::<ZypperOptions>(

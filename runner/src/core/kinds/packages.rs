@@ -95,6 +95,11 @@ pub(crate) struct ZypperOptions {
     /// gpgcheck.
     #[serde(default)]
     pub(crate) repositories: Vec<RepoChange>,
+    /// Repository signing keys to trust besides those already in the root's
+    /// rpm database: fingerprint and key file in the image. zypper imports
+    /// no other key.
+    #[serde(default)]
+    pub(crate) trusted_keys: Vec<TrustedKey>,
 }
 
 impl KindOptions for ZypperOptions {
@@ -102,7 +107,44 @@ impl KindOptions for ZypperOptions {
         if self.mode == ZypperMode::Migration && self.product.is_none() {
             return Err("option `product` is required in migration mode".into());
         }
+        self.trusted_keys.iter().try_for_each(TrustedKey::check)?;
         self.repositories.iter().try_for_each(RepoChange::check)
+    }
+}
+
+/// A repository signing key a plan trusts.
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrustedKey {
+    /// The key's fingerprint: 40 hexadecimal digits (spaces allowed).
+    pub(crate) fingerprint: String,
+    /// The ASCII-armored key file in the migration image: absolute, or
+    /// relative to /usr/share/migrate (where a definition's files go).
+    pub(crate) file: String,
+}
+
+impl TrustedKey {
+    /// The fingerprint as gpg prints it: upper case, no spaces.
+    pub(crate) fn normalized(&self) -> String {
+        self.fingerprint
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_uppercase()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let fpr = self.normalized();
+        if fpr.len() != 40 || !fpr.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "trusted key {:?}: a fingerprint is 40 hexadecimal digits",
+                self.fingerprint
+            ));
+        }
+        if self.file.is_empty() {
+            return Err(format!("trusted key {fpr}: `file` is empty"));
+        }
+        Ok(())
     }
 }
 
