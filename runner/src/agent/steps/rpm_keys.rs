@@ -127,10 +127,19 @@ pub(crate) fn trust_for_questions(root: &Path, keys: &[TrustedKey]) -> Result<()
     }
     let files = verified(keys)?;
     let db = database_dir(root)?;
-    let (upper, work) = (
-        Path::new(SCRATCH).join("upper"),
-        Path::new(SCRATCH).join("work"),
-    );
+    // The layer's writable half on a tmpfs of its own (overlayfs takes no
+    // upper directory on the container's own overlay root).
+    let tmp = Path::new(SCRATCH).join("layer");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    mount(
+        Some("tmpfs"),
+        &tmp,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting a tmpfs on {}", tmp.display()))?;
+    let (upper, work) = (tmp.join("upper"), tmp.join("work"));
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
