@@ -14,6 +14,7 @@ pub(crate) mod checks;
 pub(crate) mod command;
 pub(crate) mod config;
 pub(crate) mod dnf;
+pub(crate) mod manifest;
 pub(crate) mod packages;
 pub(crate) mod postgres;
 pub(crate) mod repofile;
@@ -79,6 +80,7 @@ pub(crate) fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
         Kind::Command => Box::new(command::CommandStep::new(step.options()?)),
         Kind::Postgres => Box::new(postgres::PostgresStep::new(step.options()?)),
         Kind::Rsync => Box::new(rsync::RsyncStep::new(step.options()?, step.phase)),
+        Kind::VerifyCopy => Box::new(rsync::VerifyCopyStep::new(step.options()?)),
         Kind::Config => Box::new(config::ConfigStep::new(step.options()?)),
         Kind::Service => Box::new(service::ServiceStep::new(step.options()?)),
     })
@@ -241,6 +243,7 @@ mod tests {
                 "target": {"url": "postgresql://app@db/app_new"},
             }),
             Kind::Rsync => serde_json::json!({"source": "/srv/a/", "destination": "/srv/b/"}),
+            Kind::VerifyCopy => serde_json::json!({"of": "final-copy"}),
             Kind::Config => {
                 serde_json::json!({"source": "/a.yaml", "mapping": {"a": "b"}, "output": "/b.yaml"})
             }

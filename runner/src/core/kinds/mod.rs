@@ -105,6 +105,7 @@ kinds! {
     SafetyBackup = "safety-backup", [Cutover], backup::BackupOptions;
     Postgres = "postgres", [Sync, Cutover], postgres::PostgresOptions;
     Rsync = "rsync", [Sync, Cutover], rsync::RsyncOptions;
+    VerifyCopy = "verify-copy", [Cutover, Post], rsync::VerifyCopyOptions;
     Config = "config", [Sync, Cutover, Post], config::ConfigOptions;
     Service = "service", [Sync, Cutover, Post], service::ServiceOptions;
     Command = "command", [Check, Sync, Cutover, Post], command::CommandOptions;

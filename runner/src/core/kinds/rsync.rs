@@ -59,6 +59,17 @@ impl KindOptions for RsyncOptions {
     }
 }
 
+/// Options of a `verify-copy` step.
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VerifyCopyOptions {
+    /// The id of the rsync step whose copy to verify by content (its final
+    /// pass, earlier in the plan).
+    pub(crate) of: String,
+}
+
+impl KindOptions for VerifyCopyOptions {}
+
 /// Whether an rsync location is on another host (`host:path`, no `/`
 /// before the colon).
 pub(crate) fn is_remote(value: &str) -> bool {

@@ -388,9 +388,23 @@ pub(crate) fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan>
         );
     }
     let mut ids = HashSet::new();
-    for s in &steps {
+    for (i, s) in steps.iter().enumerate() {
         if !ids.insert(&s.id) {
             bail!("{}: step id {:?} is used twice", s.defined_at, s.id);
+        }
+        if s.kind == Kind::VerifyCopy {
+            let opts: crate::core::kinds::rsync::VerifyCopyOptions = s.options()?;
+            if !steps[..i]
+                .iter()
+                .any(|e| e.id == opts.of && e.kind == Kind::Rsync)
+            {
+                bail!(
+                    "{}: key `of`: step {:?} names no rsync step before it ({:?})",
+                    s.defined_at,
+                    s.id,
+                    opts.of
+                );
+            }
         }
     }
     Ok(Plan {

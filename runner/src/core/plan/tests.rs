@@ -264,3 +264,18 @@ fn plans_that_are_fifos_or_devices_are_refused_not_read() {
     let e = PlanSource::read(&big).unwrap_err().to_string();
     assert!(e.contains("larger than"), "{e}");
 }
+
+#[test]
+fn verify_copy_names_an_rsync_step_before_it() {
+    let copy = "[[step]]\nid = \"final-copy\"\nkind = \"rsync\"\nphase = \"cutover\"\nsource = \"/srv/a/\"\ndestination = \"/srv/b/\"\n\n";
+    let verify = "[[step]]\nid = \"verify\"\nkind = \"verify-copy\"\nphase = \"cutover\"\nof = \"final-copy\"\n\n";
+    let plan = resolve(&src("plan.toml", &format!("{copy}{verify}")), &[]).unwrap();
+    assert_eq!(plan.steps.last().map(|s| s.id.as_str()), Some("verify"));
+    let e = err(verify, &[]);
+    assert!(
+        e.contains("key `of`: step \"verify\" names no rsync step before it (\"final-copy\")"),
+        "{e}"
+    );
+    let e = err(&format!("{verify}{copy}"), &[]);
+    assert!(e.contains("names no rsync step before it"), "{e}");
+}
