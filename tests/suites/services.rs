@@ -545,6 +545,28 @@ of = "final-copy"
     );
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded");
+    assert_eq!(
+        (
+            r["downtime"]["from_step"].as_str(),
+            r["downtime"]["to_step"].as_str()
+        ),
+        (Some("stop-app"), Some("start-app")),
+        "{r:#}"
+    );
+    assert!(r["downtime"]["duration_ms"].as_u64().is_some(), "{r:#}");
+    for id in [
+        "copy-verified.final-copy",
+        "copy-verified-after-start.verify-app-data",
+    ] {
+        assert!(
+            r["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["id"] == id && f["severity"] == "info"),
+            "no finding {id}: {r:#}"
+        );
+    }
     assert!(
         r["agent_peak_rss_kb"].as_u64().unwrap() < 50 * 1024,
         "{r:#}"

@@ -170,6 +170,9 @@ pub(crate) struct Report {
     /// When migrate asked for the reboot into the new release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) reboot_requested_at: Option<String>,
+    /// The services' downtime in the cutover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) downtime: Option<Downtime>,
     /// What the first boot after the migration found (`migrate cleanup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) after_reboot: Option<AfterReboot>,
@@ -184,6 +187,55 @@ pub(crate) enum BootResult {
     Confirmed,
     /// Something is wrong; `message` says what.
     Failed,
+}
+
+/// How long the services were down: from the start of the cutover's first
+/// step that stops them to the end of its last step that starts them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub(crate) struct Downtime {
+    /// The step that stopped the services.
+    pub(crate) from_step: String,
+    /// The step that started them again.
+    pub(crate) to_step: String,
+    /// Milliseconds between the two.
+    pub(crate) duration_ms: u64,
+}
+
+impl Report {
+    /// Sets [`Report::downtime`] from the steps that ran: `stops` and
+    /// `starts` are the ids of the plan's service steps that stop and that
+    /// start (or restart) services. Nothing when either did not finish.
+    pub(crate) fn measure_downtime(&mut self, stops: &[String], starts: &[String]) {
+        let ms = |s: &StepReport| {
+            s.started_at
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        let done = |s: &&StepReport| s.status == StepState::Succeeded;
+        let first = self
+            .steps
+            .iter()
+            .filter(done)
+            .find(|s| stops.contains(&s.id));
+        let last = self
+            .steps
+            .iter()
+            .filter(done)
+            .rfind(|s| starts.contains(&s.id));
+        self.downtime = match (first, last) {
+            (Some(a), Some(b)) => match (ms(a), ms(b)) {
+                (Some(from), Some(to)) => Some(Downtime {
+                    from_step: a.id.clone(),
+                    to_step: b.id.clone(),
+                    duration_ms: (to + b.duration_ms.unwrap_or(0)).saturating_sub(from),
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
+    }
 }
 
 /// The report's final part, written by `migrate cleanup` on the first boot
@@ -246,6 +298,7 @@ impl Report {
             log: LOG_PATH.to_string(),
             agent_peak_rss_kb: None,
             reboot_requested_at: None,
+            downtime: None,
             after_reboot: None,
         }
     }
@@ -421,6 +474,55 @@ mod tests {
 
     fn ev(event: Event) -> Envelope {
         Envelope::now(event)
+    }
+
+    #[test]
+    fn the_downtime_runs_from_the_first_stop_to_the_end_of_the_last_start() {
+        let mut r = report();
+        let step = |id: &str, at: &str, ms: u64, status: StepState| StepReport {
+            id: id.into(),
+            kind: "service".into(),
+            phase: Phase::Cutover,
+            description: String::new(),
+            status,
+            started_at: Some(at.into()),
+            duration_ms: Some(ms),
+            message: None,
+        };
+        r.steps = vec![
+            step(
+                "stop",
+                "2026-12-01T10:00:00.000Z",
+                100,
+                StepState::Succeeded,
+            ),
+            step(
+                "copy",
+                "2026-12-01T10:00:00.100Z",
+                200,
+                StepState::Succeeded,
+            ),
+            step(
+                "start",
+                "2026-12-01T10:00:00.300Z",
+                50,
+                StepState::Succeeded,
+            ),
+        ];
+        let (stops, starts) = (vec!["stop".to_string()], vec!["start".to_string()]);
+        r.measure_downtime(&stops, &starts);
+        assert_eq!(
+            r.downtime,
+            Some(Downtime {
+                from_step: "stop".into(),
+                to_step: "start".into(),
+                duration_ms: 350,
+            })
+        );
+        // A start that did not happen: no downtime to speak of.
+        r.steps[2].status = StepState::Failed;
+        r.measure_downtime(&stops, &starts);
+        assert_eq!(r.downtime, None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::{StepContext, StepKind, manifest};
 use crate::agent::exec::{Streaming, run_streaming_with};
-use crate::core::event::StepStatus;
+use crate::core::event::{Finding, Severity, StepStatus};
 use crate::core::kinds::Kind;
 use crate::core::kinds::rsync::{RsyncOptions, VerifyCopyOptions, is_remote};
 use crate::core::phase::Phase;
@@ -271,6 +271,15 @@ impl RsyncStep {
             );
         }
         ctx.say(format!("verified: {summary}"));
+        ctx.finding(Finding {
+            id: format!("copy-verified.{}", ctx.step.id),
+            severity: Severity::Info,
+            message: format!(
+                "{} to {} verified in the cutover: {summary}",
+                self.opts.source, self.opts.destination
+            ),
+            hint: String::new(),
+        });
         Ok(())
     }
 
@@ -434,10 +443,20 @@ impl RsyncStep {
                     .join(", ")
             );
         }
-        ctx.say(format!(
+        let summary = format!(
             "identical by content: {compared} files ({} MB read); {touched} touched by the service since the cutover, not compared",
             bytes / 1_000_000
-        ));
+        );
+        ctx.say(summary.clone());
+        ctx.finding(Finding {
+            id: format!("copy-verified-after-start.{}", ctx.step.id),
+            severity: Severity::Info,
+            message: format!(
+                "{} to {} verified after the start: {summary}",
+                self.opts.source, self.opts.destination
+            ),
+            hint: String::new(),
+        });
         Ok(())
     }
 }

@@ -46,6 +46,8 @@ impl Session<'_> {
         };
         let message = message.or(session.protocol_error.take());
         session.report.finish(result, code.code(), message.clone());
+        let (stops, starts) = std::mem::take(&mut session.service_steps);
+        session.report.measure_downtime(&stops, &starts);
         let run_id = session.report.run_id.clone();
         session.log.host(&format!(
             "{} {run_id} ended: {result:?}, exit code {}{}",

@@ -38,6 +38,23 @@ pub(crate) enum Start<'a> {
     },
 }
 
+/// The ids of the plan's cutover `service` steps that stop services, and of
+/// those that start or restart them (for the report's downtime).
+fn service_steps(plan: &crate::core::plan::Plan) -> (Vec<String>, Vec<String>) {
+    use crate::core::kinds::service::{Action, ServiceOptions};
+    let mut out = (Vec::new(), Vec::new());
+    for s in plan.steps.iter().filter(|s| {
+        s.kind == crate::core::kinds::Kind::Service && s.phase == crate::core::phase::Phase::Cutover
+    }) {
+        match s.options::<ServiceOptions>().map(|o| o.action) {
+            Ok(Action::Stop) => out.0.push(s.id.clone()),
+            Ok(Action::Start | Action::Restart) => out.1.push(s.id.clone()),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Runs the agent in the migration container and renders, logs and
 /// reports what it does. Returns the run's report and its outcome.
 pub(crate) async fn run(
@@ -182,6 +199,7 @@ pub(crate) async fn run(
         finished: false,
         protocol_error: None,
         write_error: None,
+        service_steps: p.plan.as_ref().map(service_steps).unwrap_or_default(),
     });
     if opts.verb == Verb::Rollback {
         guard(&session).begin_changes();
@@ -274,6 +292,8 @@ pub(crate) struct Session<'a> {
     pub(crate) finished: bool,
     pub(crate) protocol_error: Option<String>,
     pub(crate) write_error: Option<String>,
+    /// The plan's cutover steps that stop services, and that start them.
+    pub(crate) service_steps: (Vec<String>, Vec<String>),
 }
 
 impl Session<'_> {
