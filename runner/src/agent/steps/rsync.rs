@@ -174,9 +174,13 @@ impl StepKind for RsyncStep {
             },
         )?;
         match self.trees(&src, &dst) {
-            // Both trees here: a manifest after every pass, and the final
-            // pass verified against it.
-            Some((s, d)) => self.manifest_pass(ctx, &s, &d)?,
+            // Both trees here: a manifest after every pre-copy, and a
+            // verified pass checked against it (an unverified final pass
+            // reads nothing more inside the downtime).
+            Some((s, d)) if self.verify() || self.phase == Phase::Sync => {
+                self.manifest_pass(ctx, &s, &d)?;
+            }
+            Some(_) => {}
             None if self.verify() => self.check_identical(ctx, &src, &dst)?,
             None => {}
         }
