@@ -531,10 +531,11 @@ of = "final-copy"
     );
     let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
     // Inside the downtime only what moved since the last pre-copy was read
-    // (the writer's files); the rest was identical by the manifest.
+    // (`migrate run` repeats the pre-copy before it stops the service, so
+    // that is little); the rest was identical by the manifest.
     let (by_metadata, by_content) = verified_counts(&log);
     assert!(
-        by_metadata >= 4000 && (1..=500).contains(&by_content),
+        by_metadata >= 4000 && by_content <= 500,
         "the final pass read {by_content} files, trusted {by_metadata}: {log}"
     );
     // After the start, everything the service did not touch, by content.
@@ -587,9 +588,13 @@ fn number_before(log: &str, suffix: &str, prefix: &str) -> usize {
 /// The final pass's verification: entries trusted by metadata against the
 /// manifest, and files read.
 fn verified_counts(log: &str) -> (usize, usize) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("[final-copy] verified: "))
+        .unwrap_or_else(|| panic!("the final pass was not verified: {log}"));
     (
-        number_before(log, " entries identical by metadata", "verified: "),
-        number_before(log, " files compared by content", "against the manifest, "),
+        number_before(line, " entries identical by metadata", "verified: "),
+        number_before(line, " files compared by content", "against the manifest, "),
     )
 }
 

@@ -204,7 +204,7 @@ pub(crate) struct Downtime {
 impl Report {
     /// Sets [`Report::downtime`] from the steps that ran: `stops` and
     /// `starts` are the ids of the plan's service steps that stop and that
-    /// start (or restart) services. Nothing when either did not finish.
+    /// start (or restart) services. Nothing when either did not end well.
     pub(crate) fn measure_downtime(&mut self, stops: &[String], starts: &[String]) {
         let ms = |s: &StepReport| {
             s.started_at
@@ -213,7 +213,9 @@ impl Report {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         };
-        let done = |s: &&StepReport| s.status == StepState::Succeeded;
+        // A stop with nothing to stop (skipped) still marks where the
+        // window opens.
+        let done = |s: &&StepReport| matches!(s.status, StepState::Succeeded | StepState::Skipped);
         let first = self
             .steps
             .iter()
