@@ -682,7 +682,8 @@ of = "final-copy"
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifests[0]).unwrap()).unwrap();
     let meta = std::fs::metadata(&copied).unwrap();
-    m["entries"][victim]["dst"]["ctime"] = serde_json::json!([meta.ctime(), meta.ctime_nsec()]);
+    // The copy's lstat is recorded as [kind, size, mtime, ctime, ...].
+    m["entries"][victim]["d"][3] = serde_json::json!([meta.ctime(), meta.ctime_nsec()]);
     std::fs::write(&manifests[0], serde_json::to_vec(&m).unwrap()).unwrap();
     let out = migrate_with_plan(f, "run", &plan, &root.path);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));

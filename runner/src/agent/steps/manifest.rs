@@ -30,30 +30,25 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// An entry's metadata, as `lstat` and `listxattr` see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Meta {
-    /// `f` file, `d` directory, `l` symlink, `o` anything else.
-    pub(crate) kind: char,
-    pub(crate) size: u64,
-    pub(crate) mtime: (i64, i64),
-    pub(crate) ctime: (i64, i64),
-    pub(crate) ino: u64,
-    pub(crate) mode: u32,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) nlink: u64,
-    /// SHA-256 of the sorted extended attributes (names and values).
-    pub(crate) xattrs: String,
-    /// A symlink's target.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) target: Option<String>,
-}
+/// An entry's `lstat`: kind (`f` file, `d` directory, `l` symlink, `o`
+/// anything else), size, mtime and ctime (seconds, nanoseconds), inode,
+/// mode, owner, group, link count. An array in the manifest: compact and
+/// fast to read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Stat(
+    pub(crate) char,
+    pub(crate) u64,
+    pub(crate) [i64; 2],
+    pub(crate) [i64; 2],
+    pub(crate) u64,
+    pub(crate) u32,
+    pub(crate) u32,
+    pub(crate) u32,
+    pub(crate) u64,
+);
 
-impl Meta {
-    fn read(path: &Path) -> Result<Self> {
-        let m = std::fs::symlink_metadata(path)
-            .with_context(|| format!("reading {}", path.display()))?;
+impl Stat {
+    fn of(m: &std::fs::Metadata) -> Self {
         let ft = m.file_type();
         let kind = if ft.is_file() {
             'f'
@@ -64,39 +59,60 @@ impl Meta {
         } else {
             'o'
         };
-        let target = ft
-            .is_symlink()
+        Stat(
+            kind,
+            if kind == 'f' { m.len() } else { 0 },
+            [m.mtime(), m.mtime_nsec()],
+            [m.ctime(), m.ctime_nsec()],
+            m.ino(),
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            if kind == 'd' { 0 } else { m.nlink() },
+        )
+    }
+
+    pub(crate) fn kind(&self) -> char {
+        self.0
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.1
+    }
+
+    /// What a copy must reproduce of it (not inode and ctime, which are
+    /// each side's own; not a directory's mtime, which rsync sets after its
+    /// content and a later write into it moves).
+    fn same_as_copy(&self, other: &Self) -> bool {
+        self.0 == other.0
+            && self.1 == other.1
+            && (self.0 == 'd' || self.2 == other.2)
+            && self.5 == other.5
+            && self.6 == other.6
+            && self.7 == other.7
+            && self.8 == other.8
+    }
+}
+
+/// What `lstat` does not say: the extended attributes (ACLs included) and
+/// a symlink's target. Read only for entries that moved: changing either
+/// moves the entry's ctime.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Extra {
+    xattrs: String,
+    target: Option<String>,
+}
+
+impl Extra {
+    fn read(path: &Path, stat: &Stat) -> Result<Self> {
+        let target = (stat.kind() == 'l')
             .then(|| std::fs::read_link(path).map(|t| t.to_string_lossy().into_owned()))
             .transpose()
             .with_context(|| format!("reading the link {}", path.display()))?;
         Ok(Self {
-            kind,
-            size: if kind == 'f' { m.len() } else { 0 },
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-            ino: m.ino(),
-            mode: m.mode(),
-            uid: m.uid(),
-            gid: m.gid(),
-            nlink: if kind == 'd' { 0 } else { m.nlink() },
             xattrs: xattr_digest(path)?,
             target,
         })
-    }
-
-    /// What a copy must reproduce (not inode and ctime, which are each
-    /// side's own; not a directory's mtime, which rsync sets after its
-    /// content and a later write into it moves).
-    fn same_as_copy(&self, other: &Self) -> bool {
-        self.kind == other.kind
-            && self.size == other.size
-            && (self.kind == 'd' || self.mtime == other.mtime)
-            && self.mode == other.mode
-            && self.uid == other.uid
-            && self.gid == other.gid
-            && self.nlink == other.nlink
-            && self.xattrs == other.xattrs
-            && self.target == other.target
     }
 }
 
@@ -140,21 +156,18 @@ pub(crate) fn hash_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-/// Every entry under `top` (not `top` itself), by path relative to it.
-pub(crate) fn walk(top: &Path) -> Result<BTreeMap<String, Meta>> {
+/// Every entry under `top` (not `top` itself) by path relative to it, with
+/// its `lstat` (taken relative to its directory: one path component to
+/// resolve, not the whole path).
+pub(crate) fn walk(top: &Path) -> Result<BTreeMap<String, Stat>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
-    // What vanishes while the tree is walked (a service still writing
-    // during a pre-copy) is left out: it is not in the copy's record.
-    let gone = |e: &anyhow::Error| {
-        e.root_cause()
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
-    };
     while let Some(rel) = stack.pop() {
         let dir = top.join(&rel);
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e,
+            // What vanishes while the tree is walked (a service still
+            // writing during a pre-copy) is left out of the record.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.as_os_str().is_empty() => {
                 continue;
             }
@@ -162,29 +175,55 @@ pub(crate) fn walk(top: &Path) -> Result<BTreeMap<String, Meta>> {
         };
         for entry in entries {
             let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-            let rel = rel.join(entry.file_name());
-            let meta = match Meta::read(&top.join(&rel)) {
+            let meta = match entry.metadata() {
                 Ok(m) => m,
-                Err(e) if gone(&e) => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", entry.path().display()));
+                }
             };
-            if meta.kind == 'd' {
+            let rel = rel.join(entry.file_name());
+            let stat = Stat::of(&meta);
+            if stat.kind() == 'd' {
                 stack.push(rel.clone());
             }
-            out.insert(rel.to_string_lossy().into_owned(), meta);
+            out.insert(rel.to_string_lossy().into_owned(), stat);
         }
     }
     Ok(out)
 }
 
-/// One path on both sides.
+/// Both trees at once.
+pub(crate) fn walk_both(
+    src: &Path,
+    dst: &Path,
+) -> Result<(BTreeMap<String, Stat>, BTreeMap<String, Stat>)> {
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| walk(dst));
+        let s = walk(src)?;
+        let d = other
+            .join()
+            .map_err(|_| anyhow::anyhow!("walking {} failed", dst.display()))??;
+        Ok((s, d))
+    })
+}
+
+/// One path on both sides, as recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Pair {
-    pub(crate) src: Meta,
-    pub(crate) dst: Meta,
-    /// For files: the content's SHA-256, when both sides had it.
+    /// The source's `lstat`.
+    pub(crate) s: Stat,
+    /// The copy's `lstat`.
+    pub(crate) d: Stat,
+    /// The extended attributes' digest both sides had (none: empty).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub(crate) x: String,
+    /// A symlink's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) sha256: Option<String>,
+    pub(crate) t: Option<String>,
+    /// For files: the content's SHA-256 both sides had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) h: Option<String>,
 }
 
 /// Both trees after a copy.
@@ -193,7 +232,7 @@ pub(crate) struct Manifest {
     pub(crate) version: u32,
     /// When it was taken (RFC 3339).
     pub(crate) taken_at: String,
-    /// Paths present on both sides.
+    /// Paths alike on both sides.
     pub(crate) entries: BTreeMap<String, Pair>,
 }
 
@@ -213,10 +252,13 @@ pub(crate) struct Verified {
 }
 
 /// Compares `src` and `dst` as a copy: the same paths, each reproduced (see
-/// [`Meta::same_as_copy`]), hard links grouped alike, and for files the same
-/// content, read only where an entry moved on either side since `known`.
-pub(crate) fn compare(src: &Path, dst: &Path, known: Option<&Manifest>) -> Result<Verified> {
-    let (s, d) = (walk(src)?, walk(dst)?);
+/// [`Stat::same_as_copy`], extended attributes and symlink targets), hard
+/// links grouped alike, and for files the same content. An entry whose
+/// `lstat` on both sides is what `known` recorded is as it was recorded;
+/// only the others are read.
+pub(crate) fn compare(src: &Path, dst: &Path, known: Option<Manifest>) -> Result<Verified> {
+    let (s, d) = walk_both(src, dst)?;
+    let mut known = known.map(|m| m.entries).unwrap_or_default();
     let mut v = Verified::default();
     for path in s.keys().filter(|p| !d.contains_key(*p)) {
         v.differences.push(format!("{path}: missing in the copy"));
@@ -224,37 +266,51 @@ pub(crate) fn compare(src: &Path, dst: &Path, known: Option<&Manifest>) -> Resul
     for path in d.keys().filter(|p| !s.contains_key(*p)) {
         v.differences.push(format!("{path}: only in the copy"));
     }
-    for (path, sm) in &s {
-        let Some(dm) = d.get(path) else { continue };
-        if !sm.same_as_copy(dm) {
+    for (path, ss) in &s {
+        let Some(ds) = d.get(path) else { continue };
+        if !ss.same_as_copy(ds) {
+            v.differences.push(format!("{path}: metadata differs"));
+            continue;
+        }
+        if let Some(k) = known
+            .remove(path)
+            .filter(|k| k.s == *ss && k.d == *ds && (ss.kind() != 'f' || k.h.is_some()))
+        {
+            v.by_metadata += 1;
+            v.now.entries.insert(path.clone(), k);
+            continue;
+        }
+        let (sp, dp) = (src.join(path), dst.join(path));
+        let (se, de) = match (Extra::read(&sp, ss), Extra::read(&dp, ds)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => {
+                v.differences.push(format!("{path}: unreadable: {e:#}"));
+                continue;
+            }
+        };
+        if se != de {
             v.differences.push(format!("{path}: metadata differs"));
             continue;
         }
         let mut pair = Pair {
-            src: sm.clone(),
-            dst: dm.clone(),
-            sha256: None,
+            s: *ss,
+            d: *ds,
+            x: se.xattrs,
+            t: se.target,
+            h: None,
         };
-        if sm.kind == 'f' {
-            let settled = known
-                .and_then(|m| m.entries.get(path))
-                .filter(|k| k.src == *sm && k.dst == *dm)
-                .and_then(|k| k.sha256.clone());
-            match settled {
-                Some(sum) => {
-                    v.by_metadata += 1;
-                    pair.sha256 = Some(sum);
+        if ss.kind() == 'f' {
+            v.by_content += 1;
+            v.bytes_read += ss.size() * 2;
+            match (hash_file(&sp), hash_file(&dp)) {
+                (Ok(a), Ok(b)) if a == b => pair.h = Some(a),
+                (Ok(_), Ok(_)) => {
+                    v.differences.push(format!("{path}: content differs"));
+                    continue;
                 }
-                None => {
-                    v.by_content += 1;
-                    v.bytes_read += sm.size * 2;
-                    match (hash_file(&src.join(path)), hash_file(&dst.join(path))) {
-                        (Ok(a), Ok(b)) if a == b => pair.sha256 = Some(a),
-                        (Ok(_), Ok(_)) => v.differences.push(format!("{path}: content differs")),
-                        (Err(e), _) | (_, Err(e)) => {
-                            v.differences.push(format!("{path}: unreadable: {e:#}"));
-                        }
-                    }
+                (Err(e), _) | (_, Err(e)) => {
+                    v.differences.push(format!("{path}: unreadable: {e:#}"));
+                    continue;
                 }
             }
         } else {
@@ -265,23 +321,23 @@ pub(crate) fn compare(src: &Path, dst: &Path, known: Option<&Manifest>) -> Resul
     if v.differences.is_empty() {
         v.differences.extend(link_groups_differ(&s, &d));
     }
-    v.now.version = 1;
+    v.now.version = 2;
     v.now.taken_at = crate::core::event::timestamp(std::time::SystemTime::now());
     Ok(v)
 }
 
 /// Hard links: paths sharing an inode on one side must share one on the
 /// other.
-fn link_groups_differ(s: &BTreeMap<String, Meta>, d: &BTreeMap<String, Meta>) -> Vec<String> {
+fn link_groups_differ(s: &BTreeMap<String, Stat>, d: &BTreeMap<String, Stat>) -> Vec<String> {
     let mut pairs: BTreeMap<u64, u64> = BTreeMap::new();
     let mut out = Vec::new();
-    for (path, sm) in s.iter().filter(|(_, m)| m.kind == 'f' && m.nlink > 1) {
-        if let Some(dm) = d.get(path) {
-            match pairs.get(&sm.ino) {
-                Some(ino) if *ino != dm.ino => out.push(format!("{path}: hard links differ")),
+    for (path, ss) in s.iter().filter(|(_, m)| m.kind() == 'f' && m.8 > 1) {
+        if let Some(ds) = d.get(path) {
+            match pairs.get(&ss.4) {
+                Some(ino) if *ino != ds.4 => out.push(format!("{path}: hard links differ")),
                 Some(_) => {}
                 None => {
-                    pairs.insert(sm.ino, dm.ino);
+                    pairs.insert(ss.4, ds.4);
                 }
             }
         }
@@ -289,11 +345,13 @@ fn link_groups_differ(s: &BTreeMap<String, Meta>, d: &BTreeMap<String, Meta>) ->
     out
 }
 
-/// Reads a manifest; none if there is none (or an unreadable one: then
-/// everything is compared by content).
+/// Reads a manifest; none if there is none (or one of another version or
+/// unreadable: then everything is compared by content).
 pub(crate) fn load(path: &Path) -> Option<Manifest> {
     let bytes = std::fs::read(path).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    serde_json::from_slice::<Manifest>(&bytes)
+        .ok()
+        .filter(|m| m.version == 2)
 }
 
 /// Writes a manifest (mode 0600, atomically).
@@ -336,7 +394,7 @@ mod tests {
         assert_eq!(first.by_content, 21);
 
         // Nothing moved: nothing is read.
-        let second = compare(&src, &dst, Some(&first.now)).unwrap();
+        let second = compare(&src, &dst, Some(first.now.clone())).unwrap();
         assert!(second.differences.is_empty());
         assert_eq!(second.by_content, 0);
 
@@ -351,7 +409,7 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        let third = compare(&src, &dst, Some(&first.now)).unwrap();
+        let third = compare(&src, &dst, Some(first.now.clone())).unwrap();
         assert_eq!(third.differences, ["sub/f3: content differs"]);
         assert_eq!(third.by_content, 1);
 
@@ -376,5 +434,49 @@ mod tests {
             "{:?}",
             fourth.differences
         );
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// `MANIFEST_SRC=... MANIFEST_DST=... cargo test -p migrate --release
+    /// manifest_timing -- --ignored --nocapture`: where the time goes.
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn manifest_timing() {
+        let (Ok(s), Ok(d)) = (std::env::var("MANIFEST_SRC"), std::env::var("MANIFEST_DST")) else {
+            return;
+        };
+        let t = std::time::Instant::now();
+        let first = compare(Path::new(&s), Path::new(&d), None).unwrap();
+        eprintln!("first compare (hashing all): {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let (ws, _) = walk_both(Path::new(&s), Path::new(&d)).unwrap();
+        eprintln!(
+            "walk of both trees ({} entries each): {:?}",
+            ws.len(),
+            t.elapsed()
+        );
+        let t = std::time::Instant::now();
+        let v = compare(Path::new(&s), Path::new(&d), Some(first.now.clone())).unwrap();
+        eprintln!(
+            "compare against the manifest: {:?} ({} read)",
+            t.elapsed(),
+            v.by_content
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        let t = std::time::Instant::now();
+        save(&p, &v.now).unwrap();
+        eprintln!(
+            "save: {:?} ({} bytes)",
+            t.elapsed(),
+            std::fs::metadata(&p).unwrap().len()
+        );
+        let t = std::time::Instant::now();
+        let _ = load(&p).unwrap();
+        eprintln!("load: {:?}", t.elapsed());
     }
 }

@@ -247,7 +247,7 @@ impl RsyncStep {
     fn manifest_pass(&self, ctx: &StepContext<'_>, src: &Path, dst: &Path) -> Result<()> {
         let path = self.manifest_path(ctx)?;
         let known = manifest::load(&path);
-        let v = manifest::compare(src, dst, known.as_ref())?;
+        let v = manifest::compare(src, dst, known)?;
         manifest::save(&path, &v.now)?;
         let summary = format!(
             "{} entries identical by metadata against the manifest, {} files compared by content ({} MB read)",
@@ -412,26 +412,23 @@ impl RsyncStep {
                 self.opts.source, self.opts.destination
             )
         })?;
-        let (now_s, now_d) = (manifest::walk(&s)?, manifest::walk(&d)?);
+        let (now_s, now_d) = manifest::walk_both(&s, &d)?;
         let (mut compared, mut touched, mut bytes) = (0usize, 0usize, 0u64);
         let mut differ = Vec::new();
-        for (path, pair) in m.entries.iter().filter(|(_, p)| p.src.kind == 'f') {
-            let untouched = |now: &std::collections::BTreeMap<String, manifest::Meta>,
-                             then: &manifest::Meta| {
-                now.get(path)
-                    .is_some_and(|m| m.ctime == then.ctime && m.ino == then.ino)
-            };
-            if !untouched(&now_d, &pair.dst) || !untouched(&now_s, &pair.src) {
+        for (path, pair) in m.entries.iter().filter(|(_, p)| p.s.kind() == 'f') {
+            // Untouched: its lstat (ctime, inode) is what the final pass
+            // recorded, on both sides.
+            if now_d.get(path) != Some(&pair.d) || now_s.get(path) != Some(&pair.s) {
                 touched += 1;
                 continue;
             }
             compared += 1;
-            bytes += pair.src.size * 2;
+            bytes += pair.s.size() * 2;
             let (a, b) = (
                 manifest::hash_file(&s.join(path))?,
                 manifest::hash_file(&d.join(path))?,
             );
-            if a != b || pair.sha256.as_deref().is_some_and(|sum| sum != b) {
+            if a != b || pair.h.as_deref().is_some_and(|sum| sum != b) {
                 differ.push(path.clone());
             }
         }
