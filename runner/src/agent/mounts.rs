@@ -141,14 +141,7 @@ pub(crate) fn prepare(root: &Path) -> Result<Prepared> {
             .push("/run: the read-only root has no mount point; not mounted".into());
         return Ok(done);
     } else {
-        mount(
-            Some("tmpfs"),
-            &run,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=0755"),
-        )
-        .with_context(|| format!("mounting a tmpfs on {}", run.display()))?;
+        tmpfs(&run, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755")?;
         std::fs::create_dir_all(run.join("lock")).context("creating /run/lock")?;
         done.actions.push("/run: fresh tmpfs".into());
     }
@@ -157,14 +150,11 @@ pub(crate) fn prepare(root: &Path) -> Result<Prepared> {
     // of the target, simulations): private to the agent, gone with it.
     let scratch = run.join("migrate");
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    mount(
-        Some("tmpfs"),
+    tmpfs(
         &scratch,
-        Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755"),
-    )
-    .with_context(|| format!("mounting a tmpfs on {}", scratch.display()))?;
+        "mode=0755",
+    )?;
     let tmp = root.join(ROOT_TMP.trim_start_matches('/'));
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
@@ -208,6 +198,12 @@ fn provide_name_resolution(root: &Path) -> Result<String> {
     )
     .with_context(|| format!("bind-mounting /etc/resolv.conf on {}", target.display()))?;
     Ok("resolv.conf: the migration container's".into())
+}
+
+/// Mounts a fresh tmpfs on `target`.
+pub(crate) fn tmpfs(target: &Path, flags: MsFlags, options: &str) -> Result<()> {
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options))
+        .with_context(|| format!("mounting a tmpfs on {}", target.display()))
 }
 
 fn bind(source: &Path, target: &Path, recursive: bool) -> Result<()> {
@@ -254,14 +250,11 @@ const DEVICE_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "t
 /// `shm` and the usual links. A privileged container sees every device of
 /// the host; the root sees none of them.
 fn build_dev(target: &Path) -> Result<()> {
-    mount(
-        Some("tmpfs"),
+    tmpfs(
         target,
-        Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=0755,size=4m"),
-    )
-    .with_context(|| format!("mounting a tmpfs on {}", target.display()))?;
+        "mode=0755,size=4m",
+    )?;
     for node in DEVICE_NODES {
         let path = target.join(node);
         std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
@@ -279,14 +272,7 @@ fn build_dev(target: &Path) -> Result<()> {
     .with_context(|| format!("mounting devpts on {}", pts.display()))?;
     let shm = target.join("shm");
     std::fs::create_dir(&shm).with_context(|| format!("creating {}", shm.display()))?;
-    mount(
-        Some("tmpfs"),
-        &shm,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )
-    .with_context(|| format!("mounting a tmpfs on {}", shm.display()))?;
+    tmpfs(&shm, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777")?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),

@@ -23,16 +23,13 @@ static SECRETS: OnceLock<BTreeMap<String, String>> = OnceLock::new();
 pub(crate) fn take_from_host() -> Result<()> {
     let dir = Path::new(PRIVATE_DIR);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {PRIVATE_DIR}"))?;
-    nix::mount::mount(
-        Some("tmpfs"),
+    crate::agent::mounts::tmpfs(
         dir,
-        Some("tmpfs"),
         nix::mount::MsFlags::MS_NOSUID
             | nix::mount::MsFlags::MS_NODEV
             | nix::mount::MsFlags::MS_NOEXEC,
-        Some("mode=0700,size=1m"),
-    )
-    .with_context(|| format!("mounting a tmpfs on {PRIVATE_DIR}"))?;
+        "mode=0700,size=1m",
+    )?;
     let file = Path::new(HOST_SECRETS_DIR).join(SECRETS_FILE);
     let secrets = match crate::core::fsutil::read_limited(&file, 1 << 20)? {
         Some(bytes) => {

@@ -104,13 +104,16 @@ pub(crate) fn for_plan(run: &RunContext) -> Result<Box<dyn PackageManager>> {
     })
 }
 
+/// Where an rpm database may be in a root, newest layout first.
+pub(crate) const RPM_DB_DIRS: [&str; 2] = ["usr/lib/sysimage/rpm", "var/lib/rpm"];
+
 /// The package manager a root uses, for plans without a package step:
 /// `apt` if it has a dpkg database, `rpm` if it has an rpm one.
 pub(crate) fn detect(root: &std::path::Path) -> Option<&'static str> {
     if root.join("var/lib/dpkg/status").is_file() {
         return Some("apt");
     }
-    ["usr/lib/sysimage/rpm", "var/lib/rpm"]
+    RPM_DB_DIRS
         .iter()
         .any(|d| root.join(d).is_dir())
         .then_some("dnf")

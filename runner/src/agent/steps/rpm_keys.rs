@@ -98,7 +98,7 @@ fn verified(keys: &[TrustedKey]) -> Result<Vec<(String, PathBuf)>> {
 
 /// The root's rpm database directory.
 fn database_dir(root: &Path) -> Result<PathBuf> {
-    for rel in ["usr/lib/sysimage/rpm", "var/lib/rpm"] {
+    for rel in super::packages::RPM_DB_DIRS {
         let dir = crate::core::rootfs::resolve(root, rel)?;
         if dir.is_dir() {
             return Ok(dir);
@@ -131,14 +131,7 @@ pub(crate) fn trust_for_questions(root: &Path, keys: &[TrustedKey]) -> Result<()
     // upper directory on the container's own overlay root).
     let tmp = Path::new(SCRATCH).join("layer");
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    mount(
-        Some("tmpfs"),
-        &tmp,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0700"),
-    )
-    .with_context(|| format!("mounting a tmpfs on {}", tmp.display()))?;
+    crate::agent::mounts::tmpfs(&tmp, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0700")?;
     let (upper, work) = (tmp.join("upper"), tmp.join("work"));
     for d in [&upper, &work] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -177,14 +170,17 @@ pub(crate) fn trust_in_root(root: &Path, keys: &[TrustedKey]) -> Result<Vec<Stri
     Ok(files.into_iter().map(|(f, _)| f).collect())
 }
 
-/// A hint for a failure that looks like an untrusted signing key.
-pub(crate) fn hint(detail: &str) -> Option<&'static str> {
-    (detail.contains("Signature verification failed")
+/// For a failure that looks like an untrusted signing key, a hint to add
+/// to its message (` (...)`); else nothing.
+pub(crate) fn hint(detail: &str) -> String {
+    if detail.contains("Signature verification failed")
         || detail.contains("Unknown key")
-        || detail.contains("is not trusted"))
-    .then_some(
-        "a repository is signed by a key that is neither in the root's rpm database nor named in the step's `trusted_keys` (fingerprint and key file)",
-    )
+        || detail.contains("is not trusted")
+    {
+        " (a repository is signed by a key that is neither in the root's rpm database nor named in the step's `trusted_keys` (fingerprint and key file))".to_string()
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]
@@ -206,7 +202,7 @@ mod tests {
 
     #[test]
     fn an_untrusted_key_failure_gets_a_hint() {
-        assert!(hint("Signature verification failed for repomd.xml").is_some());
-        assert!(hint("Problem: nothing provides libfoo").is_none());
+        assert!(hint("Signature verification failed for repomd.xml").contains("trusted_keys"));
+        assert!(hint("Problem: nothing provides libfoo").is_empty());
     }
 }

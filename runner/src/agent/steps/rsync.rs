@@ -275,16 +275,22 @@ impl RsyncStep {
             );
         }
         ctx.say(format!("verified: {summary}"));
+        self.record_verified(ctx, "copy-verified", "in the cutover", &summary);
+        Ok(())
+    }
+
+    /// What a verification found, as an info finding `ID.STEP` for the
+    /// report.
+    fn record_verified(&self, ctx: &StepContext<'_>, id: &str, when: &str, summary: &str) {
         ctx.finding(Finding {
-            id: format!("copy-verified.{}", ctx.step.id),
+            id: format!("{id}.{}", ctx.step.id),
             severity: Severity::Info,
             message: format!(
-                "{} to {} verified in the cutover: {summary}",
+                "{} to {} verified {when}: {summary}",
                 self.opts.source, self.opts.destination
             ),
             hint: String::new(),
         });
-        Ok(())
     }
 
     /// Fails unless a checksum comparison finds no difference.
@@ -449,15 +455,12 @@ impl RsyncStep {
             bytes / 1_000_000
         );
         ctx.say(summary.clone());
-        ctx.finding(Finding {
-            id: format!("copy-verified-after-start.{}", ctx.step.id),
-            severity: Severity::Info,
-            message: format!(
-                "{} to {} verified after the start: {summary}",
-                self.opts.source, self.opts.destination
-            ),
-            hint: String::new(),
-        });
+        self.record_verified(
+            ctx,
+            "copy-verified-after-start",
+            "after the start",
+            &summary,
+        );
         Ok(())
     }
 }

@@ -141,9 +141,7 @@ fn explain(what: &str, e: anyhow::Error) -> anyhow::Error {
     match e.downcast_ref::<ToolFailed>() {
         Some(f) => {
             let code = f.code.unwrap_or(-1);
-            let hint = rpm_keys::hint(&f.detail)
-                .map(|h| format!(" ({h})"))
-                .unwrap_or_default();
+            let hint = rpm_keys::hint(&f.detail);
             anyhow::anyhow!(
                 "zypper {what} failed with exit code {code} ({}){}{hint}",
                 exit_meaning(code).1,
@@ -370,9 +368,7 @@ impl Zypper {
             return Ok(());
         }
         let text = out.text();
-        let hint = rpm_keys::hint(&text)
-            .map(|h| format!(" ({h})"))
-            .unwrap_or_default();
+        let hint = rpm_keys::hint(&text);
         bail!(
             "zypper refresh of the target repositories failed with exit code {}{}{hint}",
             out.status.code().unwrap_or(-1),
