@@ -592,6 +592,11 @@ fn verified_counts(log: &str) -> (usize, usize) {
         .lines()
         .find(|l| l.contains("[final-copy] verified: "))
         .unwrap_or_else(|| panic!("the final pass was not verified: {log}"));
+    // rsync was given only what moved, not the trees to walk.
+    assert!(
+        line.contains("; rsync copied "),
+        "the final pass copied the whole trees: {line}"
+    );
     (
         number_before(line, " entries identical by metadata", "verified: "),
         number_before(line, " files compared by content", "against the manifest, "),

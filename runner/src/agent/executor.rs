@@ -157,6 +157,7 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
         findings: RefCell::new(Vec::new()),
         journal: RefCell::new(resumed),
         live: req.live,
+        manifests: Default::default(),
     };
 
     let mut checks_judged = false;

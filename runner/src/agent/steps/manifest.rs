@@ -21,9 +21,11 @@
 //! device); the verification after the service started (`verify-copy`)
 //! reads everything, outside the downtime.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -48,28 +50,31 @@ pub(crate) struct Stat(
 );
 
 impl Stat {
-    fn of(m: &std::fs::Metadata) -> Self {
-        let ft = m.file_type();
-        let kind = if ft.is_file() {
-            'f'
-        } else if ft.is_dir() {
-            'd'
-        } else if ft.is_symlink() {
-            'l'
-        } else {
-            'o'
+    /// From the kernel's `struct stat`.
+    #[allow(clippy::unnecessary_cast)] // the field types differ by architecture
+    fn of(st: &rustix::fs::Stat) -> Self {
+        let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode as _) {
+            rustix::fs::FileType::RegularFile => 'f',
+            rustix::fs::FileType::Directory => 'd',
+            rustix::fs::FileType::Symlink => 'l',
+            _ => 'o',
         };
         Stat(
             kind,
-            if kind == 'f' { m.len() } else { 0 },
-            [m.mtime(), m.mtime_nsec()],
-            [m.ctime(), m.ctime_nsec()],
-            m.ino(),
-            m.mode(),
-            m.uid(),
-            m.gid(),
-            if kind == 'd' { 0 } else { m.nlink() },
+            if kind == 'f' { st.st_size as u64 } else { 0 },
+            [st.st_mtime as i64, st.st_mtime_nsec as i64],
+            [st.st_ctime as i64, st.st_ctime_nsec as i64],
+            st.st_ino as u64,
+            st.st_mode as u32,
+            st.st_uid as u32,
+            st.st_gid as u32,
+            if kind == 'd' { 0 } else { st.st_nlink as u64 },
         )
+    }
+
+    /// A path's `lstat`.
+    pub(crate) fn lstat(path: &Path) -> std::io::Result<Self> {
+        Ok(Self::of(&rustix::fs::lstat(path)?))
     }
 
     pub(crate) fn kind(&self) -> char {
@@ -80,13 +85,26 @@ impl Stat {
         self.1
     }
 
+    pub(crate) fn mtime(&self) -> [i64; 2] {
+        self.2
+    }
+
+    pub(crate) fn inode(&self) -> u64 {
+        self.4
+    }
+
+    pub(crate) fn links(&self) -> u64 {
+        self.8
+    }
+
     /// What a copy must reproduce of it (not inode and ctime, which are
     /// each side's own; not a directory's mtime, which rsync sets after its
-    /// content and a later write into it moves).
-    fn same_as_copy(&self, other: &Self) -> bool {
+    /// content and a later write into it moves; not a symlink's, which
+    /// rsync leaves as it comes when it falls in the same second).
+    pub(crate) fn same_as_copy(&self, other: &Self) -> bool {
         self.0 == other.0
             && self.1 == other.1
-            && (self.0 == 'd' || self.2 == other.2)
+            && (self.0 == 'd' || self.0 == 'l' || self.2 == other.2)
             && self.5 == other.5
             && self.6 == other.6
             && self.7 == other.7
@@ -158,36 +176,66 @@ pub(crate) fn hash_file(path: &Path) -> Result<String> {
 
 /// Every entry under `top` (not `top` itself) by path relative to it, with
 /// its `lstat` (taken relative to its directory: one path component to
-/// resolve, not the whole path).
+/// resolve, not the whole path). One allocation per entry, its name: a
+/// walk is what the final pass spends its time on inside the downtime.
 pub(crate) fn walk(top: &Path) -> Result<BTreeMap<String, Stat>> {
+    use rustix::fs::{AtFlags, Dir, Mode, OFlags};
+    use rustix::io::Errno;
     let mut out = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
+    let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
-        let dir = top.join(&rel);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            // What vanishes while the tree is walked (a service still
-            // writing during a pre-copy) is left out of the record.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel.as_os_str().is_empty() => {
+        let path = top.join(&rel);
+        let fd = match rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            // What vanishes (or stops being a directory) while the tree is
+            // walked (a service still writing during a pre-copy) is left
+            // out of the record.
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) if !rel.is_empty() => continue,
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("reading {}", path.display()));
+            }
+        };
+        let reading = || format!("reading {}", path.display());
+        let mut dir = Dir::read_from(&fd)
+            .map_err(std::io::Error::from)
+            .with_context(reading)?;
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(std::io::Error::from).with_context(reading)?;
+            let name = entry.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
                 continue;
             }
-            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-        };
-        for entry in entries {
-            let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-            let meta = match entry.metadata() {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            let stat = match rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => Stat::of(&st),
+                Err(Errno::NOENT) => continue,
                 Err(e) => {
-                    return Err(e).with_context(|| format!("reading {}", entry.path().display()));
+                    return Err(std::io::Error::from(e)).with_context(|| {
+                        format!(
+                            "reading {}",
+                            path.join(OsStr::from_bytes(name.to_bytes())).display()
+                        )
+                    });
                 }
             };
-            let rel = rel.join(entry.file_name());
-            let stat = Stat::of(&meta);
+            let name = String::from_utf8_lossy(name.to_bytes());
+            let key = if rel.is_empty() {
+                name.into_owned()
+            } else {
+                let mut key = String::with_capacity(rel.len() + 1 + name.len());
+                key.push_str(&rel);
+                key.push('/');
+                key.push_str(&name);
+                key
+            };
             if stat.kind() == 'd' {
-                stack.push(rel.clone());
+                stack.push(key.clone());
             }
-            out.insert(rel.to_string_lossy().into_owned(), stat);
+            out.insert(key, stat);
         }
     }
     Ok(out)
@@ -226,6 +274,9 @@ pub(crate) struct Pair {
     pub(crate) h: Option<String>,
 }
 
+/// The manifest format this agent writes and reads.
+pub(crate) const VERSION: u32 = 2;
+
 /// Both trees after a copy.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Manifest {
@@ -258,77 +309,71 @@ pub(crate) struct Verified {
 /// only the others are read.
 pub(crate) fn compare(src: &Path, dst: &Path, known: Option<Manifest>) -> Result<Verified> {
     let (s, d) = walk_both(src, dst)?;
-    let mut known = known.map(|m| m.entries).unwrap_or_default();
-    let mut v = Verified::default();
-    for path in s.keys().filter(|p| !d.contains_key(*p)) {
-        v.differences.push(format!("{path}: missing in the copy"));
+    let delta = super::delta::Delta::of(&s, &d, known);
+    Ok(delta.verify(src, dst, &s, d))
+}
+
+/// One entry alike by `lstat` on both sides (`ss`, `ds`), compared by what
+/// `lstat` does not say: extended attributes, a symlink's target, a file's
+/// content. Its record, or none with the difference noted in `v`.
+pub(crate) fn compare_entry(
+    path: &str,
+    sp: &Path,
+    dp: &Path,
+    ss: &Stat,
+    ds: &Stat,
+    v: &mut Verified,
+) -> Option<Pair> {
+    if !ss.same_as_copy(ds) {
+        v.differences.push(format!("{path}: metadata differs"));
+        return None;
     }
-    for path in d.keys().filter(|p| !s.contains_key(*p)) {
-        v.differences.push(format!("{path}: only in the copy"));
+    let (se, de) = match (Extra::read(sp, ss), Extra::read(dp, ds)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            v.differences.push(format!("{path}: unreadable: {e:#}"));
+            return None;
+        }
+    };
+    if se != de {
+        v.differences.push(format!("{path}: metadata differs"));
+        return None;
     }
-    for (path, ss) in &s {
-        let Some(ds) = d.get(path) else { continue };
-        if !ss.same_as_copy(ds) {
-            v.differences.push(format!("{path}: metadata differs"));
-            continue;
-        }
-        if let Some(k) = known
-            .remove(path)
-            .filter(|k| k.s == *ss && k.d == *ds && (ss.kind() != 'f' || k.h.is_some()))
-        {
-            v.by_metadata += 1;
-            v.now.entries.insert(path.clone(), k);
-            continue;
-        }
-        let (sp, dp) = (src.join(path), dst.join(path));
-        let (se, de) = match (Extra::read(&sp, ss), Extra::read(&dp, ds)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => {
-                v.differences.push(format!("{path}: unreadable: {e:#}"));
-                continue;
-            }
-        };
-        if se != de {
-            v.differences.push(format!("{path}: metadata differs"));
-            continue;
-        }
-        let mut pair = Pair {
-            s: *ss,
-            d: *ds,
-            x: se.xattrs,
-            t: se.target,
-            h: None,
-        };
-        if ss.kind() == 'f' {
-            v.by_content += 1;
-            v.bytes_read += ss.size() * 2;
-            match (hash_file(&sp), hash_file(&dp)) {
-                (Ok(a), Ok(b)) if a == b => pair.h = Some(a),
-                (Ok(_), Ok(_)) => {
-                    v.differences.push(format!("{path}: content differs"));
-                    continue;
-                }
-                (Err(e), _) | (_, Err(e)) => {
-                    v.differences.push(format!("{path}: unreadable: {e:#}"));
-                    continue;
-                }
-            }
-        } else {
-            v.by_metadata += 1;
-        }
-        v.now.entries.insert(path.clone(), pair);
+    let mut pair = Pair {
+        s: *ss,
+        d: *ds,
+        x: se.xattrs,
+        t: se.target,
+        h: None,
+    };
+    if ss.kind() != 'f' {
+        v.by_metadata += 1;
+        return Some(pair);
     }
-    if v.differences.is_empty() {
-        v.differences.extend(link_groups_differ(&s, &d));
+    v.by_content += 1;
+    v.bytes_read += ss.size() * 2;
+    match (hash_file(sp), hash_file(dp)) {
+        (Ok(a), Ok(b)) if a == b => {
+            pair.h = Some(a);
+            Some(pair)
+        }
+        (Ok(_), Ok(_)) => {
+            v.differences.push(format!("{path}: content differs"));
+            None
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            v.differences.push(format!("{path}: unreadable: {e:#}"));
+            None
+        }
     }
-    v.now.version = 2;
-    v.now.taken_at = crate::core::event::timestamp(std::time::SystemTime::now());
-    Ok(v)
 }
 
 /// Hard links: paths sharing an inode on one side must share one on the
 /// other.
-fn link_groups_differ(s: &BTreeMap<String, Stat>, d: &BTreeMap<String, Stat>) -> Vec<String> {
+pub(crate) fn link_groups_differ(
+    s: &BTreeMap<String, Stat>,
+    d: &BTreeMap<String, Stat>,
+) -> Vec<String> {
     let mut pairs: BTreeMap<u64, u64> = BTreeMap::new();
     let mut out = Vec::new();
     for (path, ss) in s.iter().filter(|(_, m)| m.kind() == 'f' && m.8 > 1) {
@@ -351,7 +396,97 @@ pub(crate) fn load(path: &Path) -> Option<Manifest> {
     let bytes = std::fs::read(path).ok()?;
     serde_json::from_slice::<Manifest>(&bytes)
         .ok()
-        .filter(|m| m.version == 2)
+        .filter(|m| m.version == VERSION)
+}
+
+/// The manifests of a run's copies. A manifest taken by one pass is kept
+/// in memory for the next pass of the same run (the final pass inside the
+/// downtime then reads no file), and on disk for later runs. The final
+/// pass's manifest is written in the background, outside the downtime;
+/// whoever reads a manifest next, and the end of the run, wait for it.
+#[derive(Default)]
+pub(crate) struct Manifests {
+    known: RefCell<HashMap<PathBuf, Manifest>>,
+    saving: RefCell<Vec<(PathBuf, Saving)>>,
+}
+
+/// A manifest being written, handed back when written.
+type Saving = std::thread::JoinHandle<(Manifest, Result<()>)>;
+
+impl Manifests {
+    /// The last manifest of the copy kept at `path`: this run's, else the
+    /// one on disk (none if there is none).
+    pub(crate) fn take(&self, path: &Path) -> Option<Manifest> {
+        if let Some(m) = self.known.borrow_mut().remove(path) {
+            return Some(m);
+        }
+        let pending = {
+            let mut saving = self.saving.borrow_mut();
+            let at = saving.iter().position(|(p, _)| p == path);
+            at.map(|i| saving.remove(i))
+        };
+        if let Some((_, handle)) = pending {
+            match handle.join() {
+                Ok((m, written)) => {
+                    if let Err(e) = written {
+                        tracing::warn!("{e:#}");
+                    }
+                    return Some(m);
+                }
+                Err(_) => tracing::warn!("writing {} failed", path.display()),
+            }
+        }
+        load(path)
+    }
+
+    /// Records `m` as the manifest at `path` now.
+    pub(crate) fn put(&self, path: &Path, m: Manifest) -> Result<()> {
+        save(path, &m)?;
+        self.known.borrow_mut().insert(path.to_path_buf(), m);
+        Ok(())
+    }
+
+    /// Keeps `m` for this run's next pass over the copy at `path`, not
+    /// written.
+    pub(crate) fn keep(&self, path: &Path, m: Manifest) {
+        self.known.borrow_mut().insert(path.to_path_buf(), m);
+    }
+
+    /// Records `m` as the manifest at `path`, written in the background.
+    pub(crate) fn put_later(&self, path: &Path, m: Manifest) {
+        let file = path.to_path_buf();
+        let handle = std::thread::spawn(move || {
+            let written = save(&file, &m);
+            (m, written)
+        });
+        self.saving.borrow_mut().push((path.to_path_buf(), handle));
+    }
+
+    /// Waits for the manifests being written; the first failure.
+    pub(crate) fn wait(&self) -> Result<()> {
+        let pending: Vec<_> = self.saving.borrow_mut().drain(..).collect();
+        let mut first = Ok(());
+        for (path, handle) in pending {
+            match handle.join() {
+                Ok((m, written)) => {
+                    self.known.borrow_mut().insert(path, m);
+                    first = first.and(written);
+                }
+                Err(_) => {
+                    first = first.and(Err(anyhow::anyhow!("writing {} failed", path.display())));
+                }
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Manifests {
+    fn drop(&mut self) {
+        if let Err(e) = self.wait() {
+            tracing::warn!("{e:#}");
+        }
+    }
 }
 
 /// Writes a manifest (mode 0600, atomically).

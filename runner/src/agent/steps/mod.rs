@@ -13,6 +13,7 @@ pub(crate) mod backup;
 pub(crate) mod checks;
 pub(crate) mod command;
 pub(crate) mod config;
+pub(crate) mod delta;
 pub(crate) mod dnf;
 pub(crate) mod manifest;
 pub(crate) mod packages;
@@ -113,6 +114,8 @@ pub(crate) struct RunContext {
     pub(crate) journal: RefCell<Option<Journal>>,
     /// Whether the root is the running host (`--root /`).
     pub(crate) live: bool,
+    /// The manifests of the copies (`rsync` steps) taken in this run.
+    pub(crate) manifests: manifest::Manifests,
 }
 
 impl RunContext {

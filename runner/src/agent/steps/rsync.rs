@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use sha2::{Digest, Sha256};
 
+use super::delta::Delta;
 use super::{StepContext, StepKind, manifest};
 use crate::agent::exec::{Streaming, run_streaming_with};
 use crate::core::event::{Finding, Severity, StepStatus};
@@ -158,6 +159,13 @@ impl StepKind for RsyncStep {
                 std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
             }
         }
+        if self.phase >= Phase::Cutover && self.verify() && self.delete() {
+            if let Some((s, d)) = self.trees(&src, &dst) {
+                if self.final_pass(ctx, &s, &d)? {
+                    return Ok(StepStatus::Succeeded);
+                }
+            }
+        }
         let mut cmd = self.command(ctx);
         cmd.args(["--info=progress2", "--no-inc-recursive"]);
         if self.delete() {
@@ -241,32 +249,107 @@ impl RsyncStep {
         Ok(dir.join(format!("{name}.json")))
     }
 
+    /// The verified final pass at the cost of what moved since the last
+    /// pass ([`Delta`]): one walk of both trees, rsync given only the names
+    /// that moved, only those read. False when that cannot show the trees
+    /// alike (no manifest yet, a name that is not UTF-8, a difference left):
+    /// then the whole-tree pass decides.
+    fn final_pass(&self, ctx: &StepContext<'_>, src: &Path, dst: &Path) -> Result<bool> {
+        let path = self.manifest_path(ctx)?;
+        let Some(known) = ctx.run.manifests.take(&path) else {
+            ctx.say("no manifest of an earlier pass: copying and comparing the whole trees");
+            return Ok(false);
+        };
+        let (s, d) = manifest::walk_both(src, dst)?;
+        if s.keys()
+            .chain(d.keys())
+            .any(|p| p.contains(char::REPLACEMENT_CHARACTER))
+        {
+            ctx.run.manifests.keep(&path, known);
+            ctx.say("a name that is not UTF-8: copying and comparing the whole trees");
+            return Ok(false);
+        }
+        let delta = Delta::of(&s, &d, Some(known));
+        let (copied, deleted) = (delta.transfer.len(), delta.delete.len());
+        if !delta.nothing_to_copy() {
+            let list = path.with_extension("files");
+            std::fs::write(&list, delta.files_from())
+                .with_context(|| format!("writing {}", list.display()))?;
+            let mut cmd = self.command(ctx);
+            cmd.args([
+                "--info=progress2",
+                "--from0",
+                "--delete-missing-args",
+                "--force",
+            ])
+            .arg(format!("--files-from={}", list.display()))
+            .arg(format!("{}/", src.display()))
+            .arg(format!("{}/", dst.display()));
+            let copy = run_streaming_with(
+                &mut cmd,
+                &ctx.run.sink,
+                &ctx.step.id,
+                &Streaming {
+                    progress: Some(&progress),
+                    ..Streaming::default()
+                },
+            );
+            let _ = std::fs::remove_file(&list);
+            copy?;
+        }
+        let v = delta.verify(src, dst, &s, d);
+        if !v.differences.is_empty() {
+            ctx.say(format!(
+                "after copying what moved, {} differences (e.g. {}): copying and comparing the whole trees",
+                v.differences.len(),
+                v.differences[0]
+            ));
+            ctx.run.manifests.keep(&path, v.now);
+            return Ok(false);
+        }
+        let summary = format!(
+            "{}; rsync copied {copied} and deleted {deleted} names",
+            Self::verified_summary(&v)
+        );
+        ctx.say(format!("verified: {summary}"));
+        self.record_verified(ctx, "copy-verified", "in the cutover", &summary);
+        ctx.run.manifests.put_later(&path, v.now);
+        Ok(true)
+    }
+
+    fn verified_summary(v: &manifest::Verified) -> String {
+        format!(
+            "{} entries identical by metadata against the manifest, {} files compared by content ({} MB read)",
+            v.by_metadata,
+            v.by_content,
+            v.bytes_read / 1_000_000
+        )
+    }
+
     /// Compares the trees against the last manifest (reading only what
     /// moved since), records the new one, and in a verified pass fails on
     /// any difference.
     fn manifest_pass(&self, ctx: &StepContext<'_>, src: &Path, dst: &Path) -> Result<()> {
         let path = self.manifest_path(ctx)?;
-        let known = manifest::load(&path);
-        let v = manifest::compare(src, dst, known)?;
-        manifest::save(&path, &v.now)?;
-        let summary = format!(
-            "{} entries identical by metadata against the manifest, {} files compared by content ({} MB read)",
-            v.by_metadata,
-            v.by_content,
-            v.bytes_read / 1_000_000
-        );
+        let known = ctx.run.manifests.take(&path);
+        let mut v = manifest::compare(src, dst, known)?;
+        let summary = Self::verified_summary(&v);
+        let differences = std::mem::take(&mut v.differences);
         if !self.verify() {
+            ctx.run.manifests.put(&path, v.now)?;
             ctx.say(format!(
                 "manifest of the copy recorded: {summary}; {} still changing",
-                v.differences.len()
+                differences.len()
             ));
             return Ok(());
         }
-        if !v.differences.is_empty() {
+        // Inside the downtime: the record is written after it.
+        ctx.run.manifests.put_later(&path, v.now);
+        if !differences.is_empty() {
             bail!(
                 "the copy differs from the source in {} places, e.g. {}",
-                v.differences.len(),
-                v.differences
+                differences.len(),
+                differences
                     .iter()
                     .take(3)
                     .cloned()
@@ -412,7 +495,8 @@ impl RsyncStep {
             // A remote or exclusions: rsync's own full comparison.
             return self.check_identical(ctx, &src, &dst);
         };
-        let m = manifest::load(&self.manifest_path(ctx)?).with_context(|| {
+        let record = self.manifest_path(ctx)?;
+        let m = ctx.run.manifests.take(&record).with_context(|| {
             format!(
                 "no record of the copy of {} to {}: its final pass has not run",
                 self.opts.source, self.opts.destination
@@ -438,6 +522,7 @@ impl RsyncStep {
                 differ.push(path.clone());
             }
         }
+        ctx.run.manifests.keep(&record, m);
         if !differ.is_empty() {
             bail!(
                 "after the start, {} files of the copy differ from the source: {}",
