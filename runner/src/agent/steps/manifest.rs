@@ -185,11 +185,13 @@ pub(crate) fn walk(top: &Path) -> Result<BTreeMap<String, Stat>> {
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
         let path = top.join(&rel);
-        let fd = match rustix::fs::open(
-            &path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        // The top as rsync takes it (`dir/`: a symlink followed); below it,
+        // a directory replaced by a symlink meanwhile is not followed.
+        let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        if !rel.is_empty() {
+            flags |= OFlags::NOFOLLOW;
+        }
+        let fd = match rustix::fs::open(&path, flags, Mode::empty()) {
             Ok(fd) => fd,
             // What vanishes (or stops being a directory) while the tree is
             // walked (a service still writing during a pre-copy) is left
