@@ -9,8 +9,13 @@ use fixtures::{
 };
 
 /// Runs the migration, kills the container when `trigger` sees its event,
-/// then runs again and checks that the root converged.
-fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &str) {
+/// leaves the root as `after_kill` makes it, then runs again and checks that
+/// the root converged.
+fn kill_then_resume(
+    trigger: impl Fn(&serde_json::Value) -> bool,
+    killed_step: &str,
+    after_kill: impl Fn(&fixtures::ScratchRoot),
+) {
     let _serial = serial();
     let f = Fixtures::get();
     let root = f.copy_root(&f.bookworm).unwrap();
@@ -37,6 +42,7 @@ fn kill_then_resume(trigger: impl Fn(&serde_json::Value) -> bool, killed_step: &
         step["status"], "succeeded",
         "killed during {killed_step} ({event}): {state:#}"
     );
+    after_kill(&root);
 
     let out = f
         .migrate()
@@ -115,6 +121,7 @@ fn a_run_killed_while_downloading_packages_resumes_to_a_clean_debian_13() {
                     .is_some_and(|m| m.starts_with("Downloading"))
         },
         "upgrade-packages",
+        |_| {},
     );
 }
 
@@ -130,16 +137,29 @@ fn a_run_killed_while_dpkg_unpacks_and_configures_resumes_to_a_clean_debian_13()
                     .is_some_and(|m| !m.starts_with("Downloading"))
         },
         "upgrade-packages",
+        |_| {},
     );
 }
 
 #[test]
 fn a_run_killed_between_two_steps_resumes_to_a_clean_debian_13() {
     // Killed as upgrade-packages starts, right after switch-sources finished:
-    // the sources are switched, nothing is upgraded yet.
+    // the sources are switched, nothing is upgraded yet. Then the state a
+    // transaction killed later can leave (seen in the kill battery): a
+    // library removed before the old package that pre-depends on it was
+    // upgraded. dpkg has nothing to finish; apt finds the dependency broken
+    // and refuses to upgrade until it is repaired.
     kill_then_resume(
         |e| e["event"] == "step_started" && in_step(e, "upgrade-packages"),
         "upgrade-packages",
+        |root| {
+            let out = root
+                .chroot(&["dpkg", "--force-depends", "--remove", "libdb5.3"])
+                .unwrap();
+            assert!(out.status.success(), "{}", show(&out));
+            let check = root.chroot(&["apt-get", "check"]).unwrap();
+            assert!(!check.status.success(), "apt finds nothing broken");
+        },
     );
 }
 

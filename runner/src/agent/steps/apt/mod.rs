@@ -77,7 +77,11 @@ impl StepKind for DistUpgrade {
         .context("updating the package lists")?;
         let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0"];
         args.extend(KEEP_LOCAL_CONFIG);
-        if !configured || !dpkg_audit(ctx.root())?.is_empty() {
+        // A transaction killed after apt removed a package that an old one
+        // still depends on (replaced by its successor in the same
+        // transaction) leaves dpkg's database consistent to dpkg but broken
+        // to apt: `apt-get check` says so, `-f install` below repairs it.
+        if !configured || !dpkg_audit(ctx.root())?.is_empty() || dependencies_broken(ctx.root())? {
             self.repair(ctx, &args)?;
         }
         args.push("dist-upgrade");
@@ -177,6 +181,13 @@ fn dpkg_audit(root: &Path) -> Result<String> {
         bail!("dpkg --audit failed {}", out.failure());
     }
     Ok(report)
+}
+
+/// Whether apt finds installed packages whose dependencies are not met
+/// (`apt-get check`).
+fn dependencies_broken(root: &Path) -> Result<bool> {
+    let out = apt(root, "apt-get", &["check"]).run_unchecked()?;
+    Ok(!out.status.success())
 }
 
 /// `apt-get ARGS` with its machine-readable progress (`APT::Status-Fd`) on
