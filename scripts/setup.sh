@@ -12,6 +12,7 @@ packages=(
   gpg gpg-agent                 # signing them
   postgresql                    # the PostgreSQL cluster of the service tests
   systemd                       # journalctl, to read the journal of booted test roots
+  man-db                        # man, to render the packaged manual pages
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -368,3 +368,61 @@ fn zypper_survives_a_repository_that_goes_away_mid_run() {
 fn dnf_survives_a_repository_that_goes_away_mid_run() {
     unreachable_repository_mid_run_then_rerun(Flavor::Dnf);
 }
+
+/// migrate's own `.rpm` installs with zypper into a TestOS root (which has
+/// no shell: its scriptlets are rpm's Lua) and runs there; its removal
+/// leaves the operator's /etc/migrate.
+#[test]
+fn the_rpm_installs_with_zypper_into_a_testos_root_and_runs_there() {
+    let f = Fixtures::get();
+    let rpm_file = &fixtures::packages::packages(f).unwrap().rpm;
+    let server = server(f);
+    let dir = tempfile::Builder::new()
+        .prefix("testos-")
+        .tempdir_in(&f.cache)
+        .unwrap();
+    let root = dir.path().join("root");
+    rpm::bootstrap(f, Flavor::Zypper, &server, &root).unwrap();
+    let file = rpm_file.to_str().unwrap();
+    let out = rpm::zypper(
+        f,
+        &root,
+        &[
+            "--no-refresh",
+            "install",
+            "--no-recommends",
+            "--allow-unsigned-rpm",
+            file,
+        ],
+    )
+    .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let version = std::process::Command::new("chroot")
+        .arg(&root)
+        .args(["/usr/bin/migrate", "--version"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("migrate {}", env!("CARGO_PKG_VERSION")),
+        "{}",
+        show(&version)
+    );
+    for path in [
+        "usr/lib/systemd/system/migrate-cleanup.service",
+        "usr/lib/systemd/system-preset/90-migrate.preset",
+        "usr/share/man/man8/migrate.8.gz",
+        "usr/share/zsh/site-functions/_migrate",
+        "usr/share/fish/vendor_completions.d/migrate.fish",
+    ] {
+        assert!(root.join(path).is_file(), "{path} missing");
+    }
+    std::fs::write(root.join("etc/migrate/config.toml"), "enabled = false\n").unwrap();
+    let out = rpm::zypper(f, &root, &["--no-refresh", "remove", "migrate"]).unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!root.join("usr/bin/migrate").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/migrate/config.toml")).unwrap(),
+        "enabled = false\n"
+    );
+}

@@ -1,10 +1,10 @@
 //! The systemd side: the units, the reboot through logind, the first boot
 //! after a migration (`migrate-cleanup.service`), unattended runs on a timer
 //! and the inhibitor lock — with a real systemd booted in a container from a
-//! Debian 12 root that has podman, migrate and its units installed
-//! (`scripts/install.sh`). Migration containers run inside it, on its own
+//! Debian 12 root that has podman, migrate and its units installed (its
+//! `.deb`, by dpkg). Migration containers run inside it, on its own
 //! podman. Plus `migrate cleanup` on a root directory, for what it removes
-//! from podman.
+//! from podman, and what the package itself installs and leaves behind.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fixtures::systemd::{BootedRoot, installed_host, read_journal};
+use fixtures::systemd::{BootedRoot, dpkg, installed_host, read_journal};
 use fixtures::{BASE_IMAGE, Fixtures, MIGRATION_IMAGE, report, serial, show, tree_checksum};
 use serde_json::Value;
 
@@ -592,4 +592,112 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     let out = cleanup();
     assert!(out.status.success(), "{}", show(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to clean up"));
+}
+
+/// What the `.deb` gives a host: the binaries, the cleanup unit enabled and
+/// the timer not, `man migrate` (and a page per verb, the formats in
+/// section 5), completions bash completes a verb and a flag with; and what
+/// its removal leaves: the operator's /etc/migrate and /var/lib/migrate.
+#[test]
+fn the_deb_installs_pages_completions_and_units_and_its_removal_keeps_the_configuration() {
+    let f = Fixtures::get();
+    let root = installed_host(f).unwrap();
+    let r = &root.path;
+    let version = std::process::Command::new("chroot")
+        .arg(r)
+        .args(["migrate", "--version"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("migrate {}", env!("CARGO_PKG_VERSION")),
+        "{}",
+        show(&version)
+    );
+    assert!(r.join("usr/bin/migrate-agent").is_file());
+    assert!(
+        r.join("etc/systemd/system/multi-user.target.wants/migrate-cleanup.service")
+            .symlink_metadata()
+            .is_ok(),
+        "the cleanup unit is not enabled"
+    );
+    assert!(
+        !r.join("etc/systemd/system/timers.target.wants/migrate.timer")
+            .exists(),
+        "the timer is enabled"
+    );
+
+    // `man migrate` renders, from the root's manual.
+    let man = |page: &str| {
+        std::process::Command::new("man")
+            .arg(page)
+            .env("MANPATH", r.join("usr/share/man"))
+            .env("MANWIDTH", "80")
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap()
+    };
+    for (page, says) in [
+        ("migrate", "migrate-run(8)"),
+        ("migrate-rollback", "--root"),
+        ("migrate-plan", "verify-copy"),
+        ("migrate-config", "maintenance_window"),
+    ] {
+        let out = man(page);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(says),
+            "man {page}: {}",
+            show(&out)
+        );
+    }
+
+    // bash completes a verb and a verb's flag.
+    let complete = |words: &str| {
+        let script = format!(
+            "source {}; complete -p migrate >/dev/null || exit 9; \
+             COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             _migrate migrate \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            r.join("usr/share/bash-completion/completions/migrate")
+                .display()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(complete("migrate rol").trim(), "rollback");
+    assert!(
+        complete("migrate run --reb")
+            .lines()
+            .any(|l| l == "--reboot"),
+        "{}",
+        complete("migrate run --reb")
+    );
+
+    // Removal and purge leave what the operator and migrate wrote.
+    write(r, "etc/migrate/config.toml", "enabled = false\n");
+    write(r, "var/lib/migrate/state.json", "{}\n");
+    for action in ["--remove", "--purge"] {
+        let out = dpkg(r, &[action, "migrate"], None).unwrap();
+        assert!(out.status.success(), "dpkg {action}: {}", show(&out));
+    }
+    assert!(!r.join("usr/bin/migrate").exists());
+    assert_eq!(
+        std::fs::read_to_string(r.join("etc/migrate/config.toml")).unwrap(),
+        "enabled = false\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("var/lib/migrate/state.json")).unwrap(),
+        "{}\n"
+    );
+    assert!(
+        r.join("etc/systemd/system/multi-user.target.wants/migrate-cleanup.service")
+            .symlink_metadata()
+            .is_err(),
+        "the purged package's unit is still enabled"
+    );
 }

@@ -216,6 +216,13 @@ enum Command {
     /// Build, list and inspect migration images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Write the man pages and shell completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write man/ and completions/.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// `migrate image ...`.
@@ -403,7 +410,7 @@ impl Cli {
             Some(Command::Sync(a)) => a.out.verbose,
             Some(Command::Rollback(a)) => a.out.verbose,
             Some(Command::Cleanup(a)) => a.out.verbose,
-            Some(Command::Status(_) | Command::Image(_)) => 0,
+            Some(Command::Status(_) | Command::Image(_) | Command::GenerateDocs { .. }) => 0,
         }
     }
 
@@ -445,6 +452,7 @@ impl Cli {
                 .await
             }
             Command::Status(a) => super::status::status(&a.root.root, a.output),
+            Command::GenerateDocs { dir } => super::docs::generate(&dir),
             Command::Image(ImageCommand::Build {
                 target,
                 base,
