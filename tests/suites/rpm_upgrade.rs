@@ -369,11 +369,11 @@ fn dnf_survives_a_repository_that_goes_away_mid_run() {
     unreachable_repository_mid_run_then_rerun(Flavor::Dnf);
 }
 
-/// migrate's own `.rpm` installs with zypper into a TestOS root (which has
-/// no shell: its scriptlets are rpm's Lua) and runs there; its removal
-/// leaves the operator's /etc/migrate.
+/// migrate's own `.rpm` installs with rpm into a TestOS root (which has no
+/// shell: its scriptlets are rpm's Lua) and runs there; its removal leaves
+/// the operator's /etc/migrate.
 #[test]
-fn the_rpm_installs_with_zypper_into_a_testos_root_and_runs_there() {
+fn the_rpm_installs_into_a_testos_root_and_runs_there() {
     let f = Fixtures::get();
     let rpm_file = &fixtures::packages::packages(f).unwrap().rpm;
     let server = server(f);
@@ -384,18 +384,7 @@ fn the_rpm_installs_with_zypper_into_a_testos_root_and_runs_there() {
     let root = dir.path().join("root");
     rpm::bootstrap(f, Flavor::Zypper, &server, &root).unwrap();
     let file = rpm_file.to_str().unwrap();
-    let out = rpm::zypper(
-        f,
-        &root,
-        &[
-            "--no-refresh",
-            "install",
-            "--no-recommends",
-            "--allow-unsigned-rpm",
-            file,
-        ],
-    )
-    .unwrap();
+    let out = rpm::rpm(&root, &["--install", file]).unwrap();
     assert!(out.status.success(), "{}", show(&out));
     let version = std::process::Command::new("chroot")
         .arg(&root)
@@ -418,7 +407,7 @@ fn the_rpm_installs_with_zypper_into_a_testos_root_and_runs_there() {
         assert!(root.join(path).is_file(), "{path} missing");
     }
     std::fs::write(root.join("etc/migrate/config.toml"), "enabled = false\n").unwrap();
-    let out = rpm::zypper(f, &root, &["--no-refresh", "remove", "migrate"]).unwrap();
+    let out = rpm::rpm(&root, &["--erase", "migrate"]).unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(!root.join("usr/bin/migrate").exists());
     assert_eq!(
