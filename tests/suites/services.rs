@@ -1,6 +1,7 @@
-//! Service migrations: a server's configuration and PostgreSQL database moved
-//! with a schema upgrade, application data moved in phases with rsync, and a
-//! rollback that steps a running service back. Real PostgreSQL, rsync and
+//! Service migrations: the charm-to-snap recipe (a server's configuration,
+//! PostgreSQL database with a schema upgrade and files moved to its new
+//! packaging), application data moved in phases with rsync, and a rollback
+//! that steps a running service back. Real PostgreSQL, rsync and
 //! systemd; a stand-in only for snapd, which cannot run here.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use fixtures::services::{self, PgCluster, PgContainer, SERVICES_IMAGE, SshServer, StandInSnapd};
 use fixtures::systemd::{BUS_IN_ROOT, BootedRoot};
-use fixtures::{Fixtures, report, serial, show};
+use fixtures::{Fixtures, dropin, report, serial, show};
 
 const APP_PASSWORD: &str = "app-Pa55-w0rd-never-shown";
 
@@ -140,8 +141,10 @@ fn sample_processes(
     })
 }
 
+/// The shipped recipe `examples/charm-to-snap`, end to end, as its README
+/// tells an operator to run it.
 #[test]
-fn a_server_migration_moves_config_and_database_without_showing_the_password() {
+fn the_charm_to_snap_recipe_moves_config_database_and_files_without_showing_the_password() {
     let _serial = serial();
     let f = Fixtures::get();
     services::services_image(f).unwrap();
@@ -163,47 +166,55 @@ fn a_server_migration_moves_config_and_database_without_showing_the_password() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    std::fs::create_dir_all(root.join("var/snap/livepatch/common")).unwrap();
-    std::fs::write(
-        root.join("var/snap/livepatch/common/config.yaml"),
-        OLD_CONFIG,
+    // The shipped recipe (examples/charm-to-snap), set up as its README
+    // says: the `juju config` output and the schema upgrade beside it, a
+    // drop-in for this host's database servers.
+    let recipe = f.workspace.join("examples/charm-to-snap");
+    let plan = recipe.join("plan.toml");
+    let here = root.join("etc/migrate/charm-to-snap");
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::write(here.join("charm-config.yaml"), OLD_CONFIG).unwrap();
+    std::fs::copy(
+        recipe.join("schema-upgrade.sql"),
+        here.join("schema-upgrade.sql"),
     )
     .unwrap();
-    let snapd = StandInSnapd::start(&root.join("run/snapd.socket")).unwrap();
-
-    let scratch = tempfile::tempdir().unwrap();
-    let plan = write_plan(
-        scratch.path(),
+    dropin(
+        &root.path,
+        "50-test-servers.toml",
         &format!(
-            r#"description = "livepatch server move"
-
-[[step]]
-id = "migrate-config"
-kind = "config"
-phase = "cutover"
-source = "/var/snap/livepatch/common/config.yaml"
-snap = "canonical-livepatch-server"
-
-[step.mapping]
-auth_sso_enabled = "auth.sso.enabled"
-contracts_url = "contracts.url"
-db_pool_size = {{ to = "database.connection-pool-max", transform = "int" }}
-patch_storage_type = {{ to = "patch-storage.type", transform = "lowercase" }}
-server_url = "server.url-template"
-
-[[step]]
+            r#"[[step]]
 id = "copy-database"
-kind = "postgres"
-phase = "cutover"
-exclude_table_data = ["patch_*"]
-schema_upgrade = ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-c", "ALTER TABLE machines ADD COLUMN upgraded boolean NOT NULL DEFAULT true"]
 source = {{ socket = "/srv/pgsock", port = {port}, database = "app", user = "app", password_file = "/etc/app/db.pass" }}
 target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env = "APP_DB_PASSWORD" }}
 "#,
             port = pg.port,
             port17 = pg17.port
         ),
-    );
+    )
+    .unwrap();
+    // The old server: its unit, enabled, and its patch files.
+    let unit = "livepatch-server.service";
+    std::fs::create_dir_all(root.join("usr/lib/systemd/system")).unwrap();
+    std::fs::write(
+        root.join("usr/lib/systemd/system").join(unit),
+        "[Unit]\nDescription=old server\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{unit}"), wants.join(unit))
+        .unwrap();
+    let patches = root.join("var/lib/livepatch/patches");
+    std::fs::create_dir_all(patches.join("kernel-6.1")).unwrap();
+    for i in 0..3 {
+        std::fs::write(
+            patches.join(format!("kernel-6.1/lp-{i}.patch")),
+            format!("patch {i}\n").repeat(1000),
+        )
+        .unwrap();
+    }
+    let snapd = StandInSnapd::start(&root.join("run/snapd.socket")).unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_processes(Arc::clone(&stop), APP_PASSWORD);
@@ -328,6 +339,25 @@ target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env 
     assert!(
         log.contains("machines: 1000 rows"),
         "the verification is in the log"
+    );
+    // The patch files moved, verified; the old unit disabled; the recipe's
+    // consistency check saw them all.
+    let moved = root.join("var/snap/canonical-livepatch-server/common/patches");
+    for i in 0..3 {
+        let name = format!("kernel-6.1/lp-{i}.patch");
+        assert_eq!(
+            std::fs::read(moved.join(&name)).unwrap(),
+            std::fs::read(patches.join(&name)).unwrap(),
+            "{name}"
+        );
+    }
+    assert!(
+        wants.join(unit).symlink_metadata().is_err(),
+        "the old server is still enabled"
+    );
+    assert!(
+        log.contains("patch files: 3 before, 3 after"),
+        "the consistency check: {log}"
     );
 
     let r = report(&root.path).unwrap();

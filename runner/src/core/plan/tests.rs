@@ -279,3 +279,29 @@ fn verify_copy_names_an_rsync_step_before_it() {
     let e = err(&format!("{verify}{copy}"), &[]);
     assert!(e.contains("names no rsync step before it"), "{e}");
 }
+
+/// Every shipped recipe (`examples/*/plan.toml`) is a valid plan: a change to
+/// a step kind cannot break one silently.
+#[test]
+fn every_recipe_plan_is_valid() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let plan = entry.unwrap().path().join("plan.toml");
+        if !plan.is_file() {
+            continue;
+        }
+        let source = PlanSource::read(&plan).unwrap();
+        let resolved = resolve(&source, &[]);
+        assert!(
+            resolved.is_ok(),
+            "{}: {:#}",
+            plan.display(),
+            resolved.unwrap_err()
+        );
+        let readme = plan.with_file_name("README.md");
+        assert!(readme.is_file(), "{} has no README.md", plan.display());
+        checked += 1;
+    }
+    assert!(checked >= 1, "no recipe found under {}", examples.display());
+}
