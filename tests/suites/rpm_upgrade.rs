@@ -386,17 +386,7 @@ fn the_rpm_installs_into_a_testos_root_and_runs_there() {
     let file = rpm_file.to_str().unwrap();
     let out = rpm::rpm(&root, &["--install", file]).unwrap();
     assert!(out.status.success(), "{}", show(&out));
-    let version = std::process::Command::new("chroot")
-        .arg(&root)
-        .args(["/usr/bin/migrate", "--version"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("migrate {}", env!("CARGO_PKG_VERSION")),
-        "{}",
-        show(&version)
-    );
+    fixtures::packages::check_migrate_runs_in(&root).unwrap();
     for path in [
         "usr/lib/systemd/system/migrate-cleanup.service",
         "usr/lib/systemd/system-preset/90-migrate.preset",

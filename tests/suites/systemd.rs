@@ -603,17 +603,7 @@ fn the_deb_installs_pages_completions_and_units_and_its_removal_keeps_the_config
     let f = Fixtures::get();
     let root = installed_host(f).unwrap();
     let r = &root.path;
-    let version = std::process::Command::new("chroot")
-        .arg(r)
-        .args(["migrate", "--version"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("migrate {}", env!("CARGO_PKG_VERSION")),
-        "{}",
-        show(&version)
-    );
+    fixtures::packages::check_migrate_runs_in(r).unwrap();
     assert!(r.join("usr/bin/migrate-agent").is_file());
     assert!(
         r.join("etc/systemd/system/multi-user.target.wants/migrate-cleanup.service")

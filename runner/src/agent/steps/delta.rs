@@ -175,11 +175,8 @@ impl Delta {
                     .push(format!("{path}: moved on the source during the pass"));
                 continue;
             }
-            match manifest::compare_entry(path, &sp, &dp, &ss, &ds, &mut v) {
-                Some(pair) => {
-                    v.now.entries.insert(path.clone(), pair);
-                }
-                None => continue,
+            if let Some(pair) = manifest::compare_entry(path, &sp, &dp, &ss, &ds, &mut v) {
+                v.now.entries.insert(path.clone(), pair);
             }
         }
         // rsync sets the times of the directories above what it copied
@@ -314,15 +311,7 @@ mod tests {
 
         // A write to the copy that keeps its size and mtime is read and
         // found; nothing is copied for it.
-        let f = dst.join("a/f7");
-        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
-        std::fs::write(&f, "A 7").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&f)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        manifest::tests::rewrite_keeping_mtime(&dst.join("a/f7"), "A 7");
         let (delta, v2) = pass(&src, &dst, v.now);
         assert_eq!(delta.compare, ["a/f7"]);
         assert!(

@@ -501,8 +501,21 @@ pub(crate) fn save(path: &Path, m: &Manifest) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Writes `content` to `path` and puts its mtime back: a change only
+    /// its ctime shows.
+    pub(crate) fn rewrite_keeping_mtime(path: &Path, content: &str) {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::fs::write(path, content).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
 
     fn copy(src: &Path, dst: &Path) {
         let out = std::process::Command::new("cp")
@@ -537,15 +550,7 @@ mod tests {
 
         // A copy-side change of the same size with the old mtime put back:
         // its ctime moved, so it is read, and found.
-        let f = dst.join("sub/f3");
-        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
-        std::fs::write(&f, "CONTENT 3").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&f)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
+        rewrite_keeping_mtime(&dst.join("sub/f3"), "CONTENT 3");
         let third = compare(&src, &dst, Some(first.now.clone())).unwrap();
         assert_eq!(third.differences, ["sub/f3: content differs"]);
         assert_eq!(third.by_content, 1);

@@ -129,6 +129,20 @@ pub(crate) fn progress(line: &str) -> Option<(f32, String)> {
     Some((percent, format!("{bytes} bytes, {rate}, {eta} left")))
 }
 
+/// Runs an rsync copy, its `--info=progress2` lines as the step's progress.
+fn copy(ctx: &StepContext<'_>, cmd: &mut Command) -> Result<()> {
+    run_streaming_with(
+        cmd,
+        &ctx.run.sink,
+        &ctx.step.id,
+        &Streaming {
+            progress: Some(&progress),
+            ..Streaming::default()
+        },
+    )
+    .map(drop)
+}
+
 impl StepKind for RsyncStep {
     fn describe(&self) -> String {
         format!(
@@ -172,15 +186,7 @@ impl StepKind for RsyncStep {
             cmd.arg("--delete");
         }
         cmd.arg(&src).arg(&dst);
-        run_streaming_with(
-            &mut cmd,
-            &ctx.run.sink,
-            &ctx.step.id,
-            &Streaming {
-                progress: Some(&progress),
-                ..Streaming::default()
-            },
-        )?;
+        copy(ctx, &mut cmd)?;
         match self.trees(&src, &dst) {
             // Both trees here: a manifest after every pre-copy, and a
             // verified pass checked against it (an unverified final pass
@@ -285,17 +291,9 @@ impl RsyncStep {
             .arg(format!("--files-from={}", list.display()))
             .arg(format!("{}/", src.display()))
             .arg(format!("{}/", dst.display()));
-            let copy = run_streaming_with(
-                &mut cmd,
-                &ctx.run.sink,
-                &ctx.step.id,
-                &Streaming {
-                    progress: Some(&progress),
-                    ..Streaming::default()
-                },
-            );
+            let copied = copy(ctx, &mut cmd);
             let _ = std::fs::remove_file(&list);
-            copy?;
+            copied?;
         }
         let v = delta.verify(src, dst, &s, d);
         if !v.differences.is_empty() {
