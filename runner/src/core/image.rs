@@ -49,9 +49,10 @@ pub(crate) fn check_reference(reference: &str) -> std::result::Result<(), String
             "image reference {reference:?} has spaces or control characters"
         ));
     }
+    let (unpinned, _) = split_pin(reference);
     if let Some(rest) = ARCHIVE_TRANSPORTS
         .iter()
-        .find_map(|t| reference.strip_prefix(t))
+        .find_map(|t| unpinned.strip_prefix(t))
     {
         // `PATH[:REFERENCE]`: the longest prefix that is a file.
         let candidates = std::iter::once(rest).chain(
@@ -74,6 +75,36 @@ pub(crate) fn check_reference(reference: &str) -> std::result::Result<(), String
     name.parse::<oci_spec::distribution::Reference>()
         .map(|_| ())
         .map_err(|e| format!("image reference {reference:?}: {e}"))
+}
+
+/// A reference split at its digest pin: `NAME[:TAG]@sha256:HEX` (or an
+/// archive `oci-archive:PATH@sha256:HEX`) gives `(NAME[:TAG], Some(digest))`;
+/// a reference without a well-formed digest at its end comes back whole.
+pub(crate) fn split_pin(reference: &str) -> (&str, Option<&str>) {
+    let Some((name, digest)) = reference.rsplit_once('@') else {
+        return (reference, None);
+    };
+    let well_formed = match digest.split_once(':') {
+        Some(("sha256", hex)) => hex.len() == 64,
+        Some(("sha512", hex)) => hex.len() == 128,
+        _ => false,
+    } && digest.split_once(':').is_some_and(|(_, hex)| {
+        hex.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if well_formed && !name.is_empty() {
+        (name, Some(digest))
+    } else {
+        (reference, None)
+    }
+}
+
+/// The tag of a registry reference without its pin (`host/name:tag`), if it
+/// has one: the part after the last `/` holds a `:`.
+pub(crate) fn tag_of(unpinned: &str) -> Option<&str> {
+    let name = unpinned.strip_prefix("docker://").unwrap_or(unpinned);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    last.split_once(':').map(|(_, tag)| tag)
 }
 
 /// Path of the image definition inside a built image.
@@ -513,6 +544,12 @@ codename = "trixie"
             "0123456789ab",
             &format!("oci-archive:{}", archive.display()),
             &format!("docker-archive:{}:localhost/m:1", archive.display()),
+            &format!(
+                "oci-archive:{}@sha256:{}",
+                archive.display(),
+                "ab".repeat(32)
+            ),
+            &format!("registry.example:5000/m:stable@sha256:{}", "0".repeat(64)),
         ] {
             check_reference(good).unwrap_or_else(|e| panic!("{good}: {e}"));
         }
@@ -524,10 +561,44 @@ codename = "trixie"
             ("Upper/Case", "invalid reference format"),
             ("oci-archive:/nonexistent.tar", "no such file"),
             ("docker-archive:/", "not a regular file"),
+            ("registry.example/m:1@sha256:abc", "invalid"),
         ] {
             let e = check_reference(bad).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");
             assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_digest_pin_is_split_from_what_names_the_image() {
+        let d = format!("sha256:{}", "0a".repeat(32));
+        let pinned = format!("quay.example:5000/m/debian-13:stable@{d}");
+        assert_eq!(
+            split_pin(&pinned),
+            ("quay.example:5000/m/debian-13:stable", Some(d.as_str()))
+        );
+        assert_eq!(
+            tag_of("quay.example:5000/m/debian-13:stable"),
+            Some("stable")
+        );
+        let by_digest = format!("quay.example:5000/m/debian-13@{d}");
+        assert_eq!(split_pin(&by_digest).0, "quay.example:5000/m/debian-13");
+        assert_eq!(
+            tag_of("quay.example:5000/m/debian-13"),
+            None,
+            "the port is no tag"
+        );
+        let archive = format!("oci-archive:/srv/m.tar@{d}");
+        assert_eq!(
+            split_pin(&archive),
+            ("oci-archive:/srv/m.tar", Some(d.as_str()))
+        );
+        for whole in [
+            "quay.example/m:1",
+            "quay.example/m@sha256:short",
+            "@sha256:x",
+        ] {
+            assert_eq!(split_pin(whole), (whole, None));
         }
     }
 }

@@ -9,7 +9,9 @@ use anyhow::Result;
 use super::podman::{ImageDetails, Podman};
 use crate::core::event::PROTOCOL_VERSION;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
-use crate::core::image::{ImageLabels, LABEL_PROTOCOL, default_image_for};
+use crate::core::image::{
+    ARCHIVE_TRANSPORTS, ImageLabels, LABEL_PROTOCOL, default_image_for, split_pin, tag_of,
+};
 use crate::core::release::OsRelease;
 
 /// Refuses to go on unless running as root (exit 4).
@@ -122,53 +124,186 @@ pub(crate) async fn inspect_image(
 /// its reference says from where: a registry host (`quay.example/x:1`) or a
 /// transport (`docker://`, `oci-archive:`, `docker-archive:`; see
 /// [`Podman::pull`]). Short names are never pulled: which registry they resolve to
-/// depends on the host's configuration. Returns whether it pulled.
+/// depends on the host's configuration. A reference pinned by digest
+/// (`NAME[:TAG]@sha256:...`, see [`split_pin`]) gets the image with that
+/// digest or none: a tag is asked of the registry every time and must still
+/// resolve to the pin, an archive must hold it. Returns whether it pulled.
 pub(crate) async fn find_or_pull_image(
     podman: &Podman,
     reference: &str,
     progress: impl FnMut(&str),
 ) -> Result<(ImageDetails, ImageLabels, bool)> {
-    if podman
-        .image(reference)
-        .await
-        .exit_code(ExitCode::Environment)?
-        .is_some()
-        || !pullable(reference)
-    {
+    let (unpinned, pin) = split_pin(reference);
+    let archive = is_archive(reference);
+    // What to fetch: a pinned tag or archive by what names it (the pin is
+    // checked after), anything else as given.
+    let fetch = match pin {
+        Some(_) if archive || tag_of(unpinned).is_some() => unpinned,
+        _ => reference,
+    };
+    let local = if fetch == reference {
+        podman
+            .image(reference)
+            .await
+            .exit_code(ExitCode::Environment)?
+    } else {
+        None
+    };
+    if local.is_some() || !pullable(reference) {
         let (image, labels) = inspect_image(podman, reference).await?;
         return Ok((image, labels, false));
     }
-    // An archive podman cannot load is bad input; a registry that does not
-    // answer is the environment.
-    let code = if crate::core::image::ARCHIVE_TRANSPORTS
-        .iter()
-        .any(|t| reference.starts_with(t))
-    {
-        ExitCode::BadInput
-    } else {
-        ExitCode::Environment
-    };
-    let id = podman
-        .pull(reference, progress)
-        .await
-        .map_err(|e| fail(code, format!("{e:#}")))?;
-    match inspect_image(podman, &id).await {
-        Ok((image, labels)) => Ok((image, labels, true)),
+    // What the name was before (listing every image to compare can take
+    // minutes where podman holds many).
+    let before = podman.image(fetch).await.ok().flatten().map(|i| i.id);
+    let id = pull(podman, fetch, progress).await?;
+    let pulled = before.as_deref() != Some(id.as_str());
+    let checked = match pin {
+        Some(pin) => check_pin(podman, reference, fetch, &id, pin).await,
+        None => Ok(()),
+    }
+    .and(inspect_image(podman, &id).await);
+    match checked {
+        Ok((mut image, labels)) => {
+            image.digest = resolved_digest(&image, reference);
+            Ok((image, labels, pulled))
+        }
         Err(e) => {
-            // Not a migration image: leave podman's storage as it was.
-            let _ = podman.remove_image(&id).await;
+            // Not the pinned image, or not a migration image: leave
+            // podman's storage as it was (podman keeps an image that
+            // other names still use).
+            if pulled {
+                let _ = podman.remove_image(&id).await;
+            }
             Err(e)
         }
     }
 }
 
+/// Pulls or loads `reference` for [`find_or_pull_image`], the failure said
+/// in one line with its exit code: an archive podman cannot load, or an
+/// image the host's signature policy rejects, is bad input (2); a registry
+/// that does not answer is the environment (4).
+async fn pull(podman: &Podman, reference: &str, progress: impl FnMut(&str)) -> Result<String> {
+    podman.pull(reference, progress).await.map_err(|e| {
+        let text = format!("{e:#}").replace('\n', " ");
+        if let Some(reason) = signature_rejection(&text) {
+            fail(
+                ExitCode::BadInput,
+                format!(
+                    "image {reference} is refused by this host's signature policy (containers-policy.json): {reason}"
+                ),
+            )
+        } else if is_archive(reference) {
+            fail(ExitCode::BadInput, text)
+        } else {
+            fail(ExitCode::Environment, text)
+        }
+    })
+}
+
+/// The reason in a pull error that the signature policy rejected the image
+/// (containers/image says `Source image rejected: REASON`).
+pub(crate) fn signature_rejection(error: &str) -> Option<&str> {
+    const REJECTED: &str = "Source image rejected: ";
+    error
+        .find(REJECTED)
+        .map(|at| error[at + REJECTED.len()..].trim())
+}
+
+/// Refuses the image `id` fetched by `fetched` unless it is the one `pin`
+/// names: exit 2 with both digests.
+async fn check_pin(
+    podman: &Podman,
+    reference: &str,
+    fetched: &str,
+    id: &str,
+    pin: &str,
+) -> Result<()> {
+    let image = podman
+        .image(id)
+        .await
+        .exit_code(ExitCode::Environment)?
+        .ok_or_else(|| {
+            fail(
+                ExitCode::Environment,
+                format!("pulling {fetched}: podman lost image {id}"),
+            )
+        })?;
+    if has_digest(&image, pin) {
+        return Ok(());
+    }
+    // Where podman holds the image by several manifests (pushed from this
+    // machine in another format), it cannot say which one the tag named.
+    let candidates = repository_digests(&image, fetched);
+    let found = match candidates.as_slice() {
+        [] => image
+            .digest
+            .clone()
+            .unwrap_or_else(|| "an image without a digest".into()),
+        [only] => only.to_string(),
+        several => format!("one of {}", several.join(", ")),
+    };
+    Err(fail(
+        ExitCode::BadInput,
+        if is_archive(reference) {
+            format!("{fetched} holds {found}, not the pinned {pin}; refusing {reference}")
+        } else {
+            format!(
+                "{fetched} now resolves to {found}, not the pinned {pin}: the tag moved; check the new image and pin its digest, or name the image by its digest alone"
+            )
+        },
+    ))
+}
+
+/// Whether podman fetched `image` by manifest digest `digest`.
+pub(crate) fn has_digest(image: &ImageDetails, digest: &str) -> bool {
+    image.digest.as_deref() == Some(digest)
+        || image
+            .repo_digests
+            .iter()
+            .any(|r| r.rsplit_once('@').is_some_and(|(_, d)| d == digest))
+}
+
+/// The manifest digest `reference` resolved to: its pin; else the digest
+/// podman fetched the image by from the reference's repository (an image
+/// keeps one per repository and manifest it came by); else the image's own.
+pub(crate) fn resolved_digest(image: &ImageDetails, reference: &str) -> Option<String> {
+    let (unpinned, pin) = split_pin(reference);
+    if let Some(pin) = pin {
+        return Some(pin.to_string());
+    }
+    match repository_digests(image, unpinned).as_slice() {
+        [only] => Some(only.to_string()),
+        _ => image.digest.clone(),
+    }
+}
+
+/// The digests podman records for `image` in the repository `reference`
+/// names.
+fn repository_digests<'a>(image: &'a ImageDetails, reference: &str) -> Vec<&'a str> {
+    let name = split_pin(reference).0;
+    let name = name.strip_prefix("docker://").unwrap_or(name);
+    let repository = match tag_of(name) {
+        Some(tag) => &name[..name.len() - tag.len() - 1],
+        None => name,
+    };
+    image
+        .repo_digests
+        .iter()
+        .filter_map(|r| r.rsplit_once('@'))
+        .filter(|(repo, _)| *repo == repository)
+        .map(|(_, digest)| digest)
+        .collect()
+}
+
+fn is_archive(reference: &str) -> bool {
+    ARCHIVE_TRANSPORTS.iter().any(|t| reference.starts_with(t))
+}
+
 /// Whether a reference names where to pull it from.
 pub(crate) fn pullable(reference: &str) -> bool {
-    if reference.starts_with("docker://")
-        || crate::core::image::ARCHIVE_TRANSPORTS
-            .iter()
-            .any(|t| reference.starts_with(t))
-    {
+    if reference.starts_with("docker://") || is_archive(reference) {
         return true;
     }
     match reference.split_once('/') {
@@ -229,6 +364,45 @@ pub(crate) fn check_compatible(
 mod tests {
     use super::*;
     use crate::core::exit::exit_code_of;
+
+    #[test]
+    fn the_digest_a_reference_resolved_to_is_its_pin_else_the_repository_s() {
+        let d = |c: &str| format!("sha256:{}", c.repeat(64));
+        let image = ImageDetails {
+            id: "0123".into(),
+            digest: Some(d("0")),
+            names: vec!["reg.example:5000/m/debian-13:stable".into()],
+            repo_digests: vec![
+                format!("reg.example:5000/m/debian-13@{}", d("1")),
+                format!("localhost/built/debian-13@{}", d("0")),
+            ],
+            config: oci_spec::image::Config::default(),
+        };
+        assert_eq!(
+            resolved_digest(&image, "reg.example:5000/m/debian-13:stable"),
+            Some(d("1")),
+            "the one digest of the repository it came from"
+        );
+        let pinned = format!("reg.example:5000/m/debian-13:stable@{}", d("2"));
+        assert_eq!(resolved_digest(&image, &pinned), Some(d("2")));
+        assert_eq!(resolved_digest(&image, "other.example/m:1"), Some(d("0")));
+        assert!(has_digest(&image, &d("1")) && has_digest(&image, &d("0")));
+        assert!(!has_digest(&image, &d("2")));
+    }
+
+    #[test]
+    fn a_signature_rejection_is_told_apart_from_a_registry_failure() {
+        assert_eq!(
+            signature_rejection(
+                "pulling reg.example/m:1: Source image rejected: A signature was required, but no signature exists"
+            ),
+            Some("A signature was required, but no signature exists")
+        );
+        assert_eq!(
+            signature_rejection("pulling reg.example/m:1: connection refused"),
+            None
+        );
+    }
 
     fn labels() -> ImageLabels {
         ImageLabels {

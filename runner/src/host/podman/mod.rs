@@ -59,6 +59,8 @@ pub(crate) struct ImageDetails {
     pub(crate) digest: Option<String>,
     /// Tags.
     pub(crate) names: Vec<String>,
+    /// `repository@digest` of every manifest podman fetched it by.
+    pub(crate) repo_digests: Vec<String>,
     /// The OCI image configuration (labels among it).
     pub(crate) config: oci_spec::image::Config,
 }
@@ -209,6 +211,7 @@ impl Podman {
             id: data.id.unwrap_or_default(),
             digest: data.digest,
             names: data.repo_tags.unwrap_or_default(),
+            repo_digests: data.repo_digests.unwrap_or_default(),
             config,
         }))
     }

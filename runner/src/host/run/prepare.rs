@@ -19,7 +19,7 @@ use crate::core::plan::{Plan, PlanSource};
 use crate::core::release::OsRelease;
 use crate::host::podman::{Bind, ContainerSpec, ImageDetails, Podman, Rlimit};
 use crate::host::preflight;
-use crate::host::render::OutputFormat;
+use crate::host::render::{self, OutputFormat};
 
 /// Everything decided before the container starts.
 pub(crate) struct Prepared {
@@ -70,12 +70,16 @@ pub(crate) async fn prepare(
     dropins: &[PlanSource],
     reference: String,
 ) -> Result<Prepared> {
-    let (image, labels, pulled) = preflight::find_or_pull_image(podman, &reference, |line| {
-        if opts.verbose > 0 && opts.output == OutputFormat::Human {
-            eprintln!("    [pull] {line}");
-        }
-    })
-    .await?;
+    // Pulling can take minutes: its progress shows on a terminal (or with
+    // -v), and as `output` events with --output json.
+    let shown = opts.verbose > 0 || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (image, labels, pulled) =
+        preflight::find_or_pull_image(podman, &reference, |line| match opts.output {
+            OutputFormat::Json => render::say(opts.output, &format!("pulling {reference}: {line}")),
+            OutputFormat::Human if shown => eprintln!("    [pull] {line}"),
+            OutputFormat::Human => {}
+        })
+        .await?;
     if pulled {
         tracing::info!(reference, id = %image.id, "pulled the migration image");
     }

@@ -465,6 +465,7 @@ mod tests {
                 id: "0123456789abcdef".into(),
                 digest: None,
                 names: Vec::new(),
+                repo_digests: Vec::new(),
                 config: oci_spec::image::Config::default(),
             },
             plan: Some(plan),
