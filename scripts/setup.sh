@@ -13,6 +13,8 @@ packages=(
   postgresql                    # the PostgreSQL cluster of the service tests
   systemd                       # journalctl, to read the journal of booted test roots
   man-db                        # man, to render the packaged manual pages
+  docker-registry skopeo        # real registries: publishing, promotion, mirroring
+  apache2-utils openssl         # htpasswd users and the TLS of the test registries
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -345,6 +345,15 @@ pub(crate) fn say(output: OutputFormat, message: &str) {
     }
 }
 
+/// An image as a user named it, with the manifest digest it resolved to
+/// unless the name already says it (a channel tag shows what it is today).
+pub(crate) fn image_shown(reference: &str, digest: Option<&str>) -> String {
+    match digest {
+        Some(d) if !reference.ends_with(d) => format!("{reference} ({d})"),
+        _ => reference.to_string(),
+    }
+}
+
 /// A human summary of a report: the run on one line, then one line per step.
 pub(crate) fn summary(report: &Report) -> String {
     let mut out = format!(
@@ -352,7 +361,7 @@ pub(crate) fn summary(report: &Report) -> String {
         report.run_id,
         report.source.release,
         report.target,
-        report.image.reference,
+        image_shown(&report.image.reference, report.image.digest.as_deref()),
         match report.result {
             RunResult::Running => "running",
             RunResult::Succeeded => "succeeded",

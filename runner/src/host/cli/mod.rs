@@ -80,7 +80,10 @@ struct OutputArgs {
 struct ImageArgs {
     /// Migration image to use (default: the image of an unfinished
     /// migration, else the built-in image for the root's release, e.g.
-    /// localhost/migrate/debian-13:latest for Debian 12).
+    /// localhost/migrate/debian-13:latest for Debian 12). Pulled when it
+    /// names a registry host or an archive (oci-archive:PATH); pinned with
+    /// @sha256:DIGEST it is that image or none (a tag that moved, or an
+    /// archive holding another image, is refused).
     #[arg(long, value_name = "REF", value_parser = image_reference)]
     image: Option<String>,
     /// Host configuration to use instead of ROOT/etc/migrate/config.toml

@@ -19,7 +19,7 @@ use crate::core::plan::Plan;
 use crate::core::report::{ImageInfo, Report, SourceInfo};
 use crate::host::journald::{self, Priority};
 use crate::host::lock::RootLock;
-use crate::host::render::{OutputFormat, Renderer};
+use crate::host::render::{self, OutputFormat, Renderer};
 use crate::host::runlog::RunLog;
 
 /// Which container the session follows.
@@ -145,7 +145,7 @@ pub(crate) async fn run(
         root.display(),
         p.source.pretty_name(),
         p.target,
-        p.reference,
+        render::image_shown(&p.reference, p.image.digest.as_deref()),
         if p.resuming {
             " (continuing the unfinished migration)"
         } else {
