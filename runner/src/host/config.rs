@@ -342,5 +342,15 @@ mod tests {
             "{e}"
         );
         assert_eq!(e.lines().count(), 1);
+        let pinned = format!(
+            "reg.example:5000/m/debian-13:stable@sha256:{}",
+            "a".repeat(64)
+        );
+        std::fs::write(&file, format!("image = \"{pinned}\"\n")).unwrap();
+        assert_eq!(
+            load(dir.path(), Some(&file)).unwrap().image,
+            Some(pinned),
+            "a channel pinned to its digest"
+        );
     }
 }
