@@ -19,6 +19,24 @@ kind = "apt"
 phase = "cutover"
 "#;
 
+const CONFIG_EDIT_BLOCK_SCALAR: &str = r#"
+[[step]]
+id = "motd"
+kind = "config"
+phase = "cutover"
+edit = "/etc/inventory/settings.yaml"
+set = { motd = "welcome" }
+"#;
+
+const CONFIG_EDIT_FIFO: &str = r#"
+[[step]]
+id = "fifo"
+kind = "config"
+phase = "cutover"
+edit = "/etc/inventory/fifo.conf"
+set = { "main.x" = 1 }
+"#;
+
 /// Where a case puts its input.
 enum Input<'a> {
     /// A `--plan` file with this text.
@@ -49,6 +67,14 @@ fn each_bad_input_is_one_line_exit_2_and_changes_nothing() {
     let plan_path = scratch.path().join("plan.toml");
     let plan_arg = plan_path.display().to_string();
     let plan = |extra: &'static str| -> String { format!("{GOOD_PLAN}{extra}") };
+    // Files the config-edit cases name: one the editor refuses, a FIFO.
+    std::fs::create_dir_all(root.join("etc/inventory")).unwrap();
+    std::fs::write(
+        root.join("etc/inventory/settings.yaml"),
+        "motd: |\n  hello\nport: 8080\n",
+    )
+    .unwrap();
+    mkfifo(&root.join("etc/inventory/fifo.conf"));
     let dup =
         plan("\n[[step]]\nid = \"package-db\"\nkind = \"check-package-db\"\nphase = \"check\"\n");
     let late_check =
@@ -203,6 +229,18 @@ fn each_bad_input_is_one_line_exit_2_and_changes_nothing() {
             input: Input::Args,
             args: &["check", "--dry-run"],
             expect: "--dry-run applies to `migrate run` only",
+        },
+        Case {
+            name: "config edit of YAML beyond block mappings of scalars",
+            input: Input::Plan(CONFIG_EDIT_BLOCK_SCALAR),
+            args: &[],
+            expect: "step motd: /etc/inventory/settings.yaml: key motd holds a block scalar",
+        },
+        Case {
+            name: "config edit of a FIFO",
+            input: Input::Plan(CONFIG_EDIT_FIFO),
+            args: &[],
+            expect: "not a regular file",
         },
         Case {
             name: "unknown output format",
@@ -613,4 +651,12 @@ fn a_hostile_root_is_refused_at_every_path_the_host_touches_and_nothing_outside_
         etc_sum,
         "the host's /etc changed"
     );
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

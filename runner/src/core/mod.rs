@@ -2,6 +2,7 @@
 //! `agent`: `scripts/check-layers.sh` fails the build on such an import.
 
 pub(crate) mod cmd;
+pub(crate) mod config_edit;
 pub(crate) mod event;
 pub(crate) mod exit;
 pub(crate) mod fsutil;

@@ -7,11 +7,15 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::podman::{ImageDetails, Podman};
+use crate::core::config_edit;
 use crate::core::event::PROTOCOL_VERSION;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::image::{
     ARCHIVE_TRANSPORTS, ImageLabels, LABEL_PROTOCOL, default_image_for, split_pin, tag_of,
 };
+use crate::core::kinds::Kind;
+use crate::core::kinds::config::ConfigOptions;
+use crate::core::plan::Plan;
 use crate::core::release::OsRelease;
 
 /// Refuses to go on unless running as root (exit 4).
@@ -310,6 +314,36 @@ pub(crate) fn pullable(reference: &str) -> bool {
         Some((host, _)) => host != "localhost" && (host.contains('.') || host.contains(':')),
         None => false,
     }
+}
+
+/// Tries every in-place configuration edit of `plan` on the file as the
+/// root holds it now, and refuses (exit 2) a file that cannot be edited
+/// faithfully, before anything changes. A file the root does not have yet
+/// (an earlier step may install it) is left to the step.
+pub(crate) fn check_config_edits(plan: &Plan, root: &Path) -> Result<()> {
+    for step in plan.steps.iter().filter(|s| s.kind == Kind::Config) {
+        let opts: ConfigOptions =
+            serde_json::from_value(serde_json::Value::Object(step.options.clone()))
+                .exit_code(ExitCode::BadInput)?;
+        let Some((file, format, set)) = opts.edit() else {
+            continue;
+        };
+        let refuse = |e: String| fail(ExitCode::BadInput, format!("step {}: {e}", step.id));
+        // Read as every root path of the host side is: inside the root,
+        // regular files only, bounded, never blocking.
+        let bytes = crate::core::rootfs::confined::read(
+            root,
+            file.trim_start_matches('/'),
+            config_edit::MAX_SIZE,
+        )
+        .map_err(|e| refuse(format!("{e:#}")))?;
+        if let Some(bytes) = bytes {
+            let text = String::from_utf8(bytes)
+                .map_err(|_| refuse(format!("{file} is not UTF-8 text")))?;
+            config_edit::edit(format, &text, set).map_err(|e| refuse(format!("{file}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses an image whose agent speaks another event protocol.

@@ -1,17 +1,25 @@
-//! `config`: migrates configuration keys from an old format to a new one.
+//! `config`: migrates configuration keys from an old format to a new one,
+//! or edits keys of one configuration file in place.
 //!
-//! Reads the old configuration (YAML: a plain mapping, or the
+//! Migrating: reads the old configuration (YAML: a plain mapping, or the
 //! `settings: KEY: value:` shape that `juju config` prints), maps each key
 //! through the plan's table (new name, optional value transform), skips empty
 //! values so that the new defaults survive, and writes the result to a file
 //! (YAML or JSON) or applies it to a snap through snapd's REST API.
+//!
+//! Editing (`edit`, `set`): the file (TOML, INI or YAML) keeps every byte
+//! but the values it changes ([`crate::core::config_edit`]); the file as it
+//! was is copied to the step's backup directory first, once, so that a
+//! resumed step still holds the original.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
 use super::{StepContext, StepKind};
+use crate::core::config_edit::{self, Format, yaml_to_json};
 use crate::core::event::StepStatus;
 use crate::core::fsutil::write_atomic;
 use crate::core::kinds::config::{ConfigOptions, Mapping, Transform};
@@ -29,27 +37,74 @@ impl ConfigStep {
 
     /// The new configuration, from the old one in the root.
     fn migrate(&self, ctx: &StepContext<'_>) -> Result<(Map<String, Value>, Vec<String>)> {
-        let path = ctx.path(&self.opts.source)?;
+        let source = self.opts.source.as_deref().unwrap_or_default();
+        let path = ctx.path(source)?;
         let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading the old configuration {}", self.opts.source))?;
-        let old = read_settings(&text).with_context(|| format!("parsing {}", self.opts.source))?;
+            .with_context(|| format!("reading the old configuration {source}"))?;
+        let old = read_settings(&text).with_context(|| format!("parsing {source}"))?;
         map_settings(&old, &self.opts.mapping)
+    }
+
+    /// Edits `file` in place; the original goes to the backup directory.
+    fn edit_in_place(
+        &self,
+        ctx: &StepContext<'_>,
+        file: &str,
+        format: Format,
+        set: &BTreeMap<String, Value>,
+    ) -> Result<StepStatus> {
+        let path = ctx.path(file)?;
+        let text = config_edit::read(&path, file)
+            .map_err(anyhow::Error::msg)?
+            .with_context(|| format!("{file} does not exist"))?;
+        let new =
+            config_edit::edit(format, &text, set).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        if new == text {
+            ctx.say(format!("{file} already holds every value the plan sets"));
+            return Ok(StepStatus::Succeeded);
+        }
+        let name = path
+            .file_name()
+            .with_context(|| format!("{file} names no file"))?;
+        let backup = ctx.backup_dir()?.join(name);
+        if !backup.exists() {
+            write_atomic(&backup, text.as_bytes()).with_context(|| format!("backing up {file}"))?;
+        }
+        let meta = std::fs::metadata(&path)?;
+        write_atomic(&path, new.as_bytes()).with_context(|| format!("writing {file}"))?;
+        std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("keeping the owner of {file}"))?;
+        let shown = backup
+            .strip_prefix(&ctx.run.pristine)
+            .unwrap_or(&backup)
+            .display()
+            .to_string();
+        ctx.say(format!(
+            "{} keys set in {file}; the file as it was: /{shown}",
+            set.len()
+        ));
+        Ok(StepStatus::Succeeded)
     }
 }
 
 impl StepKind for ConfigStep {
     fn describe(&self) -> String {
-        match (&self.opts.output, &self.opts.snap) {
-            (_, Some(snap)) => format!(
-                "Migrate configuration from {} to snap {snap}",
-                self.opts.source
+        let source = self.opts.source.as_deref().unwrap_or_default();
+        match (&self.opts.edit, &self.opts.output, &self.opts.snap) {
+            (Some(file), _, _) => format!(
+                "Set {} in {file}",
+                self.opts.set.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
-            (Some(out), _) => format!("Migrate configuration from {} to {out}", self.opts.source),
+            (_, _, Some(snap)) => format!("Migrate configuration from {source} to snap {snap}"),
+            (_, Some(out), _) => format!("Migrate configuration from {source} to {out}"),
             _ => "Migrate configuration".into(),
         }
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        if let Some((file, format, set)) = self.opts.edit() {
+            return self.edit_in_place(ctx, file, format, set);
+        }
         let (new, notes) = self.migrate(ctx)?;
         for n in notes {
             ctx.say(n);
@@ -82,6 +137,21 @@ impl StepKind for ConfigStep {
     }
 
     fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        if let Some((file, format, set)) = self.opts.edit() {
+            let text = config_edit::read(&ctx.path(file)?, file)
+                .map_err(anyhow::Error::msg)?
+                .with_context(|| format!("{file} does not exist (yet)"))?;
+            config_edit::edit(format, &text, set).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            let changes = config_edit::changes(format, &text, set)
+                .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+            for (key, old, new) in changes {
+                match old {
+                    Some(old) => ctx.say(format!("{file}: {key}: {old} -> {new}")),
+                    None => ctx.say(format!("{file}: {key}: (not set) -> {new}")),
+                }
+            }
+            return Ok(());
+        }
         let (new, notes) = self.migrate(ctx)?;
         for n in notes {
             ctx.say(n);
@@ -141,35 +211,6 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
         other => {
             out.insert(prefix.to_string(), other.clone());
         }
-    }
-}
-
-fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
-    use yaml_rust2::Yaml;
-    match y {
-        Yaml::Real(r) => r
-            .parse::<f64>()
-            .map(Value::from)
-            .unwrap_or(Value::String(r.clone())),
-        Yaml::Integer(i) => Value::from(*i),
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect()),
-        Yaml::Hash(h) => Value::Object(
-            h.iter()
-                .map(|(k, v)| {
-                    let key = match k {
-                        Yaml::String(s) => s.clone(),
-                        other => yaml_to_json(other)
-                            .to_string()
-                            .trim_matches('"')
-                            .to_string(),
-                    };
-                    (key, yaml_to_json(v))
-                })
-                .collect(),
-        ),
-        Yaml::Null | Yaml::BadValue | Yaml::Alias(_) => Value::Null,
     }
 }
 
@@ -373,11 +414,14 @@ missing_key = "new.missing"
         );
         assert!(map_settings(&read_settings(JUJU).unwrap(), &m).is_err());
         let opts = ConfigOptions {
-            source: "/x.yaml".into(),
+            source: Some("/x.yaml".into()),
             mapping: mapping(),
             output: None,
             snap: None,
             snapd_socket: None,
+            edit: None,
+            format: None,
+            set: BTreeMap::new(),
         };
         assert!(opts.check().is_err(), "needs output or snap");
         let bad = serde_json::json!({

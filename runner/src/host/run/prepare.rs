@@ -98,6 +98,7 @@ pub(crate) async fn prepare(
         });
     }
     let plan = resolve_plan(&labels, &reference, plan_file, dropins)?;
+    preflight::check_config_edits(&plan, &root)?;
     let unfinished = journal.filter(Journal::in_progress);
     let resuming = unfinished
         .as_ref()
