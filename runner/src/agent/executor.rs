@@ -192,6 +192,7 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
                 status: StepStatus::Skipped,
                 duration_ms: 0,
                 message: Some(reason.to_string()),
+                backups: Vec::new(),
             });
             continue;
         }
@@ -248,6 +249,7 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
             status,
             duration_ms,
             message: message.clone(),
+            backups: ctx.backups(),
         });
         if let Some(m) = message.filter(|_| !failed_check) {
             return Err(fail(

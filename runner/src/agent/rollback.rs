@@ -233,6 +233,7 @@ fn step(sink: &EventSink, id: &str, f: impl FnOnce() -> Result<StepStatus>) -> R
         status,
         duration_ms,
         message: message.clone(),
+        backups: Vec::new(),
     });
     match message {
         Some(m) => Err(fail(

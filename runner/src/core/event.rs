@@ -103,6 +103,10 @@ pub(crate) enum Event {
         /// For failures: one line saying what went wrong.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+        /// Files the step keeps in its backup directory (paths in the
+        /// root), kept until cleanup.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backups: Vec<String>,
     },
     /// The run ended; no event follows.
     RunFinished {
@@ -346,6 +350,7 @@ mod tests {
             status: StepStatus::Failed,
             duration_ms: 1234,
             message: Some("apt-get exited with 100".into()),
+            backups: vec!["/var/lib/migrate/backup/m/s/export.json".into()],
         });
         roundtrip(Event::RunFinished {
             status: RunStatus::Succeeded,

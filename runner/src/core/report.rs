@@ -107,6 +107,11 @@ pub(crate) struct StepReport {
     /// Failure message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) message: Option<String>,
+    /// Files the step keeps in the migration's backup directory (paths in
+    /// the root: copies of configuration, exports, dumps), kept until
+    /// cleanup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) backups: Vec<String>,
 }
 
 /// A finding of a check, with the step that found it.
@@ -326,11 +331,15 @@ impl Report {
                 status,
                 duration_ms,
                 message,
+                backups,
             } => {
                 let s = self.step_mut(step);
                 s.status = (*status).into();
                 s.duration_ms = Some(*duration_ms);
                 s.message.clone_from(message);
+                if !backups.is_empty() {
+                    s.backups.clone_from(backups);
+                }
             }
             Event::RunFinished {
                 status,
@@ -453,6 +462,7 @@ fn planned(p: &PlannedStep) -> StepReport {
         started_at: None,
         duration_ms: None,
         message: None,
+        backups: Vec::new(),
     }
 }
 
@@ -490,6 +500,7 @@ mod tests {
             started_at: Some(at.into()),
             duration_ms: Some(ms),
             message: None,
+            backups: Vec::new(),
         };
         r.steps = vec![
             step(
@@ -558,11 +569,13 @@ mod tests {
             status: StepStatus::Succeeded,
             duration_ms: 5,
             message: None,
+            backups: vec!["/var/lib/migrate/backup/m/a/x.conf".into()],
         }));
         r.apply(&ev(Event::StepStarted { step: "b".into() }));
         r.finish(RunResult::Failed, 1, Some("agent died".into()));
         assert_eq!(r.steps[0].status, StepState::Succeeded);
         assert_eq!(r.steps[0].duration_ms, Some(5));
+        assert_eq!(r.steps[0].backups, ["/var/lib/migrate/backup/m/a/x.conf"]);
         assert_eq!(r.steps[1].status, StepState::Failed);
         assert_eq!(r.result, RunResult::Failed);
         assert_eq!(r.exit_code, Some(1));

@@ -199,6 +199,7 @@ impl Renderer {
                 status,
                 duration_ms,
                 message,
+                ..
             } => {
                 let took = human_duration_ms(*duration_ms);
                 let line = match (status, self.mode) {

@@ -105,6 +105,7 @@ impl RunLog {
                 status,
                 duration_ms,
                 message,
+                ..
             } => format!(
                 "[{step}] step {status:?} after {duration_ms} ms{}",
                 message

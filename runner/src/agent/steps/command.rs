@@ -2,6 +2,7 @@
 //! with an environment, a timeout and the exit codes that count as success.
 //! The extension point for custom images and plans.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use super::{StepContext, StepKind};
 use crate::agent::exec::{Streaming, run_streaming_with};
 use crate::core::event::StepStatus;
 use crate::core::kinds::command::CommandOptions;
+use crate::core::phase::Phase;
 
 /// A `command` step.
 pub(crate) struct CommandStep {
@@ -50,8 +52,24 @@ impl StepKind for CommandStep {
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        run_streaming_with(
-            &mut self.command(ctx),
+        let mut cmd = self.command(ctx);
+        // A step of a run that changes the root gets a directory to keep
+        // what it exports until cleanup (listed in the report); removed
+        // again if the command leaves nothing there.
+        let backup = if ctx.step.phase != Phase::Check && ctx.run.journal.borrow().is_some() {
+            let dir = ctx.backup_dir()?;
+            let shown = if self.opts.chroot {
+                Path::new("/").join(dir.strip_prefix(&ctx.run.pristine).unwrap_or(&dir))
+            } else {
+                dir.clone()
+            };
+            cmd.env("MIGRATE_BACKUP_DIR", shown);
+            Some(dir)
+        } else {
+            None
+        };
+        let result = run_streaming_with(
+            &mut cmd,
             &ctx.run.sink,
             &ctx.step.id,
             &Streaming {
@@ -59,7 +77,12 @@ impl StepKind for CommandStep {
                 ok_exit_codes: &self.opts.ok_exit_codes,
                 ..Streaming::default()
             },
-        )?;
+        );
+        if let Some(dir) = backup {
+            // Fails (and keeps it) unless it is empty.
+            let _ = std::fs::remove_dir(&dir);
+        }
+        result?;
         Ok(StepStatus::Succeeded)
     }
 

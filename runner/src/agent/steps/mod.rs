@@ -201,6 +201,32 @@ impl StepContext<'_> {
             .join(&self.step.id)
     }
 
+    /// The files in [`Self::backup_dir`] (walked without following
+    /// symlinks), as paths in the root, sorted.
+    pub(crate) fn backups(&self) -> Vec<String> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => walk(&entry.path(), out),
+                    Ok(t) if t.is_file() => out.push(entry.path()),
+                    _ => {}
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&self.backup_path(), &mut files);
+        let mut out: Vec<String> = files
+            .iter()
+            .filter_map(|f| f.strip_prefix(&self.run.pristine).ok())
+            .map(|f| format!("/{}", f.display()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Tells the host something about the step's progress.
     pub(crate) fn say(&self, line: impl Into<String>) {
         self.run

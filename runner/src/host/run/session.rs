@@ -513,6 +513,7 @@ mod tests {
                 status,
                 duration_ms: 5,
                 message: message.map(str::to_string),
+                backups: Vec::new(),
             }),
         ]
     }
