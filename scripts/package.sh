@@ -68,6 +68,11 @@ install -m 0644 "$work/gen/completions/_migrate" "$stage/usr/share/zsh/vendor-co
 install -m 0644 "$work/gen/completions/migrate.fish" "$stage/usr/share/fish/vendor_completions.d/migrate.fish"
 install -m 0644 "$top/README.md" "$top/BENCHMARKS.md" "$stage/usr/share/doc/migrate/"
 install -m 0644 "$top"/docs/* "$stage/usr/share/doc/migrate/docs/"
+# The recipes, as their READMEs name them.
+for recipe in "$top"/examples/*/; do
+  install -d "$stage/usr/share/doc/migrate/examples/$(basename "$recipe")"
+  install -m 0644 "$recipe"* "$stage/usr/share/doc/migrate/examples/$(basename "$recipe")/"
+done
 mkdir -p "$out"
 
 # --- .deb

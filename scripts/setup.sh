@@ -15,6 +15,7 @@ packages=(
   man-db                        # man, to render the packaged manual pages
   docker-registry skopeo        # real registries: publishing, promotion, mirroring
   apache2-utils openssl         # htpasswd users and the TLS of the test registries
+  etcd-server etcd-client       # the etcd a recipe moves a service's state from
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fixtures::services::{self, PgCluster, PgContainer, SERVICES_IMAGE, SshServer, StandInSnapd};
+use fixtures::services::{
+    self, Etcd, PgCluster, PgContainer, SERVICES_IMAGE, SshServer, StandInSnapd,
+};
 use fixtures::systemd::{BUS_IN_ROOT, BootedRoot};
-use fixtures::{Fixtures, dropin, report, serial, show};
+use fixtures::{Fixtures, MIGRATION_IMAGE, ScratchRoot, dropin, report, serial, show};
 
 const APP_PASSWORD: &str = "app-Pa55-w0rd-never-shown";
 
@@ -912,5 +914,237 @@ target = {{ host = "127.0.0.1", port = {port17}, database = "app", user = "app",
             .trim(),
         "active",
         "the service runs again"
+    );
+}
+
+const INVENTORY_PASSWORD: &str = "inventory-db-password";
+
+/// A copy of the host root with the inventory service of the backend-switch
+/// recipe: its tool, its unit (enabled; `sleep` stands for the controller),
+/// its configuration naming etcd (where its items are) and PostgreSQL (a
+/// password file with `password`), and a drop-in giving the recipe the bus
+/// of the booted root.
+fn inventory_host(f: &Fixtures, etcd: &Etcd, pg: &PgCluster, password: &str) -> ScratchRoot {
+    let root = f
+        .copy_root(&fixtures::systemd::host_root(f).unwrap())
+        .unwrap();
+    let tool = root.join("usr/bin/inventoryctl");
+    std::fs::copy(f.workspace.join("tests/inventory/inventoryctl"), &tool).unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        root.join("etc/systemd/system/inventory.service"),
+        "[Unit]\nDescription=inventory controller\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/inventory.service",
+        wants.join("inventory.service"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("etc/inventory")).unwrap();
+    std::fs::write(
+        root.join("etc/inventory/inventory.conf"),
+        format!(
+            "# inventory: where its items live\n[storage]\n# etcd or postgresql\nbackend = etcd\netcd_endpoints = {}\npostgres_dsn = postgresql://inventory@127.0.0.1:{port}/inventory\npostgres_passfile = /etc/inventory/pgpass\n\n[log]\nlevel = info\n",
+            etcd.endpoint,
+            port = pg.port
+        ),
+    )
+    .unwrap();
+    let pgpass = root.join("etc/inventory/pgpass");
+    std::fs::write(
+        &pgpass,
+        format!("127.0.0.1:{}:inventory:inventory:{password}\n", pg.port),
+    )
+    .unwrap();
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    dropin(
+        &root.path,
+        "50-this-host.toml",
+        &format!(
+            "[[step]]\nid = \"stop-controller\"\nbus = \"{BUS_IN_ROOT}\"\n\n[[step]]\nid = \"start-controller\"\nbus = \"{BUS_IN_ROOT}\"\n"
+        ),
+    )
+    .unwrap();
+    root
+}
+
+/// What the service lists, by its own tool in the root.
+fn inventory_listing(root: &Path) -> String {
+    let out = std::process::Command::new("chroot")
+        .arg(root)
+        .args(["inventoryctl", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_active(booted: &BootedRoot, unit: &str) -> String {
+    booted
+        .exec(&["systemctl", "is-active", unit])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The backups a step of the report lists.
+fn step_backups(report: &serde_json::Value, step: &str) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == step)
+        .and_then(|s| s["backups"].as_array())
+        .map(|b| {
+            b.iter()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The shipped recipe `examples/backend-switch` with a real etcd and a real
+/// PostgreSQL: a failed import steps back to etcd with the controller
+/// running and the export kept; then the switch itself.
+#[test]
+fn the_backend_switch_recipe_moves_state_from_etcd_to_postgresql_and_steps_back_on_failure() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let etcd = Etcd::start(f).unwrap();
+    for i in 0..40 {
+        etcd.ctl(&[
+            "put",
+            &format!("/inventory/host-{i:02}"),
+            &format!("rack {}, 'slot' {i}; owner=ops", i % 4),
+        ])
+        .unwrap();
+    }
+    let sockets = tempfile::tempdir_in(&f.cache).unwrap();
+    let pg = PgCluster::start(f, &sockets.path().join("pg")).unwrap();
+    pg.psql(
+        "postgres",
+        &format!("CREATE ROLE inventory LOGIN PASSWORD '{INVENTORY_PASSWORD}'"),
+    )
+    .unwrap();
+    pg.psql("postgres", "CREATE DATABASE inventory OWNER inventory")
+        .unwrap();
+    let plan = f.workspace.join("examples/backend-switch/plan.toml");
+    let run = |root: &Path| {
+        f.migrate()
+            .args(["run", "--image", MIGRATION_IMAGE, "--plan"])
+            .arg(&plan)
+            .arg("--root")
+            .arg(root)
+            .output()
+            .unwrap()
+    };
+
+    // The import cannot log in: the run stops there, the configuration
+    // already switched, the export kept and listed.
+    let root = inventory_host(f, &etcd, &pg, "not-the-password");
+    let config = std::fs::read_to_string(root.join("etc/inventory/inventory.conf")).unwrap();
+    let listing = inventory_listing(&root.path);
+    assert_eq!(listing.lines().count(), 40, "{listing}");
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+    assert_eq!(is_active(&booted, "inventory.service"), "active");
+    let out = run(&root.path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("step import failed"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(is_active(&booted, "inventory.service"), "inactive");
+    let failed = report(&root.path).unwrap();
+    let exported = step_backups(&failed, "export");
+    assert!(
+        exported
+            .iter()
+            .any(|p| p.ends_with("/export/inventory.export"))
+            && exported
+                .iter()
+                .any(|p| p.ends_with("/export/listing-before.txt")),
+        "{failed:#}"
+    );
+    let export = exported
+        .iter()
+        .find(|p| p.ends_with("inventory.export"))
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join(export.trim_start_matches('/'))).unwrap(),
+        listing,
+        "the export holds every item"
+    );
+    assert!(
+        step_backups(&failed, "switch-backend")
+            .iter()
+            .any(|p| p.ends_with("/switch-backend/inventory.conf")),
+        "{failed:#}"
+    );
+    assert!(
+        std::fs::read_to_string(root.join("etc/inventory/inventory.conf"))
+            .unwrap()
+            .contains("backend = postgresql")
+    );
+    // Stepping back: the configuration names etcd again, the controller
+    // runs, and the service lists what it had.
+    let out = f
+        .migrate()
+        .args(["rollback", "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("inventory.service: start (the migration had stopped it)"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(is_active(&booted, "inventory.service"), "active");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/inventory/inventory.conf")).unwrap(),
+        config
+    );
+    assert_eq!(inventory_listing(&root.path), listing);
+    drop(booted);
+
+    // The switch: every item in PostgreSQL, the configuration changed in
+    // that one value, the controller running, etcd emptied last.
+    let root = inventory_host(f, &etcd, &pg, INVENTORY_PASSWORD);
+    let booted = BootedRoot::boot(f, &root.path).unwrap();
+    let out = run(&root.path);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/inventory/inventory.conf")).unwrap(),
+        config.replace("backend = etcd", "backend = postgresql"),
+        "every other byte of the configuration kept"
+    );
+    assert_eq!(is_active(&booted, "inventory.service"), "active");
+    assert_eq!(
+        inventory_listing(&root.path),
+        listing,
+        "now from PostgreSQL"
+    );
+    assert_eq!(
+        pg.psql("inventory", "SELECT count(*) FROM items").unwrap(),
+        "40"
+    );
+    assert_eq!(
+        etcd.ctl(&["get", "--prefix", "--keys-only", "/inventory/"])
+            .unwrap()
+            .trim(),
+        "",
+        "the old backend emptied"
+    );
+    let switched = report(&root.path).unwrap();
+    assert!(
+        step_backups(&switched, "verify")
+            .iter()
+            .any(|p| p.ends_with("/verify/listing-after.txt")),
+        "{switched:#}"
     );
 }
