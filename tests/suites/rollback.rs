@@ -1,5 +1,7 @@
-//! A failed cutover, then `migrate rollback`: /etc comes back exactly, the
-//! rollback says what it could not restore, and `migrate status` follows.
+//! A failed cutover, then `migrate rollback`: refused while it would put the
+//! old release's /etc over the new release's packages, unless asked for
+//! with `--etc-only`: then /etc comes back exactly, the rollback says what
+//! it could not restore and is partial, and `migrate status` follows.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -14,7 +16,7 @@ command = ["sh", "-c", "echo 'post-upgrade hook failed' >&2; exit 7"]
 "#;
 
 #[test]
-fn after_a_failed_cutover_rollback_restores_etc_exactly() {
+fn after_packages_changed_rollback_refuses_to_mix_releases_unless_asked_for_etc_alone() {
     let _serial = serial();
     let f = Fixtures::get();
     let root = f.copy_root(&f.bookworm).unwrap();
@@ -61,6 +63,11 @@ fn after_a_failed_cutover_rollback_restores_etc_exactly() {
         String::from_utf8_lossy(&refused.stderr).contains("is unfinished and used another plan")
     );
 
+    // The packages are Debian 13's now and the backup is a tar of /etc:
+    // rolling back /etc alone would mix two releases. Refused, nothing
+    // changed, the way forward and the explicit option named.
+    let etc_upgraded = tree_checksum(&root.join("etc")).unwrap();
+    let journal_before = std::fs::read(root.join("var/lib/migrate/state.json")).unwrap();
     let out = f
         .migrate()
         .arg("rollback")
@@ -68,7 +75,36 @@ fn after_a_failed_cutover_rollback_restores_etc_exactly() {
         .arg(&root.path)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("began changing packages")
+            && stderr.contains("debian:12's configuration over debian:13's packages")
+            && stderr.contains("`migrate run`")
+            && stderr.contains("--etc-only"),
+        "{stderr}"
+    );
+    assert_eq!(tree_checksum(&root.join("etc")).unwrap(), etc_upgraded);
+    assert_eq!(
+        std::fs::read(root.join("var/lib/migrate/state.json")).unwrap(),
+        journal_before,
+        "the refusal changed nothing"
+    );
+
+    // Asked for by name: /etc restored exactly, the rollback partial.
+    let out = f
+        .migrate()
+        .args(["rollback", "--etc-only", "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("partial rollback: /etc is debian:12's again"),
+        "{}",
+        show(&out)
+    );
     assert_eq!(
         tree_checksum(&root.join("etc")).unwrap(),
         etc_before,
@@ -93,8 +129,12 @@ fn after_a_failed_cutover_rollback_restores_etc_exactly() {
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["migration"]["status"], "rolled_back", "{status:#}");
+    assert_eq!(
+        status["migration"]["state"], "partly_rolled_back",
+        "{status:#}"
+    );
     assert_eq!(status["last_run"]["verb"], "rollback");
-    assert_eq!(status["last_run"]["result"], "succeeded");
+    assert_eq!(status["last_run"]["result"], "failed");
 }
 
 #[test]

@@ -204,6 +204,11 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
                     j.start_step(&done.id, done.phase)?;
                     j.finish_step(&done.id, done.phase, status.into(), None);
                 }
+                if step.kind.changes_packages() && req.verb == Verb::Run {
+                    j.packages_changed_at.get_or_insert_with(|| {
+                        crate::core::event::timestamp(std::time::SystemTime::now())
+                    });
+                }
                 j.start_step(&step.id, step.phase)
             })?;
         }

@@ -76,6 +76,9 @@ enum AgentCommand {
         /// Run id chosen by the host.
         #[arg(long, default_value = "manual")]
         run_id: String,
+        /// Restore /etc alone although packages changed since the backup.
+        #[arg(long)]
+        etc_only: bool,
     },
 }
 
@@ -189,10 +192,14 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
                 sink,
             )
         }
-        AgentCommand::Rollback { root, run_id } => {
+        AgentCommand::Rollback {
+            root,
+            run_id,
+            etc_only,
+        } => {
             check_root(&root)?;
             let _one_agent = one_agent(&root)?;
-            rollback::rollback(&root, &run_id, sink)
+            rollback::rollback(&root, &run_id, etc_only, sink)
         }
     }
 }

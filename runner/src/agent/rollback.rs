@@ -24,7 +24,12 @@ use crate::core::lifecycle::{State, Transition};
 use crate::core::phase::Phase;
 
 /// Rolls the root back. The caller has entered the private mount namespace.
-pub(crate) fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -> Result<()> {
+pub(crate) fn rollback(
+    root: &std::path::Path,
+    run_id: &str,
+    etc_only: bool,
+    sink: &EventSink,
+) -> Result<()> {
     let mut journal = Journal::load(root)
         .exit_code(ExitCode::BadInput)?
         .ok_or_else(|| {
@@ -55,9 +60,26 @@ pub(crate) fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -
         )
     })?;
     let snapshot = backup.method != Method::Tar;
+    // Without a snapshot, once packages changed, /etc alone would put the
+    // old release's configuration over the new release's programs: refused
+    // unless asked for by name, and then partial.
+    if let Some(at) = journal.packages_changed_at.as_deref().filter(|_| !snapshot) {
+        if !etc_only {
+            return Err(fail(
+                ExitCode::Inhibited,
+                format!(
+                    "migration {} began changing packages at {at}, and its safety backup is a tar of /etc, not a snapshot: restoring /etc alone would put {}'s configuration over {}'s packages. Continue forward with `migrate run` (it resumes the migration), or restore the system from a full backup; `migrate rollback --etc-only` restores /etc alone and records the rollback as partial. Nothing was changed",
+                    journal.migration_id,
+                    journal.source.release(),
+                    journal.target
+                ),
+            ));
+        }
+    }
     // A snapshot is booted back into, not restored here; a tar backup leaves
     // the packages as they are: either makes the rollback partial.
-    let complete = std::cell::Cell::new(!snapshot);
+    let partial_by_request = journal.packages_changed_at.is_some() && !snapshot;
+    let complete = std::cell::Cell::new(!snapshot && !partial_by_request);
     let mut steps = vec![PlannedStep {
         id: if snapshot { "snapshot" } else { "restore-etc" }.into(),
         kind: "rollback".into(),
@@ -198,6 +220,15 @@ pub(crate) fn rollback(root: &std::path::Path, run_id: &str, sink: &EventSink) -
         })
         .map_err(|e| fail(ExitCode::BadInput, e))?;
     journal.save(&pristine).exit_code(ExitCode::Environment)?;
+    if partial_by_request {
+        return Err(fail(
+            ExitCode::StepFailed,
+            format!(
+                "partial rollback: /etc is {}'s again, the packages stay as the migration left them (see compare-packages); the journal records the migration as partly rolled back",
+                journal.source.release()
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -126,6 +126,11 @@ pub(crate) struct Journal {
     /// Services changed by the plan.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) services: Vec<ServiceChange>,
+    /// When a package transaction first began on the root (from then on
+    /// the packages are no longer the backup's: a tar rollback of `/etc`
+    /// alone would mix two releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) packages_changed_at: Option<String>,
 }
 
 impl Journal {
@@ -164,6 +169,7 @@ impl Journal {
                 .collect(),
             backup: None,
             services: Vec::new(),
+            packages_changed_at: None,
         }
     }
 

@@ -112,6 +112,11 @@ kinds! {
 }
 
 impl Kind {
+    /// Whether a step of this kind runs a package transaction on the root.
+    pub(crate) fn changes_packages(self) -> bool {
+        matches!(self, Kind::Apt | Kind::Zypper | Kind::Dnf)
+    }
+
     /// The kind named `name` in a plan.
     pub(crate) fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.iter().copied().find(|k| k.name() == name)

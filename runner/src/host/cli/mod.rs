@@ -175,6 +175,12 @@ struct RollbackArgs {
     image: ImageArgs,
     #[command(flatten)]
     out: OutputArgs,
+    /// Restore /etc alone although the migration already changed packages
+    /// and its backup is no snapshot: the old release's configuration over
+    /// the new release's programs. Recorded as a partial rollback, exit 1.
+    /// Without it, such a rollback is refused (exit 3) and nothing changes.
+    #[arg(long)]
+    etc_only: bool,
 }
 
 /// `migrate status`.
@@ -426,7 +432,7 @@ impl Cli {
         match command {
             Command::Run(a) => run(a).await,
             Command::Check(a) => {
-                launch_verb(Verb::Check, a.root, a.plan, a.out, false, Reboot::No).await
+                launch_verb(Verb::Check, a.root, a.plan, a.out, Tweaks::default()).await
             }
             Command::Sync(a) => {
                 launch_verb(
@@ -434,8 +440,10 @@ impl Cli {
                     a.root,
                     a.plan,
                     a.out,
-                    a.new.force_new,
-                    Reboot::No,
+                    Tweaks {
+                        force_new: a.new.force_new,
+                        ..Tweaks::default()
+                    },
                 )
                 .await
             }
@@ -444,7 +452,17 @@ impl Cli {
                     image: a.image,
                     plan: None,
                 };
-                launch_verb(Verb::Rollback, a.root, plan, a.out, false, Reboot::No).await
+                launch_verb(
+                    Verb::Rollback,
+                    a.root,
+                    plan,
+                    a.out,
+                    Tweaks {
+                        etc_only: a.etc_only,
+                        ..Tweaks::default()
+                    },
+                )
+                .await
             }
             Command::Cleanup(a) => {
                 cleanup(&CleanupOptions {
@@ -496,7 +514,23 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     let verb = if a.dry_run { Verb::DryRun } else { Verb::Run };
     let reboot = if a.reboot { Reboot::Now } else { Reboot::No };
-    launch_verb(verb, a.root, a.plan, a.out, a.new.force_new, reboot).await
+    let tweaks = Tweaks {
+        force_new: a.new.force_new,
+        reboot,
+        ..Tweaks::default()
+    };
+    launch_verb(verb, a.root, a.plan, a.out, tweaks).await
+}
+
+/// What a verb adds to the options every verb shares.
+#[derive(Debug, Default)]
+struct Tweaks {
+    /// `--force-new`.
+    force_new: bool,
+    /// `--reboot`.
+    reboot: Reboot,
+    /// `rollback --etc-only`.
+    etc_only: bool,
 }
 
 /// The verbs that run the agent in a migration container.
@@ -505,8 +539,7 @@ async fn launch_verb(
     root: RootArgs,
     plan: PlanArgs,
     out: OutputArgs,
-    force_new: bool,
-    reboot: Reboot,
+    tweaks: Tweaks,
 ) -> Result<()> {
     // The configuration's image and plan apply to every run.
     let config = super::config::load(&root.root, plan.image.config.as_deref())
@@ -520,8 +553,9 @@ async fn launch_verb(
         .or(config.plan);
     opts.output = out.output;
     opts.verbose = out.verbose;
-    opts.force_new = force_new;
-    opts.reboot = reboot;
+    opts.force_new = tweaks.force_new;
+    opts.reboot = tweaks.reboot;
+    opts.etc_only = tweaks.etc_only;
     run::launch(&opts).await
 }
 

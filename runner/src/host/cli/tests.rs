@@ -107,6 +107,11 @@ fn a_flag_of_another_verb_is_one_line_naming_the_verbs_that_take_it() {
         bad(&["check", "--dry-run"]),
         "--dry-run applies to `migrate run` only"
     );
+    assert!(
+        bad(&["run", "--etc-only"]).contains("`migrate rollback` only"),
+        "{}",
+        bad(&["run", "--etc-only"])
+    );
     assert_eq!(
         bad(&["status", "--force-new"]),
         "--force-new applies to `migrate run` and `migrate sync` only"

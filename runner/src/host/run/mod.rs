@@ -63,6 +63,8 @@ pub(crate) struct LaunchOptions {
     pub(crate) verbose: u8,
     /// `--force-new`.
     pub(crate) force_new: bool,
+    /// `rollback --etc-only`.
+    pub(crate) etc_only: bool,
     /// The configuration's image: used when neither `--image` nor an
     /// unfinished migration names one.
     pub(crate) default_image: Option<String>,
@@ -86,6 +88,7 @@ impl LaunchOptions {
             output: OutputFormat::Human,
             verbose: 0,
             force_new: false,
+            etc_only: false,
             default_image: None,
             record: Record::OnChange,
             reboot: Reboot::No,
@@ -109,9 +112,10 @@ pub(crate) enum Record {
 }
 
 /// Whether a finished migration reboots the host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) enum Reboot {
     /// No: the marker waits for a reboot by someone else.
+    #[default]
     No,
     /// Yes, right away (`--reboot`).
     Now,

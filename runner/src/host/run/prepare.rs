@@ -231,6 +231,9 @@ pub(crate) fn container_spec(
     if opts.verb == Verb::Rollback {
         command.extend(["rollback".into(), "--root".into(), CONTAINER_ROOT.into()]);
         command.extend(["--run-id".into(), run_id.into()]);
+        if opts.etc_only {
+            command.push("--etc-only".into());
+        }
     } else {
         let plan = p.plan.as_ref().context("no plan")?;
         env.insert(
