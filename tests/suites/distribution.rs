@@ -112,7 +112,10 @@ fn images_from_a_registry_are_pinned_signed_promoted_mirrored_and_archived() {
     let upstream = Registry::start(&trust, "upstream", &["publisher", "mirror"]).unwrap();
     let downstream = Registry::start(&trust, "downstream", &["syncer", "host"]).unwrap();
     trust.login(f, &upstream, "publisher").unwrap();
-    trust.login(f, &downstream, "host").unwrap();
+    // The hosts' credential for the downstream is in a file of its own,
+    // named by REGISTRY_AUTH_FILE (no tool finds it otherwise).
+    let host_auth = trust.path("host-auth.json");
+    trust.login_to(f, &downstream, "host", &host_auth).unwrap();
     // Both registries must carry the publisher's signature; the downstream's
     // names map to the upstream's, which the signatures name.
     trust
@@ -221,7 +224,8 @@ fn images_from_a_registry_are_pinned_signed_promoted_mirrored_and_archived() {
     let stable_downstream = |f: &Fixtures| {
         let out = trust
             .skopeo(f)
-            .args(["inspect", "--format", "{{.Digest}}"])
+            .args(["inspect", "--format", "{{.Digest}}", "--authfile"])
+            .arg(&host_auth)
             .arg(format!("docker://{mirrored}:stable"))
             .output()
             .unwrap();
@@ -254,7 +258,8 @@ fn images_from_a_registry_are_pinned_signed_promoted_mirrored_and_archived() {
     checked(
         trust
             .skopeo(f)
-            .args(["copy", "-q", "--remove-signatures"])
+            .args(["copy", "-q", "--remove-signatures", "--src-authfile"])
+            .arg(&host_auth)
             .arg(format!("docker://{mirrored}@{edge}"))
             .arg(format!("oci-archive:{}", archive.display())),
         "skopeo copy to an archive",
@@ -271,12 +276,26 @@ fn images_from_a_registry_are_pinned_signed_promoted_mirrored_and_archived() {
     );
     assert_refused(&out, &root.path, &[&next, "not the pinned"]);
 
-    // A host migrates from the downstream's stable channel: the pull shows
-    // in the JSON events, the report names the promoted digest.
+    // A host migrates from the downstream's stable channel with the
+    // credential REGISTRY_AUTH_FILE names: the pull shows in the JSON
+    // events, the report names the promoted digest.
     let plan = trust.path("plan.toml");
     std::fs::write(&plan, CHEAP_PLAN).unwrap();
+    let without = check(f, &trust, &root.path, &format!("{mirrored}:stable"));
+    assert_eq!(
+        without.status.code(),
+        Some(4),
+        "no credential: {}",
+        show(&without)
+    );
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("authentication required"),
+        "{}",
+        show(&without)
+    );
     let out = trust
         .migrate(f)
+        .env("REGISTRY_AUTH_FILE", &host_auth)
         .args(["run", "--output", "json", "--plan"])
         .arg(&plan)
         .args(["--image", &format!("{mirrored}:stable"), "--root"])

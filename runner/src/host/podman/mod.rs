@@ -16,6 +16,7 @@
 //!   socket's peer credentials): asking for more fails where limits cannot be
 //!   raised.
 
+mod auth;
 pub(crate) mod build;
 mod http;
 pub(crate) mod service;
@@ -298,10 +299,11 @@ impl Podman {
         reference: &str,
         mut progress: impl FnMut(&str),
     ) -> Result<String> {
-        let opts = PullOpts::builder()
-            .reference(reference)
-            .quiet(false)
-            .build();
+        let mut opts = PullOpts::builder().reference(reference).quiet(false);
+        if let Some(credentials) = auth::from_env(reference)? {
+            opts.auth(credentials);
+        }
+        let opts = opts.build();
         let images = self.api.images();
         let mut stream = images.pull(&opts);
         let mut id = None;
