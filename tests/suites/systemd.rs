@@ -605,6 +605,13 @@ fn the_deb_installs_pages_completions_and_units_and_its_removal_keeps_the_config
     let r = &root.path;
     fixtures::packages::check_migrate_runs_in(r).unwrap();
     assert!(r.join("usr/bin/migrate-agent").is_file());
+    for recipe in ["backend-switch", "charm-to-snap"] {
+        let dir = r.join("usr/share/doc/migrate/examples").join(recipe);
+        assert!(
+            dir.join("plan.toml").is_file() && dir.join("README.md").is_file(),
+            "the recipe {recipe} is where its README says"
+        );
+    }
     assert!(
         r.join("etc/systemd/system/multi-user.target.wants/migrate-cleanup.service")
             .symlink_metadata()
@@ -629,7 +636,7 @@ fn the_deb_installs_pages_completions_and_units_and_its_removal_keeps_the_config
     };
     for (page, says) in [
         ("migrate", "migrate-run(8)"),
-        ("migrate-rollback", "--root"),
+        ("migrate-rollback", "--etc-only"),
         ("migrate-plan", "verify-copy"),
         ("migrate-config", "maintenance_window"),
     ] {
