@@ -215,3 +215,48 @@ fn changes_say_what_each_key_was() {
         ]
     );
 }
+
+#[test]
+fn edge_cases_of_each_format_keep_the_file_as_it_was() {
+    // TOML: dotted keys, a key added to a new table.
+    let dotted = "server.port = 80 # http\nserver.host = \"a\"\n";
+    let out = edit(Format::Toml, dotted, &set(&[("server.port", json!(8080))])).unwrap();
+    assert_eq!(out, "server.port = 8080 # http\nserver.host = \"a\"\n");
+    let out = edit(Format::Toml, "a = 1\n", &set(&[("db.url", json!("x"))])).unwrap();
+    assert!(
+        out.starts_with("a = 1\n") && out.contains("[db]\nurl = \"x\"\n"),
+        "{out}"
+    );
+    // INI: a key before any section, CRLF line endings, no final newline.
+    let crlf = "top = 1\r\n[s]\r\nk = v";
+    assert_eq!(
+        edit(
+            Format::Ini,
+            crlf,
+            &set(&[("top", json!(2)), ("s.k", json!("w"))])
+        )
+        .unwrap(),
+        "top = 2\r\n[s]\r\nk = w"
+    );
+    assert_eq!(
+        edit(Format::Ini, crlf, &set(&[("s.new", json!(3))])).unwrap(),
+        "top = 1\r\n[s]\r\nk = v\r\nnew = 3\r\n"
+    );
+    // YAML: CRLF, quoted keys, comments between keys, an empty file.
+    let yaml = "# c\r\n\"db\":\r\n  # the url\r\n  'url': x\r\n";
+    assert_eq!(
+        edit(Format::Yaml, yaml, &set(&[("db.url", json!("z"))])).unwrap(),
+        "# c\r\n\"db\":\r\n  # the url\r\n  'url': z\r\n"
+    );
+    assert_eq!(
+        edit(Format::Yaml, "", &set(&[("a", json!(1))])).unwrap(),
+        "a: 1\n"
+    );
+    assert_eq!(
+        edit(Format::Yaml, "a: 1", &set(&[("b", json!(true))])).unwrap(),
+        "a: 1\nb: true\n"
+    );
+    // A value that needs quoting in YAML is quoted; the file reads back.
+    let out = edit(Format::Yaml, "a: x\n", &set(&[("a", json!("b: c # d"))])).unwrap();
+    assert_eq!(out, "a: \"b: c # d\"\n");
+}
