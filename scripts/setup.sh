@@ -16,6 +16,7 @@ packages=(
   docker-registry skopeo        # real registries: publishing, promotion, mirroring
   apache2-utils openssl         # htpasswd users and the TLS of the test registries
   etcd-server etcd-client       # the etcd a recipe moves a service's state from
+  prometheus                    # promtool, to check the textfile metrics
 )
 missing=()
 for p in "${packages[@]}"; do

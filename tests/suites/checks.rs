@@ -211,7 +211,13 @@ fn an_unattended_run_outside_the_maintenance_window_only_syncs_and_the_cutover_w
         let window = window
             .map(|w| format!("maintenance_window = \"{w}\"\n"))
             .unwrap_or_default();
-        std::fs::write(&config, format!("enabled = true\nmode = \"run\"\n{window}")).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "enabled = true\nmode = \"run\"\nmetrics_dir = \"/var/lib/node-exporter\"\n{window}"
+            ),
+        )
+        .unwrap();
         f.migrate()
             .args(["--unattended", "--image", MIGRATION_IMAGE, "--plan"])
             .arg(&plan)
@@ -242,6 +248,15 @@ fn an_unattended_run_outside_the_maintenance_window_only_syncs_and_the_cutover_w
         (Some("sync"), Some("succeeded"))
     );
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("12"));
+    let metrics =
+        fixtures::checked_metrics(&root.join("var/lib/node-exporter/migrate.prom")).unwrap();
+    assert!(
+        metrics.contains("migrate_last_run_success{verb=\"sync\"} 1")
+            && metrics.contains("state=\"syncing\"")
+            && metrics.contains("target=\"debian:13\"")
+            && metrics.contains("migrate_reboot_pending 0"),
+        "{metrics}"
+    );
 
     // Without a window, as inside one: the cutover.
     let out = unattended(None);
@@ -254,6 +269,16 @@ fn an_unattended_run_outside_the_maintenance_window_only_syncs_and_the_cutover_w
     assert_eq!(
         (r["verb"].as_str(), r["result"].as_str()),
         (Some("run"), Some("succeeded"))
+    );
+    let metrics =
+        fixtures::checked_metrics(&root.join("var/lib/node-exporter/migrate.prom")).unwrap();
+    assert!(
+        metrics.contains("migrate_last_run_success{verb=\"run\"} 1")
+            && metrics.contains("migrate_last_run_exit_code{verb=\"run\"} 0")
+            && metrics.contains("state=\"completed\"")
+            && metrics.contains("migrate_reboot_pending 1")
+            && metrics.contains("migrate_migration_confirmed 0"),
+        "{metrics}"
     );
 }
 

@@ -386,6 +386,13 @@ fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
     let _serial = serial();
     let f = Fixtures::get();
     let root = installed_host(f).unwrap();
+    write(
+        &root.path,
+        "etc/migrate/config.toml",
+        "metrics_dir = \"/var/lib/node-exporter\"\n",
+    );
+    let metrics =
+        || fixtures::checked_metrics(&root.join("var/lib/node-exporter/migrate.prom")).unwrap();
     // Migrated offline, from the outside, by the real apt upgrade.
     let out = f
         .migrate()
@@ -405,6 +412,11 @@ fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
     assert!(root.join("var/lib/migrate/reboot-pending").exists());
     let migration_run = report(&root.path).unwrap()["run_id"].clone();
+    let m = metrics();
+    assert!(
+        m.contains("migrate_reboot_pending 1") && m.contains("migrate_migration_confirmed 0"),
+        "{m}"
+    );
 
     let booted = BootedRoot::boot(f, &root.path).unwrap();
     assert_ended(&booted, "migrate-cleanup.service", "0", "success");
@@ -423,6 +435,13 @@ fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
         field(e, "MESSAGE_ID") == CLEANUP
     });
     assert_eq!(field(&journal[verdict], "MIGRATE_RESULT"), "confirmed");
+    let m = metrics();
+    assert!(
+        m.contains("migrate_reboot_pending 0")
+            && m.contains("migrate_migration_confirmed 1")
+            && m.contains("state=\"confirmed\""),
+        "the first boot's verdict reaches the monitoring: {m}"
+    );
     drop(booted);
 
     // Later boots: the marker is gone, the cleanup does not run again.

@@ -165,6 +165,14 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
         .context("the report lost its verdict")?;
     record_verdict(&root, &marker, after.result)?;
     PendingReboot::remove(&root).exit_code(ExitCode::Environment)?;
+    // The monitoring learns the verdict (the configuration is the root's;
+    // one that cannot be read is said where it is used, not here).
+    if let Ok(config) = crate::host::config::load(&root, None)
+        && let Some(dir) = &config.metrics_dir
+    {
+        let journal = Journal::load(&root).ok().flatten();
+        crate::host::metrics::write(&root, dir, &report, journal.as_ref());
+    }
 
     let verdict = match after.result {
         BootResult::Confirmed => format!(

@@ -9,6 +9,7 @@
 //! plan = "/etc/migrate/plan.toml"        # replaces the image's plan
 //! reboot = true                          # reboot into the new release afterwards
 //! maintenance_window = "Sat,Sun 02:00-05:00"  # when that reboot may happen (local time)
+//! metrics_dir = "/var/lib/prometheus/node-exporter"  # Prometheus textfile metrics of every run
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ struct Fragment {
     plan: Option<String>,
     reboot: Option<bool>,
     maintenance_window: Option<String>,
+    metrics_dir: Option<String>,
 }
 
 /// What an unattended run does.
@@ -58,6 +60,9 @@ pub(crate) struct Config {
     pub(crate) reboot: bool,
     /// When that reboot may happen.
     pub(crate) window: Option<MaintenanceWindow>,
+    /// Where every recorded run writes its Prometheus textfile metrics (a
+    /// directory in the root).
+    pub(crate) metrics_dir: Option<String>,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
             plan: None,
             reboot: false,
             window: None,
+            metrics_dir: None,
         }
     }
 }
@@ -122,6 +128,7 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
             plan: f.plan.or(merged.plan),
             reboot: f.reboot.or(merged.reboot),
             maintenance_window: f.maintenance_window.or(merged.maintenance_window),
+            metrics_dir: f.metrics_dir.or(merged.metrics_dir),
         };
     }
     let (mode, window) = validate(&merged)?;
@@ -139,6 +146,7 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
         }),
         reboot: merged.reboot.unwrap_or(false),
         window,
+        metrics_dir: merged.metrics_dir,
     })
 }
 
@@ -147,6 +155,11 @@ fn validate(f: &Fragment) -> Result<(Mode, Option<MaintenanceWindow>)> {
     if let Some(image) = &f.image {
         crate::core::image::check_reference(image)
             .map_err(|e| anyhow::anyhow!("key `image`: {e}"))?;
+    }
+    if let Some(dir) = &f.metrics_dir
+        && !dir.starts_with('/')
+    {
+        bail!("key `metrics_dir`: {dir:?} is not an absolute path");
     }
     let mode = match f.mode.as_deref() {
         None | Some("check") => Mode::Check,

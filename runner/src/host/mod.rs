@@ -8,6 +8,7 @@ pub(crate) mod docs;
 pub(crate) mod image_cmd;
 pub(crate) mod journald;
 pub(crate) mod lock;
+pub(crate) mod metrics;
 pub(crate) mod pending;
 pub(crate) mod podman;
 pub(crate) mod preflight;

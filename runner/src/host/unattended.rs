@@ -146,6 +146,7 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
     }
     launch.image = opts.image.clone();
     launch.default_image = config.image.clone();
+    launch.metrics_dir = config.metrics_dir.clone();
     launch.plan = opts
         .plan
         .clone()

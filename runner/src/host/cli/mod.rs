@@ -547,6 +547,7 @@ async fn launch_verb(
     let mut opts = LaunchOptions::new(verb, root.root);
     opts.image = plan.image.image;
     opts.default_image = config.image;
+    opts.metrics_dir = config.metrics_dir;
     opts.plan = plan
         .plan
         .map(crate::core::plan::PlanFile::Host)

@@ -65,6 +65,9 @@ pub(crate) struct LaunchOptions {
     pub(crate) force_new: bool,
     /// `rollback --etc-only`.
     pub(crate) etc_only: bool,
+    /// The configuration's `metrics_dir`: where a recorded run writes its
+    /// Prometheus textfile metrics.
+    pub(crate) metrics_dir: Option<String>,
     /// The configuration's image: used when neither `--image` nor an
     /// unfinished migration names one.
     pub(crate) default_image: Option<String>,
@@ -89,6 +92,7 @@ impl LaunchOptions {
             verbose: 0,
             force_new: false,
             etc_only: false,
+            metrics_dir: None,
             default_image: None,
             record: Record::OnChange,
             reboot: Reboot::No,

@@ -73,6 +73,10 @@ impl Session<'_> {
                 Err(fail(ExitCode::Environment, format!("{e:#}"))),
             );
         }
+        if wrote && let Some(dir) = &opts.metrics_dir {
+            let journal = crate::core::journal::Journal::load(root).ok().flatten();
+            crate::host::metrics::write(root, dir, &session.report, journal.as_ref());
+        }
         if check_json {
             match serde_json::to_string(&session.report) {
                 Ok(j) => println!("{j}"),
