@@ -176,7 +176,7 @@ impl StepKind for ConfigStep {
 /// `juju config` shape (`settings: KEY: {value: ...}`) gives each setting's
 /// value; a plain mapping gives its keys, nested ones joined with dots.
 pub(crate) fn read_settings(text: &str) -> Result<BTreeMap<String, Value>> {
-    let docs = yaml_rust2::YamlLoader::load_from_str(text).context("invalid YAML")?;
+    let docs = crate::core::config_edit::load_yaml(text).map_err(anyhow::Error::msg)?;
     let Some(doc) = docs.into_iter().next() else {
         return Ok(BTreeMap::new());
     };

@@ -161,7 +161,8 @@ fn yaml_beyond_block_mappings_of_scalars_is_refused_with_the_reason() {
         ("a: |\n  x\n", "a", "block scalar"),
         ("a: [1, 2]\n", "a", "flow collection"),
         ("a: {b: 1}\n", "a.b", "is a value, not a mapping"),
-        ("base: &b x\na: *b\n", "a", "anchored, aliased or tagged"),
+        ("base: &b x\na: *b\n", "a", "uses aliases"),
+        ("base: &b x\na: 1\n", "base", "anchored, aliased or tagged"),
         ("a:\n  b: 1\n", "a", "a mapping or nothing"),
         ("a: 1\n---\nb: 2\n", "a", "several documents"),
         ("- a\n- b\n", "a", "not a mapping"),
@@ -259,4 +260,17 @@ fn edge_cases_of_each_format_keep_the_file_as_it_was() {
     // A value that needs quoting in YAML is quoted; the file reads back.
     let out = edit(Format::Yaml, "a: x\n", &set(&[("a", json!("b: c # d"))])).unwrap();
     assert_eq!(out, "a: \"b: c # d\"\n");
+}
+
+#[test]
+fn nested_aliases_are_refused_before_they_expand() {
+    // Nine levels of nine aliases: 9^9 nodes if the loader expanded them.
+    let mut text = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+        text.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+    }
+    text.push_str("key: value\n");
+    let e = edit(Format::Yaml, &text, &set(&[("key", json!("v"))])).unwrap_err();
+    assert!(e.contains("uses aliases"), "{e}");
 }

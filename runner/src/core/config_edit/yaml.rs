@@ -237,10 +237,32 @@ fn render(value: &Value, quote: Option<char>) -> String {
     }
 }
 
+/// Parses YAML, refusing aliases (`*name`) before anything is built: the
+/// loader copies the anchored node for every alias, so a few hundred bytes
+/// of nested aliases would expand into gigabytes (files read here may come
+/// from a hostile root).
+pub(crate) fn load(text: &str) -> Result<Vec<yaml_rust2::Yaml>, String> {
+    struct Aliases(bool);
+    impl yaml_rust2::parser::MarkedEventReceiver for Aliases {
+        fn on_event(&mut self, ev: yaml_rust2::parser::Event, _mark: yaml_rust2::scanner::Marker) {
+            if matches!(ev, yaml_rust2::parser::Event::Alias(_)) {
+                self.0 = true;
+            }
+        }
+    }
+    let mut aliases = Aliases(false);
+    yaml_rust2::parser::Parser::new_from_str(text)
+        .load(&mut aliases, true)
+        .map_err(|e| format!("not valid YAML: {e}"))?;
+    if aliases.0 {
+        return Err("the YAML file uses aliases (*name), which migrate does not read".into());
+    }
+    yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| format!("not valid YAML: {e}"))
+}
+
 /// The document as JSON: one mapping (an empty file is an empty mapping).
 fn document(text: &str) -> Result<Value, String> {
-    let docs =
-        yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| format!("not valid YAML: {e}"))?;
+    let docs = load(text)?;
     match docs.as_slice() {
         [] => Ok(Value::Object(serde_json::Map::new())),
         [one] => match yaml_to_json(one) {
