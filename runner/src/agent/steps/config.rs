@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
 use super::{StepContext, StepKind};
-use crate::core::config_edit::{self, Format, yaml_to_json};
+use crate::core::config_edit::{self, Format, flatten, yaml_to_json};
 use crate::core::event::StepStatus;
 use crate::core::fsutil::write_atomic;
 use crate::core::kinds::config::{ConfigOptions, Mapping, Transform};
@@ -194,24 +194,6 @@ pub(crate) fn read_settings(text: &str) -> Result<BTreeMap<String, Value>> {
     }
     flatten("", &Value::Object(top), &mut out);
     Ok(out)
-}
-
-fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
-    match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.clone());
-        }
-    }
 }
 
 fn is_empty(v: &Value) -> bool {

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub(crate) use yaml::{load as load_yaml, yaml_to_json};
+pub(crate) use yaml::{flatten, load as load_yaml, yaml_to_json};
 
 /// A configuration file format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]

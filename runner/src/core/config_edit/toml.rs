@@ -59,9 +59,7 @@ pub(super) fn edit(text: &str, set: &BTreeMap<String, Value>) -> Result<String, 
 
 /// Every scalar of the document by dotted key, as text.
 pub(super) fn values(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    super::yaml::flatten_json("", &json(text)?, &mut out);
-    Ok(out)
+    Ok(super::yaml::flatten_text(&json(text)?))
 }
 
 fn json(text: &str) -> Result<Value, String> {

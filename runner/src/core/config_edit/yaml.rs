@@ -61,9 +61,7 @@ pub(super) fn edit(text: &str, set: &BTreeMap<String, Value>) -> Result<String, 
 
 /// Every scalar of the document by dotted key, as text.
 pub(super) fn values(text: &str) -> Result<BTreeMap<String, String>, String> {
-    let mut out = BTreeMap::new();
-    flatten_json("", &document(text)?, &mut out);
-    Ok(out)
+    Ok(flatten_text(&document(text)?))
 }
 
 /// What kind of value the editor cannot change, if `value` is one.
@@ -294,23 +292,31 @@ pub(super) fn put(tree: &mut Value, path: &[&str], value: Value) {
     }
 }
 
-/// Every scalar of a JSON tree by dotted key, as text.
-pub(super) fn flatten_json(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+/// Every leaf of a JSON tree (a value, or an empty mapping) by its
+/// dotted key: nested keys joined with dots.
+pub(crate) fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
     match value {
-        Value::Object(map) => {
+        Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
                 let key = if prefix.is_empty() {
                     k.clone()
                 } else {
                     format!("{prefix}.{k}")
                 };
-                flatten_json(&key, v, out);
+                flatten(&key, v, out);
             }
         }
         other => {
-            out.insert(prefix.to_string(), scalar_text(other));
+            out.insert(prefix.to_string(), other.clone());
         }
     }
+}
+
+/// Every leaf of a JSON tree by dotted key, as text.
+pub(super) fn flatten_text(tree: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    flatten("", tree, &mut out);
+    out.into_iter().map(|(k, v)| (k, scalar_text(&v))).collect()
 }
 
 /// A YAML node as JSON (aliases and bad values as null).
