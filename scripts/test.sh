@@ -27,6 +27,14 @@ timed() {
   fi
 }
 
+# A full run needs about 10 GB (builds, base roots, images, scratch roots);
+# say so up front instead of failing half-way with ENOSPC.
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+echo "== disk: $((free_kb / 1024 / 1024)) GB free where the build runs"
+if [ "$free_kb" -lt $((6 * 1024 * 1024)) ]; then
+  echo "test.sh: less than 6 GB free on $(df -P . | awk 'NR == 2 { print $6 }'); a full run needs about 10 GB" >&2
+fi
+
 all_start=$(date +%s)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
