@@ -17,6 +17,7 @@ packages=(
   apache2-utils openssl         # htpasswd users and the TLS of the test registries
   etcd-server etcd-client       # the etcd a recipe moves a service's state from
   prometheus                    # promtool, to check the textfile metrics
+  btrfs-progs                   # loop-mounted btrfs roots: snapshots and rollback from them
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -2,10 +2,86 @@
 //! old release's /etc over the new release's packages, unless asked for
 //! with `--etc-only`: then /etc comes back exactly, the rollback says what
 //! it could not restore and is partial, and `migrate status` follows.
+//!
+//! On btrfs (a loop-mounted file system of the test's own): the safety
+//! backup is a snapshot (snapper's where the root has it configured), a
+//! second one is taken after the cutover, and `migrate rollback` puts a copy
+//! of the first in the root's place: every package and file as before, the
+//! migration's records kept, the migrated root kept beside it.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
-use fixtures::{Fixtures, LiveRun, MIGRATION_IMAGE, dropin, serial, show, tree_checksum};
+use std::path::Path;
+
+use fixtures::btrfs::{Btrfs, bookworm_with_snapshot_tools};
+use fixtures::{
+    Fixtures, LiveRun, MIGRATION_IMAGE, dropin, report, serial, show, tree_checksum,
+    tree_checksum_except,
+};
+
+/// What a rollback from a snapshot does not bring back as it was: the
+/// migration's records (kept) and the snapshots (moved into the root).
+const RECORDS: [&str; 3] = [".snapshots", "var/lib/migrate", "var/log/migrate"];
+
+fn chroot(root: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("chroot")
+        .arg(root)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The root's snapper, as on a booted system: the root a mount point, /proc
+/// mounted (snapper finds its file system in /etc/mtab).
+fn snapper(root: &Path, args: &[&str]) -> String {
+    let mount = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount {args:?}: {}", show(&out));
+    };
+    mount(&["--bind".as_ref(), root.as_os_str(), root.as_os_str()]);
+    mount(&[
+        "-t".as_ref(),
+        "proc".as_ref(),
+        "proc".as_ref(),
+        root.join("proc").as_os_str(),
+    ]);
+    let mut all = vec!["snapper", "--no-dbus", "-c", "root"];
+    all.extend_from_slice(args);
+    let out = std::process::Command::new("chroot")
+        .arg(root)
+        .args(&all)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .unwrap();
+    for m in [root.join("proc"), root.to_path_buf()] {
+        let _ = std::process::Command::new("umount").arg(m).status();
+    }
+    assert!(out.status.success(), "snapper {args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn journal(root: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root.join("var/lib/migrate/state.json")).unwrap())
+        .unwrap()
+}
+
+fn version_id(root: &Path) -> String {
+    std::fs::read_to_string(root.join("usr/lib/os-release"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_ID="))
+        .unwrap()
+        .trim_matches('"')
+        .to_string()
+}
 
 const FAIL_AT_THE_END: &str = r#"
 [[step]]
@@ -138,10 +214,19 @@ fn after_packages_changed_rollback_refuses_to_mix_releases_unless_asked_for_etc_
 }
 
 #[test]
-fn status_reports_per_step_states_during_and_after_a_run() {
+fn status_reports_per_step_states_during_and_after_a_run_and_a_snapper_root_rolls_back_whole() {
     let _serial = serial();
     let f = Fixtures::get();
-    let root = f.copy_root(&f.bookworm).unwrap();
+    let fs = Btrfs::new(f, "4G").unwrap();
+    let tools = bookworm_with_snapshot_tools(f).unwrap();
+    let root = fs.root_from(&tools, "root").unwrap();
+    std::os::unix::fs::symlink("../proc/self/mounts", root.join("etc/mtab")).unwrap();
+    snapper(&root, &["create-config", "/"]);
+    let files_before = tree_checksum_except(&root, &RECORDS).unwrap();
+    let packages_before = chroot(
+        &root,
+        &["dpkg-query", "-W", "-f", "${Package} ${Version}\\n"],
+    );
     let status = |root: &std::path::Path| -> serde_json::Value {
         let out = f
             .migrate()
@@ -152,16 +237,16 @@ fn status_reports_per_step_states_during_and_after_a_run() {
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    let before = status(&root.path);
+    let before = status(&root);
     assert!(
         before["migration"].is_null() && before["last_run"].is_null(),
         "{before:#}"
     );
 
-    let mut run = LiveRun::start(f, &["run", "--image", MIGRATION_IMAGE], &root.path).unwrap();
+    let mut run = LiveRun::start(f, &["run", "--image", MIGRATION_IMAGE], &root).unwrap();
     run.until(|e| e["event"] == "step_started" && e["step"] == "upgrade-packages")
         .expect("the upgrade started");
-    let during = status(&root.path);
+    let during = status(&root);
     let state = |s: &serde_json::Value, id: &str| -> String {
         s["migration"]["steps"]
             .as_array()
@@ -181,7 +266,7 @@ fn status_reports_per_step_states_during_and_after_a_run() {
     let human = f
         .migrate()
         .args(["status", "--root"])
-        .arg(&root.path)
+        .arg(&root)
         .output()
         .unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
@@ -192,10 +277,246 @@ fn status_reports_per_step_states_during_and_after_a_run() {
 
     let (code, stderr) = run.finish().unwrap();
     assert_eq!(code, Some(0), "{stderr}");
-    let after = status(&root.path);
+    let after = status(&root);
     assert_eq!(after["migration"]["status"], "completed");
     for id in ["switch-sources", "upgrade-packages", "verify-release"] {
         assert_eq!(state(&after, id), "succeeded", "{id}: {after:#}");
     }
     assert_eq!(after["last_run"]["result"], "succeeded");
+    assert_eq!(version_id(&root), "13");
+
+    // The safety backup was snapper's "pre", the end of the cutover its
+    // "post", both named after the migration, in the journal and report.
+    let id = journal(&root)["migration_id"].as_str().unwrap().to_string();
+    let backup = journal(&root)["backup"].clone();
+    assert_eq!(backup["method"], "snapper", "{backup:#}");
+    let (pre, post) = (
+        backup["location"].as_str().unwrap().to_string(),
+        backup["post_cutover"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(report(&root).unwrap()["safety_backup"], backup);
+    let list = snapper(&root, &["list"]);
+    let row = |number: &str| -> String {
+        list.lines()
+            .find(|l| {
+                l.split('|')
+                    .next()
+                    .is_some_and(|n| n.trim().trim_end_matches(['*', '+', '-']) == number)
+            })
+            .unwrap_or_else(|| panic!("snapshot {number} not listed: {list}"))
+            .to_string()
+    };
+    assert!(
+        row(&pre).contains("pre") && row(&pre).contains(&format!("migrate {id} safety backup")),
+        "{list}"
+    );
+    assert!(
+        row(&post).contains("post")
+            && row(&post).contains(&format!("migrate {id} after the cutover")),
+        "{list}"
+    );
+
+    // The rollback: Debian 12 with every package and file as before.
+    let out = f
+        .migrate()
+        .args(["rollback", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let kept = fs.mount.join(format!("root.rolled-back-{id}"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("the migrated root is kept as {}", kept.display())),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(version_id(&root), "12");
+    assert_eq!(
+        chroot(
+            &root,
+            &["dpkg-query", "-W", "-f", "${Package} ${Version}\\n"]
+        ),
+        packages_before
+    );
+    assert_eq!(
+        tree_checksum_except(&root, &RECORDS).unwrap(),
+        files_before,
+        "every file as before the migration"
+    );
+    assert_eq!(version_id(&kept), "13", "the migrated root is kept");
+    // The snapshots stay with the root: snapper lists them there.
+    let list = snapper(&root, &["list"]);
+    assert!(
+        list.contains(&format!("migrate {id} safety backup")),
+        "{list}"
+    );
+    let rolled = status(&root);
+    assert_eq!(rolled["migration"]["status"], "rolled_back", "{rolled:#}");
+    assert_eq!(rolled["migration"]["state"], "rolled_back", "{rolled:#}");
+    assert_eq!(rolled["last_run"]["verb"], "rollback");
+    assert_eq!(rolled["last_run"]["result"], "succeeded");
+    // The migration's own records came along: its runs in the journal,
+    // its log beside the rollback's.
+    assert!(
+        journal(&root)["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["verb"] == "run"),
+        "{:#}",
+        journal(&root)
+    );
+    assert!(
+        !fs.mount.join(".root.migrate-restore").exists(),
+        "no copy left behind"
+    );
+}
+
+#[test]
+fn a_btrfs_root_is_rolled_back_from_its_snapshot_and_a_missing_snapshot_changes_nothing() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let fs = Btrfs::new(f, "3G").unwrap();
+    let tools = bookworm_with_snapshot_tools(f).unwrap();
+    let root = fs.root_from(&tools, "srv").unwrap();
+    let files_before = tree_checksum_except(&root, &RECORDS).unwrap();
+    // A cheap cutover that changes the system where an upgrade would.
+    let plan = fs.mount.parent().unwrap().join("plan.toml");
+    std::fs::write(
+        &plan,
+        r#"
+[[step]]
+id = "change-the-system"
+kind = "command"
+phase = "cutover"
+command = ["sh", "-c", "rm /etc/hostname; echo migrated > /etc/motd; mkdir -p /opt/new; echo x > /opt/new/file; rm -r /usr/share/doc/bash"]
+"#,
+    )
+    .unwrap();
+    let out = f
+        .migrate()
+        .args(["run", "--image", MIGRATION_IMAGE, "--plan"])
+        .arg(&plan)
+        .arg("--root")
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let id = journal(&root)["migration_id"].as_str().unwrap().to_string();
+    let backup = journal(&root)["backup"].clone();
+    assert_eq!(backup["method"], "btrfs", "{backup:#}");
+    assert_eq!(backup["location"], format!("/.snapshots/migrate-{id}"));
+    assert_eq!(
+        backup["post_cutover"],
+        format!("/.snapshots/migrate-{id}-post")
+    );
+    assert_eq!(report(&root).unwrap()["safety_backup"], backup);
+    let subvolumes = fs.subvolumes().unwrap();
+    for s in [
+        "srv".to_string(),
+        "srv/.snapshots".to_string(),
+        format!("srv/.snapshots/migrate-{id}"),
+        format!("srv/.snapshots/migrate-{id}-post"),
+    ] {
+        assert!(subvolumes.contains(&s), "{s}: {subvolumes:?}");
+    }
+    let migrated = tree_checksum(&root).unwrap();
+    assert_ne!(tree_checksum_except(&root, &RECORDS).unwrap(), files_before);
+
+    // The snapshot gone: refused in one line, nothing changed.
+    let snapshots = root.join(".snapshots");
+    std::fs::rename(
+        snapshots.join(format!("migrate-{id}")),
+        snapshots.join("elsewhere"),
+    )
+    .unwrap();
+    let out = f
+        .migrate()
+        .args(["rollback", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the btrfs snapshot /.snapshots/migrate-{id} of migration {id} is gone"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    std::fs::rename(
+        snapshots.join("elsewhere"),
+        snapshots.join(format!("migrate-{id}")),
+    )
+    .unwrap();
+    assert_eq!(
+        tree_checksum(&root).unwrap(),
+        migrated,
+        "the refusal changed nothing"
+    );
+    assert_eq!(fs.subvolumes().unwrap(), subvolumes);
+
+    let out = f
+        .migrate()
+        .args(["rollback", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        tree_checksum_except(&root, &RECORDS).unwrap(),
+        files_before,
+        "every file as before the migration"
+    );
+    let kept = fs.mount.join(format!("srv.rolled-back-{id}"));
+    assert_eq!(
+        std::fs::read_to_string(kept.join("etc/motd")).unwrap(),
+        "migrated\n"
+    );
+    assert!(
+        root.join(format!(".snapshots/migrate-{id}/etc/hostname"))
+            .exists()
+    );
+    assert_eq!(journal(&root)["state"], "rolled_back");
+    let report = report(&root).unwrap();
+    assert_eq!(report["verb"], "rollback");
+    assert_eq!(report["result"], "succeeded");
+    // The run that migrated left its log; it is in the restored root.
+    let logs: Vec<String> = std::fs::read_dir(root.join("var/log/migrate"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let run_id = journal(&root)["runs"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        logs.iter().any(|l| l.contains(&run_id)),
+        "the migration's log {run_id} is kept: {logs:?}"
+    );
+    let mut expected = vec![
+        "srv".to_string(),
+        "srv/.snapshots".to_string(),
+        format!("srv/.snapshots/migrate-{id}"),
+        format!("srv/.snapshots/migrate-{id}-post"),
+        format!("srv.rolled-back-{id}"),
+    ];
+    expected.sort();
+    assert_eq!(
+        fs.subvolumes().unwrap(),
+        expected,
+        "nothing else left behind"
+    );
+
+    // Rolled back once: a second rollback is refused.
+    let again = f
+        .migrate()
+        .args(["rollback", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", show(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("was already rolled back"));
 }

@@ -267,7 +267,38 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
         judge_checks(&run)?;
     }
     if req.verb == Verb::Run {
+        post_cutover_snapshot(&run)?;
         with_journal(&run, |j| j.advance(Transition::Complete))?;
+    }
+    Ok(())
+}
+
+/// A snapshot-backed migration's second snapshot, once its cutover is
+/// done (not again when a resumed run finishes it).
+fn post_cutover_snapshot(run: &RunContext) -> Result<()> {
+    let Some((migration, backup)) = run.journal.borrow().as_ref().and_then(|j| {
+        j.backup
+            .clone()
+            .filter(|b| b.post_cutover.is_none())
+            .map(|b| (j.migration_id.clone(), b))
+    }) else {
+        return Ok(());
+    };
+    let taken = crate::agent::steps::backup::post_cutover_snapshot(&run.root, &migration, &backup)
+        .context("taking the snapshot after the cutover")
+        .exit_code(ExitCode::StepFailed)?;
+    if let Some(location) = taken {
+        run.sink.emit(Event::Output {
+            step: None,
+            stream: OutputStream::Stdout,
+            line: format!("after the cutover: {} snapshot {location}", backup.method),
+        });
+        with_journal(run, |j| {
+            if let Some(b) = j.backup.as_mut() {
+                b.post_cutover = Some(location);
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }

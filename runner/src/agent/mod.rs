@@ -79,6 +79,11 @@ enum AgentCommand {
         /// Restore /etc alone although packages changed since the backup.
         #[arg(long)]
         etc_only: bool,
+        /// The root is a writable copy of the migration's pre-cutover
+        /// snapshot, made by the host; the migrated root is mounted here
+        /// (read-only) for the migration's journal, report and logs.
+        #[arg(long)]
+        restored_from: Option<PathBuf>,
     },
 }
 
@@ -196,10 +201,12 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             root,
             run_id,
             etc_only,
+            restored_from,
         } => {
             check_root(&root)?;
             let _one_agent = one_agent(&root)?;
-            rollback::rollback(&root, &run_id, etc_only, sink)
+            let _migrated = restored_from.as_deref().map(one_agent).transpose()?;
+            rollback::rollback(&root, &run_id, etc_only, restored_from.as_deref(), sink)
         }
     }
 }

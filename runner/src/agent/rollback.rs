@@ -4,8 +4,15 @@
 //! - tar backup: `/etc` is restored exactly (removed files come back, added
 //!   ones go, owners, modes and mtimes as they were); packages upgraded since
 //!   the backup are listed: they cannot be downgraded without a snapshot.
-//! - btrfs/snapper snapshot: the snapshot holds the whole system; returning
-//!   to it means booting it, which the rollback says how to do.
+//! - btrfs/snapper snapshot of a root directory: the host has made a
+//!   writable copy of the pre-cutover snapshot and runs the rollback on it
+//!   (`--restored-from` names the migrated root): the migration's journal,
+//!   report and logs are copied over from the migrated root, so that the
+//!   evidence survives, and the journal says the migration was rolled back.
+//!   The host then puts the copy in the root's place.
+//! - btrfs/snapper snapshot of the running host: the snapshot holds the
+//!   whole system; returning to it means booting it, which the rollback says
+//!   how to do.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -28,8 +35,14 @@ pub(crate) fn rollback(
     root: &std::path::Path,
     run_id: &str,
     etc_only: bool,
+    restored_from: Option<&std::path::Path>,
     sink: &EventSink,
 ) -> Result<()> {
+    if let Some(migrated) = restored_from {
+        // The snapshot predates the cutover: its journal and logs are
+        // older than the migration's own, which replace them.
+        copy_evidence(migrated, root).exit_code(ExitCode::Environment)?;
+    }
     let mut journal = Journal::load(root)
         .exit_code(ExitCode::BadInput)?
         .ok_or_else(|| {
@@ -60,6 +73,15 @@ pub(crate) fn rollback(
         )
     })?;
     let snapshot = backup.method != Method::Tar;
+    if restored_from.is_some() && !snapshot {
+        return Err(fail(
+            ExitCode::BadInput,
+            format!(
+                "migration {}'s safety backup is a tar of /etc, not a snapshot",
+                journal.migration_id
+            ),
+        ));
+    }
     // Without a snapshot, once packages changed, /etc alone would put the
     // old release's configuration over the new release's programs: refused
     // unless asked for by name, and then partial.
@@ -79,12 +101,18 @@ pub(crate) fn rollback(
     // A snapshot is booted back into, not restored here; a tar backup leaves
     // the packages as they are: either makes the rollback partial.
     let partial_by_request = journal.packages_changed_at.is_some() && !snapshot;
-    let complete = std::cell::Cell::new(!snapshot && !partial_by_request);
+    let complete =
+        std::cell::Cell::new(restored_from.is_some() || (!snapshot && !partial_by_request));
     let mut steps = vec![PlannedStep {
         id: if snapshot { "snapshot" } else { "restore-etc" }.into(),
         kind: "rollback".into(),
         phase: Phase::Cutover,
-        description: if snapshot {
+        description: if restored_from.is_some() {
+            format!(
+                "Make the root a copy of the {} snapshot {} again",
+                backup.method, backup.location
+            )
+        } else if snapshot {
             format!(
                 "Return to the {} snapshot {}",
                 backup.method, backup.location
@@ -102,7 +130,8 @@ pub(crate) fn rollback(
             description: "Compare the installed packages with the backup".into(),
         });
     }
-    if !journal.services.is_empty() {
+    // A snapshot's copy has the services as they were before the cutover.
+    if !journal.services.is_empty() && restored_from.is_none() {
         steps.push(PlannedStep {
             id: "step-back-services".into(),
             kind: "rollback".into(),
@@ -122,7 +151,19 @@ pub(crate) fn rollback(
     let pristine = mounts::pristine_view(root).exit_code(ExitCode::Environment)?;
     mounts::prepare(root).exit_code(ExitCode::Environment)?;
 
-    if snapshot {
+    if restored_from.is_some() {
+        step(sink, "snapshot", || {
+            say(
+                sink,
+                "snapshot",
+                format!(
+                    "the root is a writable copy of the {} snapshot {}, taken before the cutover: every package and file as they were then; the migration's journal, report and logs were copied from the migrated root",
+                    backup.method, backup.location
+                ),
+            );
+            Ok(StepStatus::Succeeded)
+        })?;
+    } else if snapshot {
         step(sink, "snapshot", || {
             let how = if backup.method == Method::Snapper {
                 format!(
@@ -206,7 +247,7 @@ pub(crate) fn rollback(
             })?;
         }
     }
-    if !journal.services.is_empty() {
+    if !journal.services.is_empty() && restored_from.is_none() {
         step(sink, "step-back-services", || {
             for line in crate::agent::steps::service::step_back(&pristine, &journal.services)? {
                 say(sink, "step-back-services", line);
@@ -228,6 +269,33 @@ pub(crate) fn rollback(
                 journal.source.release()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// What a migration leaves for the record, relative to the root.
+const EVIDENCE: [&str; 2] = ["var/lib/migrate", "var/log/migrate"];
+
+/// Replaces the root's journal, reports and logs with the migrated root's.
+fn copy_evidence(migrated: &std::path::Path, root: &std::path::Path) -> Result<()> {
+    for rel in EVIDENCE {
+        let (from, to) = (migrated.join(rel), root.join(rel));
+        if !std::fs::symlink_metadata(&from).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        if std::fs::symlink_metadata(&to).is_ok() {
+            std::fs::remove_dir_all(&to).with_context(|| format!("removing {}", to.display()))?;
+        }
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::process::Command::new("cp")
+            .args(["-a", "--no-target-directory"])
+            .arg(&from)
+            .arg(&to)
+            .run_captured()
+            .with_context(|| format!("copying {rel} from the migrated root"))?;
     }
     Ok(())
 }

@@ -167,6 +167,17 @@ pub(crate) fn lock_holder(path: &Path) -> Result<Option<String>> {
     Ok(Some(format!("pid {pid} ({})", comm.trim())))
 }
 
+/// Whether `path` is the top directory of a btrfs subvolume (not followed
+/// if it is a symlink).
+pub(crate) fn is_subvolume(path: &Path) -> bool {
+    let on_btrfs = nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC);
+    // The top directory of a btrfs subvolume has inode 256.
+    on_btrfs
+        && std::fs::symlink_metadata(path)
+            .is_ok_and(|m| m.file_type().is_dir() && std::os::unix::fs::MetadataExt::ino(&m) == 256)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,7 +62,7 @@ pub(crate) struct JournalStep {
 }
 
 /// Where the safety backup is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct BackupRecord {
     /// `tar`, `btrfs` or `snapper`.
     pub(crate) method: Method,
@@ -74,6 +74,10 @@ pub(crate) struct BackupRecord {
     /// The package manager whose package selection the backup holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) package_manager: Option<String>,
+    /// The snapshot taken when the cutover finished (btrfs, snapper): the
+    /// migrated system as the run left it, before its first boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) post_cutover: Option<String>,
 }
 
 /// A service the plan stopped or disabled, so that rollback can step it back.

@@ -181,6 +181,11 @@ pub(crate) struct Report {
     /// What the first boot after the migration found (`migrate cleanup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) after_reboot: Option<AfterReboot>,
+    /// The migration's safety backup as the state journal records it when
+    /// the run ends: where `migrate rollback` returns to, and for a
+    /// snapshot-backed migration the snapshot taken after the cutover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) safety_backup: Option<crate::core::journal::BackupRecord>,
 }
 
 /// How the first boot into the new release went.
@@ -307,6 +312,7 @@ impl Report {
             reboot_requested_at: None,
             downtime: None,
             after_reboot: None,
+            safety_backup: None,
         }
     }
 

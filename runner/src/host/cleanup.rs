@@ -267,6 +267,7 @@ async fn post_phase(
         target: marker.target.clone(),
         resuming: false,
         pulled: false,
+        restored_from: None,
     };
     let mut lo = LaunchOptions::new(Verb::Cleanup, root.to_path_buf());
     lo.output = opts.output;

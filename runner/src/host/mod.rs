@@ -16,6 +16,7 @@ pub(crate) mod reboot;
 pub(crate) mod render;
 pub(crate) mod run;
 pub(crate) mod runlog;
+pub(crate) mod snapshot;
 pub(crate) mod status;
 pub(crate) mod systemd;
 pub(crate) mod unattended;

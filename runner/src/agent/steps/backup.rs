@@ -65,7 +65,9 @@ impl StepKind for SafetyBackup {
         let pristine = &ctx.run.pristine;
         let method = match self.method {
             Method::Auto if snapper_configured(pristine) => Method::Snapper,
-            Method::Auto if btrfs_subvolume(pristine) && has_tool(pristine, "btrfs") => {
+            Method::Auto
+                if crate::core::fsutil::is_subvolume(pristine) && has_tool(pristine, "btrfs") =>
+            {
                 Method::Btrfs
             }
             Method::Auto => Method::Tar,
@@ -87,7 +89,7 @@ impl StepKind for SafetyBackup {
         let pristine = &ctx.run.pristine;
         let what = if snapper_configured(pristine) && self.method != Method::Tar {
             "a snapper snapshot of the root"
-        } else if btrfs_subvolume(pristine) && self.method != Method::Tar {
+        } else if crate::core::fsutil::is_subvolume(pristine) && self.method != Method::Tar {
             "a read-only btrfs snapshot of the root"
         } else {
             "a tarball of /etc and the package selection under /var/lib/migrate/backup/"
@@ -107,36 +109,39 @@ fn snapper_configured(root: &Path) -> bool {
     root.join("etc/snapper/configs/root").is_file() && has_tool(root, "snapper")
 }
 
-fn btrfs_subvolume(root: &Path) -> bool {
-    let on_btrfs = nix::sys::statfs::statfs(root)
-        .map(|s| s.filesystem_type() == nix::sys::statfs::BTRFS_SUPER_MAGIC)
-        .unwrap_or(false);
-    // The top directory of a btrfs subvolume has inode 256.
-    on_btrfs
-        && std::fs::metadata(root)
-            .map(|m| m.ino() == 256)
-            .unwrap_or(false)
-}
-
 fn btrfs_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
     let pristine = &ctx.run.pristine;
-    if !btrfs_subvolume(pristine) {
+    if !crate::core::fsutil::is_subvolume(pristine) {
         bail!("the root is not a btrfs subvolume; use method tar");
     }
-    std::fs::create_dir_all(pristine.join(".snapshots")).context("creating /.snapshots")?;
+    // A subvolume of its own, as snapper makes it: later snapshots of the
+    // root leave it out, and a rollback moves it into the restored root.
+    if std::fs::symlink_metadata(pristine.join(".snapshots")).is_err() {
+        ctx.run(
+            ctx.chroot("btrfs")
+                .args(["subvolume", "create", "/.snapshots"]),
+        )?;
+    }
     let location = format!("/.snapshots/migrate-{migration}");
-    ctx.run(chroot(pristine, "btrfs").args(["subvolume", "snapshot", "-r", "/", &location]))?;
+    ctx.run(
+        ctx.chroot("btrfs")
+            .args(["subvolume", "snapshot", "-r", "/", &location]),
+    )?;
     Ok(BackupRecord {
         method: Method::Btrfs,
         location,
         created_at: timestamp(std::time::SystemTime::now()),
         package_manager: None,
+        post_cutover: None,
     })
 }
 
 fn snapper_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
-    let number = chroot(&ctx.run.pristine, "snapper")
-        .args(["--no-dbus", "-c", "root", "create", "--type", "single"])
+    // In the root with /proc mounted: snapper finds the file system in
+    // /etc/mtab, the kernel's mount table.
+    let number = ctx
+        .chroot("snapper")
+        .args(["--no-dbus", "-c", "root", "create", "--type", "pre"])
         .args(["--cleanup-algorithm", "number", "--print-number"])
         .args([
             "--description",
@@ -148,7 +153,42 @@ fn snapper_snapshot(ctx: &StepContext<'_>, migration: &str) -> Result<BackupReco
         location: number.trim().to_string(),
         created_at: timestamp(std::time::SystemTime::now()),
         package_manager: None,
+        post_cutover: None,
     })
+}
+
+/// The second snapshot of a snapshot-backed migration, taken when its
+/// cutover finished: the migrated system before its first boot (snapper's
+/// `post` of the safety backup's `pre`, so `snapper list` pairs them).
+/// Returns its location, or `None` for a tar backup. `root` is the root
+/// with /proc mounted.
+pub(crate) fn post_cutover_snapshot(
+    root: &Path,
+    migration: &str,
+    backup: &BackupRecord,
+) -> Result<Option<String>> {
+    match backup.method {
+        Method::Tar | Method::Auto => Ok(None),
+        Method::Btrfs => {
+            let location = format!("/.snapshots/migrate-{migration}-post");
+            chroot(root, "btrfs")
+                .args(["subvolume", "snapshot", "-r", "/", &location])
+                .run_captured()?;
+            Ok(Some(location))
+        }
+        Method::Snapper => {
+            let number = chroot(root, "snapper")
+                .args(["--no-dbus", "-c", "root", "create", "--type", "post"])
+                .args(["--pre-number", &backup.location])
+                .args(["--cleanup-algorithm", "number", "--print-number"])
+                .args([
+                    "--description",
+                    &format!("migrate {migration} after the cutover"),
+                ])
+                .run_get_string()?;
+            Ok(Some(number.trim().to_string()))
+        }
+    }
 }
 
 fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
@@ -201,6 +241,7 @@ fn tar_backup(ctx: &StepContext<'_>, migration: &str) -> Result<BackupRecord> {
         location: rel,
         created_at: timestamp(std::time::SystemTime::now()),
         package_manager: manager,
+        post_cutover: None,
     })
 }
 

@@ -32,6 +32,7 @@ use super::lock::RootLock;
 use super::podman::Podman;
 use super::preflight;
 use super::render::OutputFormat;
+use super::snapshot;
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::journal::Journal;
@@ -161,12 +162,31 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
     // like --image before podman sees it.
     crate::core::image::check_reference(&reference).map_err(|e| fail(ExitCode::BadInput, e))?;
 
+    // A root directory whose migration took a snapshot is rolled back by
+    // putting a copy of the snapshot in its place (see host::snapshot).
+    let from_snapshot = opts.verb == Verb::Rollback
+        && !live
+        && journal.as_ref().is_some_and(snapshot::snapshot_backed);
+
     let podman = Podman::connect().await?;
     let result = async {
-        let prepared = prepare::prepare(
+        let mut restore = None;
+        let mut _migrated_lock = None;
+        let (root, restored_from) = match journal.as_ref().filter(|_| from_snapshot) {
+            Some(j) => {
+                _migrated_lock = Some(RootLock::acquire(&root)?);
+                let staged = stage_snapshot_copy(&podman, &root, j).await?;
+                let copy = staged.staging();
+                restore = Some(staged);
+                (copy, Some(root))
+            }
+            None => (root, None),
+        };
+        let mut prepared = prepare::prepare(
             &podman, opts, root, os, journal, plan_file, &dropins, reference,
         )
         .await?;
+        prepared.restored_from = restored_from;
         let lock = if opts.verb.changes_root() || opts.record == Record::Always {
             Some(RootLock::acquire(&prepared.root)?)
         } else {
@@ -212,6 +232,17 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
             super::pending::PendingReboot::remove(&prepared.root)
                 .exit_code(ExitCode::Environment)?;
         }
+        if let (Some(restore), Some(root)) = (restore, &prepared.restored_from) {
+            let kept = restore.commit().exit_code(ExitCode::Environment)?;
+            super::render::say(
+                opts.output,
+                &format!(
+                    "{} is the snapshot's copy now; the migrated root is kept as {} (delete it with `btrfs subvolume delete` once it is not needed)",
+                    root.display(),
+                    kept.display()
+                ),
+            );
+        }
         if opts.verb == Verb::Run {
             let marker = finished::mark_pending_reboot(&prepared, &report)?;
             return Ok(Some((prepared.root, marker)));
@@ -226,4 +257,28 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
         Some((root, marker)) => finished::reboot_if_due(opts, &root, &marker),
         None => Ok(()),
     }
+}
+
+/// The snapshot's writable copy beside `root`, unless a rollback of the
+/// same root is still running in a container of its own (on the copy).
+async fn stage_snapshot_copy(
+    podman: &Podman,
+    root: &Path,
+    journal: &Journal,
+) -> Result<snapshot::Restore> {
+    let staging = snapshot::Restore::staging_for(root);
+    if let Some((name, _)) = podman
+        .running_for_root(LABEL_ROOT, &staging.display().to_string(), LABEL_RUN_ID)
+        .await
+        .exit_code(ExitCode::Environment)?
+    {
+        return Err(fail(
+            ExitCode::Environment,
+            format!(
+                "a rollback of {} is still running in container {name}; wait for it to end, then run `migrate rollback` again",
+                root.display()
+            ),
+        ));
+    }
+    snapshot::Restore::stage(root, journal)
 }

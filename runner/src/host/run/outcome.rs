@@ -46,6 +46,12 @@ impl Session<'_> {
         };
         let message = message.or(session.protocol_error.take());
         session.report.finish(result, code.code(), message.clone());
+        if opts.verb.changes_root() {
+            session.report.safety_backup = crate::core::journal::Journal::load(root)
+                .ok()
+                .flatten()
+                .and_then(|j| j.backup);
+        }
         let (stops, starts) = std::mem::take(&mut session.service_steps);
         session.report.measure_downtime(&stops, &starts);
         let run_id = session.report.run_id.clone();

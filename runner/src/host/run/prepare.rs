@@ -21,6 +21,9 @@ use crate::host::podman::{Bind, ContainerSpec, ImageDetails, Podman, Rlimit};
 use crate::host::preflight;
 use crate::host::render::{self, OutputFormat};
 
+/// Where a rollback from a snapshot mounts the migrated root.
+const MIGRATED_ROOT: &str = "/migrated-root";
+
 /// Everything decided before the container starts.
 pub(crate) struct Prepared {
     pub(crate) root: PathBuf,
@@ -32,6 +35,9 @@ pub(crate) struct Prepared {
     pub(crate) resuming: bool,
     /// Whether this run pulled the image.
     pub(crate) pulled: bool,
+    /// A rollback from a snapshot: `root` is the snapshot's copy, and this
+    /// the migrated root, mounted read-only for the migration's records.
+    pub(crate) restored_from: Option<PathBuf>,
 }
 
 /// The image: `--image`, else the image of the unfinished migration (for a
@@ -95,6 +101,7 @@ pub(crate) async fn prepare(
             source: os,
             resuming: false,
             pulled,
+            restored_from: None,
         });
     }
     let plan = resolve_plan(&labels, &reference, plan_file, dropins)?;
@@ -138,6 +145,7 @@ pub(crate) async fn prepare(
         target: labels.target,
         resuming,
         pulled,
+        restored_from: None,
     })
 }
 
@@ -234,6 +242,9 @@ pub(crate) fn container_spec(
         if opts.etc_only {
             command.push("--etc-only".into());
         }
+        if p.restored_from.is_some() {
+            command.extend(["--restored-from".into(), MIGRATED_ROOT.into()]);
+        }
     } else {
         let plan = p.plan.as_ref().context("no plan")?;
         env.insert(
@@ -276,6 +287,13 @@ pub(crate) fn container_spec(
         destination: CONTAINER_ROOT.to_string(),
         read_only: !opts.verb.changes_root(),
     }];
+    if let Some(migrated) = &p.restored_from {
+        binds.push(Bind {
+            source: migrated.clone(),
+            destination: MIGRATED_ROOT.to_string(),
+            read_only: true,
+        });
+    }
     let host_secrets = if secrets.is_empty() {
         None
     } else {

@@ -473,6 +473,7 @@ mod tests {
             target: "debian:13".parse().unwrap(),
             resuming: false,
             pulled: false,
+            restored_from: None,
         };
         (dir, p)
     }
