@@ -316,6 +316,25 @@ fn status_reports_per_step_states_during_and_after_a_run_and_a_snapper_root_roll
         "{list}"
     );
 
+    // The disk-space check counted what the snapshot keeps of the
+    // replaced packages into what the upgrade needs.
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    let mb_before = |line: &str, marker: &str| -> f64 {
+        let head = &line[..line.find(marker).unwrap()];
+        head.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let kept_line = log
+        .lines()
+        .find(|l| l.contains("the safety backup is a snapshot: the "))
+        .unwrap_or_else(|| panic!("no snapshot estimate in the log: {log}"));
+    let kept = mb_before(kept_line, " MB in it");
+    let need_line = log
+        .lines()
+        .find(|l| l.contains("MB free, the upgrade needs "))
+        .unwrap();
+    let need = mb_before(need_line, " MB plus a ");
+    assert!(kept > 10.0 && need >= kept, "{kept_line}\n{need_line}");
+
     // The rollback: Debian 12 with every package and file as before.
     let out = f
         .migrate()
@@ -483,19 +502,18 @@ command = ["sh", "-c", "rm /etc/hostname; echo migrated > /etc/motd; mkdir -p /o
     let report = report(&root).unwrap();
     assert_eq!(report["verb"], "rollback");
     assert_eq!(report["result"], "succeeded");
-    // The run that migrated left its log; it is in the restored root.
-    let logs: Vec<String> = std::fs::read_dir(root.join("var/log/migrate"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
+    // The run that migrated left its log; it is in the restored root,
+    // followed by the rollback's.
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
     let run_id = journal(&root)["runs"][0]["run_id"]
         .as_str()
         .unwrap()
         .to_string();
     assert!(
-        logs.iter().any(|l| l.contains(&run_id)),
-        "the migration's log {run_id} is kept: {logs:?}"
+        log.contains(&format!("run {run_id} ended: Succeeded")),
+        "the migration's log is kept: {log}"
     );
+    assert!(log.contains("rollback "), "{log}");
     let mut expected = vec![
         "srv".to_string(),
         "srv/.snapshots".to_string(),

@@ -99,6 +99,31 @@ impl StepKind for SafetyBackup {
     }
 }
 
+/// Whether the plan's safety backup will be a snapshot of this root: what
+/// the upgrade replaces then keeps taking space until the snapshot goes.
+pub(crate) fn will_snapshot(run: &super::RunContext) -> bool {
+    let Some(step) = run
+        .plan
+        .first_of_kind(&[crate::core::kinds::Kind::SafetyBackup])
+    else {
+        return false;
+    };
+    let method = step
+        .options::<BackupOptions>()
+        .map(|o| o.method)
+        .unwrap_or_default();
+    let pristine = &run.pristine;
+    match method {
+        Method::Tar => false,
+        Method::Snapper => true,
+        Method::Btrfs => true,
+        Method::Auto => {
+            snapper_configured(pristine)
+                || (crate::core::fsutil::is_subvolume(pristine) && has_tool(pristine, "btrfs"))
+        }
+    }
+}
+
 fn has_tool(root: &Path, name: &str) -> bool {
     ["usr/bin", "usr/sbin", "bin", "sbin"]
         .iter()

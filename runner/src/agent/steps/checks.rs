@@ -178,10 +178,26 @@ impl DiskSpace {
         } else {
             0
         };
+        // With a snapshot of the root held through the upgrade, the files
+        // of every package it replaces stay beside the new ones.
+        let snapshot_need = if super::backup::will_snapshot(ctx.run) {
+            let pm = ctx.run.packages()?;
+            let kept = pm.installed_size(&estimate.replaced)?;
+            ctx.say(format!(
+                "the safety backup is a snapshot: the {} packages the upgrade replaces keep {:.0} MB in it",
+                estimate.replaced.len(),
+                kept as f64 / 1e6
+            ));
+            kept
+        } else {
+            0
+        };
         let needs = [
             (
                 "/usr",
-                u64::try_from(estimate.installed_delta.max(0)).unwrap_or(0),
+                u64::try_from(estimate.installed_delta.max(0))
+                    .unwrap_or(0)
+                    .saturating_add(snapshot_need),
             ),
             ("/var", estimate.download),
             ("/boot", boot_need),
@@ -219,7 +235,7 @@ impl DiskSpace {
                     &format!("disk-space.{}", dirs[0]),
                     Severity::Inhibitor,
                     line,
-                    "free space on that filesystem (apt-get clean, remove old kernels or logs), or lower margin_mb",
+                    "free space on that filesystem (apt-get clean, remove old kernels, logs or snapshots), or lower margin_mb",
                 ));
             } else {
                 ctx.say(line);

@@ -254,6 +254,10 @@ impl PackageManager for Dnf {
         Ok(parse_estimate(&self.transaction()?))
     }
 
+    fn installed_size(&self, packages: &[String]) -> Result<u64> {
+        rpm::installed_size(&self.root, packages)
+    }
+
     fn blocking_holds(&self) -> Result<Vec<String>> {
         // dnf has no holds of its own; the versionlock plugin's list lives in
         // /etc/dnf/plugins/versionlock.list.

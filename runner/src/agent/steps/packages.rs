@@ -45,7 +45,7 @@ impl Refreshed {
 }
 
 /// Space an upgrade needs, as the package manager estimates it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SpaceEstimate {
     /// Bytes to download (into the package cache, under /var).
     pub(crate) download: u64,
@@ -54,6 +54,9 @@ pub(crate) struct SpaceEstimate {
     pub(crate) installed_delta: i64,
     /// Whether a kernel is installed or upgraded (space needed in /boot).
     pub(crate) kernel: bool,
+    /// Installed packages the upgrade replaces or removes: with a snapshot
+    /// of the root held, their files keep taking space beside the new ones.
+    pub(crate) replaced: Vec<String>,
 }
 
 /// Packages and repositories not from the distribution.
@@ -78,6 +81,9 @@ pub(crate) trait PackageManager {
     fn refresh_target(&self) -> Result<()>;
     /// What the upgrade to the target release would need.
     fn estimate(&self) -> Result<SpaceEstimate>;
+    /// The installed size in bytes of the named packages (those not
+    /// installed count nothing).
+    fn installed_size(&self, packages: &[String]) -> Result<u64>;
     /// Held (locked) packages that the upgrade would have to change.
     fn blocking_holds(&self) -> Result<Vec<String>>;
     /// Third-party repositories and packages, given the distribution's origins.
@@ -161,6 +167,15 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
     };
     let bytes = number * factor;
     (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+}
+
+/// Sums one size per line (what `dpkg-query` and `rpm -q --qf` print),
+/// times `unit`; lines that are not numbers (packages not installed) count
+/// nothing.
+pub(crate) fn sum_sizes(text: &str, unit: u64) -> u64 {
+    text.lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .fold(0u64, |sum, n| sum.saturating_add(n.saturating_mul(unit)))
 }
 
 #[cfg(test)]

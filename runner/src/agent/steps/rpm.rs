@@ -28,6 +28,21 @@ pub(crate) fn rpm(root: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// The installed size in bytes of the named packages (`rpm -q` prints
+/// "package X is not installed" for the others, which count nothing).
+pub(crate) fn installed_size(root: &Path, packages: &[String]) -> Result<u64> {
+    if packages.is_empty() {
+        return Ok(0);
+    }
+    let out = rpm(root, &["-q", "--qf", "%{SIZE}\\n"])
+        .args(packages)
+        .run_unchecked()?;
+    Ok(super::packages::sum_sizes(
+        &String::from_utf8_lossy(&out.stdout),
+        1,
+    ))
+}
+
 /// Problems of the rpm database: unreadable, or dependencies unsatisfied.
 pub(crate) fn database_problems(root: &Path) -> Result<Vec<String>> {
     let query = rpm(root, &["-qa"]).run_unchecked()?;

@@ -423,6 +423,10 @@ impl PackageManager for Zypper {
         Ok(parse_estimate(&text))
     }
 
+    fn installed_size(&self, packages: &[String]) -> Result<u64> {
+        rpm::installed_size(&self.root, packages)
+    }
+
     fn blocking_holds(&self) -> Result<Vec<String>> {
         let out = zypper(
             &self.root,
@@ -474,7 +478,24 @@ impl PackageManager for Zypper {
 /// operation, additional 12.0 B will be used." (or "... will be freed.")
 fn parse_estimate(text: &str) -> SpaceEstimate {
     let mut e = SpaceEstimate::default();
+    // Inside "The following N packages are going to be upgraded:" (or
+    // REMOVED, downgraded): its indented lines name installed packages.
+    let mut replacing = false;
     for line in text.lines() {
+        if line.starts_with("The following ") {
+            replacing = ["to be upgraded:", "to be REMOVED:", "to be downgraded:"]
+                .iter()
+                .any(|h| line.ends_with(h));
+            continue;
+        }
+        if line.starts_with(' ') {
+            if replacing {
+                e.replaced
+                    .extend(line.split_whitespace().map(str::to_string));
+            }
+        } else {
+            replacing = false;
+        }
         if let Some(rest) = line.strip_prefix("Overall download size: ") {
             let total = rest.split(". ").next().unwrap_or("");
             e.download = parse_size(total.trim_end_matches('.')).unwrap_or(0);
@@ -586,10 +607,11 @@ mod tests {
     #[test]
     fn dup_dry_run_sizes_are_read() {
         let e = parse_estimate(
-            "3 packages to upgrade.\nOverall download size: 18.4 KiB. Already cached: 0 B. After the operation, additional 12.0 KiB will be used.\n",
+            "The following 2 packages are going to be upgraded:\n  testos-release base\n\nThe following package is going to be REMOVED:\n  legacy\n\n3 packages to upgrade.\nOverall download size: 18.4 KiB. Already cached: 0 B. After the operation, additional 12.0 KiB will be used.\n",
         );
         assert_eq!(e.download, 18841);
         assert_eq!(e.installed_delta, 12288);
+        assert_eq!(e.replaced, ["testos-release", "base", "legacy"]);
         let e = parse_estimate(
             "Overall download size: 1.0 MiB. Already cached: 1.0 MiB. After the operation, 2.0 KiB will be freed.\n",
         );

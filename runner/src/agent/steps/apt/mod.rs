@@ -390,6 +390,24 @@ impl PackageManager for Apt {
         Ok(parse_estimate(&out))
     }
 
+    fn installed_size(&self, packages: &[String]) -> Result<u64> {
+        if packages.is_empty() {
+            return Ok(0);
+        }
+        // Installed-Size is in KiB; unknown names print nothing.
+        let out = apt(
+            &self.root,
+            "dpkg-query",
+            &["-W", "-f", "${Installed-Size}\\n"],
+        )
+        .args(packages)
+        .run_unchecked()?;
+        Ok(super::packages::sum_sizes(
+            &String::from_utf8_lossy(&out.stdout),
+            1024,
+        ))
+    }
+
     fn blocking_holds(&self) -> Result<Vec<String>> {
         // Holds are dpkg selections; dpkg reads them without building apt's cache.
         let selections = apt(
@@ -504,7 +522,30 @@ impl PackageManager for Apt {
 /// additional disk space will be used." (or "will be freed").
 fn parse_estimate(out: &str) -> SpaceEstimate {
     let mut e = SpaceEstimate::default();
+    // Inside a "The following packages will be upgraded:" (or REMOVED,
+    // DOWNGRADED) list: its indented lines name installed packages.
+    let mut replacing = false;
     for line in out.lines() {
+        if line.starts_with("The following ") {
+            replacing = [
+                "will be upgraded:",
+                "will be REMOVED:",
+                "will be DOWNGRADED:",
+            ]
+            .iter()
+            .any(|h| line.ends_with(h));
+            continue;
+        }
+        if line.starts_with(' ') {
+            if replacing {
+                e.replaced.extend(
+                    line.split_whitespace()
+                        .map(|n| n.trim_end_matches('*').to_string()),
+                );
+            }
+        } else {
+            replacing = false;
+        }
         if let Some(rest) = line.strip_prefix("Need to get ") {
             let size = rest.trim_end_matches(" of archives.");
             // "0 B/36.4 MB": already downloaded / total.

@@ -17,6 +17,18 @@ fn the_upgrade_estimate_is_read_from_apt_output() {
         (e.download, e.installed_delta, e.kernel),
         (1000, -2_000_000, false)
     );
+    assert!(e.replaced.is_empty());
+}
+
+#[test]
+fn the_packages_an_upgrade_replaces_are_read_from_apt_output() {
+    let e = parse_estimate(
+        "Reading package lists...\nThe following packages will be REMOVED:\n  libdb5.3* libssl3\nThe following NEW packages will be installed:\n  libssl3t64\nThe following packages will be upgraded:\n  base-files bash\n  libc6\n2 upgraded, 1 newly installed, 2 to remove and 0 not upgraded.\nNeed to get 1 kB of archives.\n",
+    );
+    assert_eq!(
+        e.replaced,
+        ["libdb5.3", "libssl3", "base-files", "bash", "libc6"]
+    );
 }
 
 const POLICY_PACKAGES: &str = "\
