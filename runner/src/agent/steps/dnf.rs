@@ -368,7 +368,16 @@ fn parse_estimate(text: &str) -> SpaceEstimate {
         };
         parse_size(&format!("{} {unit}", n.trim()))
     };
+    // Inside the transaction table's "Upgrading:" (or "Removing:",
+    // "Downgrading:") section: each indented row starts with an installed
+    // package's name.
+    let mut replacing = false;
     for line in text.lines() {
+        if !line.starts_with(' ') {
+            replacing = ["Upgrading:", "Removing:", "Downgrading:"].contains(&line.trim_end());
+        } else if replacing && let Some(name) = line.split_whitespace().next() {
+            e.replaced.push(name.to_string());
+        }
         if let Some(v) = line.strip_prefix("Total download size:") {
             e.download = size(v).unwrap_or(0);
         } else if let Some(v) = line.strip_prefix("Installed size:") {
@@ -420,6 +429,10 @@ Transaction Summary
         let e =
             parse_estimate("Total download size: 19 k\nInstalled size: 33 k\nOperation aborted.\n");
         assert_eq!((e.download, e.installed_delta), (19_000, 33_000));
+        let e = parse_estimate(
+            "Upgrading:\n testos-release   noarch 2-1 testos-2 1 k\n base x86_64 2-1 testos-2 9 k\nInstalling:\n newdep x86_64 1-1 testos-2 2 k\nRemoving:\n legacy x86_64 1-1 @System 0\n\nTransaction Summary\n",
+        );
+        assert_eq!(e.replaced, ["testos-release", "base", "legacy"]);
         let e = parse_estimate("Total download size: 1.5 M\nFreed space: 2 M\n");
         assert_eq!((e.download, e.installed_delta), (1_500_000, -2_000_000));
     }
