@@ -166,7 +166,12 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
     // putting a copy of the snapshot in its place (see host::snapshot).
     let from_snapshot = opts.verb == Verb::Rollback
         && !live
-        && journal.as_ref().is_some_and(snapshot::snapshot_backed);
+        && journal.as_ref().is_some_and(|j| {
+            snapshot::snapshot_backed(j)
+                && j.state()
+                    .next(crate::core::lifecycle::Transition::RollBack { complete: true })
+                    .is_ok()
+        });
 
     let podman = Podman::connect().await?;
     let result = async {
