@@ -287,6 +287,12 @@ kind = "command"
 phase = "cutover"
 chroot = true
 command = ["touch", "/var/lib/cutover-ran"]
+
+[health]
+grace_seconds = 3
+units = ["systemd-journald.service", "no-such.service"]
+commands = [["test", "-e", "/var/lib/cutover-ran"], ["sh", "-c", "echo not serving >&2; exit 1"]]
+ports = ["127.0.0.1:9"]
 "#,
     );
     let booted = BootedRoot::boot(f, &root.path).unwrap();
@@ -369,6 +375,52 @@ command = ["touch", "/var/lib/cutover-ran"]
             .contains("the root runs debian:12 (Debian GNU/Linux 12 (bookworm)), not debian:13"),
         "{after:#}"
     );
+    // The plan's health checks, each with what it found; the failing ones
+    // in the verdict.
+    let health: Vec<(String, bool, String)> = after["health"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                c["passed"].as_bool().unwrap(),
+                c["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let check = |name: &str| {
+        health
+            .iter()
+            .find(|c| c.0 == name)
+            .unwrap_or_else(|| panic!("{name} not checked: {health:?}"))
+            .clone()
+    };
+    assert_eq!(health.len(), 5, "{health:?}");
+    assert_eq!(
+        check("unit systemd-journald.service"),
+        (
+            "unit systemd-journald.service".into(),
+            true,
+            "active".into()
+        )
+    );
+    assert!(!check("unit no-such.service").1);
+    assert!(check("command test -e /var/lib/cutover-ran").1);
+    let failing = check("command sh -c echo not serving >&2; exit 1");
+    assert!(
+        !failing.1 && failing.2.contains("not serving"),
+        "{failing:?}"
+    );
+    let port = check("port 127.0.0.1:9");
+    assert!(!port.1 && port.2.contains("refused"), "{port:?}");
+    let message = after["message"].as_str().unwrap();
+    assert!(
+        message.contains("health check unit no-such.service: inactive")
+            && message.contains("health check port 127.0.0.1:9")
+            && !message.contains("systemd-journald"),
+        "{message}"
+    );
     assert!(!root.join("var/lib/migrate/reboot-pending").exists());
     let journal = booted.journal().unwrap();
     let verdict = find(&journal, "with the cleanup's verdict", |e| {
@@ -393,6 +445,34 @@ fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
     );
     let metrics =
         || fixtures::checked_metrics(&root.join("var/lib/node-exporter/migrate.prom")).unwrap();
+    // A service on a TCP port (systemd listens on it), and health checks
+    // that the first boot must pass, from a drop-in of the host's.
+    write(
+        &root.path,
+        "etc/systemd/system/health-probe.socket",
+        "[Socket]\nListenStream=127.0.0.1:7070\nAccept=yes\n\n[Install]\nWantedBy=sockets.target\n",
+    );
+    write(
+        &root.path,
+        "etc/systemd/system/health-probe@.service",
+        "[Service]\nExecStart=/bin/true\nStandardInput=socket\n",
+    );
+    std::fs::create_dir_all(root.join("etc/systemd/system/sockets.target.wants")).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/health-probe.socket",
+        root.join("etc/systemd/system/sockets.target.wants/health-probe.socket"),
+    )
+    .unwrap();
+    write(
+        &root.path,
+        "etc/migrate/plan.d/50-health.toml",
+        r#"[health]
+grace_seconds = 30
+units = ["systemd-journald.service", "health-probe.socket"]
+commands = [["test", "-f", "/etc/debian_version"]]
+ports = ["127.0.0.1:7070"]
+"#,
+    );
     // Migrated offline, from the outside, by the real apt upgrade.
     let out = f
         .migrate()
@@ -429,6 +509,20 @@ fn the_first_boot_after_a_real_upgrade_is_confirmed_once() {
     assert_eq!(after["result"], "confirmed", "{after:#}");
     assert_eq!(after["running"]["version_id"], "13");
     assert_eq!(after["failed_units"], serde_json::json!([]));
+    let health = after["health"].as_array().unwrap();
+    assert_eq!(health.len(), 4, "{after:#}");
+    assert!(
+        health.iter().all(|c| c["passed"] == true),
+        "every health check passed: {after:#}"
+    );
+    assert!(
+        health.iter().any(|c| c["check"] == "port 127.0.0.1:7070"
+            && c["detail"]
+                .as_str()
+                .unwrap()
+                .contains("accepted a connection")),
+        "{after:#}"
+    );
     assert!(!root.join("var/lib/migrate/reboot-pending").exists());
     let journal = booted.journal().unwrap();
     let verdict = find(&journal, "with the cleanup's verdict", |e| {

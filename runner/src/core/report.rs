@@ -278,6 +278,20 @@ pub(crate) struct AfterReboot {
     /// What the cleanup could not do or check.
     #[serde(default)]
     pub(crate) notes: Vec<String>,
+    /// The plan's health checks (`[health]`), as last tried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) health: Vec<HealthCheck>,
+}
+
+/// One of the plan's health checks on the first boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub(crate) struct HealthCheck {
+    /// What was checked: `unit NAME`, `command PROGRAM ARGS`, `port HOST:PORT`.
+    pub(crate) check: String,
+    /// Whether it passed.
+    pub(crate) passed: bool,
+    /// What was found: the unit's state, the command's exit, the connection.
+    pub(crate) detail: String,
 }
 
 impl Report {

@@ -90,6 +90,7 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
         steps: Vec::new(),
         removed: Vec::new(),
         notes: Vec::new(),
+        health: Vec::new(),
     };
     let mut problems: Vec<String> = Vec::new();
 
@@ -128,6 +129,23 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
         )),
     }
 
+    // The plan's own checks first, with their grace period: a unit that
+    // fails while they wait is then among the failed units.
+    let health = &marker.plan.health;
+    if live && !health.is_empty() {
+        log.host(&format!(
+            "cleanup {run_id}: the plan's health checks, for up to {} s",
+            health.grace().as_secs()
+        ));
+        after.health = super::health::judge(health);
+        for c in after.health.iter().filter(|c| !c.passed) {
+            problems.push(format!("health check {}: {}", c.check, c.detail));
+        }
+    } else if !health.is_empty() {
+        after
+            .notes
+            .push("not the running host: the plan's health checks were not run".to_string());
+    }
     if live {
         match super::systemd::failed_units() {
             Ok(units) => {

@@ -165,6 +165,7 @@ mod tests {
             plan: Plan {
                 description: "p".into(),
                 steps: Vec::new(),
+                health: Default::default(),
             },
             live: false,
             failed_units_before: None,

@@ -2,8 +2,8 @@
 //! migration changes the system (so it is not shut down or rebooted
 //! half-way), the orderly reboot at the end (through logind and systemd's
 //! reboot.target, never a forced one that skips init) announced with a wall
-//! message, and the service manager's list of failed units for the health
-//! check after that reboot.
+//! message, and the service manager's list of failed units and the state of
+//! a unit for the health check after that reboot.
 
 use std::os::fd::OwnedFd;
 
@@ -80,4 +80,18 @@ pub(crate) fn failed_units() -> Result<Vec<String>> {
     let mut names: Vec<String> = units.into_iter().map(|u| u.0).collect();
     names.sort();
     Ok(names)
+}
+
+/// A unit's `ActiveState` (`active`, `inactive`, `failed`, `activating`...);
+/// a unit systemd does not know is `inactive`.
+pub(crate) fn active_state(unit: &str) -> Result<String> {
+    let conn = system_bus()?;
+    let manager = zbus::blocking::Proxy::new(&conn, SYSTEMD, SYSTEMD_PATH, SYSTEMD_MANAGER)?;
+    let path: zbus::zvariant::OwnedObjectPath = manager
+        .call("LoadUnit", &(unit,))
+        .with_context(|| format!("asking systemd for {unit}"))?;
+    let proxy = zbus::blocking::Proxy::new(&conn, SYSTEMD, path, "org.freedesktop.systemd1.Unit")?;
+    proxy
+        .get_property::<String>("ActiveState")
+        .with_context(|| format!("reading the state of {unit}"))
 }

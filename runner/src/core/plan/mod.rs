@@ -17,6 +17,7 @@
 //!
 //! A drop-in step with an existing id overrides that step's keys
 //! (`enabled = false` removes it); a new id adds a step at the end of its phase.
+//! A `[health]` table ([`health`]) names what the first boot must find.
 //! Every error names the file, the line and the key.
 
 use std::collections::{BTreeMap, HashSet};
@@ -30,6 +31,9 @@ use toml::Spanned;
 
 use super::kinds::{Kind, OptionsError};
 pub(crate) use super::phase::Phase;
+
+pub(crate) mod health;
+pub(crate) use health::Health;
 
 /// The largest plan file read.
 pub(crate) const PLAN_LIMIT: u64 = 1 << 20;
@@ -46,6 +50,10 @@ pub(crate) struct Plan {
     pub(crate) description: String,
     /// Steps in the order they run (phases ascending).
     pub(crate) steps: Vec<PlanStep>,
+    /// What the first boot after the migration must find (`[health]`).
+    /// Not part of [`Plan::hash`]: it changes nothing that runs.
+    #[serde(default, skip_serializing_if = "Health::is_empty")]
+    pub(crate) health: Health,
 }
 
 /// One step of a resolved plan.
@@ -227,7 +235,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Parses one plan file into raw steps; checks its syntax, top-level keys,
 /// ids (present, well-formed, unique in the file) and phase order.
-fn parse_file(src: &PlanSource) -> Result<(Option<String>, Vec<RawStep>)> {
+fn parse_file(src: &PlanSource) -> Result<(Option<String>, Vec<RawStep>, Health)> {
     let syntax = |e: toml::de::Error| toml_error(&src.name, &src.text, &e);
     let at = |offset: usize| At {
         file: src.name.clone(),
@@ -235,6 +243,7 @@ fn parse_file(src: &PlanSource) -> Result<(Option<String>, Vec<RawStep>)> {
     };
     let top: SpannedTable = toml::from_str(&src.text).map_err(syntax)?;
     let mut description = None;
+    let mut health = Health::default();
     for (key, value) in &top {
         let here = at(key.span().start);
         match (key.get_ref().as_str(), value.get_ref()) {
@@ -246,8 +255,16 @@ fn parse_file(src: &PlanSource) -> Result<(Option<String>, Vec<RawStep>)> {
             ("step", toml::Value::Array(items))
                 if items.iter().all(|i| matches!(i, toml::Value::Table(_))) => {}
             ("step", _) => bail!("{here}: `step` must be an array of tables ([[step]])"),
+            ("health", toml::Value::Table(t)) => {
+                health = Health::deserialize(toml::Value::Table(t.clone()))
+                    .map_err(|e| anyhow::anyhow!("{here}: [health]: {}", e.message()))?;
+                health
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("{here}: [health]: {e}"))?;
+            }
+            ("health", _) => bail!("{here}: `health` must be a table ([health])"),
             (other, _) => bail!(
-                "{here}: unknown key `{other}` (a plan has `description` and [[step]] tables)"
+                "{here}: unknown key `{other}` (a plan has `description`, [health] and [[step]] tables)"
             ),
         }
     }
@@ -289,7 +306,7 @@ fn parse_file(src: &PlanSource) -> Result<(Option<String>, Vec<RawStep>)> {
             );
         }
     }
-    Ok((description, steps))
+    Ok((description, steps, health))
 }
 
 fn check_id(id: &str) -> std::result::Result<(), String> {
@@ -324,7 +341,7 @@ fn type_name(v: &toml::Value) -> &'static str {
 /// merged on top; validates every step; inserts the safety backup before the
 /// first cutover step.
 pub(crate) fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan> {
-    let (description, base_steps) = parse_file(base)?;
+    let (description, base_steps, mut health) = parse_file(base)?;
     check_phase_order(&base_steps)?;
     let mut merged: Vec<RawStep> = Vec::new();
     for s in base_steps {
@@ -332,7 +349,8 @@ pub(crate) fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan>
         merged.push(s);
     }
     for dropin in dropins {
-        let (_, steps) = parse_file(dropin)?;
+        let (_, steps, more_health) = parse_file(dropin)?;
+        health.merge(more_health);
         check_phase_order(
             steps
                 .iter()
@@ -410,6 +428,7 @@ pub(crate) fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan>
     Ok(Plan {
         description: description.unwrap_or_else(|| "migration plan".to_string()),
         steps,
+        health,
     })
 }
 

@@ -305,3 +305,44 @@ fn every_recipe_plan_is_valid() {
     }
     assert!(checked >= 1, "no recipe found under {}", examples.display());
 }
+
+#[test]
+fn health_checks_come_from_the_plan_and_its_drop_ins_and_do_not_change_its_identity() {
+    let base = format!("{BASE}\n[health]\ngrace_seconds = 30\nunits = [\"nginx.service\"]\n");
+    let plain = resolve(&src("plan.toml", BASE), &[]).unwrap();
+    let plan = resolve(
+        &src("plan.toml", &base),
+        &[src(
+            "90-health.toml",
+            "[health]\ngrace_seconds = 90\nports = [\"127.0.0.1:80\"]\ncommands = [[\"true\"]]\n",
+        )],
+    )
+    .unwrap();
+    assert_eq!(plan.health.units, ["nginx.service"]);
+    assert_eq!(plan.health.ports, ["127.0.0.1:80"]);
+    assert_eq!(plan.health.commands, [vec!["true".to_string()]]);
+    assert_eq!(plan.health.grace_seconds, Some(90));
+    assert_eq!(plan.hash(), plain.hash());
+    // What the agent and the reboot marker get back is the same plan.
+    let json = serde_json::to_string(&plan).unwrap();
+    assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
+
+    let e = err(
+        BASE,
+        &[("90-health.toml", "[health]\nports = [\"localhost\"]\n")],
+    );
+    assert_eq!(
+        e,
+        "90-health.toml:1: [health]: key `ports`: \"localhost\" is not HOST:PORT (e.g. \"127.0.0.1:80\")"
+    );
+    let e = err(
+        BASE,
+        &[("90-health.toml", "[health]\nunit = [\"a.service\"]\n")],
+    );
+    assert!(
+        e.starts_with("90-health.toml:1: [health]: unknown field `unit`"),
+        "{e}"
+    );
+    let e = err(BASE, &[("90-health.toml", "health = 3\n")]);
+    assert_eq!(e, "90-health.toml:1: `health` must be a table ([health])");
+}
