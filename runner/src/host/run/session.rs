@@ -201,7 +201,10 @@ pub(crate) async fn run(
         write_error: None,
         service_steps: p.plan.as_ref().map(service_steps).unwrap_or_default(),
     });
-    if opts.verb == Verb::Rollback {
+    // A rollback changes the root from its start; one on a snapshot's copy
+    // once its first step starts, after the agent copied the migration's
+    // records (and so its log) into the copy.
+    if opts.verb == Verb::Rollback && p.restored_from.is_none() {
         guard(&session).begin_changes();
     }
     if let Start::Reattach { name, .. } = start {
