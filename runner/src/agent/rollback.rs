@@ -165,17 +165,30 @@ pub(crate) fn rollback(
         })?;
     } else if snapshot {
         step(sink, "snapshot", || {
-            let how = if backup.method == Method::Snapper {
+            let mut how = if backup.method == Method::Snapper {
                 format!(
                     "`snapper rollback {}` in the root, then reboot",
                     backup.location
                 )
             } else {
                 format!(
-                    "make {} the default subvolume (btrfs subvolume set-default), then reboot",
+                    "make a writable snapshot of {} (btrfs subvolume snapshot), make that the default subvolume (btrfs subvolume set-default), then reboot",
                     backup.location
                 )
             };
+            // The default subvolume decides the next boot only where nothing
+            // names the root's subvolume explicitly.
+            let fstab =
+                crate::core::fsutil::read_text_limited(&pristine.join("etc/fstab"), 1 << 20)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            if let Some(named) = explicit_root_subvolume(&fstab, &cmdline) {
+                how.push_str(&format!(
+                    "; but {named}, so the default subvolume does not decide the next boot: change it to the restored snapshot (or remove it) before rebooting"
+                ));
+            }
             finding(
                 sink,
                 "snapshot",
@@ -343,6 +356,33 @@ fn step(sink: &EventSink, id: &str, f: impl FnOnce() -> Result<StepStatus>) -> R
     }
 }
 
+/// What names the root file system's subvolume explicitly (a `subvol=` or
+/// `subvolid=` option of `/` in fstab, or `rootflags=` on the kernel command
+/// line), in words; `None` when the default subvolume decides the boot.
+fn explicit_root_subvolume(fstab: &str, cmdline: &str) -> Option<String> {
+    let names = |opts: &str| {
+        opts.split(',')
+            .find(|o| o.starts_with("subvol=") || o.starts_with("subvolid="))
+            .map(str::to_string)
+    };
+    for line in fstab.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if let [_, "/", _, opts, ..] = fields.as_slice()
+            && let Some(o) = names(opts)
+        {
+            return Some(format!("/etc/fstab mounts / with {o}"));
+        }
+    }
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("rootflags="))
+        .find_map(names)
+        .map(|o| format!("the kernel command line mounts / with rootflags={o}"))
+}
+
 /// Packages whose version or presence differs: "libc6 2.36-9 -> 2.41-12".
 fn package_changes(before: &str, now: &str) -> Vec<String> {
     let parse = |text: &str| -> BTreeMap<String, String> {
@@ -376,6 +416,31 @@ fn package_changes(before: &str, now: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_explicitly_named_root_subvolume_is_found_in_fstab_or_the_kernel_command_line() {
+        let fstab = "# / was on /dev/sda2\nUUID=1 / btrfs defaults,subvol=@ 0 0\nUUID=1 /home btrfs subvol=@home 0 0\n";
+        assert_eq!(
+            explicit_root_subvolume(fstab, "").as_deref(),
+            Some("/etc/fstab mounts / with subvol=@")
+        );
+        assert_eq!(
+            explicit_root_subvolume(
+                "UUID=1 / btrfs defaults 0 0\n#UUID=1 / btrfs subvol=@ 0 0\n",
+                "ro quiet"
+            )
+            .as_deref(),
+            None
+        );
+        assert_eq!(
+            explicit_root_subvolume(
+                "",
+                "BOOT_IMAGE=/vmlinuz root=UUID=1 rootflags=subvolid=256,compress=zstd"
+            )
+            .as_deref(),
+            Some("the kernel command line mounts / with rootflags=subvolid=256")
+        );
+    }
 
     #[test]
     fn package_changes_list_upgrades_removals_and_additions() {
