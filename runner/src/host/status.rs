@@ -65,8 +65,14 @@ pub(crate) fn status(root: &Path, output: OutputFormat) -> Result<()> {
     }
     if let Some(b) = &j.backup {
         println!(
-            "  backup: {} at {} ({})",
-            b.method, b.location, b.created_at
+            "  backup: {} at {} ({}){}",
+            b.method,
+            b.location,
+            b.created_at,
+            b.post_cutover
+                .as_deref()
+                .map(|p| format!("; after the cutover: {p}"))
+                .unwrap_or_default()
         );
     }
     if let Some(r) = report {
