@@ -431,6 +431,18 @@ command = ["sh", "-c", "rm /etc/hostname; echo migrated > /etc/motd; mkdir -p /o
         backup["post_cutover"],
         format!("/.snapshots/migrate-{id}-post")
     );
+    let human = f
+        .migrate()
+        .args(["status", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains(&format!("backup: btrfs at /.snapshots/migrate-{id} ("))
+            && human.contains(&format!("after the cutover: /.snapshots/migrate-{id}-post")),
+        "{human}"
+    );
     assert_eq!(report(&root).unwrap()["safety_backup"], backup);
     let subvolumes = fs.subvolumes().unwrap();
     for s in [
