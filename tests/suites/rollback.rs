@@ -211,6 +211,30 @@ fn after_packages_changed_rollback_refuses_to_mix_releases_unless_asked_for_etc_
     );
     assert_eq!(status["last_run"]["verb"], "rollback");
     assert_eq!(status["last_run"]["result"], "failed");
+
+    // The timer does not start a rolled-back migration again by itself.
+    std::fs::write(
+        root.join("etc/migrate/config.toml"),
+        "enabled = true\nmode = \"run\"\n",
+    )
+    .unwrap();
+    let etc_rolled_back = tree_checksum(&root.join("etc")).unwrap();
+    let out = f
+        .migrate()
+        .args(["--unattended", "--image", MIGRATION_IMAGE, "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "was rolled back (partly_rolled_back); unattended runs do not start it again by themselves"
+        ) && String::from_utf8_lossy(&out.stderr).contains("`migrate run --force-new`"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(tree_checksum(&root.join("etc")).unwrap(), etc_rolled_back);
+    assert_eq!(journal(&root.path)["state"], "partly_rolled_back");
 }
 
 #[test]

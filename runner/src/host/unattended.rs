@@ -22,6 +22,30 @@ use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, fail};
 use crate::core::report::{ImageInfo, Report, RunResult, SourceInfo};
 
+/// A migration an operator rolled back is not started again by the timer:
+/// whatever made it roll back is for a person to look at first. The checks
+/// still run; `migrate run --force-new` starts over.
+fn refuse_after_rollback(root: &std::path::Path) -> Result<()> {
+    use crate::core::lifecycle::State;
+    let Some(journal) = crate::core::journal::Journal::load(root).ok().flatten() else {
+        return Ok(());
+    };
+    if !matches!(
+        journal.state(),
+        State::RolledBack | State::PartlyRolledBack | State::Reverted
+    ) {
+        return Ok(());
+    }
+    let line = format!(
+        "migration {} to {} was rolled back ({}); unattended runs do not start it again by themselves: once the cause is fixed, start over with `migrate run --force-new`",
+        journal.migration_id,
+        journal.target,
+        journal.state()
+    );
+    journald::send::<&str>(Priority::Warning, journald::ids::INHIBITED, &line, &[]);
+    Err(fail(ExitCode::Inhibited, line))
+}
+
 /// What the command line adds to the configuration.
 #[derive(Clone, Debug)]
 pub(crate) struct UnattendedOptions {
@@ -136,6 +160,9 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
         (Mode::Run, Some(_)) => Verb::Sync,
         (Mode::Run, None) => Verb::Run,
     };
+    if verb != Verb::Check {
+        refuse_after_rollback(&root)?;
+    }
     let mut launch = LaunchOptions::new(verb, root.clone());
     if let Some(w) = outside {
         let line = format!(
