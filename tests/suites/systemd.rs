@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use fixtures::btrfs::Btrfs;
 use fixtures::systemd::{BootedRoot, dpkg, installed_host, read_journal};
 use fixtures::{BASE_IMAGE, Fixtures, MIGRATION_IMAGE, report, serial, show, tree_checksum};
 use serde_json::Value;
@@ -810,4 +811,117 @@ fn the_deb_installs_pages_completions_and_units_and_its_removal_keeps_the_config
             .is_err(),
         "the purged package's unit is still enabled"
     );
+}
+
+/// A host whose root is a btrfs subvolume (on a loop-mounted file system of
+/// the test's own): its migration's safety backup is a snapshot, and
+/// `migrate rollback` makes a writable copy of it the default subvolume, so
+/// that the next boot starts the system as it was, with the migration's
+/// records. The test's "reboot" boots the file system's default subvolume,
+/// as a bootloader without an explicit `subvol=` does.
+#[test]
+fn the_running_host_rolls_back_into_its_snapshot_at_the_next_boot() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let installed = installed_host(f).unwrap();
+    let fs = Btrfs::new(f, "4G").unwrap();
+    let root = fs.root_from(&installed.path, "host").unwrap();
+    drop(installed);
+    write(&root, "etc/motd", "Debian 12 as it was\n");
+    write(
+        &root,
+        "etc/migrate/cutover.toml",
+        r#"description = "changes the system"
+
+[[step]]
+id = "change"
+kind = "command"
+phase = "cutover"
+chroot = true
+command = ["sh", "-c", "touch /var/lib/cutover-ran; echo migrated > /etc/motd"]
+"#,
+    );
+    let booted = BootedRoot::boot(f, &root).unwrap();
+    booted.load_image(MIGRATION_IMAGE).unwrap();
+    let out = booted
+        .run(&[
+            "migrate",
+            "run",
+            "--image",
+            MIGRATION_IMAGE,
+            "--plan",
+            "/etc/migrate/cutover.toml",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(root.join("var/lib/migrate/state.json")).unwrap())
+            .unwrap();
+    let id = state["migration_id"].as_str().unwrap().to_string();
+    assert_eq!(state["backup"]["method"], "btrfs", "{state:#}");
+    assert!(root.join("var/lib/cutover-ran").exists());
+
+    let out = booted.run(&["migrate", "rollback"]).unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let copy = format!("/.snapshots/migrate-{id}-restored");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("{copy} is a writable copy of the btrfs snapshot")),
+        "{}",
+        show(&out)
+    );
+    let default = std::process::Command::new("btrfs")
+        .args(["subvolume", "get-default"])
+        .arg(&fs.mount)
+        .output()
+        .unwrap();
+    let default = String::from_utf8_lossy(&default.stdout).into_owned();
+    let path = default.split(" path ").nth(1).unwrap().trim().to_string();
+    assert_eq!(path, format!("host{copy}"), "{default}");
+    // The migrated system runs until it reboots.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/motd")).unwrap(),
+        "migrated\n"
+    );
+    let _ = booted.run(&["systemctl", "reboot"]);
+    booted.wait_stopped(Duration::from_secs(120)).unwrap();
+    drop(booted);
+
+    // The next boot starts the default subvolume: the system as it was.
+    let restored = fs.mount.join(&path);
+    let booted = BootedRoot::boot(f, &restored).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(restored.join("etc/motd")).unwrap(),
+        "Debian 12 as it was\n"
+    );
+    assert!(!restored.join("var/lib/cutover-ran").exists());
+    // With the records: the journal says rolled back and keeps the
+    // migration's run; the report is the rollback's; no cleanup runs.
+    let status: Value = serde_json::from_str(
+        &booted
+            .exec(&["migrate", "status", "--output", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["migration"]["state"], "rolled_back", "{status:#}");
+    assert_eq!(status["last_run"]["verb"], "rollback", "{status:#}");
+    assert_eq!(status["last_run"]["result"], "succeeded", "{status:#}");
+    let journal: Value = serde_json::from_slice(
+        &std::fs::read(restored.join("var/lib/migrate/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        journal["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["verb"] == "run"),
+        "{journal:#}"
+    );
+    assert_eq!(
+        props(&booted, "migrate-cleanup.service", &["ConditionResult"])["ConditionResult"],
+        "no"
+    );
+    // The migrated system is kept as it was left, beside.
+    assert!(root.join("var/lib/cutover-ran").exists());
 }

@@ -84,6 +84,10 @@ enum AgentCommand {
         /// (read-only) for the migration's journal, report and logs.
         #[arg(long)]
         restored_from: Option<PathBuf>,
+        /// The root is the running host: a snapshot becomes the default
+        /// subvolume for its next boot.
+        #[arg(long)]
+        live: bool,
     },
 }
 
@@ -202,11 +206,17 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             run_id,
             etc_only,
             restored_from,
+            live,
         } => {
             check_root(&root)?;
             let _one_agent = one_agent(&root)?;
             let _migrated = restored_from.as_deref().map(one_agent).transpose()?;
-            rollback::rollback(&root, &run_id, etc_only, restored_from.as_deref(), sink)
+            let how = rollback::How {
+                etc_only,
+                restored_from: restored_from.as_deref(),
+                live,
+            };
+            rollback::rollback(&root, &run_id, &how, sink)
         }
     }
 }

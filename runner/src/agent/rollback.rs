@@ -30,14 +30,24 @@ use crate::core::kinds::backup::Method;
 use crate::core::lifecycle::{State, Transition};
 use crate::core::phase::Phase;
 
+/// How the host asked for the rollback.
+pub(crate) struct How<'a> {
+    /// `--etc-only`.
+    pub(crate) etc_only: bool,
+    /// The root is a snapshot's copy; the migrated root is here.
+    pub(crate) restored_from: Option<&'a std::path::Path>,
+    /// The root is the running host.
+    pub(crate) live: bool,
+}
+
 /// Rolls the root back. The caller has entered the private mount namespace.
 pub(crate) fn rollback(
     root: &std::path::Path,
     run_id: &str,
-    etc_only: bool,
-    restored_from: Option<&std::path::Path>,
+    how: &How<'_>,
     sink: &EventSink,
 ) -> Result<()> {
+    let (etc_only, restored_from) = (how.etc_only, how.restored_from);
     if let Some(migrated) = restored_from {
         // The snapshot predates the cutover: its journal and logs are
         // older than the migration's own, which replace them.
@@ -101,8 +111,9 @@ pub(crate) fn rollback(
     // A snapshot is booted back into, not restored here; a tar backup leaves
     // the packages as they are: either makes the rollback partial.
     let partial_by_request = journal.packages_changed_at.is_some() && !snapshot;
-    let complete =
-        std::cell::Cell::new(restored_from.is_some() || (!snapshot && !partial_by_request));
+    let complete = std::cell::Cell::new(
+        restored_from.is_some() || (snapshot && how.live) || (!snapshot && !partial_by_request),
+    );
     let mut steps = vec![PlannedStep {
         id: if snapshot { "snapshot" } else { "restore-etc" }.into(),
         kind: "rollback".into(),
@@ -110,6 +121,11 @@ pub(crate) fn rollback(
         description: if restored_from.is_some() {
             format!(
                 "Make the root a copy of the {} snapshot {} again",
+                backup.method, backup.location
+            )
+        } else if snapshot && how.live {
+            format!(
+                "Make a writable copy of the {} snapshot {} the default subvolume for the next boot",
                 backup.method, backup.location
             )
         } else if snapshot {
@@ -131,7 +147,7 @@ pub(crate) fn rollback(
         });
     }
     // A snapshot's copy has the services as they were before the cutover.
-    if !journal.services.is_empty() && restored_from.is_none() {
+    if !journal.services.is_empty() && !snapshot {
         steps.push(PlannedStep {
             id: "step-back-services".into(),
             kind: "rollback".into(),
@@ -160,6 +176,29 @@ pub(crate) fn rollback(
                     "the root is a writable copy of the {} snapshot {}, taken before the cutover: every package and file as they were then; the migration's journal, report and logs were copied from the migrated root",
                     backup.method, backup.location
                 ),
+            );
+            Ok(StepStatus::Succeeded)
+        })?;
+    } else if snapshot && how.live {
+        step(sink, "snapshot", || {
+            let copy = live_restore(root, &pristine, &journal)?;
+            say(
+                sink,
+                "snapshot",
+                format!(
+                    "{copy} is a writable copy of the {} snapshot {} (the system before migration {}), with the migration's journal, report and log; it is the default subvolume now: the next boot starts it",
+                    backup.method, backup.location, journal.migration_id
+                ),
+            );
+            finding(
+                sink,
+                "snapshot",
+                Severity::Warning,
+                format!(
+                    "this system runs {} until it reboots into {copy}",
+                    journal.target
+                ),
+                "reboot to return to the system as it was (`systemctl reboot`)",
             );
             Ok(StepStatus::Succeeded)
         })?;
@@ -260,7 +299,7 @@ pub(crate) fn rollback(
             })?;
         }
     }
-    if !journal.services.is_empty() && restored_from.is_none() {
+    if !journal.services.is_empty() && !snapshot {
         step(sink, "step-back-services", || {
             for line in crate::agent::steps::service::step_back(&pristine, &journal.services)? {
                 say(sink, "step-back-services", line);
@@ -284,6 +323,67 @@ pub(crate) fn rollback(
         ));
     }
     Ok(())
+}
+
+/// The running host's rollback from its snapshot: a writable copy of the
+/// pre-cutover snapshot under `/.snapshots`, the migration's records copied
+/// into it (its journal saying rolled back, no reboot marker), then made
+/// the default subvolume, last, so that a failure before leaves the next
+/// boot as it was. Refused, with the copy left ready, where fstab or the
+/// kernel command line names the root's subvolume: then the default would
+/// not decide the boot. Returns the copy's path in the root.
+fn live_restore(
+    root: &std::path::Path,
+    pristine: &std::path::Path,
+    journal: &Journal,
+) -> Result<String> {
+    let backup = journal.backup.as_ref().context("no safety backup")?;
+    let pre = match backup.method {
+        Method::Btrfs => backup.location.clone(),
+        Method::Snapper => format!("/.snapshots/{}/snapshot", backup.location),
+        Method::Tar | Method::Auto => anyhow::bail!("the safety backup is not a snapshot"),
+    };
+    let pre_rel = pre.trim_start_matches('/');
+    if !crate::core::fsutil::is_subvolume(&pristine.join(pre_rel)) {
+        anyhow::bail!("the {} snapshot {pre} is gone", backup.method);
+    }
+    let copy = format!("/.snapshots/migrate-{}-restored", journal.migration_id);
+    let copy_rel = copy.trim_start_matches('/');
+    let btrfs = || crate::agent::steps::chroot(root, "btrfs");
+    if std::fs::symlink_metadata(pristine.join(copy_rel)).is_ok() {
+        // Left by an earlier attempt: made again from the snapshot.
+        btrfs()
+            .args(["subvolume", "delete", &copy])
+            .run_captured()?;
+    }
+    btrfs()
+        .args(["subvolume", "snapshot", &pre, &copy])
+        .run_captured()?;
+    let copied = pristine.join(copy_rel);
+    copy_evidence(pristine, &copied)?;
+    let marker = copied.join(crate::core::root_paths::RootPath::Marker.rel());
+    if std::fs::symlink_metadata(&marker).is_ok() {
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    }
+    let mut restored = journal.clone();
+    restored
+        .advance(Transition::RollBack { complete: true })
+        .map_err(|e| anyhow::anyhow!(e))?;
+    restored.save(&copied)?;
+    let fstab = crate::core::fsutil::read_text_limited(&pristine.join("etc/fstab"), 1 << 20)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(named) = explicit_root_subvolume(&fstab, &cmdline) {
+        anyhow::bail!(
+            "{copy} is ready (a writable copy of {pre}), but {named}, so the default subvolume does not decide the next boot: point that at {copy} (or remove it), then reboot"
+        );
+    }
+    btrfs()
+        .args(["subvolume", "set-default", &copy])
+        .run_captured()?;
+    Ok(copy)
 }
 
 /// What a migration leaves for the record, relative to the root.

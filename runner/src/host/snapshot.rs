@@ -244,6 +244,22 @@ impl Drop for Restore {
     }
 }
 
+/// After the running host's rollback: the run's final report and log
+/// into the snapshot's copy the next boot starts (the agent copied the
+/// migration's records while this run was still going).
+pub(crate) fn copy_records_into_restored(root: &Path, migration: &str) -> Result<()> {
+    let copy = root.join(format!("{SNAPSHOTS}/migrate-{migration}-restored"));
+    for rel in [
+        crate::core::report::REPORT_PATH,
+        crate::core::report::LOG_PATH,
+    ] {
+        let (from, to) = (root.join(rel), copy.join(rel));
+        std::fs::copy(&from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
 fn staging_name(root_name: &std::ffi::OsStr) -> OsString {
     let mut staging = OsString::from(".");
     staging.push(root_name);

@@ -173,6 +173,7 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
                     .is_ok()
         });
 
+    let journal_at_start = journal.clone();
     let podman = Podman::connect().await?;
     let result = async {
         let mut restore = None;
@@ -235,6 +236,15 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
         if opts.verb == Verb::Rollback {
             // A rolled-back migration waits for no reboot.
             super::pending::PendingReboot::remove(&prepared.root)
+                .exit_code(ExitCode::Environment)?;
+        }
+        if prepared.root == Path::new("/")
+            && opts.verb == Verb::Rollback
+            && let Some(j) = journal_at_start.as_ref().filter(|j| snapshot::snapshot_backed(j))
+        {
+            // The next boot starts the snapshot's copy: it gets this
+            // rollback's final report and log too.
+            snapshot::copy_records_into_restored(&prepared.root, &j.migration_id)
                 .exit_code(ExitCode::Environment)?;
         }
         if let (Some(restore), Some(root)) = (restore, &prepared.restored_from) {
