@@ -227,9 +227,9 @@ fn after_packages_changed_rollback_refuses_to_mix_releases_unless_asked_for_etc_
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains(
-            "was rolled back (partly_rolled_back); unattended runs do not start it again by themselves"
-        ) && String::from_utf8_lossy(&out.stderr).contains("`migrate run --force-new`"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("is partly rolled back; unattended runs do not start it again by themselves")
+            && String::from_utf8_lossy(&out.stderr).contains("`migrate run --force-new`"),
         "{}",
         show(&out)
     );

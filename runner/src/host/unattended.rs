@@ -37,7 +37,7 @@ fn refuse_after_rollback(root: &std::path::Path) -> Result<()> {
         return Ok(());
     }
     let line = format!(
-        "migration {} to {} was rolled back ({}); unattended runs do not start it again by themselves: once the cause is fixed, start over with `migrate run --force-new`",
+        "migration {} to {} is {}; unattended runs do not start it again by themselves: once the cause is fixed, start over with `migrate run --force-new`",
         journal.migration_id,
         journal.target,
         journal.state()
