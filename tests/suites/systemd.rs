@@ -924,4 +924,120 @@ command = ["sh", "-c", "touch /var/lib/cutover-ran; echo migrated > /etc/motd"]
     );
     // The migrated system is kept as it was left, beside.
     assert!(root.join("var/lib/cutover-ran").exists());
+
+    // The restored host migrates again, with a health check its first boot
+    // fails and `on_failed_boot = "revert"`: that boot rolls it back to the
+    // pre-migration snapshot and reboots into it by itself.
+    write(
+        &restored,
+        "etc/migrate/config.toml",
+        "enabled = true\nmode = \"run\"\non_failed_boot = \"revert\"\n",
+    );
+    write(
+        &restored,
+        "etc/migrate/plan.d/50-health.toml",
+        "[health]\ngrace_seconds = 2\nunits = [\"the-new-service.service\"]\n",
+    );
+    let out = booted
+        .run(&[
+            "migrate",
+            "run",
+            "--reboot",
+            "--image",
+            MIGRATION_IMAGE,
+            "--plan",
+            "/etc/migrate/cutover.toml",
+        ])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rebooting into"),
+        "{}",
+        show(&out)
+    );
+    booted.wait_stopped(Duration::from_secs(120)).unwrap();
+    drop(booted);
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(restored.join("var/lib/migrate/state.json")).unwrap(),
+    )
+    .unwrap();
+    let second = state["migration_id"].as_str().unwrap().to_string();
+    assert_ne!(second, id);
+    // The first boot of the migrated system: the cleanup's verdict fails,
+    // the revert makes the snapshot's copy the default and reboots.
+    let booted = BootedRoot::start(f, &restored).unwrap();
+    if let Err(e) = booted.wait_stopped(Duration::from_secs(180)) {
+        let said: Vec<String> = read_journal(&restored)
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| field(e, "_SYSTEMD_UNIT") == "migrate-cleanup.service")
+            .map(|e| field(e, "MESSAGE").to_string())
+            .collect();
+        panic!("{e:#}; the cleanup said: {said:#?}");
+    }
+    drop(booted);
+    let default = std::process::Command::new("btrfs")
+        .args(["subvolume", "get-default"])
+        .arg(&fs.mount)
+        .output()
+        .unwrap();
+    let default = String::from_utf8_lossy(&default.stdout).into_owned();
+    let path = default.split(" path ").nth(1).unwrap().trim().to_string();
+    assert_eq!(
+        path,
+        format!("host{copy}/.snapshots/migrate-{second}-restored"),
+        "{default}"
+    );
+    let reverted = fs.mount.join(&path);
+    let booted = BootedRoot::boot(f, &reverted).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(reverted.join("etc/motd")).unwrap(),
+        "Debian 12 as it was\n"
+    );
+    let status: Value = serde_json::from_str(
+        &booted
+            .exec(&["migrate", "status", "--output", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["migration"]["migration_id"], second, "{status:#}");
+    assert_eq!(status["migration"]["state"], "reverted", "{status:#}");
+    // The failed verdict is in the migration's report, with why and what
+    // followed.
+    let run_report: Value = {
+        let run = status["migration"]["runs"][0]["run_id"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_default();
+        let path = reverted.join(format!("var/log/migrate/report-{run}.json"));
+        serde_json::from_slice(
+            &std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}; status: {status:#}", path.display())),
+        )
+        .unwrap()
+    };
+    let after = &run_report["after_reboot"];
+    assert_eq!(after["result"], "failed", "{after:#}");
+    assert!(
+        after["message"]
+            .as_str()
+            .unwrap()
+            .contains("health check unit the-new-service.service: inactive"),
+        "{after:#}"
+    );
+    assert!(
+        after["notes"]
+            .to_string()
+            .contains("on_failed_boot = revert"),
+        "{after:#}"
+    );
+    // Not retried by itself: the timer's run refuses and changes nothing.
+    let out = booted.run(&["migrate", "--unattended"]).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unattended runs do not start it again by themselves"),
+        "{}",
+        show(&out)
+    );
+    assert!(!reverted.join("var/lib/cutover-ran").exists());
 }

@@ -88,6 +88,10 @@ enum AgentCommand {
         /// subvolume for its next boot.
         #[arg(long)]
         live: bool,
+        /// The automatic revert after a failed first boot (the journal
+        /// records `reverted`).
+        #[arg(long)]
+        revert: bool,
     },
 }
 
@@ -207,6 +211,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             etc_only,
             restored_from,
             live,
+            revert,
         } => {
             check_root(&root)?;
             let _one_agent = one_agent(&root)?;
@@ -215,6 +220,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
                 etc_only,
                 restored_from: restored_from.as_deref(),
                 live,
+                revert,
             };
             rollback::rollback(&root, &run_id, &how, sink)
         }

@@ -38,6 +38,19 @@ pub(crate) struct How<'a> {
     pub(crate) restored_from: Option<&'a std::path::Path>,
     /// The root is the running host.
     pub(crate) live: bool,
+    /// The automatic revert after a failed first boot.
+    pub(crate) revert: bool,
+}
+
+impl How<'_> {
+    /// The journal's transition when the rollback is done.
+    fn transition(&self, complete: bool) -> Transition {
+        if self.revert {
+            Transition::Revert
+        } else {
+            Transition::RollBack { complete }
+        }
+    }
 }
 
 /// Rolls the root back. The caller has entered the private mount namespace.
@@ -71,7 +84,7 @@ pub(crate) fn rollback(
     // rollback may happen now.
     journal
         .state()
-        .next(Transition::RollBack { complete: true })
+        .next(how.transition(true))
         .map_err(|e| fail(ExitCode::BadInput, e))?;
     let backup = journal.backup.clone().ok_or_else(|| {
         fail(
@@ -181,7 +194,7 @@ pub(crate) fn rollback(
         })?;
     } else if snapshot && how.live {
         step(sink, "snapshot", || {
-            let copy = live_restore(root, &pristine, &journal)?;
+            let copy = live_restore(root, &pristine, &journal, how.transition(true))?;
             say(
                 sink,
                 "snapshot",
@@ -308,9 +321,7 @@ pub(crate) fn rollback(
         })?;
     }
     journal
-        .advance(Transition::RollBack {
-            complete: complete.get(),
-        })
+        .advance(how.transition(complete.get()))
         .map_err(|e| fail(ExitCode::BadInput, e))?;
     journal.save(&pristine).exit_code(ExitCode::Environment)?;
     if partial_by_request {
@@ -336,6 +347,7 @@ fn live_restore(
     root: &std::path::Path,
     pristine: &std::path::Path,
     journal: &Journal,
+    transition: Transition,
 ) -> Result<String> {
     let backup = journal.backup.as_ref().context("no safety backup")?;
     let pre = match backup.method {
@@ -360,6 +372,21 @@ fn live_restore(
         .args(["subvolume", "snapshot", &pre, &copy])
         .run_captured()?;
     let copied = pristine.join(copy_rel);
+    // The snapshot holds an empty placeholder where the root has its
+    // snapshots subvolume, and nothing can be made in one: a subvolume of
+    // its own takes its place, for the restored system's next migration
+    // (the snapshots themselves stay in the migrated root's).
+    let placeholder = copied.join(".snapshots");
+    if std::fs::symlink_metadata(&placeholder).is_ok_and(|m| m.is_dir())
+        && !crate::core::fsutil::is_subvolume(&placeholder)
+        && std::fs::read_dir(&placeholder).is_ok_and(|mut d| d.next().is_none())
+    {
+        std::fs::remove_dir(&placeholder)
+            .with_context(|| format!("removing {}", placeholder.display()))?;
+        btrfs()
+            .args(["subvolume", "create", &format!("{copy}/.snapshots")])
+            .run_captured()?;
+    }
     copy_evidence(pristine, &copied)?;
     let marker = copied.join(crate::core::root_paths::RootPath::Marker.rel());
     if std::fs::symlink_metadata(&marker).is_ok() {
@@ -367,7 +394,7 @@ fn live_restore(
     }
     let mut restored = journal.clone();
     restored
-        .advance(Transition::RollBack { complete: true })
+        .advance(transition)
         .map_err(|e| anyhow::anyhow!(e))?;
     restored.save(&copied)?;
     let fstab = crate::core::fsutil::read_text_limited(&pristine.join("etc/fstab"), 1 << 20)

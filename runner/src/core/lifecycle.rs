@@ -107,7 +107,6 @@ pub(crate) enum Transition {
         complete: bool,
     },
     /// The pre-migration snapshot became the booted system again.
-    #[cfg_attr(not(test), allow(dead_code))] // the automatic revert (issue 18) makes it
     Revert,
 }
 

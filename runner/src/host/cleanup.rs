@@ -172,9 +172,13 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
     }
 
     after.checked_at = crate::core::event::timestamp(std::time::SystemTime::now());
+    let mut revert = false;
     if !problems.is_empty() {
         after.result = BootResult::Failed;
         after.message = Some(problems.join("; "));
+        if live {
+            revert = decide_revert(&root, &mut after.notes);
+        }
     }
     let report = finalize_report(&root, &marker, &os, after)?;
     let after = report
@@ -256,10 +260,76 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
             );
         }
     }
+    if revert {
+        // The rollback takes the root's lock itself.
+        drop(lock);
+        log.host(&format!(
+            "cleanup {run_id}: on_failed_boot = revert: rolling back to the pre-migration snapshot and rebooting into it"
+        ));
+        return revert_and_reboot(opts, &root, &marker, &verdict).await;
+    }
     match after.result {
         BootResult::Confirmed => Ok(()),
         BootResult::Failed => Err(fail(ExitCode::StepFailed, verdict)),
     }
+}
+
+/// Whether a failed first boot reverts: the host configuration says
+/// `on_failed_boot = "revert"` and the safety backup is a snapshot. Says
+/// why not in `notes` when the configuration asks and it cannot.
+fn decide_revert(root: &Path, notes: &mut Vec<String>) -> bool {
+    let wanted = crate::host::config::load(root, None)
+        .is_ok_and(|c| c.on_failed_boot == crate::host::config::OnFailedBoot::Revert);
+    if !wanted {
+        return false;
+    }
+    let snapshot = Journal::load(root)
+        .ok()
+        .flatten()
+        .is_some_and(|j| super::snapshot::snapshot_backed(&j));
+    notes.push(if snapshot {
+        "on_failed_boot = revert: the host is rolled back to the pre-migration snapshot and rebooted into it".to_string()
+    } else {
+        "on_failed_boot = revert, but the safety backup is not a snapshot: the host stays on the new release".to_string()
+    });
+    snapshot
+}
+
+/// The automatic revert: the rollback from the snapshot (which makes its
+/// copy the default subvolume, the journal saying `reverted`), then the
+/// reboot into it through logind. Ends with the failed verdict as the
+/// error, so that the unit shows it.
+async fn revert_and_reboot(
+    opts: &CleanupOptions,
+    root: &Path,
+    marker: &PendingReboot,
+    verdict: &str,
+) -> Result<()> {
+    let mut lo = LaunchOptions::new(Verb::Rollback, root.to_path_buf());
+    lo.revert = true;
+    lo.output = opts.output;
+    lo.verbose = opts.verbose;
+    if let Err(e) = run::launch(&lo).await {
+        return Err(fail(
+            ExitCode::StepFailed,
+            format!("{verdict}; the automatic revert failed: {e:#}"),
+        ));
+    }
+    let wall = format!(
+        "migrate: the first boot after migration {} is not healthy; rebooting into the system as it was before",
+        marker.migration_id
+    );
+    journald::send(
+        Priority::Warning,
+        journald::ids::REBOOTING,
+        &wall,
+        &[("MIGRATE_MIGRATION_ID", marker.migration_id.as_str())],
+    );
+    super::systemd::reboot(&wall).exit_code(ExitCode::Environment)?;
+    Err(fail(
+        ExitCode::StepFailed,
+        format!("{verdict}; reverted to the pre-migration snapshot, rebooting into it"),
+    ))
 }
 
 /// Runs the plan's post phase in the migration container; the steps'

@@ -34,6 +34,7 @@ struct Fragment {
     reboot: Option<bool>,
     maintenance_window: Option<String>,
     metrics_dir: Option<String>,
+    on_failed_boot: Option<String>,
 }
 
 /// What an unattended run does.
@@ -43,6 +44,17 @@ pub(crate) enum Mode {
     Check,
     /// Migrate.
     Run,
+}
+
+/// What the first boot does when it finds the new release unhealthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum OnFailedBoot {
+    /// Record the failed verdict; the host stays on the new release.
+    #[default]
+    Keep,
+    /// Roll back to the pre-migration snapshot and reboot into it (where
+    /// the safety backup is a snapshot; otherwise as `Keep`, saying so).
+    Revert,
 }
 
 /// The merged, validated configuration.
@@ -63,6 +75,8 @@ pub(crate) struct Config {
     /// Where every recorded run writes its Prometheus textfile metrics (a
     /// directory in the root).
     pub(crate) metrics_dir: Option<String>,
+    /// What a failed first boot does.
+    pub(crate) on_failed_boot: OnFailedBoot,
 }
 
 impl Default for Config {
@@ -75,6 +89,7 @@ impl Default for Config {
             reboot: false,
             window: None,
             metrics_dir: None,
+            on_failed_boot: OnFailedBoot::Keep,
         }
     }
 }
@@ -129,9 +144,14 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
             reboot: f.reboot.or(merged.reboot),
             maintenance_window: f.maintenance_window.or(merged.maintenance_window),
             metrics_dir: f.metrics_dir.or(merged.metrics_dir),
+            on_failed_boot: f.on_failed_boot.or(merged.on_failed_boot),
         };
     }
     let (mode, window) = validate(&merged)?;
+    let on_failed_boot = match merged.on_failed_boot.as_deref() {
+        Some("revert") => OnFailedBoot::Revert,
+        _ => OnFailedBoot::Keep,
+    };
     Ok(Config {
         enabled: merged.enabled.unwrap_or(false),
         mode,
@@ -147,6 +167,7 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
         reboot: merged.reboot.unwrap_or(false),
         window,
         metrics_dir: merged.metrics_dir,
+        on_failed_boot,
     })
 }
 
@@ -160,6 +181,11 @@ fn validate(f: &Fragment) -> Result<(Mode, Option<MaintenanceWindow>)> {
         && !dir.starts_with('/')
     {
         bail!("key `metrics_dir`: {dir:?} is not an absolute path");
+    }
+    if let Some(v) = f.on_failed_boot.as_deref()
+        && !["keep", "revert"].contains(&v)
+    {
+        bail!("key `on_failed_boot`: unknown value {v:?} (keep, revert)");
     }
     let mode = match f.mode.as_deref() {
         None | Some("check") => Mode::Check,

@@ -66,6 +66,8 @@ pub(crate) struct LaunchOptions {
     pub(crate) force_new: bool,
     /// `rollback --etc-only`.
     pub(crate) etc_only: bool,
+    /// A rollback that is the automatic revert after a failed first boot.
+    pub(crate) revert: bool,
     /// The configuration's `metrics_dir`: where a recorded run writes its
     /// Prometheus textfile metrics.
     pub(crate) metrics_dir: Option<String>,
@@ -93,6 +95,7 @@ impl LaunchOptions {
             verbose: 0,
             force_new: false,
             etc_only: false,
+            revert: false,
             metrics_dir: None,
             default_image: None,
             record: Record::OnChange,

@@ -245,6 +245,9 @@ pub(crate) fn container_spec(
         if p.restored_from.is_some() {
             command.extend(["--restored-from".into(), MIGRATED_ROOT.into()]);
         }
+        if opts.revert {
+            command.push("--revert".into());
+        }
         if p.root == Path::new("/") {
             command.push("--live".into());
         }
