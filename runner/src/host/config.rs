@@ -392,4 +392,27 @@ mod tests {
             "a channel pinned to its digest"
         );
     }
+
+    #[test]
+    fn on_failed_boot_is_keep_unless_revert_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        assert_eq!(
+            load(dir.path(), None).unwrap().on_failed_boot,
+            OnFailedBoot::Keep
+        );
+        std::fs::write(&file, "on_failed_boot = \"revert\"\n").unwrap();
+        assert_eq!(
+            load(dir.path(), Some(&file)).unwrap().on_failed_boot,
+            OnFailedBoot::Revert
+        );
+        std::fs::write(&file, "on_failed_boot = \"rollback\"\n").unwrap();
+        let e = format!("{:#}", load(dir.path(), Some(&file)).unwrap_err());
+        assert!(
+            e.contains(
+                "config.toml: key `on_failed_boot`: unknown value \"rollback\" (keep, revert)"
+            ),
+            "{e}"
+        );
+    }
 }
