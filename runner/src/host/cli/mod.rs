@@ -181,6 +181,11 @@ struct RollbackArgs {
     /// Without it, such a rollback is refused (exit 3) and nothing changes.
     #[arg(long)]
     etc_only: bool,
+    /// Reboot once the rollback is done: the running host, rolled back
+    /// from a btrfs or snapper snapshot, boots the restored system (through
+    /// logind, announced with a wall message).
+    #[arg(long)]
+    reboot: bool,
 }
 
 /// `migrate status`.
@@ -459,6 +464,7 @@ impl Cli {
                     a.out,
                     Tweaks {
                         etc_only: a.etc_only,
+                        reboot: if a.reboot { Reboot::Now } else { Reboot::No },
                         ..Tweaks::default()
                     },
                 )

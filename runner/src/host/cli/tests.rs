@@ -118,7 +118,7 @@ fn a_flag_of_another_verb_is_one_line_naming_the_verbs_that_take_it() {
     );
     assert_eq!(
         bad(&["image", "build", "x", "--reboot"]),
-        "--reboot applies to `migrate run` only"
+        "--reboot applies to `migrate run` and `migrate rollback` only"
     );
     assert_eq!(
         bad(&["cleanup", "--unattended"]),

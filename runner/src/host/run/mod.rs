@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::config::MaintenanceWindow;
+use super::journald::{self, Priority};
 use super::lock::RootLock;
 use super::podman::Podman;
 use super::preflight;
@@ -153,6 +154,15 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
         return finished_migration(opts, &root, &marker);
     }
     let journal = Journal::load(&root).exit_code(ExitCode::BadInput)?;
+    if opts.verb == Verb::Rollback
+        && opts.reboot != Reboot::No
+        && !journal.as_ref().is_some_and(snapshot::snapshot_backed)
+    {
+        return Err(fail(
+            ExitCode::BadInput,
+            "--reboot boots the restored snapshot: this migration's safety backup is no snapshot, and a rollback of /etc needs no reboot",
+        ));
+    }
     let plan_file = opts
         .plan
         .as_ref()
@@ -271,7 +281,15 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
     podman.shutdown().await;
     // The reboot comes last: the lock released, podman's private service
     // stopped.
-    match result? {
+    let finished = result?;
+    if opts.verb == Verb::Rollback && opts.reboot == Reboot::Now {
+        let wall =
+            "migrate: rolled back to the snapshot taken before the migration; rebooting into it";
+        super::render::say(opts.output, "rebooting into the restored system");
+        journald::send::<&str>(Priority::Notice, journald::ids::REBOOTING, wall, &[]);
+        return super::systemd::reboot(wall).exit_code(ExitCode::Environment);
+    }
+    match finished {
         Some((root, marker)) => finished::reboot_if_due(opts, &root, &marker),
         None => Ok(()),
     }
