@@ -1026,6 +1026,16 @@ command = ["sh", "-c", "touch /var/lib/cutover-ran; echo migrated > /etc/motd"]
             .contains("on_failed_boot = revert"),
         "{after:#}"
     );
+    // Its first boot confirmed the revert, once.
+    assert_ended(&booted, "migrate-cleanup.service", "0", "success");
+    let log = std::fs::read_to_string(reverted.join("var/log/migrate/migrate.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "the revert of migration {second} is confirmed: Debian GNU/Linux 12 (bookworm) runs again"
+        )),
+        "{log}"
+    );
+    assert!(!reverted.join("var/lib/migrate/reboot-pending").exists());
     // Not retried by itself: the timer's run refuses and changes nothing.
     let out = booted.run(&["migrate", "--unattended"]).unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));

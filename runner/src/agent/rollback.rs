@@ -359,7 +359,7 @@ fn live_restore(
     if !crate::core::fsutil::is_subvolume(&pristine.join(pre_rel)) {
         anyhow::bail!("the {} snapshot {pre} is gone", backup.method);
     }
-    let copy = format!("/.snapshots/migrate-{}-restored", journal.migration_id);
+    let copy = crate::core::kinds::backup::restored_copy(&journal.migration_id);
     let copy_rel = copy.trim_start_matches('/');
     let btrfs = || crate::agent::steps::chroot(root, "btrfs");
     if std::fs::symlink_metadata(pristine.join(copy_rel)).is_ok() {

@@ -26,7 +26,7 @@ use super::runlog::RunLog;
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::journal::Journal;
-use crate::core::lifecycle::Transition;
+use crate::core::lifecycle::{State, Transition};
 use crate::core::phase::Phase;
 use crate::core::release::OsRelease;
 use crate::core::report::{AfterReboot, BootResult, Report, SourceInfo, StepReport};
@@ -68,6 +68,12 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
     }
     let lock = RootLock::acquire(&root)?;
     lock.record_holder().exit_code(ExitCode::Environment)?;
+    if let Some(journal) = Journal::load(&root)
+        .exit_code(ExitCode::BadInput)?
+        .filter(|j| j.migration_id == marker.migration_id && j.state() == State::Reverted)
+    {
+        return confirm_revert(opts, &root, &os, &journal);
+    }
     let run_id = run::new_run_id();
     let mut log = RunLog::new(&root);
     log.start_writing().exit_code(ExitCode::Environment)?;
@@ -274,6 +280,65 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
     }
 }
 
+/// The first boot after an automatic revert (the marker the revert left in
+/// the restored system): the source release runs again, or not. Said in the
+/// log and the journal; the marker goes either way.
+fn confirm_revert(
+    opts: &CleanupOptions,
+    root: &Path,
+    os: &OsRelease,
+    journal: &Journal,
+) -> Result<()> {
+    let back = os.release() == journal.source.release();
+    let line = if back {
+        format!(
+            "the revert of migration {} is confirmed: {} runs again; the migration is not retried automatically (`migrate run --force-new` starts over)",
+            journal.migration_id,
+            os.pretty_name()
+        )
+    } else {
+        format!(
+            "the revert of migration {} did not bring back {}: {} runs {}",
+            journal.migration_id,
+            journal.source.release(),
+            root.display(),
+            os.pretty_name()
+        )
+    };
+    let mut log = RunLog::new(root);
+    log.start_writing().exit_code(ExitCode::Environment)?;
+    log.host(&format!("cleanup: {line}"));
+    journald::send(
+        if back {
+            Priority::Notice
+        } else {
+            Priority::Error
+        },
+        journald::ids::CLEANUP,
+        &line,
+        &[
+            ("MIGRATE_MIGRATION_ID", journal.migration_id.as_str()),
+            ("MIGRATE_VERB", "cleanup"),
+            (
+                "MIGRATE_RESULT",
+                if back {
+                    "revert-confirmed"
+                } else {
+                    "revert-failed"
+                },
+            ),
+        ],
+    );
+    PendingReboot::remove(root).exit_code(ExitCode::Environment)?;
+    if !back {
+        return Err(fail(ExitCode::StepFailed, line));
+    }
+    if opts.output == OutputFormat::Json || !journald::under_systemd() {
+        super::render::say(opts.output, &line);
+    }
+    Ok(())
+}
+
 /// Whether a failed first boot reverts: the host configuration says
 /// `on_failed_boot = "revert"` and the safety backup is a snapshot. Says
 /// why not in `notes` when the configuration asks and it cannot.
@@ -315,6 +380,14 @@ async fn revert_and_reboot(
             format!("{verdict}; the automatic revert failed: {e:#}"),
         ));
     }
+    // The restored system's first boot confirms the revert: a marker of
+    // its own there (its journal says reverted).
+    let mut confirm = marker.clone();
+    confirm.finished_at = crate::core::event::timestamp(std::time::SystemTime::now());
+    let copy = root.join(
+        crate::core::kinds::backup::restored_copy(&marker.migration_id).trim_start_matches('/'),
+    );
+    confirm.write(&copy).exit_code(ExitCode::Environment)?;
     let wall = format!(
         "migrate: the first boot after migration {} is not healthy; rebooting into the system as it was before",
         marker.migration_id

@@ -248,7 +248,8 @@ impl Drop for Restore {
 /// into the snapshot's copy the next boot starts (the agent copied the
 /// migration's records while this run was still going).
 pub(crate) fn copy_records_into_restored(root: &Path, migration: &str) -> Result<()> {
-    let copy = root.join(format!("{SNAPSHOTS}/migrate-{migration}-restored"));
+    let copy =
+        root.join(crate::core::kinds::backup::restored_copy(migration).trim_start_matches('/'));
     for rel in [
         crate::core::report::REPORT_PATH,
         crate::core::report::LOG_PATH,

@@ -50,3 +50,10 @@ impl std::fmt::Display for Method {
         f.write_str(self.name())
     }
 }
+
+/// Where the running host's rollback puts the writable copy of the
+/// migration's pre-cutover snapshot, in the root: the default subvolume of
+/// the next boot.
+pub(crate) fn restored_copy(migration: &str) -> String {
+    format!("/.snapshots/migrate-{migration}-restored")
+}
