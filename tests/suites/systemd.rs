@@ -874,14 +874,8 @@ command = ["sh", "-c", "touch /var/lib/cutover-ran; echo migrated > /etc/motd"]
     );
     booted.wait_stopped(Duration::from_secs(120)).unwrap();
     drop(booted);
-    let default = std::process::Command::new("btrfs")
-        .args(["subvolume", "get-default"])
-        .arg(&fs.mount)
-        .output()
-        .unwrap();
-    let default = String::from_utf8_lossy(&default.stdout).into_owned();
-    let path = default.split(" path ").nth(1).unwrap().trim().to_string();
-    assert_eq!(path, format!("host{copy}"), "{default}");
+    let path = fs.default_subvolume().unwrap();
+    assert_eq!(path, format!("host{copy}"));
 
     // The next boot starts the default subvolume: the system as it was.
     let restored = fs.mount.join(&path);
@@ -971,17 +965,10 @@ command = ["sh", "-c", "touch /var/lib/cutover-ran; echo migrated > /etc/motd"]
         panic!("{e:#}; the cleanup said: {said:#?}");
     }
     drop(booted);
-    let default = std::process::Command::new("btrfs")
-        .args(["subvolume", "get-default"])
-        .arg(&fs.mount)
-        .output()
-        .unwrap();
-    let default = String::from_utf8_lossy(&default.stdout).into_owned();
-    let path = default.split(" path ").nth(1).unwrap().trim().to_string();
+    let path = fs.default_subvolume().unwrap();
     assert_eq!(
         path,
-        format!("host{copy}/.snapshots/migrate-{second}-restored"),
-        "{default}"
+        format!("host{copy}/.snapshots/migrate-{second}-restored")
     );
     let reverted = fs.mount.join(&path);
     let booted = BootedRoot::boot(f, &reverted).unwrap();

@@ -10,9 +10,10 @@
 //!   report and logs are copied over from the migrated root, so that the
 //!   evidence survives, and the journal says the migration was rolled back.
 //!   The host then puts the copy in the root's place.
-//! - btrfs/snapper snapshot of the running host: the snapshot holds the
-//!   whole system; returning to it means booting it, which the rollback says
-//!   how to do.
+//! - btrfs/snapper snapshot of the running host: a writable copy of the
+//!   snapshot, with the migration's records, becomes the default subvolume;
+//!   the next boot starts it (`--revert`: the automatic revert after a
+//!   failed first boot, recorded as `reverted`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -96,6 +97,17 @@ pub(crate) fn rollback(
         )
     })?;
     let snapshot = backup.method != Method::Tar;
+    // A root directory's snapshot is put in its place by the host, which
+    // then runs this on the copy (`--restored-from`).
+    if snapshot && !how.live && restored_from.is_none() {
+        return Err(fail(
+            ExitCode::BadInput,
+            format!(
+                "migration {}'s safety backup is the {} snapshot {}: a root directory is rolled back from it by `migrate rollback` on the host",
+                journal.migration_id, backup.method, backup.location
+            ),
+        ));
+    }
     if restored_from.is_some() && !snapshot {
         return Err(fail(
             ExitCode::BadInput,
@@ -139,11 +151,6 @@ pub(crate) fn rollback(
         } else if snapshot && how.live {
             format!(
                 "Make a writable copy of the {} snapshot {} the default subvolume for the next boot",
-                backup.method, backup.location
-            )
-        } else if snapshot {
-            format!(
-                "Return to the {} snapshot {}",
                 backup.method, backup.location
             )
         } else {
@@ -212,44 +219,6 @@ pub(crate) fn rollback(
                     journal.target
                 ),
                 "reboot to return to the system as it was (`systemctl reboot`)",
-            );
-            Ok(StepStatus::Succeeded)
-        })?;
-    } else if snapshot {
-        step(sink, "snapshot", || {
-            let mut how = if backup.method == Method::Snapper {
-                format!(
-                    "`snapper rollback {}` in the root, then reboot",
-                    backup.location
-                )
-            } else {
-                format!(
-                    "make a writable snapshot of {} (btrfs subvolume snapshot), make that the default subvolume (btrfs subvolume set-default), then reboot",
-                    backup.location
-                )
-            };
-            // The default subvolume decides the next boot only where nothing
-            // names the root's subvolume explicitly.
-            let fstab =
-                crate::core::fsutil::read_text_limited(&pristine.join("etc/fstab"), 1 << 20)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            if let Some(named) = explicit_root_subvolume(&fstab, &cmdline) {
-                how.push_str(&format!(
-                    "; but {named}, so the default subvolume does not decide the next boot: change it to the restored snapshot (or remove it) before rebooting"
-                ));
-            }
-            finding(
-                sink,
-                "snapshot",
-                Severity::Warning,
-                format!(
-                    "the system as it was is in the {} snapshot {}; the running root is not replaced while it runs",
-                    backup.method, backup.location
-                ),
-                &format!("to return to it: {how}"),
             );
             Ok(StepStatus::Succeeded)
         })?;
