@@ -80,6 +80,39 @@ pub(crate) struct BackupRecord {
     pub(crate) post_cutover: Option<String>,
 }
 
+/// The host's reboot slot from a FleetLock server (unattended runs of a
+/// host configured with `fleetlock_url`): asked for before the cutover,
+/// released once the first boot confirmed the new release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub(crate) struct FleetLockSlot {
+    /// The server's base URL.
+    pub(crate) server: String,
+    /// The host's reboot group.
+    pub(crate) group: String,
+    /// The host's id in the protocol.
+    pub(crate) id: String,
+    /// Where the slot stands.
+    pub(crate) state: SlotState,
+    /// When it got there.
+    pub(crate) since: String,
+    /// The server's last refusal, or why it could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) answer: Option<String>,
+}
+
+/// Where a FleetLock slot stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SlotState {
+    /// Asked for and not granted: the cutover (or the reboot) waits for a
+    /// later unattended run.
+    Waiting,
+    /// Granted: the host may cut over and reboot.
+    Held,
+    /// Given back after the first boot confirmed the new release.
+    Released,
+}
+
 /// A service the plan stopped or disabled, so that rollback can step it back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ServiceChange {
@@ -135,6 +168,9 @@ pub(crate) struct Journal {
     /// alone would mix two releases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) packages_changed_at: Option<String>,
+    /// The host's FleetLock slot, on a host that coordinates its reboots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fleetlock: Option<FleetLockSlot>,
 }
 
 impl Journal {
@@ -174,6 +210,7 @@ impl Journal {
             backup: None,
             services: Vec::new(),
             packages_changed_at: None,
+            fleetlock: None,
         }
     }
 

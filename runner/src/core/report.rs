@@ -186,6 +186,10 @@ pub(crate) struct Report {
     /// snapshot-backed migration the snapshot taken after the cutover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) safety_backup: Option<crate::core::journal::BackupRecord>,
+    /// The host's FleetLock reboot slot as the run left it (unattended runs
+    /// of a host configured with `fleetlock_url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fleetlock: Option<crate::core::journal::FleetLockSlot>,
 }
 
 /// How the first boot into the new release went.
@@ -327,6 +331,7 @@ impl Report {
             downtime: None,
             after_reboot: None,
             safety_backup: None,
+            fleetlock: None,
         }
     }
 

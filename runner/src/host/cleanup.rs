@@ -186,16 +186,26 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
             revert = decide_revert(&root, &mut after.notes);
         }
     }
+    // The fleet's next host waits for this one's slot: given back once the
+    // new release is confirmed, kept after a failed boot so that the
+    // rollout stops here.
+    let config = crate::host::config::load(&root, None);
+    let slot = match config.as_ref().ok().and_then(|c| c.fleetlock.as_ref()) {
+        Some(settings) if live => {
+            release_slot(&root, settings, after.result, &mut after.notes).await
+        }
+        _ => None,
+    };
     let report = finalize_report(&root, &marker, &os, after)?;
     let after = report
         .after_reboot
         .clone()
         .context("the report lost its verdict")?;
-    record_verdict(&root, &marker, after.result)?;
+    record_verdict(&root, &marker, after.result, slot)?;
     PendingReboot::remove(&root).exit_code(ExitCode::Environment)?;
     // The monitoring learns the verdict (the configuration is the root's;
     // one that cannot be read is said where it is used, not here).
-    if let Ok(config) = crate::host::config::load(&root, None)
+    if let Ok(config) = &config
         && let Some(dir) = &config.metrics_dir
     {
         let journal = Journal::load(&root).ok().flatten();
@@ -440,7 +450,56 @@ async fn post_phase(
 }
 
 /// Moves the migration's state to confirmed or failed after its reboot.
-fn record_verdict(root: &Path, marker: &PendingReboot, result: BootResult) -> Result<()> {
+/// Gives the host's FleetLock slot back after a confirmed first boot (a
+/// note says how it went); after a failed one it stays held, and a note
+/// says so. The slot as it now stands, for the journal.
+async fn release_slot(
+    root: &Path,
+    settings: &crate::host::config::FleetLockConfig,
+    result: BootResult,
+    notes: &mut Vec<String>,
+) -> Option<crate::core::journal::FleetLockSlot> {
+    use crate::core::journal::SlotState;
+    let client = match super::fleetlock::Client::new(root, settings) {
+        Ok(c) => c,
+        Err(e) => {
+            notes.push(format!("FleetLock: {e:#}; the slot was not given back"));
+            return None;
+        }
+    };
+    if result == BootResult::Failed {
+        notes.push(format!(
+            "the FleetLock slot at {} (group {}, id {}) stays held, so that the fleet's rollout stops at this host; give it back once the host is fixed (docs/fleet.md)",
+            settings.url,
+            settings.group,
+            client.slot(SlotState::Held, None).id
+        ));
+        return None;
+    }
+    Some(match client.unlock().await {
+        Ok(()) => {
+            notes.push(format!(
+                "gave the FleetLock slot back to {} (group {})",
+                settings.url, settings.group
+            ));
+            client.slot(SlotState::Released, None)
+        }
+        Err(refusal) => {
+            notes.push(format!(
+                "the FleetLock slot could not be given back to {} ({refusal}); the next unattended run tries again",
+                settings.url
+            ));
+            client.slot(SlotState::Held, Some(refusal.to_string()))
+        }
+    })
+}
+
+fn record_verdict(
+    root: &Path,
+    marker: &PendingReboot,
+    result: BootResult,
+    slot: Option<crate::core::journal::FleetLockSlot>,
+) -> Result<()> {
     let Some(mut journal) = Journal::load(root).exit_code(ExitCode::BadInput)? else {
         return Ok(());
     };
@@ -453,6 +512,9 @@ fn record_verdict(root: &Path, marker: &PendingReboot, result: BootResult) -> Re
             BootResult::Failed => Transition::FailBoot,
         })
         .map_err(|e| fail(ExitCode::BadInput, e))?;
+    if slot.is_some() {
+        journal.fleetlock = slot;
+    }
     journal.save(root).exit_code(ExitCode::Environment)
 }
 

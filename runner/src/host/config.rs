@@ -10,6 +10,8 @@
 //! reboot = true                          # reboot into the new release afterwards
 //! maintenance_window = "Sat,Sun 02:00-05:00"  # when that reboot may happen (local time)
 //! metrics_dir = "/var/lib/prometheus/node-exporter"  # Prometheus textfile metrics of every run
+//! fleetlock_url = "http://airlock.example:3333"  # take a reboot slot before the cutover
+//! fleetlock_group = "workers"            # the host's reboot group (default: "default")
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,6 +37,9 @@ struct Fragment {
     maintenance_window: Option<String>,
     metrics_dir: Option<String>,
     on_failed_boot: Option<String>,
+    fleetlock_url: Option<String>,
+    fleetlock_group: Option<String>,
+    fleetlock_id: Option<String>,
 }
 
 /// What an unattended run does.
@@ -77,6 +82,20 @@ pub(crate) struct Config {
     pub(crate) metrics_dir: Option<String>,
     /// What a failed first boot does.
     pub(crate) on_failed_boot: OnFailedBoot,
+    /// The FleetLock server that hands out reboot slots, if the host
+    /// coordinates its cutover and reboot with a fleet.
+    pub(crate) fleetlock: Option<FleetLockConfig>,
+}
+
+/// Where the host takes its reboot slot, and as whom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FleetLockConfig {
+    /// The server's base URL (`http://HOST[:PORT][/PATH]`).
+    pub(crate) url: String,
+    /// The reboot group.
+    pub(crate) group: String,
+    /// The host's id, if configured; otherwise derived from the machine id.
+    pub(crate) id: Option<String>,
 }
 
 impl Default for Config {
@@ -90,6 +109,7 @@ impl Default for Config {
             window: None,
             metrics_dir: None,
             on_failed_boot: OnFailedBoot::Keep,
+            fleetlock: None,
         }
     }
 }
@@ -145,9 +165,27 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
             maintenance_window: f.maintenance_window.or(merged.maintenance_window),
             metrics_dir: f.metrics_dir.or(merged.metrics_dir),
             on_failed_boot: f.on_failed_boot.or(merged.on_failed_boot),
+            fleetlock_url: f.fleetlock_url.or(merged.fleetlock_url),
+            fleetlock_group: f.fleetlock_group.or(merged.fleetlock_group),
+            fleetlock_id: f.fleetlock_id.or(merged.fleetlock_id),
         };
     }
     let (mode, window) = validate(&merged)?;
+    let fleetlock = match (
+        merged.fleetlock_url,
+        &merged.fleetlock_group,
+        &merged.fleetlock_id,
+    ) {
+        (Some(url), group, id) => Some(FleetLockConfig {
+            url: url.trim_end_matches('/').to_string(),
+            group: group.clone().unwrap_or_else(|| "default".to_string()),
+            id: id.clone(),
+        }),
+        (None, None, None) => None,
+        (None, _, _) => bail!(
+            "keys `fleetlock_group` and `fleetlock_id` need `fleetlock_url`, the FleetLock server that hands out reboot slots"
+        ),
+    };
     let on_failed_boot = match merged.on_failed_boot.as_deref() {
         Some("revert") => OnFailedBoot::Revert,
         _ => OnFailedBoot::Keep,
@@ -168,6 +206,7 @@ pub(crate) fn load(root: &Path, explicit: Option<&Path>) -> Result<Config> {
         window,
         metrics_dir: merged.metrics_dir,
         on_failed_boot,
+        fleetlock,
     })
 }
 
@@ -186,6 +225,15 @@ fn validate(f: &Fragment) -> Result<(Mode, Option<MaintenanceWindow>)> {
         && !["keep", "revert"].contains(&v)
     {
         bail!("key `on_failed_boot`: unknown value {v:?} (keep, revert)");
+    }
+    if let Some(url) = &f.fleetlock_url {
+        crate::host::fleetlock::check_url(url).context("key `fleetlock_url`")?;
+    }
+    if let Some(group) = &f.fleetlock_group {
+        crate::host::fleetlock::check_group(group).context("key `fleetlock_group`")?;
+    }
+    if let Some(id) = &f.fleetlock_id {
+        crate::host::fleetlock::check_id(id).context("key `fleetlock_id`")?;
     }
     let mode = match f.mode.as_deref() {
         None | Some("check") => Mode::Check,
@@ -414,5 +462,40 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn fleetlock_keys_are_checked_and_the_group_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        assert_eq!(load(dir.path(), None).unwrap().fleetlock, None);
+        std::fs::write(&file, "fleetlock_url = \"http://airlock.example:3333/\"\n").unwrap();
+        assert_eq!(
+            load(dir.path(), Some(&file)).unwrap().fleetlock,
+            Some(FleetLockConfig {
+                url: "http://airlock.example:3333".into(),
+                group: "default".into(),
+                id: None,
+            })
+        );
+        for (text, error) in [
+            (
+                "fleetlock_group = \"workers\"\n",
+                "keys `fleetlock_group` and `fleetlock_id` need `fleetlock_url`",
+            ),
+            (
+                "fleetlock_url = \"https://airlock.example\"\n",
+                "key `fleetlock_url`: \"https://airlock.example\": https is not supported",
+            ),
+            (
+                "fleetlock_url = \"http://a\"\nfleetlock_group = \"eu west\"\n",
+                "key `fleetlock_group`: \"eu west\" is not a group label",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let e = format!("{:#}", load(dir.path(), Some(&file)).unwrap_err());
+            assert!(e.contains(error), "{e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
     }
 }

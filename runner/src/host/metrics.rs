@@ -97,6 +97,21 @@ pub(crate) fn render(report: &Report, journal: Option<&Journal>) -> String {
             &[],
             f64::from(u8::from(state == State::Confirmed)),
         );
+        if let Some(slot) = &j.fleetlock {
+            use crate::core::journal::SlotState;
+            gauge(
+                "migrate_fleetlock_slot_held",
+                "Whether this host holds a FleetLock reboot slot.",
+                &[("group", slot.group.clone())],
+                f64::from(u8::from(slot.state == SlotState::Held)),
+            );
+            gauge(
+                "migrate_fleetlock_waiting",
+                "Whether the cutover or reboot waits for a FleetLock slot.",
+                &[("group", slot.group.clone())],
+                f64::from(u8::from(slot.state == SlotState::Waiting)),
+            );
+        }
     }
     out
 }

@@ -5,6 +5,7 @@ pub(crate) mod cleanup;
 pub(crate) mod cli;
 pub(crate) mod config;
 pub(crate) mod docs;
+pub(crate) mod fleetlock;
 pub(crate) mod health;
 pub(crate) mod image_cmd;
 pub(crate) mod journald;

@@ -75,6 +75,20 @@ pub(crate) fn status(root: &Path, output: OutputFormat) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+    if let Some(f) = &j.fleetlock {
+        println!(
+            "  FleetLock slot: {} since {} ({} group {} as {}){}",
+            serde_json::to_value(f.state)?.as_str().unwrap_or("?"),
+            f.since,
+            f.server,
+            f.group,
+            f.id,
+            f.answer
+                .as_deref()
+                .map(|a| format!(": {a}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(r) = report {
         println!(
             "  last run {} ({}): {}{}",

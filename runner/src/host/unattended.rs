@@ -14,12 +14,14 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::config::{self, Mode};
+use super::fleetlock;
 use super::journald::{self, Priority};
 use super::preflight;
 use super::render::OutputFormat;
 use super::run::{self, LaunchOptions, Reboot, Record};
 use crate::core::event::Verb;
 use crate::core::exit::{ExitCode, fail};
+use crate::core::journal::SlotState;
 use crate::core::report::{ImageInfo, Report, RunResult, SourceInfo};
 
 /// A migration an operator rolled back is not started again by the timer:
@@ -148,6 +150,18 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
     } else {
         Reboot::No
     };
+    // A host that coordinates with its fleet: its FleetLock client (the
+    // running host only: a slot is for the machine that reboots).
+    let fleet = match (&config.fleetlock, live) {
+        (Some(settings), true) => Some(
+            fleetlock::Client::new(&root, settings)
+                .map_err(|e| fail(ExitCode::BadInput, format!("FleetLock: {e:#}")))?,
+        ),
+        _ => None,
+    };
+    if let Some(client) = &fleet {
+        release_after_confirmation(client, &root, opts.output).await;
+    }
     // The cutover (services stopped, packages upgraded) happens only inside
     // the maintenance window; outside it a run does what may happen while
     // services run: the checks and the sync phase.
@@ -155,7 +169,7 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
         .window
         .as_ref()
         .filter(|w| config.mode == Mode::Run && !w.open_now());
-    let verb = match (config.mode, outside) {
+    let mut verb = match (config.mode, outside) {
         (Mode::Check, _) => Verb::Check,
         (Mode::Run, Some(_)) => Verb::Sync,
         (Mode::Run, None) => Verb::Run,
@@ -163,14 +177,52 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
     if verb != Verb::Check {
         refuse_after_rollback(&root)?;
     }
-    let mut launch = LaunchOptions::new(verb, root.clone());
-    if let Some(w) = outside {
-        let line = format!(
+    let mut note = outside.map(|w| {
+        format!(
             "outside the maintenance window ({w}): the checks and the sync phase run now; the cutover waits for a run inside the window"
-        );
-        journald::send::<&str>(Priority::Notice, journald::ids::STARTED, &line, &[]);
-        launch.note = Some(line);
+        )
+    });
+    let pending = run::pending_reboot(&root)?;
+    // Inside the window, with a fleet: a slot first, for the cutover and
+    // the reboot after it (taken only before the reboot, every host would
+    // cut over at once when the window opens).
+    let reboot_due = pending.is_some()
+        && match &reboot {
+            Reboot::No => false,
+            Reboot::Now => true,
+            Reboot::InWindow(w) => w.open_now(),
+        };
+    let mut slot = None;
+    if let Some(client) = &fleet
+        && (verb == Verb::Run || reboot_due)
+    {
+        match client.lock().await {
+            Ok(()) => slot = Some(client.slot(SlotState::Held, None)),
+            Err(refusal) => {
+                let line = format!(
+                    "no reboot slot from the FleetLock server {} (group {}): {refusal}; {}",
+                    config.fleetlock.as_ref().map_or("", |c| c.url.as_str()),
+                    config.fleetlock.as_ref().map_or("", |c| c.group.as_str()),
+                    if pending.is_some() {
+                        "the reboot waits for a later unattended run that gets one"
+                    } else {
+                        "the checks and the sync phase run now; the cutover waits for a later unattended run that gets one"
+                    }
+                );
+                slot = Some(client.slot(SlotState::Waiting, Some(refusal.to_string())));
+                if verb == Verb::Run {
+                    verb = Verb::Sync;
+                }
+                note = Some(line);
+            }
+        }
     }
+    if let Some(line) = note.as_ref().filter(|_| pending.is_none()) {
+        journald::send::<&str>(Priority::Notice, journald::ids::STARTED, line, &[]);
+    }
+    let mut launch = LaunchOptions::new(verb, root.clone());
+    launch.note = note;
+    launch.fleetlock = slot.clone();
     launch.image = opts.image.clone();
     launch.default_image = config.image.clone();
     launch.metrics_dir = config.metrics_dir.clone();
@@ -187,10 +239,94 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
     } else {
         Reboot::No
     };
-    if let Some(marker) = run::pending_reboot(&root)? {
+    if let Some(marker) = pending {
         // Nothing to check or migrate: the reboot is what is left.
+        if let Some(slot) = slot.as_ref().filter(|s| s.state == SlotState::Waiting) {
+            let line = launch.note.clone().unwrap_or_default();
+            super::render::say(opts.output, &line);
+            journald::send(
+                Priority::Notice,
+                journald::ids::REBOOT_WAITING,
+                &line,
+                &[("MIGRATE_RUN_ID", &marker.run_id)],
+            );
+            fleetlock::record(&root, &slot);
+            return Ok(());
+        }
+        if let Some(slot) = &slot {
+            fleetlock::record(&root, slot);
+        }
         launch.reboot = reboot;
         return run::finished_migration(&launch, &root, &marker);
     }
-    run::launch(&launch).await
+    let result = run::launch(&launch).await;
+    // A run that changed nothing (a check inhibited it) gives its slot
+    // back: holding it would stop the fleet for a host that did not move.
+    if let (Some(client), Err(e)) = (&fleet, &result)
+        && launch.verb == Verb::Run
+        && crate::core::exit::exit_code_of(e) == ExitCode::Inhibited
+    {
+        let slot = match client.unlock().await {
+            Ok(()) => client.slot(
+                SlotState::Released,
+                Some("the run was inhibited and changed nothing".to_string()),
+            ),
+            Err(refusal) => client.slot(
+                SlotState::Held,
+                Some(format!("giving the slot back failed: {refusal}")),
+            ),
+        };
+        fleetlock::record(&root, &slot);
+        if let Ok(mut report) = Report::read(&root) {
+            report.fleetlock = Some(slot);
+            if let Err(w) = report.write(&root) {
+                tracing::warn!("recording the FleetLock slot in the report: {w:#}");
+            }
+        }
+    }
+    result
+}
+
+/// Gives back the slot of a migration whose first boot confirmed it, if
+/// the first boot could not (the server was down then): the fleet's next
+/// host waits for it.
+async fn release_after_confirmation(
+    client: &fleetlock::Client,
+    root: &std::path::Path,
+    output: OutputFormat,
+) {
+    use crate::core::lifecycle::State;
+    let Some(journal) = crate::core::journal::Journal::load(root).ok().flatten() else {
+        return;
+    };
+    if journal.state() != State::Confirmed
+        || !journal
+            .fleetlock
+            .as_ref()
+            .is_some_and(|s| s.state == SlotState::Held)
+    {
+        return;
+    }
+    let slot = match client.unlock().await {
+        Ok(()) => {
+            super::render::say(
+                output,
+                &format!(
+                    "released the FleetLock slot of migration {}, confirmed at its first boot",
+                    journal.migration_id
+                ),
+            );
+            client.slot(SlotState::Released, None)
+        }
+        Err(refusal) => {
+            let line = format!(
+                "the FleetLock slot of migration {} is still held: giving it back failed ({refusal}); the next unattended run tries again",
+                journal.migration_id
+            );
+            journald::send::<&str>(Priority::Warning, journald::ids::FAILED, &line, &[]);
+            super::render::say(output, &line);
+            client.slot(SlotState::Held, Some(refusal.to_string()))
+        }
+    };
+    fleetlock::record(root, &slot);
 }

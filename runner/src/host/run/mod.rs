@@ -82,6 +82,9 @@ pub(crate) struct LaunchOptions {
     /// Why the run does what it does, when the caller decided (an
     /// unattended run outside its window): shown and logged at the start.
     pub(crate) note: Option<String>,
+    /// The host's FleetLock slot as the unattended run found it before
+    /// starting: recorded in the journal and the report.
+    pub(crate) fleetlock: Option<crate::core::journal::FleetLockSlot>,
 }
 
 impl LaunchOptions {
@@ -102,6 +105,7 @@ impl LaunchOptions {
             record: Record::OnChange,
             reboot: Reboot::No,
             note: None,
+            fleetlock: None,
         }
     }
 }

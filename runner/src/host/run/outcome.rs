@@ -52,6 +52,10 @@ impl Session<'_> {
                 .flatten()
                 .and_then(|j| j.backup);
         }
+        if let Some(slot) = &opts.fleetlock {
+            session.report.fleetlock = Some(slot.clone());
+            crate::host::fleetlock::record(root, slot);
+        }
         let (stops, starts) = std::mem::take(&mut session.service_steps);
         session.report.measure_downtime(&stops, &starts);
         let run_id = session.report.run_id.clone();
