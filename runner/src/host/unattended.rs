@@ -250,7 +250,7 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
                 &line,
                 &[("MIGRATE_RUN_ID", &marker.run_id)],
             );
-            fleetlock::record(&root, &slot);
+            fleetlock::record(&root, slot);
             return Ok(());
         }
         if let Some(slot) = &slot {
