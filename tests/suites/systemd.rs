@@ -1034,3 +1034,234 @@ command = ["sh", "-c", "touch /var/lib/cutover-ran; echo migrated > /etc/motd"]
     );
     assert!(!reverted.join("var/lib/cutover-ran").exists());
 }
+
+/// A cutover that fakes the release change (the fleet test is about the
+/// order of cutovers and reboots, not packages): the root says Debian 13
+/// afterwards, so that its first boot is confirmed.
+const FAKE_RELEASE_PLAN: &str = r#"description = "marks the cutover and says Debian 13"
+
+[[step]]
+id = "pre-copy"
+kind = "command"
+phase = "sync"
+chroot = true
+command = ["touch", "/var/lib/synced"]
+
+[[step]]
+id = "release"
+kind = "command"
+phase = "cutover"
+chroot = true
+command = ["sh", "-c", "sed -i -e 's/^VERSION_ID=.*/VERSION_ID=\"13\"/' -e 's/^VERSION_CODENAME=.*/VERSION_CODENAME=trixie/' -e 's|^PRETTY_NAME=.*|PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"|' /usr/lib/os-release && touch /var/lib/cutover-ran"]
+"#;
+
+/// The FleetLock application id of migrate (runner/src/host/fleetlock.rs).
+const FLEETLOCK_APP_ID: &str = "9f47acada360ce6c4804121fa904cb59";
+
+/// A host of a fleet: its own machine id, unattended migration with reboot
+/// and a FleetLock server in `group`.
+fn fleet_host(f: &'static Fixtures, url: &str) -> fixtures::ScratchRoot {
+    let root = installed_host(f).unwrap();
+    let machine_id: String = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .unwrap()
+        .trim()
+        .replace('-', "");
+    write(&root.path, "etc/machine-id", &format!("{machine_id}\n"));
+    write(&root.path, "etc/migrate/fleet.toml", FAKE_RELEASE_PLAN);
+    write(
+        &root.path,
+        "etc/migrate/config.toml",
+        &format!(
+            "enabled = true\nmode = \"run\"\nimage = \"{MIGRATION_IMAGE}\"\nplan = \"/etc/migrate/fleet.toml\"\nreboot = true\nfleetlock_url = \"{url}\"\nfleetlock_group = \"workers\"\n"
+        ),
+    );
+    root
+}
+
+/// The slot as the root's state journal records it.
+fn journal_slot(root: &Path) -> Value {
+    let path = root.join("var/lib/migrate/state.json");
+    let text = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; var/lib/migrate holds {:?}",
+            path.display(),
+            std::fs::read_dir(root.join("var/lib/migrate"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        )
+    });
+    let state: Value = serde_json::from_slice(&text).unwrap();
+    state["fleetlock"].clone()
+}
+
+/// Powers a booted host off and waits until its container ended.
+fn power_off(booted: BootedRoot) {
+    let _ = booted.run(&["systemctl", "poweroff"]);
+    booted.wait_stopped(Duration::from_secs(120)).unwrap();
+}
+
+/// Two hosts of one reboot group, one FleetLock slot. One booted host runs
+/// at a time: on these machines' hybrid cgroup hierarchy, a booted
+/// container that shuts down removes the other's systemd cgroup, and
+/// nothing can be run in that one afterwards (an artefact of the test
+/// environment: the hosts of a real fleet are separate machines).
+#[test]
+fn two_hosts_with_one_fleetlock_slot_cut_over_and_reboot_one_after_the_other() {
+    use fixtures::fleetlock::{FleetLockServer, Netns};
+    let _serial = serial();
+    let f = Fixtures::get();
+    let netns = Netns::start(f).unwrap();
+    let server = FleetLockServer::start(&netns, 1).unwrap();
+    let net = netns.net_arg();
+    let a_root = fleet_host(f, &server.url());
+    let b_root = fleet_host(f, &server.url());
+    // The id each host gives is systemd's application-specific machine id.
+    let id_of = |h: &BootedRoot| {
+        h.exec(&[
+            "systemd-id128",
+            "machine-id",
+            &format!("--app-specific={FLEETLOCK_APP_ID}"),
+        ])
+        .unwrap()
+        .trim()
+        .to_string()
+    };
+
+    // A takes the one slot, cuts over and reboots.
+    let a = BootedRoot::boot_in(f, &a_root.path, &net).unwrap();
+    a.load_image(MIGRATION_IMAGE).unwrap();
+    let a_id = id_of(&a);
+    let out = a.run(&["migrate", "--unattended"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rebooting into"),
+        "{}",
+        show(&out)
+    );
+    a.wait_stopped(Duration::from_secs(120)).unwrap();
+    drop(a);
+    assert!(a_root.join("var/lib/cutover-ran").exists());
+    assert_eq!(report(&a_root.path).unwrap()["fleetlock"]["state"], "held");
+    assert_eq!(journal_slot(&a_root.path)["state"], "held");
+
+    // B, first with a server that cannot be reached: no slot, no cutover.
+    let b = BootedRoot::boot_in(f, &b_root.path, &net).unwrap();
+    b.load_image(MIGRATION_IMAGE).unwrap();
+    let b_id = id_of(&b);
+    assert!(a_id.len() == 32 && a_id != b_id, "{a_id} {b_id}");
+    write(
+        &b_root.path,
+        "etc/migrate/config.d/50-down.toml",
+        &format!(
+            "fleetlock_url = \"http://127.0.0.1:{}\"\n",
+            fixtures::free_port().unwrap()
+        ),
+    );
+    let out = b.run(&["migrate", "--unattended"]).unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no reboot slot from the FleetLock server"),
+        "{}",
+        show(&out)
+    );
+    let r = report(&b_root.path).unwrap();
+    assert_eq!(r["verb"], "sync", "{r:#}");
+    assert_eq!(r["fleetlock"]["state"], "waiting", "{r:#}");
+    assert!(
+        r["fleetlock"]["answer"]
+            .as_str()
+            .unwrap()
+            .starts_with("not reachable"),
+        "{r:#}"
+    );
+    assert!(!b_root.join("var/lib/cutover-ran").exists());
+    std::fs::remove_file(b_root.join("etc/migrate/config.d/50-down.toml")).unwrap();
+
+    // Then with the server, while A holds the slot: refused; B only syncs
+    // and keeps running.
+    let out = b.run(&["migrate", "--unattended"]).unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let r = report(&b_root.path).unwrap();
+    assert_eq!(r["verb"], "sync", "{r:#}");
+    assert_eq!(r["fleetlock"]["state"], "waiting", "{r:#}");
+    assert!(
+        r["fleetlock"]["answer"]
+            .as_str()
+            .unwrap()
+            .contains("failed_lock_semaphore_full"),
+        "{r:#}"
+    );
+    assert_eq!(journal_slot(&b_root.path)["state"], "waiting");
+    assert!(!b_root.join("var/lib/cutover-ran").exists());
+    assert!(!b_root.join("var/lib/migrate/reboot-pending").exists());
+    let b_status = b.exec(&["migrate", "status"]).unwrap();
+    assert!(b_status.contains("FleetLock slot: waiting"), "{b_status}");
+    assert_eq!(
+        b.exec(&["systemctl", "is-system-running"]).unwrap().trim(),
+        "running"
+    );
+    power_off(b);
+
+    // A's first boot confirms the migration and gives the slot back.
+    let a = BootedRoot::boot_in(f, &a_root.path, &net).unwrap();
+    assert_ended(&a, "migrate-cleanup.service", "0", "success");
+    let after = &report(&a_root.path).unwrap()["after_reboot"];
+    assert_eq!(after["result"], "confirmed", "{after:#}");
+    assert!(
+        after["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .starts_with("gave the FleetLock slot back")),
+        "{after:#}"
+    );
+    assert_eq!(journal_slot(&a_root.path)["state"], "released");
+    power_off(a);
+
+    // Now B gets it, cuts over, reboots, and gives it back in turn.
+    let b = BootedRoot::boot_in(f, &b_root.path, &net).unwrap();
+    let out = b.run(&["migrate", "--unattended"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rebooting into"),
+        "{}",
+        show(&out)
+    );
+    b.wait_stopped(Duration::from_secs(120)).unwrap();
+    drop(b);
+    let b = BootedRoot::boot_in(f, &b_root.path, &net).unwrap();
+    assert_ended(&b, "migrate-cleanup.service", "0", "success");
+    assert_eq!(
+        report(&b_root.path).unwrap()["after_reboot"]["result"],
+        "confirmed"
+    );
+    assert_eq!(journal_slot(&b_root.path)["state"], "released");
+    drop(b);
+
+    // The server's view: every request in the protocol's shape, and B's
+    // slot granted only after A gave its slot back.
+    let requests = server.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.protocol_header && r.group == "workers" && (r.id == a_id || r.id == b_id)),
+        "{requests:#?}"
+    );
+    let seen: Vec<(&str, &str, u16)> = requests
+        .iter()
+        .map(|r| {
+            (
+                if r.id == a_id { "a" } else { "b" },
+                r.endpoint.as_str(),
+                r.status,
+            )
+        })
+        .collect();
+    let mut expected = vec![("a", "pre-reboot", 200)];
+    // Refused, then retried with back-off (three more attempts).
+    expected.extend([("b", "pre-reboot", 409); 4]);
+    expected.extend([
+        ("a", "steady-state", 200),
+        ("b", "pre-reboot", 200),
+        ("b", "steady-state", 200),
+    ]);
+    assert_eq!(seen, expected);
+    let backoff = requests[4].at - requests[1].at;
+    assert!(backoff >= Duration::from_secs(7), "{backoff:?}");
+}
