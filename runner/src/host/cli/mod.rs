@@ -122,7 +122,8 @@ struct RunArgs {
     /// migrate.service does): nothing when disabled, else the checks
     /// (mode = "check") or the migration (mode = "run", whose checks run
     /// first), with the outcome recorded in report.json and the journal;
-    /// reboots only inside the maintenance window.
+    /// cuts over and reboots only inside the maintenance window, and with
+    /// fleetlock_url only holding a reboot slot from that FleetLock server.
     #[arg(long, conflicts_with = "dry_run")]
     unattended: bool,
     /// Show the resolved plan and what each step would do (package manager
