@@ -1072,7 +1072,7 @@ fn fleet_host(f: &'static Fixtures, url: &str) -> fixtures::ScratchRoot {
         &root.path,
         "etc/migrate/config.toml",
         &format!(
-            "enabled = true\nmode = \"run\"\nimage = \"{MIGRATION_IMAGE}\"\nplan = \"/etc/migrate/fleet.toml\"\nreboot = true\nfleetlock_url = \"{url}\"\nfleetlock_group = \"workers\"\n"
+            "enabled = true\nmode = \"run\"\nimage = \"{MIGRATION_IMAGE}\"\nplan = \"/etc/migrate/fleet.toml\"\nreboot = true\nfleetlock_url = \"{url}\"\nfleetlock_group = \"workers\"\nmetrics_dir = \"/var/lib/node-exporter\"\n"
         ),
     );
     root
@@ -1192,6 +1192,13 @@ fn two_hosts_with_one_fleetlock_slot_cut_over_and_reboot_one_after_the_other() {
     assert_eq!(journal_slot(&b_root.path)["state"], "waiting");
     assert!(!b_root.join("var/lib/cutover-ran").exists());
     assert!(!b_root.join("var/lib/migrate/reboot-pending").exists());
+    let metrics =
+        fixtures::checked_metrics(&b_root.join("var/lib/node-exporter/migrate.prom")).unwrap();
+    assert!(
+        metrics.contains("migrate_fleetlock_waiting{group=\"workers\"} 1")
+            && metrics.contains("migrate_fleetlock_slot_held{group=\"workers\"} 0"),
+        "{metrics}"
+    );
     let b_status = b.exec(&["migrate", "status"]).unwrap();
     assert!(b_status.contains("FleetLock slot: waiting"), "{b_status}");
     assert_eq!(
@@ -1213,6 +1220,13 @@ fn two_hosts_with_one_fleetlock_slot_cut_over_and_reboot_one_after_the_other() {
         "{after:#}"
     );
     assert_eq!(journal_slot(&a_root.path)["state"], "released");
+    let metrics =
+        fixtures::checked_metrics(&a_root.join("var/lib/node-exporter/migrate.prom")).unwrap();
+    assert!(
+        metrics.contains("migrate_fleetlock_slot_held{group=\"workers\"} 0")
+            && metrics.contains("migrate_migration_confirmed 1"),
+        "{metrics}"
+    );
     power_off(a);
 
     // Now B gets it, cuts over, reboots, and gives it back in turn.
