@@ -345,4 +345,130 @@ mod tests {
         assert!(check_id("a b").is_err());
         assert!(check_id(&"x".repeat(129)).is_err());
     }
+
+    /// A server on 127.0.0.1 that answers each connection with the next
+    /// of `answers` (status, body) and hands back what it was sent.
+    fn server(answers: Vec<(u16, &'static str)>) -> (String, std::sync::mpsc::Receiver<String>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/base", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (status, body) in answers {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Headers, then the body its Content-Length announces.
+                loop {
+                    let n = stream.read(&mut buf).unwrap();
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if rest.len() >= length || n == 0 {
+                            break;
+                        }
+                    }
+                }
+                tx.send(String::from_utf8_lossy(&request).to_string())
+                    .unwrap();
+                write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+        });
+        (url, rx)
+    }
+
+    fn client(url: &str) -> Client {
+        Client::new(
+            Path::new("/nonexistent"),
+            &FleetLockConfig {
+                url: url.to_string(),
+                group: "workers".into(),
+                id: Some("node-1".into()),
+            },
+        )
+        .unwrap()
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn requests_are_the_protocols_and_refusals_carry_the_servers_reason() {
+        let (url, sent) = server(vec![
+            (200, ""),
+            (
+                409,
+                r#"{"kind":"failed_lock_semaphore_full","value":"semaphore currently full"}"#,
+            ),
+            (500, "upstream down"),
+        ]);
+        let c = client(&url);
+        block_on(c.post("pre-reboot")).unwrap();
+        let request = sent.recv().unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("POST /base/v1/pre-reboot HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nfleet-lock-protocol: true"),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"client_params": {"id": "node-1", "group": "workers"}})
+        );
+        let refusal = block_on(c.post("steady-state")).unwrap_err();
+        assert!(
+            sent.recv()
+                .unwrap()
+                .starts_with("POST /base/v1/steady-state ")
+        );
+        assert_eq!(
+            refusal.to_string(),
+            "HTTP 409, failed_lock_semaphore_full: semaphore currently full"
+        );
+        let refusal = block_on(c.post("pre-reboot")).unwrap_err();
+        assert_eq!(refusal.to_string(), "HTTP 500: upstream down");
+    }
+
+    #[test]
+    fn a_refused_or_unreachable_server_is_asked_again_with_back_off() {
+        let (url, sent) = server(vec![(503, ""), (503, ""), (200, "")]);
+        let started = std::time::Instant::now();
+        block_on(client(&url).lock()).unwrap();
+        assert_eq!(sent.try_iter().count(), 3);
+        assert!(started.elapsed() >= BACKOFF[0] + BACKOFF[1]);
+        // Nothing listens: four attempts, then the reason.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refusal = block_on(client(&format!("http://127.0.0.1:{port}")).unlock()).unwrap_err();
+        assert!(
+            refusal.to_string().starts_with("not reachable: "),
+            "{refusal}"
+        );
+    }
 }
