@@ -18,6 +18,7 @@ packages=(
   etcd-server etcd-client       # the etcd a recipe moves a service's state from
   prometheus                    # promtool, to check the textfile metrics
   btrfs-progs                   # loop-mounted btrfs roots: snapshots and rollback from them
+  python3 python3-venv openssh-client  # ansible-core (from PyPI, in the test cache) over ssh
 )
 missing=()
 for p in "${packages[@]}"; do
