@@ -15,6 +15,7 @@ use std::path::Path;
 
 use fixtures::fleet::{Ansible, Fleet, ansible, lint};
 use fixtures::fleetlock::Netns;
+use fixtures::network::Uplink;
 use fixtures::{Fixtures, MIGRATION_IMAGE, serial, show};
 use serde_json::Value;
 
@@ -59,11 +60,22 @@ fn write(root: &Path, rel: &str, text: &str) {
     std::fs::write(p, text).unwrap();
 }
 
-/// Every host gets the plan; `held` gets a held package, `broken` a
-/// cutover that fails.
-fn prepare(held: &'static [&'static str], broken: &'static [&'static str]) -> impl Fn(&str, &Path) {
+/// Every host gets the cheap plan and `proxy` for apt; `held` gets a held
+/// package, `broken` a cutover that fails.
+fn prepare(
+    held: &'static [&'static str],
+    broken: &'static [&'static str],
+    proxy: Option<String>,
+) -> impl Fn(&str, &Path) {
     move |name, root| {
         write(root, "etc/migrate/fleet.toml", PLAN);
+        if let Some(proxy) = &proxy {
+            write(
+                root,
+                "etc/apt/apt.conf.d/01proxy",
+                &format!("Acquire::http::Proxy \"{proxy}\";\n"),
+            );
+        }
         if held.contains(&name) {
             let out = std::process::Command::new("chroot")
                 .arg(root)
@@ -78,18 +90,33 @@ fn prepare(held: &'static [&'static str], broken: &'static [&'static str]) -> im
     }
 }
 
-/// Runs the upgrade playbook against `fleet`; (exit code, output, summary).
-fn upgrade(a: &Ansible, netns: &Netns, fleet: &Fleet) -> (Option<i32>, String, Value) {
+/// Runs the upgrade playbook against `fleet`, every host with the cheap
+/// plan but those in `real` (the image's own plan: the real upgrade);
+/// (exit code, output, summary).
+fn upgrade(
+    a: &Ansible,
+    netns: &Netns,
+    fleet: &Fleet,
+    real: &[&str],
+) -> (Option<i32>, String, Value) {
     let dir = tempfile::tempdir().unwrap();
-    let inventory = fleet.inventory(dir.path()).unwrap();
+    let host_vars: Vec<(&str, &str)> = real.iter().map(|h| (*h, "migrate_plan=''")).collect();
+    let inventory = fleet
+        .inventory(
+            dir.path(),
+            &[
+                format!("migrate_image={MIGRATION_IMAGE}"),
+                "migrate_plan=/etc/migrate/fleet.toml".to_string(),
+            ],
+            &host_vars,
+        )
+        .unwrap();
     let summary = dir.path().join("summary.json");
     let out = a
         .command("ansible-playbook", &dir.path().join("home"), Some(netns))
         .arg("-i")
         .arg(&inventory)
         .arg("migrate.fleet.upgrade")
-        .args(["-e", &format!("migrate_image={MIGRATION_IMAGE}")])
-        .args(["-e", "migrate_plan=/etc/migrate/fleet.toml"])
         .args(["-e", "migrate_boot_timeout=180"])
         .args(["-e", &format!("migrate_summary_path={}", summary.display())])
         .output()
@@ -141,23 +168,27 @@ fn the_collection_passes_ansible_lint_and_ansible_doc_shows_the_module() {
     }
 }
 
+/// The canary's upgrade is cheap; `web` upgrades for real, through the
+/// package proxy on the namespace's uplink, and comes back with Debian 13's
+/// Python 3.13, which the controller's ansible-core must manage.
 #[test]
 fn a_canary_then_a_wave_reach_the_new_release_and_the_inhibited_host_is_left_as_it_was() {
     let _serial = serial();
     let f = Fixtures::get();
     let a = ansible(f).unwrap();
     let netns = Netns::start(f).unwrap();
+    let uplink = Uplink::start(f, &netns).unwrap();
     let fleet = Fleet::boot(
         f,
         &netns,
         &["canary", "web", "held"],
         2201,
         MIGRATION_IMAGE,
-        prepare(&["held"], &[]),
+        prepare(&["held"], &[], Some(uplink.proxy.clone())),
     )
     .unwrap();
     let before = fixtures::tree_checksum(&fleet.host("held").root.join("usr")).unwrap();
-    let (code, text, summary) = upgrade(a, &netns, &fleet);
+    let (code, text, summary) = upgrade(a, &netns, &fleet, &["web"]);
     // The inhibited host fails its check task but does not count: the run
     // ends with the inhibited host reported.
     assert_eq!(code, Some(2), "{text}");
@@ -165,13 +196,36 @@ fn a_canary_then_a_wave_reach_the_new_release_and_the_inhibited_host_is_left_as_
         let h = fleet.host(name);
         assert_eq!(os_version(&h.root.path), "13", "{name}");
         assert_eq!(journal_state(&h.root.path), "confirmed", "{name}");
-        assert!(h.root.join("var/lib/synced").exists(), "{name}");
+        assert_eq!(
+            h.root.join("var/lib/synced").exists(),
+            name == "canary",
+            "{name}: the cheap plan's sync step"
+        );
         let s = &summary[name];
         assert_eq!(s["result"], "confirmed", "{name}: {summary:#}");
         assert_eq!(s["source"], "debian:12", "{summary:#}");
         assert_eq!(s["target"], "debian:13", "{summary:#}");
         assert!(s["duration_s"].as_f64().unwrap() > 0.0, "{summary:#}");
     }
+    // web's was the real upgrade: Debian 13's packages and Python.
+    let web = fleet.host("web");
+    assert!(
+        std::fs::read_to_string(web.root.join("etc/debian_version"))
+            .unwrap()
+            .starts_with("13"),
+        "{text}"
+    );
+    let python = std::process::Command::new("chroot")
+        .arg(&web.root.path)
+        .args(["python3", "--version"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&python.stdout).starts_with("Python 3.13"),
+        "{}",
+        show(&python)
+    );
+    assert!(text.contains("Wait for the first boot's verdict"), "{text}");
     // Rebooted once each, by the playbook, and confirmed by the first boot.
     assert_eq!(fleet.restarts(), vec![1, 1, 0], "{text}");
     let held = fleet.host("held");
@@ -231,10 +285,10 @@ fn a_cutover_that_fails_in_the_canary_wave_stops_the_rollout() {
         &["canary", "web", "held"],
         2211,
         MIGRATION_IMAGE,
-        prepare(&["held"], &["canary"]),
+        prepare(&["held"], &["canary"], None),
     )
     .unwrap();
-    let (code, text, summary) = upgrade(a, &netns, &fleet);
+    let (code, text, summary) = upgrade(a, &netns, &fleet, &[]);
     assert_ne!(code, Some(0), "{text}");
     let canary = &summary["canary"];
     assert_eq!(canary["result"], "cutover failed", "{summary:#}");

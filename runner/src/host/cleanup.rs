@@ -111,7 +111,7 @@ pub(crate) async fn cleanup(opts: &CleanupOptions) -> Result<()> {
     }
 
     let has_post = marker.plan.steps_in(&[Phase::Post]).next().is_some();
-    match Podman::connect().await {
+    match Podman::connect_for(&root).await {
         Ok(podman) => {
             if has_post && problems.is_empty() {
                 match post_phase(&podman, opts, &root, &marker, &lock).await {

@@ -124,7 +124,22 @@ impl Podman {
     /// Connects to podman (see [`service::find_or_start`]) and checks its API
     /// version.
     pub(crate) async fn connect() -> Result<Self> {
-        let mut endpoint = service::find_or_start().await?;
+        Self::connect_with(service::Use::Any).await
+    }
+
+    /// Connects for a run on `root`: on the running host (`/`) through a
+    /// service of migrate's own (see [`service::Use::OwnOnLiveHost`]).
+    pub(crate) async fn connect_for(root: &std::path::Path) -> Result<Self> {
+        Self::connect_with(if root == std::path::Path::new("/") {
+            service::Use::OwnOnLiveHost
+        } else {
+            service::Use::Any
+        })
+        .await
+    }
+
+    async fn connect_with(usage: service::Use) -> Result<Self> {
+        let mut endpoint = service::find_or_start(usage).await?;
         match Self::handshake(&endpoint).await {
             Ok((api, api_version, service_limits)) => Ok(Self {
                 api,

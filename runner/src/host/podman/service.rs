@@ -37,9 +37,24 @@ pub(crate) struct Endpoint {
     pub(crate) service: Option<PrivateService>,
 }
 
-/// Finds a listening socket: `CONTAINER_HOST` (unix:// only), then the system
-/// socket; starts a private service if neither listens.
-pub(crate) async fn find_or_start() -> Result<Endpoint> {
+/// Which podman service a run may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// `CONTAINER_HOST`, else the system socket, else a private service.
+    Any,
+    /// `CONTAINER_HOST`, else a private service: never the system's
+    /// socket-activated `podman.service`, which the upgrade of the running
+    /// host's podman package stops in the middle of the run (its prerm
+    /// stops `podman.service` and `podman.socket`), taking the run's API
+    /// connection with it. A private service is migrate's child, in
+    /// migrate's cgroup, and outlives the package's replacement.
+    OwnOnLiveHost,
+}
+
+/// Finds a listening socket: `CONTAINER_HOST` (unix:// only), then (with
+/// [`Use::Any`]) the system socket; starts a private service if neither
+/// listens.
+pub(crate) async fn find_or_start(usage: Use) -> Result<Endpoint> {
     let mut tried = Vec::new();
     if let Some(host) = std::env::var_os("CONTAINER_HOST") {
         let host = host.to_string_lossy().into_owned();
@@ -53,17 +68,22 @@ pub(crate) async fn find_or_start() -> Result<Endpoint> {
         tried.push(format!("CONTAINER_HOST={host}"));
     }
     let system = PathBuf::from(SYSTEM_SOCKET);
-    if listening(&system).await {
+    if usage == Use::OwnOnLiveHost {
+        tracing::info!(
+            "the running host's podman package may be upgraded by this run: starting a private podman system service instead of using {SYSTEM_SOCKET}"
+        );
+    } else if listening(&system).await {
         return Ok(Endpoint {
             socket: system,
             service: None,
         });
+    } else {
+        tried.push(SYSTEM_SOCKET.to_string());
+        tracing::info!(
+            "no podman socket is listening ({}); starting a private podman system service",
+            tried.join(", ")
+        );
     }
-    tried.push(SYSTEM_SOCKET.to_string());
-    tracing::info!(
-        "no podman socket is listening ({}); starting a private podman system service",
-        tried.join(", ")
-    );
     let service = PrivateService::start().await?;
     Ok(Endpoint {
         socket: service.socket(),

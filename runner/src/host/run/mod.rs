@@ -191,7 +191,7 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
         });
 
     let journal_at_start = journal.clone();
-    let podman = Podman::connect().await?;
+    let podman = Podman::connect_for(&root).await?;
     let result = async {
         let mut restore = None;
         let mut _migrated_lock = None;
