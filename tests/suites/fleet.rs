@@ -288,6 +288,63 @@ fn a_cutover_that_fails_in_the_canary_wave_stops_the_rollout() {
         prepare(&["held"], &["canary"], None),
     )
     .unwrap();
+
+    // Check mode first, ad hoc: `migrate check` whatever the command says;
+    // the held host fails with its inhibitor, nothing changes anywhere.
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = fleet.inventory(dir.path(), &[], &[]).unwrap();
+    let out = a
+        .command("ansible", &dir.path().join("home"), Some(&netns))
+        .arg("-i")
+        .arg(&inventory)
+        .args(["fleet", "--check", "-m", "migrate.fleet.migrate", "-a"])
+        .arg(format!(
+            "command=run image={MIGRATION_IMAGE} plan=/etc/migrate/fleet.toml"
+        ))
+        // Each host's result as JSON, in a file named after it.
+        .env("ANSIBLE_LOAD_CALLBACK_PLUGINS", "1")
+        .env("ANSIBLE_CALLBACKS_ENABLED", "ansible.builtin.tree")
+        .env("ANSIBLE_CALLBACK_TREE_DIR", dir.path().join("tree"))
+        .output()
+        .unwrap();
+    let mut hosts = serde_json::Map::new();
+    for h in &fleet.hosts {
+        let result = std::fs::read(dir.path().join("tree").join(&h.name))
+            .unwrap_or_else(|e| panic!("{}: {e}: {}", h.name, show(&out)));
+        hosts.insert(h.name.clone(), serde_json::from_slice(&result).unwrap());
+    }
+    let hosts = Value::Object(hosts);
+    for name in ["canary", "web"] {
+        assert_eq!(hosts[name]["changed"], false, "{hosts:#}");
+        assert_eq!(hosts[name]["rc"], 0, "{hosts:#}");
+        assert_eq!(hosts[name]["report"]["verb"], "check", "{hosts:#}");
+    }
+    // The tree callback keeps the module's result (its `failed` aside).
+    assert_eq!(hosts["held"]["rc"], 3, "{hosts:#}");
+    assert_eq!(hosts["held"]["changed"], false, "{hosts:#}");
+    assert!(
+        hosts["held"]["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("inhibited, nothing was changed: "),
+        "{hosts:#}"
+    );
+    assert!(out.status.code() != Some(0), "{}", show(&out));
+    assert!(
+        hosts["held"]["inhibitors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("held packages block the upgrade: python3"),
+        "{hosts:#}"
+    );
+    for h in &fleet.hosts {
+        assert!(
+            !h.root.join("var/lib/migrate/state.json").exists(),
+            "{}",
+            h.name
+        );
+    }
+
     let (code, text, summary) = upgrade(a, &netns, &fleet, &[]);
     assert_ne!(code, Some(0), "{text}");
     let canary = &summary["canary"];
