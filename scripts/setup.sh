@@ -19,6 +19,7 @@ packages=(
   prometheus                    # promtool, to check the textfile metrics
   btrfs-progs                   # loop-mounted btrfs roots: snapshots and rollback from them
   python3 python3-venv openssh-client  # ansible-core (from PyPI, in the test cache) over ssh
+  apt-cacher-ng iproute2        # booted test hosts' package proxy, on a veth pair the tests create
 )
 missing=()
 for p in "${packages[@]}"; do
