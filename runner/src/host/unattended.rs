@@ -260,31 +260,41 @@ async fn run_configured(opts: &UnattendedOptions, root: &std::path::Path) -> Res
         return run::finished_migration(&launch, &root, &marker);
     }
     let result = run::launch(&launch).await;
-    // A run that changed nothing (a check inhibited it) gives its slot
-    // back: holding it would stop the fleet for a host that did not move.
     if let (Some(client), Err(e)) = (&fleet, &result)
         && launch.verb == Verb::Run
         && crate::core::exit::exit_code_of(e) == ExitCode::Inhibited
     {
-        let slot = match client.unlock().await {
-            Ok(()) => client.slot(
-                SlotState::Released,
-                Some("the run was inhibited and changed nothing".to_string()),
-            ),
-            Err(refusal) => client.slot(
-                SlotState::Held,
-                Some(format!("giving the slot back failed: {refusal}")),
-            ),
-        };
-        fleetlock::record(&root, &slot);
-        if let Ok(mut report) = Report::read(&root) {
-            report.fleetlock = Some(slot);
-            if let Err(w) = report.write(&root) {
-                tracing::warn!("recording the FleetLock slot in the report: {w:#}");
-            }
-        }
+        give_back_unused_slot(client, &root).await;
     }
     result
+}
+
+/// After a run a check inhibited: gives the slot back unless an earlier
+/// run had started the cutover (a host between releases keeps its slot, so
+/// that the fleet waits for it). Holding it for a host that did not move
+/// would stop the fleet for nothing.
+async fn give_back_unused_slot(client: &fleetlock::Client, root: &std::path::Path) {
+    let journal = crate::core::journal::Journal::load(root).ok().flatten();
+    if journal.as_ref().is_some_and(|j| j.cutover_started()) {
+        return;
+    }
+    let slot = match client.unlock().await {
+        Ok(()) => client.slot(
+            SlotState::Released,
+            Some("the run was inhibited and changed nothing".to_string()),
+        ),
+        Err(refusal) => client.slot(
+            SlotState::Held,
+            Some(format!("giving the slot back failed: {refusal}")),
+        ),
+    };
+    fleetlock::record(root, &slot);
+    if let Ok(mut report) = Report::read(root) {
+        report.fleetlock = Some(slot);
+        if let Err(w) = report.write(root) {
+            tracing::warn!("recording the FleetLock slot in the report: {w:#}");
+        }
+    }
 }
 
 /// Gives back the slot of a migration whose first boot confirmed it, if
