@@ -1041,6 +1041,13 @@ command = ["sh", "-c", "touch /var/lib/cutover-ran; echo migrated > /etc/motd"]
 const FAKE_RELEASE_PLAN: &str = r#"description = "marks the cutover and says Debian 13"
 
 [[step]]
+id = "inhibit"
+kind = "command"
+phase = "check"
+chroot = true
+command = ["sh", "-c", "test ! -e /etc/migrate/inhibit || { echo inhibited by the test >&2; exit 1; }"]
+
+[[step]]
 id = "pre-copy"
 kind = "command"
 phase = "sync"
@@ -1126,10 +1133,23 @@ fn two_hosts_with_one_fleetlock_slot_cut_over_and_reboot_one_after_the_other() {
         .to_string()
     };
 
-    // A takes the one slot, cuts over and reboots.
+    // A takes the slot for a run a check inhibits: it changed nothing and
+    // gives the slot straight back.
     let a = BootedRoot::boot_in(f, &a_root.path, &net).unwrap();
     a.load_image(MIGRATION_IMAGE).unwrap();
     let a_id = id_of(&a);
+    write(&a_root.path, "etc/migrate/inhibit", "");
+    let out = a.run(&["migrate", "--unattended"]).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let r = report(&a_root.path).unwrap();
+    assert_eq!(r["fleetlock"]["state"], "released", "{r:#}");
+    assert_eq!(
+        r["fleetlock"]["answer"],
+        "the run was inhibited and changed nothing"
+    );
+    std::fs::remove_file(a_root.join("etc/migrate/inhibit")).unwrap();
+
+    // A takes the one slot, cuts over and reboots.
     let out = a.run(&["migrate", "--unattended"]).unwrap();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("rebooting into"),
@@ -1267,7 +1287,11 @@ fn two_hosts_with_one_fleetlock_slot_cut_over_and_reboot_one_after_the_other() {
             )
         })
         .collect();
-    let mut expected = vec![("a", "pre-reboot", 200)];
+    let mut expected = vec![
+        ("a", "pre-reboot", 200),
+        ("a", "steady-state", 200),
+        ("a", "pre-reboot", 200),
+    ];
     // Refused, then retried with back-off (three more attempts).
     expected.extend([("b", "pre-reboot", 409); 4]);
     expected.extend([
@@ -1276,6 +1300,6 @@ fn two_hosts_with_one_fleetlock_slot_cut_over_and_reboot_one_after_the_other() {
         ("b", "steady-state", 200),
     ]);
     assert_eq!(seen, expected);
-    let backoff = requests[4].at - requests[1].at;
+    let backoff = requests[6].at - requests[3].at;
     assert!(backoff >= Duration::from_secs(7), "{backoff:?}");
 }
