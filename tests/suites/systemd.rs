@@ -1106,11 +1106,9 @@ fn power_off(booted: BootedRoot) {
     booted.wait_stopped(Duration::from_secs(120)).unwrap();
 }
 
-/// Two hosts of one reboot group, one FleetLock slot. One booted host runs
-/// at a time: on these machines' hybrid cgroup hierarchy, a booted
-/// container that shuts down removes the other's systemd cgroup, and
-/// nothing can be run in that one afterwards (an artefact of the test
-/// environment: the hosts of a real fleet are separate machines).
+/// Two hosts of one reboot group, one FleetLock slot. The hosts are booted
+/// one after the other, as each step needs only one of them (the fleet
+/// suite runs several side by side).
 #[test]
 fn two_hosts_with_one_fleetlock_slot_cut_over_and_reboot_one_after_the_other() {
     use fixtures::fleetlock::{FleetLockServer, Netns};
