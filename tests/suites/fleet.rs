@@ -16,35 +16,14 @@ use std::path::Path;
 use fixtures::fleet::{Ansible, Fleet, ansible, lint};
 use fixtures::fleetlock::Netns;
 use fixtures::network::Uplink;
+use fixtures::systemd::fake_release_plan;
 use fixtures::{Fixtures, MIGRATION_IMAGE, serial, show};
 use serde_json::Value;
 
 /// A check that finds held packages without the network (the distribution's
 /// `check-held-packages` asks the target's archive, which the booted hosts
-/// cannot reach), a sync step, and a cutover that says Debian 13.
-const PLAN: &str = r#"description = "checks holds, marks the cutover and says Debian 13"
-
-[[step]]
-id = "holds"
-kind = "command"
-phase = "check"
-chroot = true
-command = ["sh", "-c", "held=$(apt-mark showhold); [ -z \"$held\" ] || { echo \"held packages block the upgrade: $held\" >&2; exit 1; }"]
-
-[[step]]
-id = "pre-copy"
-kind = "command"
-phase = "sync"
-chroot = true
-command = ["touch", "/var/lib/synced"]
-
-[[step]]
-id = "release"
-kind = "command"
-phase = "cutover"
-chroot = true
-command = ["sh", "-c", "sed -i -e 's/^VERSION_ID=.*/VERSION_ID=\"13\"/' -e 's/^VERSION_CODENAME=.*/VERSION_CODENAME=trixie/' -e 's|^PRETTY_NAME=.*|PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"|' /usr/lib/os-release && touch /var/lib/cutover-ran"]
-"#;
+/// cannot reach).
+const HOLDS: &str = "held=$(apt-mark showhold); [ -z \"$held\" ] || { echo \"held packages block the upgrade: $held\" >&2; exit 1; }";
 
 /// A drop-in that makes the cutover fail after the release step.
 const FAILING: &str = r#"[[step]]
@@ -68,7 +47,11 @@ fn prepare(
     proxy: Option<String>,
 ) -> impl Fn(&str, &Path) {
     move |name, root| {
-        write(root, "etc/migrate/fleet.toml", PLAN);
+        write(
+            root,
+            "etc/migrate/fleet.toml",
+            &fake_release_plan("holds", HOLDS),
+        );
         if let Some(proxy) = &proxy {
             write(
                 root,
@@ -128,21 +111,11 @@ fn upgrade(
     (out.status.code(), text, summary)
 }
 
-fn os_version(root: &Path) -> String {
-    std::fs::read_to_string(root.join("usr/lib/os-release"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VERSION_ID="))
-        .unwrap()
-        .trim_matches('"')
-        .to_string()
-}
-
 fn journal_state(root: &Path) -> String {
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(root.join("var/lib/migrate/state.json")).unwrap())
-            .unwrap();
-    state["state"].as_str().unwrap().to_string()
+    fixtures::state_journal(root)["state"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -194,7 +167,11 @@ fn a_canary_then_a_wave_reach_the_new_release_and_the_inhibited_host_is_left_as_
     assert_eq!(code, Some(2), "{text}");
     for name in ["canary", "web"] {
         let h = fleet.host(name);
-        assert_eq!(os_version(&h.root.path), "13", "{name}");
+        assert_eq!(
+            h.root.os_release("VERSION_ID").as_deref(),
+            Some("13"),
+            "{name}"
+        );
         assert_eq!(journal_state(&h.root.path), "confirmed", "{name}");
         assert_eq!(
             h.root.join("var/lib/synced").exists(),
@@ -237,7 +214,7 @@ fn a_canary_then_a_wave_reach_the_new_release_and_the_inhibited_host_is_left_as_
             .contains("held packages block the upgrade: python3"),
         "{summary:#}"
     );
-    assert_eq!(os_version(&held.root.path), "12");
+    assert_eq!(held.root.os_release("VERSION_ID").as_deref(), Some("12"));
     assert!(!held.root.join("var/lib/migrate/state.json").exists());
     assert_eq!(
         fixtures::tree_checksum(&held.root.join("usr")).unwrap(),

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use fixtures::btrfs::Btrfs;
-use fixtures::systemd::{BootedRoot, dpkg, installed_host, read_journal};
+use fixtures::systemd::{BootedRoot, dpkg, fake_release_plan, installed_host, read_journal};
 use fixtures::{BASE_IMAGE, Fixtures, MIGRATION_IMAGE, report, serial, show, tree_checksum};
 use serde_json::Value;
 
@@ -1035,33 +1035,6 @@ command = ["sh", "-c", "touch /var/lib/cutover-ran; echo migrated > /etc/motd"]
     assert!(!reverted.join("var/lib/cutover-ran").exists());
 }
 
-/// A cutover that fakes the release change (the fleet test is about the
-/// order of cutovers and reboots, not packages): the root says Debian 13
-/// afterwards, so that its first boot is confirmed.
-const FAKE_RELEASE_PLAN: &str = r#"description = "marks the cutover and says Debian 13"
-
-[[step]]
-id = "inhibit"
-kind = "command"
-phase = "check"
-chroot = true
-command = ["sh", "-c", "test ! -e /etc/migrate/inhibit || { echo inhibited by the test >&2; exit 1; }"]
-
-[[step]]
-id = "pre-copy"
-kind = "command"
-phase = "sync"
-chroot = true
-command = ["touch", "/var/lib/synced"]
-
-[[step]]
-id = "release"
-kind = "command"
-phase = "cutover"
-chroot = true
-command = ["sh", "-c", "sed -i -e 's/^VERSION_ID=.*/VERSION_ID=\"13\"/' -e 's/^VERSION_CODENAME=.*/VERSION_CODENAME=trixie/' -e 's|^PRETTY_NAME=.*|PRETTY_NAME=\"Debian GNU/Linux 13 (trixie)\"|' /usr/lib/os-release && touch /var/lib/cutover-ran"]
-"#;
-
 /// The FleetLock application id of migrate (runner/src/host/fleetlock.rs).
 const FLEETLOCK_APP_ID: &str = "9f47acada360ce6c4804121fa904cb59";
 
@@ -1074,7 +1047,16 @@ fn fleet_host(f: &'static Fixtures, url: &str) -> fixtures::ScratchRoot {
         .trim()
         .replace('-', "");
     write(&root.path, "etc/machine-id", &format!("{machine_id}\n"));
-    write(&root.path, "etc/migrate/fleet.toml", FAKE_RELEASE_PLAN);
+    // The fleet test is about the order of cutovers and reboots, not
+    // packages; a file the test lays down inhibits.
+    write(
+        &root.path,
+        "etc/migrate/fleet.toml",
+        &fake_release_plan(
+            "inhibit",
+            "test ! -e /etc/migrate/inhibit || { echo inhibited by the test >&2; exit 1; }",
+        ),
+    );
     write(
         &root.path,
         "etc/migrate/config.toml",
@@ -1087,17 +1069,7 @@ fn fleet_host(f: &'static Fixtures, url: &str) -> fixtures::ScratchRoot {
 
 /// The slot as the root's state journal records it.
 fn journal_slot(root: &Path) -> Value {
-    let path = root.join("var/lib/migrate/state.json");
-    let text = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; var/lib/migrate holds {:?}",
-            path.display(),
-            std::fs::read_dir(root.join("var/lib/migrate"))
-                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
-        )
-    });
-    let state: Value = serde_json::from_slice(&text).unwrap();
-    state["fleetlock"].clone()
+    fixtures::state_journal(root)["fleetlock"].clone()
 }
 
 /// Powers a booted host off and waits until its container ended.
