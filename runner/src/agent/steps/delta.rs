@@ -14,6 +14,10 @@
 //!   quick check would not copy it either);
 //! - *delete*: only in the copy: deleted by rsync (`--delete-missing-args`).
 //!
+//! The top directory itself is always in rsync's list (`.`): rsync sets its
+//! mode, owner and times after what it copied and deleted in it, which a
+//! walk of the entries below it never sees.
+//!
 //! rsync thus never walks the trees inside the window, and only the entries
 //! that moved are read. Whatever the pass cannot show alike sends the caller
 //! back to a whole-tree rsync and comparison.
@@ -119,14 +123,16 @@ impl Delta {
         delta
     }
 
-    /// Nothing for rsync to do.
+    /// Nothing for rsync to do below the top.
     pub(crate) fn nothing_to_copy(&self) -> bool {
         self.transfer.is_empty() && self.delete.is_empty()
     }
 
-    /// The names for rsync's `--files-from` with `--from0`.
+    /// The names for rsync's `--files-from` with `--from0`: the top first,
+    /// so that rsync gives it the source's metadata and times once it has
+    /// changed what is in it.
     pub(crate) fn files_from(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = b".\0".to_vec();
         for p in self.transfer.iter().chain(&self.delete) {
             out.extend_from_slice(p.as_bytes());
             out.push(0);
@@ -198,12 +204,31 @@ impl Delta {
             pair.d = ds;
             d.insert(up.to_string(), ds);
         }
+        match (top_stat(src), top_stat(dst)) {
+            (Ok(ss), Ok(ds)) if ss.same_as_copy(&ds) => {}
+            (Ok(_), Ok(_)) => v.differences.push("./: metadata differs".to_string()),
+            (Err(e), _) | (_, Err(e)) => v.differences.push(format!("./: unreadable: {e}")),
+        }
         if v.differences.is_empty() {
             v.differences.extend(manifest::link_groups_differ(s, &d));
         }
         v.now.version = manifest::VERSION;
         v.now.taken_at = crate::core::event::timestamp(std::time::SystemTime::now());
         v
+    }
+}
+
+/// The top as rsync takes it (`dir/`: a symlink followed).
+fn top_stat(top: &Path) -> std::io::Result<Stat> {
+    Ok(Stat::of(&rustix::fs::stat(top)?))
+}
+
+/// Whether the copy's top lacks the source top's metadata or times: the
+/// final pass then runs rsync even when nothing below moved.
+pub(crate) fn top_differs(src: &Path, dst: &Path) -> bool {
+    match (top_stat(src), top_stat(dst)) {
+        (Ok(s), Ok(d)) => !s.same_as_copy(&d) || s.mtime() != d.mtime(),
+        _ => true,
     }
 }
 
@@ -290,6 +315,17 @@ mod tests {
         std::fs::hard_link(src.join("plain"), src.join("b/plain-link")).unwrap();
         std::fs::remove_file(src.join("link")).unwrap();
         std::os::unix::fs::symlink("a/f4", src.join("link")).unwrap();
+        // The top itself: its mode and a modification time that no write
+        // of the pass can hit by chance.
+        std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .unwrap();
+        let touched = Command::new("touch")
+            .args(["-d", "2001-02-03 04:05:06"])
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(touched.success());
+        assert!(top_differs(&src, &dst));
 
         let (delta, v) = pass(&src, &dst, first.now);
         assert!(v.differences.is_empty(), "{:?}", v.differences);
@@ -308,6 +344,7 @@ mod tests {
             &dst,
         );
         assert_eq!(left, "", "the trees differ after the pass");
+        assert!(!top_differs(&src, &dst));
 
         // A write to the copy that keeps its size and mtime is read and
         // found; nothing is copied for it.

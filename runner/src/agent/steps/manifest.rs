@@ -52,7 +52,7 @@ pub(crate) struct Stat(
 impl Stat {
     /// From the kernel's `struct stat`.
     #[allow(clippy::unnecessary_cast)] // the field types differ by architecture
-    fn of(st: &rustix::fs::Stat) -> Self {
+    pub(crate) fn of(st: &rustix::fs::Stat) -> Self {
         let kind = match rustix::fs::FileType::from_raw_mode(st.st_mode as _) {
             rustix::fs::FileType::RegularFile => 'f',
             rustix::fs::FileType::Directory => 'd',

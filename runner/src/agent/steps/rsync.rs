@@ -277,7 +277,7 @@ impl RsyncStep {
         }
         let delta = Delta::of(&s, &d, Some(known));
         let (copied, deleted) = (delta.transfer.len(), delta.delete.len());
-        if !delta.nothing_to_copy() {
+        if !delta.nothing_to_copy() || super::delta::top_differs(src, dst) {
             let list = path.with_extension("files");
             std::fs::write(&list, delta.files_from())
                 .with_context(|| format!("writing {}", list.display()))?;
