@@ -9,6 +9,15 @@
 //!   skips checks and pre-copies (the root is mid-upgrade) and every step
 //!   that already succeeded.
 //!
+//! - `step-back` (`migrate rollback --app NAME`): the application's rollback
+//!   steps, then its old services back as they were.
+//!
+//! In a plan with applications every changing run names one (`--app`): the
+//! run acts on that application's steps and the root's own, resumes and
+//! skips by that application's progress alone, and records where it stands
+//! in the journal's `applications`; the migration completes when every
+//! application has finished.
+//!
 //! Nothing is written to the root before the check phase has passed: the
 //! journal is created when the first sync or cutover step starts.
 
@@ -26,7 +35,7 @@ use crate::core::event::{
 };
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::image::ImageDefinition;
-use crate::core::journal::{ImageIdentity, Journal, JournalRun};
+use crate::core::journal::{AppPhase, ImageIdentity, Journal, JournalRun, ServiceChange};
 use crate::core::lifecycle::{InvalidTransition, State, Transition};
 use crate::core::phase::Phase;
 use crate::core::plan::{Plan, PlanStep};
@@ -49,6 +58,8 @@ pub(crate) struct Request {
     pub(crate) force_new: bool,
     /// Whether the root is the running host.
     pub(crate) live: bool,
+    /// The application the run acts on (`--app`).
+    pub(crate) app: Option<String>,
 }
 
 /// The phases a verb runs.
@@ -59,6 +70,7 @@ fn phases(verb: Verb) -> &'static [Phase] {
         Verb::Run | Verb::DryRun => &[Phase::Check, Phase::Sync, Phase::Cutover],
         Verb::Cleanup => &[Phase::Post],
         Verb::Rollback => &[],
+        Verb::StepBack => &[Phase::Rollback],
     }
 }
 
@@ -66,10 +78,19 @@ fn phases(verb: Verb) -> &'static [Phase] {
 pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> Result<()> {
     let root = req.root.as_path();
     let plan_hash = req.plan.hash();
+    let app = req.app.as_deref();
+    req.plan
+        .check_app(req.verb, app)
+        .map_err(|e| fail(ExitCode::BadInput, e))?;
     let existing = Journal::load(root).exit_code(ExitCode::BadInput)?;
     let same = |j: &Journal| j.plan_hash == plan_hash && j.image.id == req.image.id;
     let mut resumed = None;
-    if req.verb == Verb::Cleanup {
+    if let Some(name) = app {
+        resumed = app_journal(existing.as_ref().filter(|j| same(j)), req.verb, name)?;
+    }
+    if resumed.is_some() {
+        // An application's run continues the migration of its plan.
+    } else if req.verb == Verb::Cleanup {
         // The post phase belongs to the migration that completed.
         match existing.as_ref() {
             Some(j) if j.state() == State::Completed && same(j) => {
@@ -95,11 +116,30 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
             ));
         }
     }
-    let cutover_started = resumed.as_ref().is_some_and(Journal::cutover_started);
+    // Which steps this run acts on, and whose progress decides what it
+    // skips: an application's own steps, or the whole plan's.
+    let in_scope = |s: &PlanStep| Plan::in_scope(s, app);
+    let own = |id: &str| {
+        app.is_none()
+            || req
+                .plan
+                .steps
+                .iter()
+                .any(|s| s.id == id && s.app.as_deref() == app)
+    };
+    let cutover_started = resumed
+        .as_ref()
+        .is_some_and(|j| j.cutover_started_among(own));
     if req.verb == Verb::Sync && cutover_started {
         return Err(fail(
             ExitCode::BadInput,
-            "the cutover of this migration has started; continue it with `migrate run`",
+            match app {
+                Some(name) => format!(
+                    "the finish of application {name} has started; continue it with `migrate run --app {name}`"
+                ),
+                None => "the cutover of this migration has started; continue it with `migrate run`"
+                    .to_string(),
+            },
         ));
     }
     let source = match &resumed {
@@ -109,7 +149,12 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
     let target: Release = def.target_release().exit_code(ExitCode::BadInput)?;
 
     let wanted = phases(req.verb);
-    let steps: Vec<&PlanStep> = req.plan.steps_in(wanted).collect();
+    let steps: Vec<&PlanStep> = req
+        .plan
+        .steps_in(wanted)
+        .filter(|s| in_scope(s))
+        .filter(|s| req.verb != Verb::StepBack || s.app.is_some())
+        .collect();
     let kinds: Vec<Box<dyn StepKind>> = steps
         .iter()
         .map(|s| instantiate(s))
@@ -209,6 +254,18 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
                         crate::core::event::timestamp(std::time::SystemTime::now())
                     });
                 }
+                if let Some(name) = app {
+                    let now = j.app_phase(name);
+                    match step.phase {
+                        Phase::Sync if !matches!(now, AppPhase::Syncing) => {
+                            j.set_app(name, AppPhase::Syncing);
+                        }
+                        Phase::Cutover if !matches!(now, AppPhase::Finishing) => {
+                            j.set_app(name, AppPhase::Finishing);
+                        }
+                        _ => {}
+                    }
+                }
                 j.start_step(&step.id, step.phase)
             })?;
         }
@@ -266,10 +323,125 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
     if !checks_judged {
         judge_checks(&run)?;
     }
-    if req.verb == Verb::Run {
-        post_cutover_snapshot(&run)?;
-        with_journal(&run, |j| j.advance(Transition::Complete))?;
+    match (req.verb, app) {
+        (Verb::Run, None) => {
+            post_cutover_snapshot(&run)?;
+            with_journal(&run, |j| j.advance(Transition::Complete))?;
+        }
+        (Verb::Run, Some(name)) => {
+            ensure_journal(&run, &req, existing.as_ref(), &target)?;
+            let all_finished = with_journal_value(&run, |j| {
+                if j.app_phase(name) != AppPhase::Finished {
+                    j.set_app(name, AppPhase::Finished);
+                }
+                req.plan
+                    .apps()
+                    .iter()
+                    .all(|a| j.app_phase(a) == AppPhase::Finished)
+            })?;
+            run.sink.emit(Event::Output {
+                step: None,
+                stream: OutputStream::Stdout,
+                line: format!("application {name}: finished"),
+            });
+            if all_finished
+                && run
+                    .journal
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|j| j.state() == State::CutoverStarted)
+            {
+                post_cutover_snapshot(&run)?;
+                with_journal(&run, |j| j.advance(Transition::Complete))?;
+            }
+        }
+        (Verb::Sync, Some(name)) => {
+            ensure_journal(&run, &req, existing.as_ref(), &target)?;
+            with_journal(&run, |j| {
+                if j.app_phase(name) != AppPhase::Syncing {
+                    j.set_app(name, AppPhase::Syncing);
+                }
+                if let Some(r) = j.applications.get_mut(name) {
+                    r.syncs += 1;
+                }
+                Ok(())
+            })?;
+        }
+        (Verb::StepBack, Some(name)) => step_back_app(&run, &req.plan, name)?,
+        _ => {}
     }
+    Ok(())
+}
+
+/// The journal an application's run continues: the migration of the same
+/// plan and image, unless it ended otherwise than by completing (then the
+/// run starts a new one, as any run does). A step back needs one whose
+/// application has started; a sync refuses an application that finished.
+fn app_journal(same: Option<&Journal>, verb: Verb, app: &str) -> Result<Option<Journal>> {
+    let resumable = same.filter(|j| j.in_progress() || j.state() == State::Completed);
+    let phase = resumable.map_or(AppPhase::NotStarted, |j| j.app_phase(app));
+    match verb {
+        Verb::StepBack if matches!(phase, AppPhase::NotStarted | AppPhase::SteppedBack) => {
+            Err(fail(
+                ExitCode::BadInput,
+                format!(
+                    "application {app} is {} in this plan's migration on this root: nothing to step back",
+                    phase.name()
+                ),
+            ))
+        }
+        Verb::Sync if phase == AppPhase::Finished => Err(fail(
+            ExitCode::BadInput,
+            format!(
+                "application {app} has finished; step it back first (`migrate rollback --app {app}`) to move it again"
+            ),
+        )),
+        _ => Ok(resumable.cloned()),
+    }
+}
+
+/// After an application's rollback steps: its old services as they were
+/// before the migration changed them, its steps pending again, and the
+/// application (and with it the migration) unfinished.
+fn step_back_app(run: &RunContext, plan: &Plan, app: &str) -> Result<()> {
+    let changes: Vec<ServiceChange> = run
+        .journal
+        .borrow()
+        .as_ref()
+        .map(|j| {
+            j.services
+                .iter()
+                .filter(|c| c.app.as_deref() == Some(app))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let said = crate::agent::steps::service::step_back(&run.pristine, &changes)
+        .with_context(|| format!("stepping back the services of application {app}"))
+        .exit_code(ExitCode::StepFailed)?;
+    for line in said {
+        run.sink.emit(Event::Output {
+            step: None,
+            stream: OutputStream::Stdout,
+            line,
+        });
+    }
+    with_journal(run, |j| {
+        j.services.retain(|c| c.app.as_deref() != Some(app));
+        for s in plan.steps.iter().filter(|s| s.app.as_deref() == Some(app)) {
+            let entry = j.step_mut(&s.id, s.phase);
+            entry.status = StepState::Pending;
+            entry.attempts = 0;
+            entry.message = None;
+        }
+        j.set_app(app, AppPhase::SteppedBack);
+        j.advance(Transition::StepBackApp)
+    })?;
+    run.sink.emit(Event::Output {
+        step: None,
+        stream: OutputStream::Stdout,
+        line: format!("application {app}: stepped back"),
+    });
     Ok(())
 }
 
@@ -359,7 +531,20 @@ fn ensure_journal(
     Ok(())
 }
 
-/// Changes the journal (if this run keeps one) and saves it.
+/// Changes the journal (if this run keeps one), saves it, and returns what
+/// `f` says.
+fn with_journal_value<T: Default>(
+    run: &RunContext,
+    f: impl FnOnce(&mut Journal) -> T,
+) -> Result<T> {
+    let mut value = T::default();
+    with_journal(run, |j| {
+        value = f(j);
+        Ok(())
+    })?;
+    Ok(value)
+}
+
 /// Changes the journal and saves it; a transition the lifecycle does not
 /// allow is a bug, reported as a failed run.
 fn with_journal(

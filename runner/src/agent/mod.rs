@@ -39,6 +39,7 @@ enum RunVerb {
     Sync,
     Run,
     Cleanup,
+    StepBack,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -67,6 +68,9 @@ enum AgentCommand {
         /// The root is the running host (services are reached over D-Bus).
         #[arg(long)]
         live: bool,
+        /// The application of the plan the run acts on.
+        #[arg(long)]
+        app: Option<String>,
     },
     /// Restore the root from its safety backup.
     Rollback {
@@ -159,6 +163,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             image_digest,
             force_new,
             live,
+            app,
         } => {
             check_root(&root)?;
             if matches!(verb, RunVerb::Check | RunVerb::DryRun) && !live {
@@ -170,7 +175,9 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
             }
             let _one_agent = match verb {
                 RunVerb::Check | RunVerb::DryRun => None,
-                RunVerb::Sync | RunVerb::Run | RunVerb::Cleanup => Some(one_agent(&root)?),
+                RunVerb::Sync | RunVerb::Run | RunVerb::Cleanup | RunVerb::StepBack => {
+                    Some(one_agent(&root)?)
+                }
             };
             let plan: Plan = std::env::var(PLAN_ENV)
                 .map_err(|_| fail(ExitCode::BadInput, format!("${PLAN_ENV} carries no plan")))
@@ -188,6 +195,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
                         RunVerb::Sync => Verb::Sync,
                         RunVerb::Run => Verb::Run,
                         RunVerb::Cleanup => Verb::Cleanup,
+                        RunVerb::StepBack => Verb::StepBack,
                     },
                     root,
                     run_id,
@@ -200,6 +208,7 @@ fn dispatch(command: AgentCommand, sink: &EventSink) -> Result<()> {
                     plan,
                     force_new,
                     live,
+                    app,
                 },
                 &def,
                 sink,

@@ -137,6 +137,9 @@ pub(crate) enum Verb {
     Rollback,
     /// The post phase after the reboot.
     Cleanup,
+    /// One application's step back (`migrate rollback --app NAME`): its
+    /// rollback steps, then its old services enabled and started again.
+    StepBack,
 }
 
 impl Verb {
@@ -154,6 +157,7 @@ impl Verb {
             Verb::Run => "run",
             Verb::Rollback => "rollback",
             Verb::Cleanup => "cleanup",
+            Verb::StepBack => "step-back",
         }
     }
 }

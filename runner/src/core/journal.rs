@@ -7,6 +7,7 @@
 //! Only runs that change the root write it (`sync`, `run`, `rollback`), and
 //! only once their check phase has passed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -128,6 +129,55 @@ pub(crate) struct ServiceChange {
     /// root; none for an offline root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) bus: Option<String>,
+    /// The application whose step changed it (its step back steps it
+    /// back); none: the whole root's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) app: Option<String>,
+}
+
+/// Where one application of a plan with applications stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AppPhase {
+    /// Nothing of it has run.
+    NotStarted,
+    /// Its sync steps ran (start and pre-copies); the old services still
+    /// serve, and `migrate sync --app` may repeat them.
+    Syncing,
+    /// Its cutover steps started (the finish); the next `migrate run --app`
+    /// continues it.
+    Finishing,
+    /// Its cutover steps all succeeded: the new side serves.
+    Finished,
+    /// Stepped back (`migrate rollback --app`): the old services serve
+    /// again; a later sync and run start it over.
+    SteppedBack,
+}
+
+impl AppPhase {
+    /// The name in `migrate status`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AppPhase::NotStarted => "not started",
+            AppPhase::Syncing => "syncing",
+            AppPhase::Finishing => "finishing",
+            AppPhase::Finished => "finished",
+            AppPhase::SteppedBack => "stepped back",
+        }
+    }
+}
+
+/// One application's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct AppRecord {
+    /// Where it stands.
+    pub(crate) phase: AppPhase,
+    /// When it got there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) since: Option<String>,
+    /// How many of its sync runs completed.
+    #[serde(default)]
+    pub(crate) syncs: u32,
 }
 
 /// The journal.
@@ -171,6 +221,9 @@ pub(crate) struct Journal {
     /// The host's FleetLock slot, on a host that coordinates its reboots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fleetlock: Option<FleetLockSlot>,
+    /// Each application of a plan with applications, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) applications: BTreeMap<String, AppRecord>,
 }
 
 impl Journal {
@@ -211,6 +264,20 @@ impl Journal {
             services: Vec::new(),
             packages_changed_at: None,
             fleetlock: None,
+            applications: plan
+                .apps()
+                .into_iter()
+                .map(|a| {
+                    (
+                        a.to_string(),
+                        AppRecord {
+                            phase: AppPhase::NotStarted,
+                            since: None,
+                            syncs: 0,
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -242,9 +309,36 @@ impl Journal {
     /// longer the source release as it was, and checks and pre-copies are
     /// not repeated.
     pub(crate) fn cutover_started(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| s.phase >= Phase::Cutover && s.attempts > 0)
+        self.cutover_started_among(|_| true)
+    }
+
+    /// Whether a cutover step among those `ours` selects (by id) has
+    /// started: one application's finish, in a plan with applications.
+    pub(crate) fn cutover_started_among(&self, ours: impl Fn(&str) -> bool) -> bool {
+        self.steps.iter().any(|s| {
+            matches!(s.phase, Phase::Cutover | Phase::Post) && s.attempts > 0 && ours(&s.id)
+        })
+    }
+
+    /// Moves application `app` to `phase`, now.
+    pub(crate) fn set_app(&mut self, app: &str, phase: AppPhase) {
+        let record = self
+            .applications
+            .entry(app.to_string())
+            .or_insert(AppRecord {
+                phase,
+                since: None,
+                syncs: 0,
+            });
+        record.phase = phase;
+        record.since = Some(timestamp(std::time::SystemTime::now()));
+    }
+
+    /// Where application `app` stands.
+    pub(crate) fn app_phase(&self, app: &str) -> AppPhase {
+        self.applications
+            .get(app)
+            .map_or(AppPhase::NotStarted, |r| r.phase)
     }
 
     /// The entry of step `id`.
@@ -287,7 +381,9 @@ impl Journal {
     /// moves the migration's state.
     pub(crate) fn start_step(&mut self, id: &str, phase: Phase) -> Result<(), InvalidTransition> {
         match phase {
-            Phase::Sync if self.state() != State::Syncing => self.advance(Transition::Sync)?,
+            // A plan with applications syncs one while another's cutover
+            // has started: only the first sync moves the migration.
+            Phase::Sync if self.state() == State::Checked => self.advance(Transition::Sync)?,
             Phase::Cutover if self.state() != State::CutoverStarted => {
                 self.advance(Transition::StartCutover)?;
             }

@@ -108,6 +108,9 @@ pub(crate) enum Transition {
     },
     /// The pre-migration snapshot became the booted system again.
     Revert,
+    /// One application of a plan with applications was stepped back: the
+    /// migration is unfinished again until it finishes once more.
+    StepBackApp,
 }
 
 /// A transition the state machine does not allow.
@@ -140,6 +143,8 @@ impl State {
                 }
             }
             (FailedAfterReboot, T::Revert) => Reverted,
+            (Syncing, T::StepBackApp) => Syncing,
+            (CutoverStarted | Completed, T::StepBackApp) => CutoverStarted,
             (from, t) => {
                 return Err(InvalidTransition {
                     from,
@@ -197,6 +202,7 @@ impl Transition {
             Transition::FailBoot => "fail after a reboot",
             Transition::RollBack { .. } => "be rolled back",
             Transition::Revert => "be reverted",
+            Transition::StepBackApp => "step an application back",
         }
     }
 }

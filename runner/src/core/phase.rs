@@ -30,11 +30,20 @@ pub(crate) enum Phase {
     Cutover,
     /// After the reboot into the new release (run by the cleanup unit).
     Post,
+    /// An application's step back, run by `migrate rollback --app NAME`
+    /// only (steps of this phase belong to an application).
+    Rollback,
 }
 
 impl Phase {
     /// All phases in order.
-    pub(crate) const ALL: [Phase; 4] = [Phase::Check, Phase::Sync, Phase::Cutover, Phase::Post];
+    pub(crate) const ALL: [Phase; 5] = [
+        Phase::Check,
+        Phase::Sync,
+        Phase::Cutover,
+        Phase::Post,
+        Phase::Rollback,
+    ];
 
     /// The name used in plans.
     pub(crate) fn name(self) -> &'static str {
@@ -43,6 +52,7 @@ impl Phase {
             Phase::Sync => "sync",
             Phase::Cutover => "cutover",
             Phase::Post => "post",
+            Phase::Rollback => "rollback",
         }
     }
 

@@ -63,6 +63,18 @@ pub(crate) fn status(root: &Path, output: OutputFormat) -> Result<()> {
                 .unwrap_or_default()
         );
     }
+    if !j.applications.is_empty() {
+        println!("  {:<22} {:<13} {:>5}  SINCE", "APPLICATION", "PHASE", "SYNCS");
+        for (name, a) in &j.applications {
+            println!(
+                "  {:<22} {:<13} {:>5}  {}",
+                name,
+                a.phase.name(),
+                a.syncs,
+                a.since.as_deref().unwrap_or("-")
+            );
+        }
+    }
     if let Some(b) = &j.backup {
         println!(
             "  backup: {} at {} ({}){}",

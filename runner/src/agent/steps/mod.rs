@@ -294,6 +294,7 @@ mod tests {
                 kind,
                 phase: kind.phases()[0],
                 description: None,
+                app: None,
                 options,
                 defined_at: "test".into(),
             };

@@ -94,6 +94,7 @@ impl StepKind for ServiceStep {
                     was_active: before.active == "active",
                     was_enabled: before.enabled == "enabled",
                     bus: self.bus(ctx),
+                    app: ctx.step.app.clone(),
                 });
             }
         }
@@ -507,6 +508,7 @@ mod tests {
                 was_active: false,
                 was_enabled: true,
                 bus: None,
+                app: None,
             }],
         )
         .unwrap();

@@ -107,8 +107,8 @@ kinds! {
     Rsync = "rsync", [Sync, Cutover], rsync::RsyncOptions;
     VerifyCopy = "verify-copy", [Cutover, Post], rsync::VerifyCopyOptions;
     Config = "config", [Sync, Cutover, Post], config::ConfigOptions;
-    Service = "service", [Sync, Cutover, Post], service::ServiceOptions;
-    Command = "command", [Check, Sync, Cutover, Post], command::CommandOptions;
+    Service = "service", [Sync, Cutover, Post, Rollback], service::ServiceOptions;
+    Command = "command", [Check, Sync, Cutover, Post, Rollback], command::CommandOptions;
 }
 
 impl Kind {

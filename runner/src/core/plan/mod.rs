@@ -11,9 +11,13 @@
 //! [[step]]
 //! id = "disk-space"          # unique; letters, digits, '-', '_', '.'
 //! kind = "check-disk-space"  # see docs/plans.md
-//! phase = "check"            # check, sync, cutover or post
+//! phase = "check"            # check, sync, cutover, post or rollback
 //! margin_mb = 200            # options of the kind
 //! ```
+//!
+//! A step may belong to an application (`app = "NAME"`): a plan with
+//! applications moves them one at a time (`migrate sync|run|rollback --app
+//! NAME`), and its `rollback` steps are an application's step back.
 //!
 //! A drop-in step with an existing id overrides that step's keys
 //! (`enabled = false` removes it); a new id adds a step at the end of its phase.
@@ -68,6 +72,9 @@ pub(crate) struct PlanStep {
     /// Description override.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) description: Option<String>,
+    /// The application the step belongs to (`app`); none: the whole root's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) app: Option<String>,
     /// Kind-specific options, validated against the kind's schema.
     #[serde(default)]
     pub(crate) options: serde_json::Map<String, serde_json::Value>,
@@ -79,10 +86,19 @@ impl Plan {
     /// A stable hash of the plan (what runs, not where it was written), so
     /// that a resumed run can tell it is running the same plan.
     pub(crate) fn hash(&self) -> String {
-        let canonical: Vec<_> = self
+        // A step's application joins its record only when it has one, so
+        // that the plans written before applications keep their hash.
+        let canonical: Vec<serde_json::Value> = self
             .steps
             .iter()
-            .map(|s| (&s.id, &s.kind, s.phase, &s.description, &s.options))
+            .map(|s| {
+                let mut record =
+                    serde_json::json!([&s.id, &s.kind, s.phase, &s.description, &s.options]);
+                if let (Some(app), Some(list)) = (&s.app, record.as_array_mut()) {
+                    list.push(serde_json::Value::from(app.as_str()));
+                }
+                record
+            })
             .collect();
         let json = serde_json::to_vec(&canonical).unwrap_or_default();
         format!("sha256:{:x}", Sha256::digest(json))
@@ -94,6 +110,54 @@ impl Plan {
         phases: &'a [Phase],
     ) -> impl Iterator<Item = &'a PlanStep> + 'a {
         self.steps.iter().filter(move |s| phases.contains(&s.phase))
+    }
+
+    /// The applications the plan's steps belong to, in name order.
+    pub(crate) fn apps(&self) -> Vec<&str> {
+        let names: std::collections::BTreeSet<&str> =
+            self.steps.iter().filter_map(|s| s.app.as_deref()).collect();
+        names.into_iter().collect()
+    }
+
+    /// Whether a run of `verb` may go with `app`: a plan with applications
+    /// moves one at a time (`--app` for the verbs that change the root),
+    /// and `--app` names one of them. The error is one line.
+    pub(crate) fn check_app(
+        &self,
+        verb: crate::core::event::Verb,
+        app: Option<&str>,
+    ) -> Result<(), String> {
+        use crate::core::event::Verb;
+        let apps = self.apps();
+        match app {
+            Some(name) if apps.contains(&name) => Ok(()),
+            Some(name) if apps.is_empty() => Err(format!(
+                "--app {name}: the plan ({}) has no applications (no step with `app`)",
+                self.description
+            )),
+            Some(name) => Err(format!(
+                "--app {name}: the plan has no application {name:?} (it has: {})",
+                apps.join(", ")
+            )),
+            None if !apps.is_empty()
+                && matches!(verb, Verb::Sync | Verb::Run | Verb::DryRun | Verb::StepBack) =>
+            {
+                Err(format!(
+                    "this plan moves applications one at a time ({}): name one with --app",
+                    apps.join(", ")
+                ))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The steps a run of `app` acts on: its own and the root's (none: the
+    /// root's and every application's).
+    pub(crate) fn in_scope(step: &PlanStep, app: Option<&str>) -> bool {
+        match (app, step.app.as_deref()) {
+            (Some(wanted), Some(own)) => wanted == own,
+            _ => true,
+        }
     }
 
     /// The first step of one of `kinds`.
@@ -400,6 +464,7 @@ pub(crate) fn resolve(base: &PlanSource, dropins: &[PlanSource]) -> Result<Plan>
                 kind: Kind::SafetyBackup,
                 phase: Phase::Cutover,
                 description: None,
+                app: None,
                 options: serde_json::Map::new(),
                 defined_at: "(inserted before the first cutover step)".to_string(),
             },
@@ -456,7 +521,7 @@ fn check_phase_order<'a>(steps: impl IntoIterator<Item = &'a RawStep>) -> Result
             && phase < prev
         {
             bail!(
-                "{}: key `phase`: step {:?} ({phase}) comes after step {:?} ({prev}); phases must be in the order check, sync, cutover, post",
+                "{}: key `phase`: step {:?} ({phase}) comes after step {:?} ({prev}); phases must be in the order check, sync, cutover, post, rollback",
                 s.keys["phase"].1,
                 s.id,
                 prev_step.id
@@ -492,7 +557,7 @@ fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
         Some((toml::Value::String(p), a)) => {
             let phase = Phase::parse(&p).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "{a}: key `phase`: unknown phase {p:?} (check, sync, cutover, post)"
+                    "{a}: key `phase`: unknown phase {p:?} (check, sync, cutover, post, rollback)"
                 )
             })?;
             if !spec.phases().contains(&phase) {
@@ -530,6 +595,24 @@ fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
                 type_name(&other)
             )
         }
+        None => None,
+    };
+    let app = match keys.remove("app") {
+        Some((toml::Value::String(name), a)) => {
+            if !valid_app_name(&name) {
+                bail!(
+                    "{a}: key `app`: {name:?} is no application name (lower-case letters, digits, '-', '_', '.', at most 63, starting with a letter or digit)"
+                );
+            }
+            Some(name)
+        }
+        Some((other, a)) => bail!(
+            "{a}: key `app`: expected a string, found {}",
+            type_name(&other)
+        ),
+        None if phase == Phase::Rollback => bail!(
+            "{at}: step {id:?}: a rollback step belongs to an application (key `app`): `migrate rollback --app NAME` runs it"
+        ),
         None => None,
     };
     let known = spec.options();
@@ -584,9 +667,20 @@ fn validate(raw: RawStep) -> Result<Option<PlanStep>> {
         kind: spec,
         phase,
         description,
+        app,
         options,
         defined_at: at.to_string(),
     }))
+}
+
+/// An application's name: what `--app` takes and status shows.
+fn valid_app_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
 fn toml_to_json(v: toml::Value) -> serde_json::Value {

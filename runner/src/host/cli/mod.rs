@@ -104,6 +104,16 @@ struct PlanArgs {
     plan: Option<PathBuf>,
 }
 
+/// `--app`.
+#[derive(Debug, Args)]
+struct AppArgs {
+    /// Act on one application of a plan whose steps belong to applications
+    /// (`app` on its steps): its steps and the root's own, nothing of the
+    /// others. Such a plan moves its applications one at a time.
+    #[arg(long, value_name = "NAME")]
+    app: Option<String>,
+}
+
 /// `migrate run` (and `migrate` without a verb).
 #[derive(Debug, Args)]
 struct RunArgs {
@@ -116,7 +126,7 @@ struct RunArgs {
     /// Once the migration finished, reboot into the new release through
     /// logind (an orderly reboot, after a wall message). Also reboots a
     /// finished migration that still waits for its reboot.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "app")]
     reboot: bool,
     /// Run as the configuration says, without prompting (what
     /// migrate.service does): nothing when disabled, else the checks
@@ -124,7 +134,7 @@ struct RunArgs {
     /// first), with the outcome recorded in report.json and the journal;
     /// cuts over and reboots only inside the maintenance window, and with
     /// fleetlock_url only holding a reboot slot from that FleetLock server.
-    #[arg(long, conflicts_with = "dry_run")]
+    #[arg(long, conflicts_with_all = ["dry_run", "app"])]
     unattended: bool,
     /// Show the resolved plan and what each step would do (package manager
     /// simulation); change nothing.
@@ -132,6 +142,8 @@ struct RunArgs {
     dry_run: bool,
     #[command(flatten)]
     new: NewArgs,
+    #[command(flatten)]
+    app: AppArgs,
 }
 
 /// `--force-new`.
@@ -165,6 +177,8 @@ struct SyncArgs {
     out: OutputArgs,
     #[command(flatten)]
     new: NewArgs,
+    #[command(flatten)]
+    app: AppArgs,
 }
 
 /// `migrate rollback`.
@@ -180,13 +194,23 @@ struct RollbackArgs {
     /// and its backup is no snapshot: the old release's configuration over
     /// the new release's programs. Recorded as a partial rollback, exit 1.
     /// Without it, such a rollback is refused (exit 3) and nothing changes.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "app")]
     etc_only: bool,
     /// Reboot once the rollback is done: the running host, rolled back
     /// from a btrfs or snapper snapshot, boots the restored system (through
     /// logind, announced with a wall message).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "app")]
     reboot: bool,
+    /// Step one application back instead of restoring the root: its
+    /// `rollback` steps (e.g. stop the new side), then the services its
+    /// steps stopped or disabled enabled and started again; the root and
+    /// the other applications are left as they are.
+    #[arg(long, value_name = "NAME")]
+    app: Option<String>,
+    /// The plan the application moved with (as given to `migrate run
+    /// --app`), for its rollback steps.
+    #[arg(long, value_name = "FILE", requires = "app")]
+    plan: Option<PathBuf>,
 }
 
 /// `migrate status`.
@@ -448,6 +472,24 @@ impl Cli {
                     a.out,
                     Tweaks {
                         force_new: a.new.force_new,
+                        app: a.app.app,
+                        ..Tweaks::default()
+                    },
+                )
+                .await
+            }
+            Command::Rollback(a) if a.app.is_some() => {
+                let plan = PlanArgs {
+                    image: a.image,
+                    plan: a.plan,
+                };
+                launch_verb(
+                    Verb::StepBack,
+                    a.root,
+                    plan,
+                    a.out,
+                    Tweaks {
+                        app: a.app,
                         ..Tweaks::default()
                     },
                 )
@@ -524,6 +566,7 @@ async fn run(a: RunArgs) -> Result<()> {
     let tweaks = Tweaks {
         force_new: a.new.force_new,
         reboot,
+        app: a.app.app,
         ..Tweaks::default()
     };
     launch_verb(verb, a.root, a.plan, a.out, tweaks).await
@@ -538,6 +581,8 @@ struct Tweaks {
     reboot: Reboot,
     /// `rollback --etc-only`.
     etc_only: bool,
+    /// `--app`.
+    app: Option<String>,
 }
 
 /// The verbs that run the agent in a migration container.
@@ -564,6 +609,7 @@ async fn launch_verb(
     opts.force_new = tweaks.force_new;
     opts.reboot = tweaks.reboot;
     opts.etc_only = tweaks.etc_only;
+    opts.app = tweaks.app;
     run::launch(&opts).await
 }
 

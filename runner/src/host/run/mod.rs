@@ -67,6 +67,8 @@ pub(crate) struct LaunchOptions {
     pub(crate) force_new: bool,
     /// `rollback --etc-only`.
     pub(crate) etc_only: bool,
+    /// `--app`: the application of the plan the run acts on.
+    pub(crate) app: Option<String>,
     /// A rollback that is the automatic revert after a failed first boot.
     pub(crate) revert: bool,
     /// The configuration's `metrics_dir`: where a recorded run writes its
@@ -99,6 +101,7 @@ impl LaunchOptions {
             verbose: 0,
             force_new: false,
             etc_only: false,
+            app: None,
             revert: false,
             metrics_dir: None,
             default_image: None,
@@ -153,6 +156,7 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
     }
     if opts.verb == Verb::Run
         && !opts.force_new
+        && opts.app.is_none()
         && let Some(marker) = pending_reboot(&root)?
     {
         return finished_migration(opts, &root, &marker);
@@ -275,7 +279,8 @@ pub(crate) async fn launch(opts: &LaunchOptions) -> Result<()> {
                 ),
             );
         }
-        if opts.verb == Verb::Run {
+        // An application's move changes no release: no reboot waits.
+        if opts.verb == Verb::Run && opts.app.is_none() {
             let marker = finished::mark_pending_reboot(&prepared, &report)?;
             return Ok(Some((prepared.root, marker)));
         }

@@ -50,7 +50,7 @@ pub(crate) fn image_reference(
     if let Some(r) = &opts.image {
         return Ok(r.clone());
     }
-    if opts.verb == Verb::Rollback {
+    if matches!(opts.verb, Verb::Rollback | Verb::StepBack) {
         return match journal {
             Some(j) => Ok(j.image.reference.clone()),
             None => Err(fail(
@@ -59,7 +59,12 @@ pub(crate) fn image_reference(
             )),
         };
     }
-    if let Some(j) = journal.filter(|j| j.in_progress()) {
+    // An application's run continues its plan's migration, also after
+    // every application had finished.
+    if let Some(j) = journal.filter(|j| {
+        j.in_progress()
+            || (opts.app.is_some() && j.state() == crate::core::lifecycle::State::Completed)
+    }) {
         return Ok(j.image.reference.clone());
     }
     preflight::image_reference(opts.default_image.as_deref(), os)
@@ -105,6 +110,8 @@ pub(crate) async fn prepare(
         });
     }
     let plan = resolve_plan(&labels, &reference, plan_file, dropins)?;
+    plan.check_app(opts.verb, opts.app.as_deref())
+        .map_err(|e| fail(ExitCode::BadInput, e))?;
     preflight::check_config_edits(&plan, &root)?;
     let unfinished = journal.filter(Journal::in_progress);
     let resuming = unfinished
@@ -267,6 +274,9 @@ pub(crate) fn container_spec(
         }
         if opts.force_new {
             command.push("--force-new".into());
+        }
+        if let Some(app) = &opts.app {
+            command.extend(["--app".into(), app.clone()]);
         }
         if p.root == Path::new("/") {
             command.push("--live".into());

@@ -141,6 +141,7 @@ pub(crate) async fn run(
             Verb::Rollback => "rolling back",
             Verb::Cleanup => "post phase of",
             Verb::Run => "migrating",
+            Verb::StepBack => "stepping back an application of",
         },
         root.display(),
         p.source.pretty_name(),
