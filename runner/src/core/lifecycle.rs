@@ -247,6 +247,14 @@ mod tests {
     }
 
     #[test]
+    fn stepping_an_application_back_leaves_the_migration_unfinished() {
+        assert_eq!(Syncing.next(T::StepBackApp), Ok(Syncing));
+        assert_eq!(CutoverStarted.next(T::StepBackApp), Ok(CutoverStarted));
+        assert_eq!(Completed.next(T::StepBackApp), Ok(CutoverStarted));
+        assert!(CutoverStarted.in_progress());
+    }
+
+    #[test]
     fn transitions_out_of_order_are_refused() {
         let refused = [
             (Checked, T::Complete),
@@ -259,6 +267,9 @@ mod tests {
             (RolledBack, T::RollBack { complete: true }),
             (Checked, T::RollBack { complete: true }),
             (Completed, T::Revert),
+            (Checked, T::StepBackApp),
+            (Confirmed, T::StepBackApp),
+            (RolledBack, T::StepBackApp),
         ];
         for (from, t) in refused {
             let e = from.next(t).unwrap_err();

@@ -64,7 +64,10 @@ pub(crate) fn status(root: &Path, output: OutputFormat) -> Result<()> {
         );
     }
     if !j.applications.is_empty() {
-        println!("  {:<22} {:<13} {:>5}  SINCE", "APPLICATION", "PHASE", "SYNCS");
+        println!(
+            "  {:<22} {:<13} {:>5}  SINCE",
+            "APPLICATION", "PHASE", "SYNCS"
+        );
         for (name, a) in &j.applications {
             println!(
                 "  {:<22} {:<13} {:>5}  {}",

@@ -346,3 +346,134 @@ fn health_checks_come_from_the_plan_and_its_drop_ins_and_do_not_change_its_ident
     let e = err(BASE, &[("90-health.toml", "health = 3\n")]);
     assert_eq!(e, "90-health.toml:1: `health` must be a table ([health])");
 }
+
+const APPS: &str = r#"
+description = "two applications"
+
+[[step]]
+id = "start-wiki"
+kind = "command"
+phase = "sync"
+app = "wiki"
+command = ["true"]
+
+[[step]]
+id = "start-shop"
+kind = "command"
+phase = "sync"
+app = "shop"
+command = ["true"]
+
+[[step]]
+id = "stop-wiki"
+kind = "service"
+phase = "cutover"
+app = "wiki"
+action = "stop"
+units = ["wiki.service"]
+
+[[step]]
+id = "step-back-wiki"
+kind = "command"
+phase = "rollback"
+app = "wiki"
+command = ["true"]
+"#;
+
+#[test]
+fn steps_belong_to_applications_and_runs_name_one() {
+    use crate::core::event::Verb;
+    let plan = resolve(&src("plan.toml", APPS), &[]).unwrap();
+    assert_eq!(plan.apps(), ["shop", "wiki"]);
+    let wiki: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| Plan::in_scope(s, Some("wiki")))
+        .map(|s| s.id.as_str())
+        .collect();
+    // The inserted safety backup is the root's: every application's run has it.
+    assert_eq!(
+        wiki,
+        ["start-wiki", "safety-backup", "stop-wiki", "step-back-wiki"]
+    );
+    assert_eq!(plan.check_app(Verb::Run, Some("wiki")), Ok(()));
+    assert_eq!(plan.check_app(Verb::Check, None), Ok(()));
+    for verb in [Verb::Sync, Verb::Run, Verb::DryRun, Verb::StepBack] {
+        assert_eq!(
+            plan.check_app(verb, None).unwrap_err(),
+            "this plan moves applications one at a time (shop, wiki): name one with --app"
+        );
+    }
+    assert_eq!(
+        plan.check_app(Verb::Sync, Some("blog")).unwrap_err(),
+        "--app blog: the plan has no application \"blog\" (it has: shop, wiki)"
+    );
+    let plain = resolve(&src("plan.toml", BASE), &[]).unwrap();
+    assert!(plain.apps().is_empty());
+    assert!(
+        plain
+            .check_app(Verb::Run, Some("wiki"))
+            .unwrap_err()
+            .contains("has no applications")
+    );
+}
+
+#[test]
+fn application_names_and_rollback_steps_are_checked() {
+    let e = err(&APPS.replace("app = \"shop\"", "app = \"Shop Floor\""), &[]);
+    assert!(
+        e.starts_with("plan.toml:15: key `app`: \"Shop Floor\" is no application name"),
+        "{e}"
+    );
+    let e = err(&APPS.replace("app = \"shop\"", "app = 7"), &[]);
+    assert_eq!(
+        e,
+        "plan.toml:15: key `app`: expected a string, found an integer"
+    );
+    let e = err(
+        &APPS.replace(
+            "phase = \"rollback\"\napp = \"wiki\"\n",
+            "phase = \"rollback\"\n",
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("step \"step-back-wiki\": a rollback step belongs to an application"),
+        "{e}"
+    );
+    let e = err(
+        &format!(
+            "{APPS}\n[[step]]\nid = \"x\"\nkind = \"apt\"\nphase = \"rollback\"\napp = \"wiki\"\n"
+        ),
+        &[],
+    );
+    assert!(
+        e.contains("apt step cannot run in the rollback phase"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_plan_without_applications_keeps_its_hash() {
+    // The hash of plans written before applications existed.
+    let plan = resolve(&src("plan.toml", BASE), &[]).unwrap();
+    let with_app = resolve(
+        &src(
+            "plan.toml",
+            &BASE.replace("phase = \"check\"\n", "phase = \"check\"\napp = \"a\"\n"),
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_ne!(plan.hash(), with_app.hash());
+    let canonical: Vec<_> = plan
+        .steps
+        .iter()
+        .map(|s| (&s.id, &s.kind, s.phase, &s.description, &s.options))
+        .collect();
+    let old = format!(
+        "sha256:{:x}",
+        Sha256::digest(serde_json::to_vec(&canonical).unwrap())
+    );
+    assert_eq!(plan.hash(), old);
+}
