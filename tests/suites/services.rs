@@ -1148,3 +1148,363 @@ fn the_backend_switch_recipe_moves_state_from_etcd_to_postgresql_and_steps_back_
         "{switched:#}"
     );
 }
+
+/// The app-move recipe's applications, each a unit on the old server that
+/// keeps writing into its data directory while it runs.
+const MOVED_APPS: [&str; 2] = ["wiki", "shop"];
+
+/// Where rootful podman keeps a volume's data, in the new server's root.
+fn volume_data(new: &ScratchRoot, app: &str) -> PathBuf {
+    new.join(&format!(
+        "var/lib/containers/storage/volumes/{app}-data/_data"
+    ))
+}
+
+/// `migrate VERB --app APP` with the recipe's plan on the old server's root.
+fn migrate_app(f: &Fixtures, args: &[&str], plan: &Path, root: &Path) -> std::process::Output {
+    f.migrate()
+        .args(args)
+        .args(["--image", SERVICES_IMAGE, "--plan"])
+        .arg(plan)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .unwrap()
+}
+
+/// Each application's phase and completed syncs, from `migrate status
+/// --output json`.
+fn app_phases(f: &Fixtures, root: &Path) -> Vec<(String, String, u64)> {
+    let out = f
+        .migrate()
+        .args(["status", "--output", "json", "--root"])
+        .arg(root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let apps = status["migration"]["applications"].as_object().unwrap();
+    apps.iter()
+        .map(|(name, a)| {
+            (
+                name.clone(),
+                a["phase"].as_str().unwrap().to_string(),
+                a["syncs"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn phases(expected: &[(&str, &str, u64)]) -> Vec<(String, String, u64)> {
+    let mut v: Vec<_> = expected
+        .iter()
+        .map(|(n, p, s)| (n.to_string(), p.to_string(), *s))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `systemctl is-active` and `is-enabled` of a unit of a booted root.
+fn unit_state(booted: &BootedRoot, unit: &str) -> (String, String) {
+    let enabled = booted
+        .exec(&["systemctl", "is-enabled", unit])
+        .unwrap()
+        .trim()
+        .to_string();
+    (is_active(booted, unit), enabled)
+}
+
+fn pair(active: &str, enabled: &str) -> (String, String) {
+    (active.to_string(), enabled.to_string())
+}
+
+#[test]
+fn the_app_move_recipe_moves_applications_one_at_a_time_and_steps_one_back() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    services::services_image(f).unwrap();
+    let base = fixtures::systemd::host_root(f).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("id_ed25519");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(keygen.success());
+    let port = fixtures::free_port().unwrap();
+
+    // The new server: systemd, podman, sshd on a port of 127.0.0.1 (it
+    // shares the machine's network, so its containers get none of their
+    // own), each application's image.
+    let new = f.copy_root(&base).unwrap();
+    let write = |root: &ScratchRoot, rel: &str, text: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    };
+    write(
+        &new,
+        "etc/ssh/sshd_config.d/test.conf",
+        &format!("Port {port}\nListenAddress 127.0.0.1\nPermitRootLogin prohibit-password\n"),
+    );
+    write(
+        &new,
+        "root/.ssh/authorized_keys",
+        &std::fs::read_to_string(key.with_extension("pub")).unwrap(),
+    );
+    write(
+        &new,
+        "etc/containers/containers.conf",
+        "[containers]\nnetns = \"none\"\n",
+    );
+    let new_server = BootedRoot::boot_in(f, &new.path, "host").unwrap();
+    new_server.load_image(fixtures::BASE_IMAGE).unwrap();
+    for app in MOVED_APPS {
+        let made = new_server
+            .run(&[
+                "sh",
+                "-c",
+                &format!(
+                    "podman create --name {app}-image {} && podman commit -q --change 'CMD [\"sleep\", \"infinity\"]' {app}-image localhost/{app}:latest && podman rm {app}-image",
+                    fixtures::BASE_IMAGE
+                ),
+            ])
+            .unwrap();
+        assert!(made.status.success(), "{}", show(&made));
+    }
+
+    // The old server: each application a unit writing into its data
+    // directory (files with owners, extended attributes, a hard link).
+    let old = f.copy_root(&base).unwrap();
+    for app in MOVED_APPS {
+        make_app_data(&old.join(&format!("srv/{app}/data")), 200);
+        write(
+            &old,
+            &format!("etc/systemd/system/{app}.service"),
+            &format!(
+                "[Unit]\nDescription={app}\n[Service]\nExecStart=/bin/sh -c 'i=0; while :; do i=$((i+1)); echo $i > /srv/{app}/data/counter; head -c 5000 /dev/urandom > /srv/{app}/data/d01/live-$((i %% 20)).bin; sleep 0.05; done'\n[Install]\nWantedBy=multi-user.target\n"
+            )
+            .replace("%%", "%"),
+        );
+        let wants = old.join("etc/systemd/system/multi-user.target.wants");
+        std::fs::create_dir_all(&wants).unwrap();
+        std::os::unix::fs::symlink(
+            format!("/etc/systemd/system/{app}.service"),
+            wants.join(format!("{app}.service")),
+        )
+        .unwrap();
+    }
+    // Root's key and the recipe's `new-server` name for the commands it
+    // runs in the old server's root.
+    let ssh = old.join("root/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::copy(&key, ssh.join("id_ed25519")).unwrap();
+    write(
+        &old,
+        "root/.ssh/config",
+        &format!(
+            "Host new-server\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  StrictHostKeyChecking accept-new\n"
+        ),
+    );
+    // The recipe's drop-in: the copies' address, and the old server's
+    // systemd reached through its bus (the root is booted beside us, not
+    // the host migrate runs on).
+    let mut local = String::new();
+    for app in MOVED_APPS {
+        for copy in ["copy", "final-copy"] {
+            local.push_str(&format!(
+                "[[step]]\nid = \"{copy}-{app}\"\ndestination = \"root@127.0.0.1:/var/lib/containers/storage/volumes/{app}-data/_data/\"\nssh_port = {port}\n\n"
+            ));
+        }
+        for unit_step in ["stop", "disable"] {
+            local.push_str(&format!(
+                "[[step]]\nid = \"{unit_step}-{app}\"\nbus = \"{BUS_IN_ROOT}\"\n\n"
+            ));
+        }
+    }
+    dropin(&old.path, "50-new-server.toml", &local).unwrap();
+    let old_server = BootedRoot::boot(f, &old.path).unwrap();
+    for app in MOVED_APPS {
+        assert_eq!(
+            unit_state(&old_server, &format!("{app}.service")),
+            pair("active", "enabled")
+        );
+    }
+    let plan = f.workspace.join("examples/app-move/plan.toml");
+    let run = |args: &[&str]| migrate_app(f, args, &plan, &old.path);
+
+    // Without --app, or with one the plan lacks: one line, nothing done.
+    for (args, says) in [
+        (
+            &["run"][..],
+            "this plan moves applications one at a time (shop, wiki): name one with --app",
+        ),
+        (
+            &["sync", "--app", "blog"][..],
+            "the plan has no application \"blog\" (it has: shop, wiki)",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(!old.join("var/lib/migrate/state.json").exists());
+    }
+
+    // wiki: start and sync, twice, while it writes; shop: once.
+    for _ in 0..2 {
+        let out = run(&["sync", "--app", "wiki"]);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+    assert_eq!(
+        app_phases(f, &old.path),
+        phases(&[("wiki", "syncing", 2), ("shop", "not_started", 0)])
+    );
+    assert!(volume_data(&new, "wiki").join("d00/linked.bin").exists());
+    assert!(!volume_data(&new, "shop").exists(), "shop was not started");
+    let out = run(&["sync", "--app", "shop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        app_phases(f, &old.path),
+        phases(&[("wiki", "syncing", 2), ("shop", "syncing", 1)])
+    );
+    for app in MOVED_APPS {
+        assert_eq!(
+            unit_state(&old_server, &format!("{app}.service")),
+            pair("active", "enabled"),
+            "syncs leave {app} serving here"
+        );
+        let exists = new_server
+            .run(&["podman", "container", "exists", app])
+            .unwrap();
+        assert!(exists.status.success(), "{app}'s container was created");
+        assert_eq!(
+            unit_state(&new_server, &format!("container-{app}.service")).0,
+            "inactive"
+        );
+    }
+
+    // wiki finishes; shop keeps serving here.
+    let out = run(&["run", "--app", "wiki"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("application wiki: finished"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        app_phases(f, &old.path),
+        phases(&[("wiki", "finished", 2), ("shop", "syncing", 1)])
+    );
+    assert_eq!(
+        data_state(&old.join("srv/wiki/data")),
+        data_state(&volume_data(&new, "wiki")),
+        "the new server's volume differs (content, owners, modes, times, xattrs, links)"
+    );
+    assert_eq!(
+        unit_state(&old_server, "wiki.service"),
+        pair("inactive", "disabled")
+    );
+    assert_eq!(
+        unit_state(&new_server, "container-wiki.service"),
+        pair("active", "enabled")
+    );
+    assert_eq!(
+        unit_state(&old_server, "shop.service"),
+        pair("active", "enabled")
+    );
+    let journal = fixtures::state_journal(&old.path);
+    assert_eq!(journal["state"], "cutover_started", "shop has not finished");
+    let r = report(&old.path).unwrap();
+    fixtures::check_report_schema(&r).unwrap();
+    let ran: Vec<&str> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ran.iter().all(|id| !id.ends_with("-shop")),
+        "wiki's run touched shop: {ran:?}"
+    );
+    // A finished application is not synced again.
+    let out = run(&["sync", "--app", "wiki"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("application wiki has finished"));
+
+    // shop finishes: the migration is complete.
+    let out = run(&["run", "--app", "shop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        app_phases(f, &old.path),
+        phases(&[("wiki", "finished", 2), ("shop", "finished", 1)])
+    );
+    assert_eq!(
+        data_state(&old.join("srv/shop/data")),
+        data_state(&volume_data(&new, "shop"))
+    );
+    assert_eq!(fixtures::state_journal(&old.path)["state"], "completed");
+    assert!(
+        !old.join("var/lib/migrate/reboot-pending").exists(),
+        "an application's move waits for no reboot"
+    );
+
+    // shop steps back: served here again, stopped there; wiki untouched.
+    let out = run(&["rollback", "--app", "shop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("shop.service: start (the migration had stopped it)")
+            && stdout.contains("shop.service: enable (the migration had disabled it)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        app_phases(f, &old.path),
+        phases(&[("wiki", "finished", 2), ("shop", "stepped_back", 1)])
+    );
+    assert_eq!(
+        unit_state(&old_server, "shop.service"),
+        pair("active", "enabled")
+    );
+    assert_eq!(
+        unit_state(&new_server, "container-shop.service"),
+        pair("inactive", "disabled")
+    );
+    assert_eq!(
+        unit_state(&old_server, "wiki.service"),
+        pair("inactive", "disabled")
+    );
+    assert_eq!(
+        unit_state(&new_server, "container-wiki.service"),
+        pair("active", "enabled")
+    );
+    assert_eq!(
+        fixtures::state_journal(&old.path)["state"],
+        "cutover_started",
+        "a stepped-back application leaves the migration unfinished"
+    );
+    let r = report(&old.path).unwrap();
+    fixtures::check_report_schema(&r).unwrap();
+    assert_eq!(r["verb"], "step_back");
+    let status = f
+        .migrate()
+        .args(["status", "--root"])
+        .arg(&old.path)
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        human
+            .lines()
+            .any(|l| l.trim_start().starts_with("shop") && l.contains("stepped back")),
+        "{human}"
+    );
+    // A second step back finds nothing to do.
+    let out = run(&["rollback", "--app", "shop"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    drop(old_server);
+    drop(new_server);
+}
