@@ -457,6 +457,45 @@ mod tests {
     }
 
     #[test]
+    fn applications_have_their_own_phase_and_cutover() {
+        let plan = resolve(
+            &PlanSource {
+                name: "p".into(),
+                text: "[[step]]\nid = \"a-sync\"\nkind = \"command\"\nphase = \"sync\"\napp = \"a\"\ncommand = [\"true\"]\n\
+                       [[step]]\nid = \"b-sync\"\nkind = \"command\"\nphase = \"sync\"\napp = \"b\"\ncommand = [\"true\"]\n\
+                       [[step]]\nid = \"a-cut\"\nkind = \"command\"\nphase = \"cutover\"\napp = \"a\"\ncommand = [\"true\"]\n"
+                    .into(),
+            },
+            &[],
+        )
+        .unwrap();
+        let mut j = Journal::new(
+            "run1",
+            &plan,
+            ImageIdentity::default(),
+            OsRelease::parse("ID=debian\nVERSION_ID=12\n"),
+            "debian:13".parse().unwrap(),
+        );
+        assert_eq!(j.app_phase("a"), AppPhase::NotStarted);
+        assert_eq!(j.app_phase("b"), AppPhase::NotStarted);
+        j.start_step("a-sync", Phase::Sync).unwrap();
+        j.start_step("a-cut", Phase::Cutover).unwrap();
+        j.set_app("a", AppPhase::Finishing);
+        assert_eq!(j.state(), State::CutoverStarted);
+        // b still syncs: a's cutover is not b's, and the migration stays
+        // where it is.
+        let a_steps = ["a-sync", "a-cut"];
+        assert!(j.cutover_started_among(|id| a_steps.contains(&id)));
+        assert!(!j.cutover_started_among(|id| id == "b-sync"));
+        j.start_step("b-sync", Phase::Sync).unwrap();
+        assert_eq!(j.state(), State::CutoverStarted);
+        let json = serde_json::to_value(&j).unwrap();
+        assert_eq!(json["applications"]["a"]["phase"], "finishing");
+        assert_eq!(json["applications"]["b"]["phase"], "not_started");
+        assert!(json["applications"]["a"]["since"].is_string());
+    }
+
+    #[test]
     fn archiving_makes_room_for_a_new_migration() {
         let root = tempfile::tempdir().unwrap();
         let mut j = Journal::new(
