@@ -1260,13 +1260,20 @@ fn the_app_move_recipe_moves_applications_one_at_a_time_and_steps_one_back() {
     );
     let new_server = BootedRoot::boot_in(f, &new.path, "host").unwrap();
     new_server.load_image(fixtures::BASE_IMAGE).unwrap();
+    // Each application's image serves until told to stop, as a service
+    // does (a bare `sleep` as the container's first process ignores TERM).
+    write(
+        &new,
+        "srv/serve",
+        "trap 'exit 0' TERM\nsleep infinity &\nwait\n",
+    );
     for app in MOVED_APPS {
         let made = new_server
             .run(&[
                 "sh",
                 "-c",
                 &format!(
-                    "podman create --name {app}-image {} && podman commit -q --change 'CMD [\"sleep\", \"infinity\"]' {app}-image localhost/{app}:latest && podman rm {app}-image",
+                    "podman create --name {app}-image {} true && podman cp /srv/serve {app}-image:/serve && podman commit -q --change 'CMD [\"/bin/sh\", \"/serve\"]' {app}-image localhost/{app}:latest && podman rm {app}-image",
                     fixtures::BASE_IMAGE
                 ),
             ])

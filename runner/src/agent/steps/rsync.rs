@@ -36,8 +36,19 @@ pub(crate) struct RsyncStep {
 }
 
 /// The flags that keep everything: permissions, times, owners by number,
-/// hard links, ACLs, extended attributes.
-const KEEP_ALL: [&str; 5] = ["-a", "-H", "-A", "-X", "--numeric-ids"];
+/// hard links, ACLs, extended attributes; and modification times compared
+/// to the nanosecond (`--modify-window=-1`): by default rsync compares
+/// whole seconds, and a file a service rewrote within the second of the
+/// last copy, at the same size, would pass its quick check uncopied (found
+/// by a cutover's verification after a writer's last second).
+const KEEP_ALL: [&str; 6] = [
+    "-a",
+    "-H",
+    "-A",
+    "-X",
+    "--numeric-ids",
+    "--modify-window=-1",
+];
 
 impl RsyncStep {
     /// From the step's options and phase.
