@@ -72,6 +72,7 @@ fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
             "disk-space",
             "held-packages",
             "third-party",
+            "prefetch",
             "safety-backup",
             "switch-sources",
             "upgrade-packages",
@@ -89,6 +90,20 @@ fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
         "the log has apt's output"
     );
     assert!(log.contains("apt: the installed packages are consistent"));
+    // The packages came in the sync phase: the cutover downloaded none.
+    assert!(
+        log.contains("/var/cache/apt/archives/ holds"),
+        "the prefetch says what it holds"
+    );
+    let cutover = &log[log.find("[upgrade-packages] step started").unwrap()..];
+    assert!(
+        cutover.contains("Need to get 0 B/"),
+        "the cutover's apt downloaded packages: {}",
+        cutover
+            .lines()
+            .find(|l| l.contains("Need to get"))
+            .unwrap_or("(no 'Need to get' line)")
+    );
 
     let run_id = report["run_id"].as_str().unwrap();
     assert!(

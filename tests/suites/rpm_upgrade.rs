@@ -133,6 +133,23 @@ fn upgrades_to_release_2(flavor: Flavor) {
     );
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded", "{r:#}");
+    // The packages were downloaded in the sync phase, into the root's cache.
+    let prefetch = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "prefetch")
+        .unwrap();
+    assert_eq!(prefetch["status"], "succeeded", "{prefetch:#}");
+    let held = log(&root.path)
+        .lines()
+        .find(|l| l.contains("[prefetch]") && l.contains(" holds "))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(
+        !held.is_empty() && !held.contains(" holds 0 packages"),
+        "the prefetch downloaded the upgrade's packages: {held:?}"
+    );
     if flavor == Flavor::Zypper {
         // The plan's key, and only it, was imported to check the signature.
         assert_eq!(
@@ -165,10 +182,12 @@ fn unsatisfiable_dependency_fails_naming_the_problem(flavor: Flavor, expect: &st
     let f = Fixtures::get();
     let server = server(f);
     let root = testos_root(f, flavor, &server, "2-broken");
+    // Neither the solver-running check nor the prefetch, which would find
+    // the problem first.
     dropin(
         &root.path,
         "60-no-estimate.toml",
-        "[[step]]\nid = \"disk-space\"\nenabled = false\n",
+        "[[step]]\nid = \"disk-space\"\nenabled = false\n\n[[step]]\nid = \"prefetch\"\nenabled = false\n",
     )
     .unwrap();
     let before = state(&root.path);

@@ -93,6 +93,21 @@ fn dnf_command(root: &Path, reposdir: &Path, releasever: &str, cache: Cache) -> 
     cmd
 }
 
+/// The download pass: every package the transaction installs, from the
+/// switched repositories (`scratch`) into the root's dnf cache.
+fn download_pass(ctx: &StepContext<'_>, scratch: &Path, opts: &DnfOptions) -> Result<()> {
+    run_pm(
+        ctx,
+        dnf(ctx.root(), scratch, &opts.releasever, Cache::Root)?
+            .args(distro_sync_args(opts))
+            .arg("--downloadonly"),
+        &notable,
+        &[],
+    )
+    .context("dnf distro-sync (download)")?;
+    Ok(())
+}
+
 fn distro_sync_args(opts: &DnfOptions) -> Vec<&'static str> {
     let mut args = vec!["distro-sync"];
     if opts.allow_erasing {
@@ -127,16 +142,9 @@ impl StepKind for DnfStep {
         // 0. The transaction must not lose installed packages the plan did
         //    not give up.
         Dnf::new(ctx.run, self.opts.clone()).transaction()?;
-        // 1. Everything downloaded; the root is not changed if this fails.
-        run_pm(
-            ctx,
-            dnf(root, &scratch, &self.opts.releasever, Cache::Root)?
-                .args(&sync)
-                .arg("--downloadonly"),
-            &notable,
-            &[],
-        )
-        .context("dnf distro-sync (download)")?;
+        // 1. Everything downloaded (what a prefetch step downloaded earlier
+        //    is found in the cache); the root is not changed if this fails.
+        download_pass(ctx, &scratch, &self.opts)?;
         // 2. The switched repositories go into the root; install from the cache.
         let (files, _) = REPOS.switched(root, &self.opts.repositories)?;
         let written = REPOS.write_root(root, &files)?;
@@ -297,6 +305,20 @@ impl PackageManager for Dnf {
             ctx.say(line.to_string());
         }
         Ok(())
+    }
+
+    fn prefetch(&self, ctx: &StepContext<'_>) -> Result<String> {
+        let (scratch, said) = scratch_repos(&self.root, &self.opts.repositories)?;
+        for line in said {
+            ctx.say(line);
+        }
+        self.transaction()?;
+        download_pass(ctx, &scratch, &self.opts)?;
+        let (count, bytes) = rpm::cached_packages(&self.root, "var/cache/dnf")?;
+        Ok(format!(
+            "/var/cache/dnf holds {count} packages ({:.1} MB): the cutover installs them without downloading",
+            bytes as f64 / 1e6
+        ))
     }
 
     fn verify(&self) -> Result<Vec<String>> {

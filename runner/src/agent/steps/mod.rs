@@ -74,6 +74,7 @@ pub(crate) fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
         Kind::CheckThirdParty => Box::new(checks::ThirdParty::new(step.options()?)),
         Kind::AptSources => Box::new(apt_sources::SwitchSources),
         Kind::Apt => Box::new(apt::DistUpgrade),
+        Kind::Prefetch => Box::new(packages::Prefetch),
         Kind::Zypper => Box::new(zypper::ZypperStep::new(step.options()?)),
         Kind::Dnf => Box::new(dnf::DnfStep::new(step.options()?)),
         Kind::VerifyRelease => Box::new(verify::VerifyRelease),

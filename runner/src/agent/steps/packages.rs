@@ -4,12 +4,40 @@
 //! Everything here is read-only with respect to the root: questions about the
 //! *target* release are answered from a scratch area (package lists, caches,
 //! switched repository configuration) on a tmpfs the agent mounts in its own
-//! mount namespace.
+//! mount namespace. The one exception is [`Prefetch`], a sync step: it fills
+//! the root's package cache (and nothing else) with what the upgrade installs.
 
 use anyhow::{Result, bail};
 
-use super::RunContext;
+use super::{RunContext, StepContext, StepKind};
+use crate::core::event::StepStatus;
 use crate::core::kinds::Kind;
+
+/// `prefetch`: every package the cutover's upgrade installs, downloaded in
+/// the sync phase (while services run) into the root's own package cache,
+/// where the cutover finds them: the download leaves the downtime window.
+pub(crate) struct Prefetch;
+
+impl StepKind for Prefetch {
+    fn describe(&self) -> String {
+        "Download the packages of the upgrade before the cutover".into()
+    }
+
+    fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        let held = ctx.run.packages()?.prefetch(ctx)?;
+        ctx.say(held);
+        Ok(StepStatus::Succeeded)
+    }
+
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        let e = ctx.run.packages()?.estimate()?;
+        ctx.say(format!(
+            "would download {:.1} MB into the root's package cache",
+            e.download as f64 / 1e6
+        ));
+        Ok(())
+    }
+}
 
 /// The target release's repository metadata could not be fetched; checks that
 /// need it report "not checked" (the repositories check reports the cause).
@@ -90,6 +118,10 @@ pub(crate) trait PackageManager {
     fn foreign(&self, origins: &[String]) -> Result<Foreign>;
     /// Streams what the upgrade would do (a simulation) as output of the step.
     fn simulate(&self, ctx: &super::StepContext<'_>) -> Result<()>;
+    /// Downloads every package the upgrade will install into the root's
+    /// own package cache, where the cutover's transaction finds them; one
+    /// line saying what it holds now.
+    fn prefetch(&self, ctx: &super::StepContext<'_>) -> Result<String>;
     /// Problems of the installed system after the upgrade (half-installed
     /// packages, unsatisfied dependencies). Empty when consistent.
     fn verify(&self) -> Result<Vec<String>>;

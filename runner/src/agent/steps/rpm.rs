@@ -197,3 +197,28 @@ pub(crate) fn run_pm(
         },
     )
 }
+
+/// The `.rpm` files below `dir` of the root (a package cache, one directory
+/// per repository): how many, how many bytes.
+pub(crate) fn cached_packages(root: &Path, dir: &str) -> Result<(usize, u64)> {
+    let top = crate::core::rootfs::resolve(root, dir)?;
+    let mut found = (0, 0);
+    let mut pending = vec![top];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                pending.push(e.path());
+            } else if m.is_file() && e.file_name().to_string_lossy().ends_with(".rpm") {
+                found.0 += 1;
+                found.1 += m.len();
+            }
+        }
+    }
+    Ok(found)
+}

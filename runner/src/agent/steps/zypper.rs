@@ -187,6 +187,50 @@ fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>, cache: PackageCa
     cmd
 }
 
+/// The download pass: every package the upgrade installs, from the
+/// switched repositories into the root's package cache. zypper records its
+/// solver's auto-installed set in the root even then: it is put back when
+/// the pass fails, and after it when `keep_package_state` (a prefetch in the
+/// sync phase leaves the packages' state as it was). The switched
+/// repository files.
+fn download_pass(
+    ctx: &StepContext<'_>,
+    opts: &ZypperOptions,
+    keep_package_state: bool,
+) -> Result<super::repofile::RepoFiles> {
+    let root = ctx.root();
+    rpm_keys::trust_for_questions(root, &opts.trusted_keys)?;
+    let scratch = prepare_scratch(root)?;
+    let (files, changes) = REPOS.switched(root, &opts.repositories)?;
+    for c in &changes {
+        ctx.say(c.clone());
+    }
+    RepoDir::write_scratch(&files, &scratch)?;
+    let auto_installed = crate::core::rootfs::resolve(root, AUTO_INSTALLED)?;
+    let before = Recorded::take(&auto_installed);
+    let downloaded = run_pm(
+        ctx,
+        zypper(
+            root,
+            &scratch,
+            opts.releasever.as_deref(),
+            PackageCache::Root,
+        )
+        .arg("dup")
+        .args(DUP_FLAGS)
+        .arg("--download-only"),
+        &notable,
+        &OK_CODES,
+    );
+    if downloaded.is_err() || keep_package_state {
+        if let Err(r) = before.put_back(&auto_installed) {
+            tracing::warn!("restoring /{AUTO_INSTALLED}: {r:#}");
+        }
+    }
+    downloaded.map_err(|e| explain("dup (download)", e))?;
+    Ok(files)
+}
+
 /// Creates the scratch directories zypper needs: in the container, and the
 /// solver cache of the installed system under the root (zypper puts that one
 /// below `--root`; the root's /run is the agent's tmpfs).
@@ -219,35 +263,11 @@ impl StepKind for ZypperStep {
             self.trust_in_root(ctx)?;
             return self.migration(ctx);
         }
-        rpm_keys::trust_for_questions(root, &self.opts.trusted_keys)?;
-        let scratch = prepare_scratch(root)?;
-        let (files, changes) = REPOS.switched(root, &self.opts.repositories)?;
-        for c in &changes {
-            ctx.say(c.clone());
-        }
-        // 1. Everything downloaded against the switched repositories; the
+        // 1. Everything downloaded against the switched repositories (what
+        //    a prefetch step downloaded earlier is found in the cache); the
         //    root is not changed if this fails.
-        RepoDir::write_scratch(&files, &scratch)?;
+        let files = download_pass(ctx, &self.opts, false)?;
         let releasever = self.opts.releasever.as_deref();
-        // zypper records its solver's auto-installed set in the root even
-        // when the download pass fails: what was there is put back then.
-        let auto_installed = crate::core::rootfs::resolve(root, AUTO_INSTALLED)?;
-        let before = Recorded::take(&auto_installed);
-        run_pm(
-            ctx,
-            zypper(root, &scratch, releasever, PackageCache::Root)
-                .arg("dup")
-                .args(DUP_FLAGS)
-                .arg("--download-only"),
-            &notable,
-            &OK_CODES,
-        )
-        .map_err(|e| {
-            if let Err(r) = before.put_back(&auto_installed) {
-                tracing::warn!("restoring /{AUTO_INSTALLED}: {r:#}");
-            }
-            explain("dup (download)", e)
-        })?;
         // 2. The plan's keys and the switched repositories go into the
         //    root; install from the cache.
         self.trust_in_root(ctx)?;
@@ -467,6 +487,15 @@ impl PackageManager for Zypper {
         )
         .map_err(|e| explain("dup --dry-run", e))?;
         Ok(())
+    }
+
+    fn prefetch(&self, ctx: &StepContext<'_>) -> Result<String> {
+        download_pass(ctx, &self.opts, true)?;
+        let (count, bytes) = rpm::cached_packages(&self.root, "var/cache/zypp/packages")?;
+        Ok(format!(
+            "/var/cache/zypp/packages holds {count} packages ({:.1} MB): the cutover installs them without downloading",
+            bytes as f64 / 1e6
+        ))
     }
 
     fn verify(&self) -> Result<Vec<String>> {

@@ -97,6 +97,7 @@ kinds! {
     CheckDiskSpace = "check-disk-space", [Check], checks::DiskSpaceOptions;
     CheckHeldPackages = "check-held-packages", [Check], NoOptions;
     CheckThirdParty = "check-third-party", [Check], checks::ThirdPartyOptions;
+    Prefetch = "prefetch", [Sync], NoOptions;
     AptSources = "apt-sources", [Cutover], NoOptions;
     Apt = "apt", [Cutover], NoOptions;
     Zypper = "zypper", [Cutover], packages::ZypperOptions;

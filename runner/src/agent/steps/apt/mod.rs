@@ -17,6 +17,28 @@ use crate::core::event::StepStatus;
 /// `/run` (a tmpfs the agent mounts in its own namespace).
 const SCRATCH: &str = "/run/migrate/apt";
 
+/// The root's own archive cache, where `apt-get` keeps what it downloaded.
+const ARCHIVES: &str = "/var/cache/apt/archives/";
+
+/// The `.deb` files in the root's archive cache: how many, how many bytes.
+fn archives(root: &Path) -> Result<(usize, u64)> {
+    let dir = crate::core::rootfs::resolve(root, ARCHIVES.trim_matches('/'))?;
+    let mut found = (0, 0);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(found);
+    };
+    for e in entries.filter_map(Result::ok) {
+        if e.file_name().to_string_lossy().ends_with(".deb")
+            && let Ok(m) = e.metadata()
+            && m.is_file()
+        {
+            found.0 += 1;
+            found.1 += m.len();
+        }
+    }
+    Ok(found)
+}
+
 /// Environment that keeps apt, dpkg and debconf from asking anything.
 const NONINTERACTIVE: [(&str, &str); 4] = [
     ("DEBIAN_FRONTEND", "noninteractive"),
@@ -508,6 +530,38 @@ impl PackageManager for Apt {
             e.installed_delta as f64 / 1e6
         ));
         Ok(())
+    }
+
+    fn prefetch(&self, ctx: &StepContext<'_>) -> Result<String> {
+        self.ensure_refreshed()?;
+        let before = archives(&self.root)?;
+        // The target's lists of the scratch area decide what is needed;
+        // the packages go to the root's own archive cache, where the
+        // cutover's `apt-get dist-upgrade` finds them (by name and checksum)
+        // instead of downloading them.
+        let mut args: Vec<String> = Self::scratch_options();
+        args.extend(
+            [
+                "-o",
+                &format!("Dir::Cache::archives={ARCHIVES}"),
+                "-y",
+                "-o",
+                "Dpkg::Use-Pty=0",
+                "--download-only",
+                "dist-upgrade",
+            ]
+            .map(String::from),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ctx.run_with_progress(&mut apt_get_with_status(&self.root, &args), &apt_progress)
+            .context("downloading the packages of the upgrade")?;
+        let after = archives(&self.root)?;
+        let new = after.0.saturating_sub(before.0);
+        Ok(format!(
+            "{ARCHIVES} holds {} packages ({:.1} MB), {new} of them downloaded now: the cutover installs them without downloading",
+            after.0,
+            after.1 as f64 / 1e6
+        ))
     }
 
     fn verify(&self) -> Result<Vec<String>> {
