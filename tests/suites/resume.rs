@@ -240,11 +240,19 @@ enum Stage {
     Any,
 }
 
+/// (The downloads are the sync phase's prefetch; dpkg's work is the
+/// cutover's upgrade.)
 fn stage_of(e: &serde_json::Value) -> Option<Stage> {
-    if !(in_step(e, "upgrade-packages") && e["event"] == "progress") {
+    if e["event"] != "progress" {
         return None;
     }
     let m = e["message"].as_str().unwrap_or_default();
+    if in_step(e, "prefetch") {
+        return m.starts_with("Downloading").then_some(Stage::Download);
+    }
+    if !in_step(e, "upgrade-packages") {
+        return None;
+    }
     Some(if m.starts_with("Downloading") {
         Stage::Download
     } else if m.starts_with("Unpacking") || m.starts_with("Preparing to unpack") {
@@ -268,7 +276,7 @@ enum Kill {
 }
 
 /// Kills `migrate` or its container with SIGKILL at ten seeded points over
-/// one upgrade (downloads, dpkg's unpacking and configuring: two container
+/// one upgrade (the prefetch's downloads, dpkg's unpacking and configuring: two container
 /// kills in each dpkg stage), each time running plain `migrate run` again;
 /// the last run converges to a clean Debian 13 with its report, and nothing
 /// is left behind. A point the upgrade never reaches fails the test.
