@@ -20,8 +20,15 @@ use fixtures::{
 };
 
 /// What a rollback from a snapshot does not bring back as it was: the
-/// migration's records (kept) and the snapshots (moved into the root).
-const RECORDS: [&str; 3] = [".snapshots", "var/lib/migrate", "var/log/migrate"];
+/// migration's records (kept), the snapshots (moved into the root), and
+/// the packages the sync phase's prefetch downloaded into apt's cache (the
+/// snapshot is taken when the cutover begins, after the sync phase).
+const RECORDS: [&str; 4] = [
+    ".snapshots",
+    "var/lib/migrate",
+    "var/log/migrate",
+    "var/cache/apt/archives",
+];
 
 fn chroot(root: &Path, args: &[&str]) -> String {
     let out = std::process::Command::new("chroot")
@@ -387,6 +394,14 @@ fn status_reports_per_step_states_during_and_after_a_run_and_a_snapper_root_roll
         files_before,
         "every file as before the migration"
     );
+    // apt's cache holds packages, nothing else.
+    for e in std::fs::read_dir(root.join("var/cache/apt/archives")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(".deb") || name == "lock" || name == "partial",
+            "{name} in the package cache"
+        );
+    }
     assert_eq!(version_id(&kept), "13", "the migrated root is kept");
     // The snapshots stay with the root: snapper lists them there.
     let list = snapper(&root, &["list"]);
