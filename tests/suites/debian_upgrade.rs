@@ -90,6 +90,44 @@ fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
         "the log has apt's output"
     );
     assert!(log.contains("apt: the installed packages are consistent"));
+    // What Debian 13 no longer has, still installed: as apt lists it, in
+    // the log and (if any) as a warning of the report.
+    let listed = root.chroot(&["apt", "list", "--installed"]).unwrap();
+    let mut local: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|l| l.ends_with(",local]"))
+        .filter_map(|l| l.split_once('/').map(|(n, _)| n.to_string()))
+        .collect();
+    local.sort();
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "obsolete-packages");
+    if local.is_empty() {
+        assert!(
+            log.contains("every installed package is in a repository of debian:13"),
+            "{log}"
+        );
+        assert!(finding.is_none(), "{finding:?}");
+    } else {
+        assert!(
+            log.contains(&format!(
+                "installed, in no repository of debian:13: {}",
+                local.join(" ")
+            )),
+            "the log lists {local:?}"
+        );
+        let finding = finding.expect("the report warns of the obsolete packages");
+        assert_eq!(finding["severity"], "warning");
+        assert!(
+            finding["message"]
+                .as_str()
+                .unwrap()
+                .ends_with(&local.join(", ")),
+            "{finding}"
+        );
+    }
     // The packages came in the sync phase: the cutover downloaded none.
     assert!(
         log.contains("/var/cache/apt/archives/ holds"),

@@ -133,6 +133,13 @@ fn upgrades_to_release_2(flavor: Flavor) {
     );
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded", "{r:#}");
+    // The obsolete packages were asked for (release 2 has every package
+    // the upgrade left: oldtool went through Obsoletes).
+    assert!(
+        log(&root.path).contains("every installed package is in a repository of"),
+        "{}",
+        log(&root.path)
+    );
     // The packages were downloaded in the sync phase, into the root's cache.
     let prefetch = r["steps"]
         .as_array()

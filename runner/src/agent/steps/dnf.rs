@@ -108,6 +108,20 @@ fn download_pass(ctx: &StepContext<'_>, scratch: &Path, opts: &DnfOptions) -> Re
     Ok(())
 }
 
+/// The names in `dnf list --extras` (`name.arch  version  @System`, after
+/// an `Extra Packages` heading): installed packages no repository has.
+fn parse_extras(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("Extra Packages"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.rsplit_once('.').map(|(name, _)| name.to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn distro_sync_args(opts: &DnfOptions) -> Vec<&'static str> {
     let mut args = vec!["distro-sync"];
     if opts.allow_erasing {
@@ -321,6 +335,18 @@ impl PackageManager for Dnf {
         ))
     }
 
+    fn obsolete(&self) -> Result<Vec<String>> {
+        let out = dnf(
+            &self.root,
+            &REPOS.path(&self.root)?,
+            &self.opts.releasever,
+            Cache::Scratch,
+        )?
+        .args(["-q", "list", "--extras"])
+        .run_get_string()?;
+        Ok(parse_extras(&out))
+    }
+
     fn verify(&self) -> Result<Vec<String>> {
         rpm::verify(&self.root)
     }
@@ -420,6 +446,13 @@ fn parse_estimate(text: &str) -> SpaceEstimate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extras_are_read_from_dnf_list() {
+        let text = "Extra Packages\noldtool.x86_64     1.0-1     @System\nlib-extra.noarch   2.0-1     @System\n";
+        assert_eq!(parse_extras(text), ["lib-extra", "oldtool"]);
+        assert!(parse_extras("").is_empty());
+    }
 
     #[test]
     fn removals_are_found_and_explained() {

@@ -125,6 +125,9 @@ pub(crate) trait PackageManager {
     /// Problems of the installed system after the upgrade (half-installed
     /// packages, unsatisfied dependencies). Empty when consistent.
     fn verify(&self) -> Result<Vec<String>>;
+    /// After the upgrade: installed packages that no repository of the
+    /// root (now the target release's) has, by name, sorted.
+    fn obsolete(&self) -> Result<Vec<String>>;
 }
 
 /// The package manager of the plan: the kind of its package upgrade step.

@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 
 use super::{StepContext, StepKind};
-use crate::core::event::StepStatus;
+use crate::core::event::{Finding, Severity, StepStatus};
 use crate::core::release::{OsRelease, Release};
 
 /// The `verify-release` step.
@@ -47,6 +47,37 @@ impl StepKind for VerifyRelease {
             "{}: the installed packages are consistent",
             pm.name()
         ));
+        // What the new release no longer has stays installed, without
+        // updates: the report lists it.
+        match pm.obsolete() {
+            Ok(names) if names.is_empty() => ctx.say(format!(
+                "every installed package is in a repository of {target}"
+            )),
+            Ok(names) => {
+                ctx.say(format!(
+                    "installed, in no repository of {target}: {}",
+                    names.join(" ")
+                ));
+                ctx.finding(Finding {
+                    id: "obsolete-packages".into(),
+                    severity: Severity::Warning,
+                    message: format!(
+                        "{} installed packages are in no repository of {target} and get no updates: {}",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                    hint: match pm.name() {
+                        "apt" => "apt list '?obsolete' lists them; purge the ones nothing needs any more (apt purge NAME)",
+                        "zypper" => "zypper packages --orphaned lists them; remove the ones nothing needs any more (zypper remove NAME)",
+                        _ => "dnf list --extras lists them; remove the ones nothing needs any more (dnf remove NAME)",
+                    }
+                    .into(),
+                });
+            }
+            Err(e) => ctx.say(format!(
+                "could not list the packages no repository of {target} has: {e:#}"
+            )),
+        }
         Ok(StepStatus::Succeeded)
     }
 }

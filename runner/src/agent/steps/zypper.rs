@@ -498,9 +498,38 @@ impl PackageManager for Zypper {
         ))
     }
 
+    fn obsolete(&self) -> Result<Vec<String>> {
+        prepare_scratch(&self.root)?;
+        let out = zypper(
+            &self.root,
+            &REPOS.path(&self.root)?,
+            self.opts.releasever.as_deref(),
+            PackageCache::Scratch,
+        )
+        .args(["packages", "--orphaned"])
+        .run_get_string()?;
+        Ok(parse_orphaned(&out))
+    }
+
     fn verify(&self) -> Result<Vec<String>> {
         rpm::verify(&self.root)
     }
+}
+
+/// The names in `zypper packages --orphaned`' table (`S | Repository |
+/// Name | Version | Arch`), installed packages no repository has.
+fn parse_orphaned(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cols.len() >= 5 && cols[0].starts_with('i') && cols[2] != "Name")
+                .then(|| cols[2].to_string())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// "Overall download size: 18.4 KiB. Already cached: 0 B. After the
@@ -581,6 +610,17 @@ fn parse_package_table(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orphaned_packages_are_read_from_zypper_s_table() {
+        let text = "Loading repository data...\nReading installed packages...\n\
+            S | Repository | Name    | Version | Arch\n\
+            --+------------+---------+---------+-------\n\
+            i | @System    | oldtool | 1.0-1   | x86_64\n\
+            i+| @System    | extra   | 2.0-1   | noarch\n";
+        assert_eq!(parse_orphaned(text), ["extra", "oldtool"]);
+        assert!(parse_orphaned("No packages found.\n").is_empty());
+    }
 
     #[test]
     fn a_file_is_put_back_as_it_was_and_left_alone_when_unchanged() {

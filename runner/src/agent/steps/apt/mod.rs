@@ -564,12 +564,34 @@ impl PackageManager for Apt {
         ))
     }
 
+    fn obsolete(&self) -> Result<Vec<String>> {
+        let out = apt_query(&self.root, "apt", &["list", "--installed"]).run_get_string()?;
+        Ok(parse_local_packages(&out))
+    }
+
     fn verify(&self) -> Result<Vec<String>> {
         Ok(dpkg_audit(&self.root)?
             .lines()
             .map(|l| format!("dpkg --audit: {l}"))
             .collect())
     }
+}
+
+/// The packages `apt list --installed` marks `local` (installed, and in no
+/// repository of the root's lists): `name/now 1.0 amd64 [installed,local]`.
+fn parse_local_packages(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            l.rsplit_once('[').is_some_and(|(_, flags)| {
+                flags.trim_end_matches(']').split(',').any(|f| f == "local")
+            })
+        })
+        .filter_map(|l| l.split_once('/').map(|(name, _)| name.to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// "Need to get [A/]B of archives." and "After this operation, C of

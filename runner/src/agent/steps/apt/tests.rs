@@ -112,3 +112,18 @@ fn half_installed_and_reinstall_required_packages_are_found() {
     let text = "ii \tbash\niU \tlibc6:amd64\niHR\tsystemd\nrH \tlibc-bin\niFR\tudev\n";
     assert_eq!(parse_needs_reinstall(text), ["systemd", "libc-bin", "udev"]);
 }
+
+#[test]
+fn obsolete_packages_are_the_ones_apt_lists_as_local() {
+    let listed = "Listing...\n\
+        base-files/trixie,now 13.8 amd64 [installed]\n\
+        libssl3/now 3.0.15-1~deb12u1 amd64 [installed,local]\n\
+        libapt-pkg6.0/now 2.6.1 amd64 [installed,auto-removable,local]\n\
+        apt/trixie,now 3.0.3 amd64 [installed]\n\
+        gcc-12-base/now 12.2.0-14 amd64 [installed,local]\n";
+    assert_eq!(
+        parse_local_packages(listed),
+        ["gcc-12-base", "libapt-pkg6.0", "libssl3"]
+    );
+    assert!(parse_local_packages("Listing...\n").is_empty());
+}
