@@ -133,12 +133,26 @@ fn upgrades_to_release_2(flavor: Flavor) {
     );
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded", "{r:#}");
-    // The obsolete packages were asked for (release 2 has every package
-    // the upgrade left: oldtool went through Obsoletes).
+    // Release 2 no longer has `dropped`: it stays installed, and the
+    // report warns of it.
     assert!(
-        log(&root.path).contains("every installed package is in a repository of"),
+        log(&root.path).contains("installed, in no repository of testos:2: dropped\n"),
         "{}",
         log(&root.path)
+    );
+    let obsolete = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "obsolete-packages")
+        .unwrap();
+    assert_eq!(obsolete["severity"], "warning");
+    assert!(
+        obsolete["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("get no updates: dropped"),
+        "{obsolete}"
     );
     // The packages were downloaded in the sync phase, into the root's cache.
     let prefetch = r["steps"]
