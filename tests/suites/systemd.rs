@@ -329,6 +329,56 @@ ports = ["127.0.0.1:9"]
         "running"
     );
 
+    // A root that would not boot holds the reboot: a kernel without its
+    // initrd that the bootloader does not name, an fstab entry naming no
+    // device of this machine.
+    let fstab = std::fs::read_to_string(root.join("etc/fstab")).unwrap();
+    write(&root.path, "boot/vmlinuz-6.12.99-test", "kernel");
+    write(
+        &root.path,
+        "boot/grub/grub.cfg",
+        "menuentry 'old' {\n linux /boot/vmlinuz-6.1.99-old\n initrd /boot/initrd.img-6.1.99-old\n}\n",
+    );
+    write(
+        &root.path,
+        "etc/fstab",
+        &format!("{fstab}UUID=00000000-no-such-disk / ext4 defaults 0 1\n"),
+    );
+    let out = booted.run(&["migrate", "run", "--reboot"]).unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the reboot is held: / would not boot into"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(booted.running(), "the host rebooted");
+    let held = fixtures::report(&root.path).unwrap();
+    let problems: Vec<&str> = held["bootable"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(held["bootable"]["kernel"], "6.12.99-test");
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert!(problems[0].starts_with("/boot/initrd.img-6.12.99-test is missing"));
+    assert!(problems[1].contains("does not name vmlinuz-6.12.99-test"));
+    assert!(problems[3].starts_with("/etc/fstab: UUID=00000000-no-such-disk (for /)"));
+    assert_eq!(
+        fixtures::state_journal(&root.path)["state"],
+        "completed",
+        "the migration still waits for its reboot"
+    );
+    // Fixed: the initrd made, the bootloader naming both, fstab as it was.
+    write(&root.path, "boot/initrd.img-6.12.99-test", "initrd");
+    write(
+        &root.path,
+        "boot/grub/grub.cfg",
+        "menuentry 'new' {\n linux /boot/vmlinuz-6.12.99-test\n initrd /boot/initrd.img-6.12.99-test\n}\n",
+    );
+    write(&root.path, "etc/fstab", &fstab);
+
     // The reboot path: nothing left to run, so migrate asks logind.
     let out = booted.run(&["migrate", "run", "--reboot"]).unwrap();
     assert!(
@@ -336,6 +386,8 @@ ports = ["127.0.0.1:9"]
         "{}",
         show(&out)
     );
+    let bootable = &fixtures::report(&root.path).unwrap()["bootable"];
+    assert_eq!(bootable["problems"], serde_json::json!([]), "{bootable}");
     booted.wait_stopped(Duration::from_secs(120)).unwrap();
     drop(booted);
 

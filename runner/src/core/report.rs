@@ -178,6 +178,9 @@ pub(crate) struct Report {
     /// The services' downtime in the cutover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) downtime: Option<Downtime>,
+    /// Whether the migrated root can boot, checked before the reboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) bootable: Option<Bootability>,
     /// What the first boot after the migration found (`migrate cleanup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) after_reboot: Option<AfterReboot>,
@@ -201,6 +204,24 @@ pub(crate) enum BootResult {
     Confirmed,
     /// Something is wrong; `message` says what.
     Failed,
+}
+
+/// Whether a finished migration's root can boot (checked by the host when
+/// the migration finishes and before it reboots): a problem holds the
+/// reboot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub(crate) struct Bootability {
+    /// When it was checked.
+    pub(crate) checked_at: String,
+    /// The newest kernel in `/boot` (none: the root has no kernel of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) kernel: Option<String>,
+    /// What would keep it from booting, one line each; empty: bootable.
+    #[serde(default)]
+    pub(crate) problems: Vec<String>,
+    /// What was not checked, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) notes: Vec<String>,
 }
 
 /// How long the services were down: from the start of the cutover's first
@@ -329,6 +350,7 @@ impl Report {
             agent_peak_rss_kb: None,
             reboot_requested_at: None,
             downtime: None,
+            bootable: None,
             after_reboot: None,
             safety_backup: None,
             fleetlock: None,

@@ -1,6 +1,7 @@
 //! The host side: everything `migrate` does outside the migration container.
 //! It imports `core`, never `agent`.
 
+pub(crate) mod bootable;
 pub(crate) mod cleanup;
 pub(crate) mod cli;
 pub(crate) mod config;

@@ -101,6 +101,44 @@ pub(crate) fn reboot_if_due(
     root: &Path,
     marker: &PendingReboot,
 ) -> Result<()> {
+    // Whether the root can boot: in the report, and a problem holds the
+    // reboot (the migration stays completed, waiting for it).
+    let bootable = crate::host::bootable::check(root, marker.live).map_err(|e| {
+        fail(
+            ExitCode::Environment,
+            format!("checking the root can boot: {e:#}"),
+        )
+    })?;
+    if let Ok(mut report) = Report::read_run(root, &marker.run_id) {
+        report.bootable = Some(bootable.clone());
+        let _ = report.update(root);
+    }
+    if !bootable.problems.is_empty() {
+        let held = format!(
+            "{} would not boot into {}: {}",
+            root.display(),
+            marker.target_name,
+            bootable.problems.join("; ")
+        );
+        journald::send(
+            Priority::Warning,
+            journald::ids::REBOOT_WAITING,
+            &held,
+            &[("MIGRATE_RUN_ID", &marker.run_id)],
+        );
+        let rebooting_now = match &opts.reboot {
+            Reboot::Now => true,
+            Reboot::InWindow(window) => window.open_now(),
+            Reboot::No => false,
+        };
+        if rebooting_now {
+            return Err(fail(
+                ExitCode::Inhibited,
+                format!("the reboot is held: {held}; fix it, then `migrate run --reboot` reboots"),
+            ));
+        }
+        say(opts.output, &format!("warning: {held}"));
+    }
     match &opts.reboot {
         Reboot::No if marker.live => {
             say(
