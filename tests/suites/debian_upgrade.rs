@@ -1,5 +1,6 @@
-//! A Debian 12 root upgraded to Debian 13 through the migration container:
-//! real podman, real apt, real packages.
+//! A Debian 12 root upgraded to Debian 13 through the migration container,
+//! and an Ubuntu 22.04 root to 24.04 with the built-in Ubuntu image: real
+//! podman, real apt, real packages.
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
@@ -253,4 +254,72 @@ fn a_second_concurrent_run_on_the_same_root_is_refused() {
     let status = first.wait().unwrap();
     assert_eq!(status.code(), Some(0), "the first run was not disturbed");
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+}
+
+/// The built-in `ubuntu-24.04` definition, built on a noble base: a jammy
+/// minbase root becomes Ubuntu 24.04 with its default plan, and a root
+/// without `--image` is matched to it.
+#[test]
+fn ubuntu_22_04_upgrades_to_24_04_with_the_built_in_image() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    fixtures::ubuntu::image(f).unwrap();
+    let jammy = fixtures::ubuntu::root(f, "jammy").unwrap();
+    let root = f.copy_root(&jammy).unwrap();
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("22.04"));
+
+    // Without --image: the built-in image for Ubuntu 22.04 (not built under
+    // its default name here, so named in the refusal).
+    let out = f
+        .migrate()
+        .args(["check", "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("localhost/migrate/ubuntu-24.04:latest"),
+        "{}",
+        show(&out)
+    );
+
+    let out = f
+        .migrate()
+        .args(["run", "--image", fixtures::ubuntu::UBUNTU_IMAGE, "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("24.04"));
+    assert_eq!(root.os_release("ID").as_deref(), Some("ubuntu"));
+    let audit = root.chroot(&["dpkg", "--audit"]).unwrap();
+    assert!(
+        audit.status.success() && audit.stdout.is_empty(),
+        "{}",
+        show(&audit)
+    );
+    let sources = std::fs::read_to_string(root.join("etc/apt/sources.list")).unwrap();
+    assert!(
+        sources.contains(" noble ") && !sources.contains("jammy"),
+        "{sources}"
+    );
+    let report = report(&root.path).unwrap();
+    assert_eq!(report["result"], "succeeded", "{report:#}");
+    assert_eq!(report["source"]["version_id"], "22.04");
+    assert_eq!(report["target"]["id"], "ubuntu");
+    assert_eq!(report["target"]["version_id"], "24.04");
+    for step in report["steps"].as_array().unwrap() {
+        assert_eq!(step["status"], "succeeded", "{step:#}");
+    }
+    // Every package came from Ubuntu: the third-party check found nothing.
+    assert!(
+        !report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("third-party"))),
+        "{report:#}"
+    );
 }

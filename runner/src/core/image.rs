@@ -465,14 +465,17 @@ codename = "trixie"
     }
 
     #[test]
-    fn the_embedded_debian_13_definition_accepts_debian_12() {
+    fn the_embedded_definitions_accept_debian_12_and_ubuntu_22_04() {
         let img = EmbeddedImage::find("debian-13").expect("debian-13 is embedded");
         let def = DefinitionSource::embedded(img).definition().unwrap();
         assert_eq!(def.target_release().unwrap().to_string(), "debian:13");
         let os = |t: &str| crate::core::release::OsRelease::parse(t);
         let (found, _) = default_image_for(&os("ID=debian\nVERSION_ID=12\n")).unwrap();
         assert_eq!(found.name, "debian-13");
-        assert!(default_image_for(&os("ID=ubuntu\nVERSION_ID=22.04\n")).is_none());
+        let (found, def) = default_image_for(&os("ID=ubuntu\nVERSION_ID=22.04\n")).unwrap();
+        assert_eq!(found.name, "ubuntu-24.04");
+        assert_eq!(def.target_release().unwrap().to_string(), "ubuntu:24.04");
+        assert!(default_image_for(&os("ID=ubuntu\nVERSION_ID=20.04\n")).is_none());
     }
 
     #[test]
