@@ -476,20 +476,20 @@ async fn release_slot(
         ));
         return None;
     }
-    Some(match client.unlock().await {
-        Ok(()) => {
+    Some(match client.give_back(None).await {
+        Ok(released) => {
             notes.push(format!(
                 "gave the FleetLock slot back to {} (group {})",
                 settings.url, settings.group
             ));
-            client.slot(SlotState::Released, None)
+            released
         }
-        Err(refusal) => {
+        Err((held, refusal)) => {
             notes.push(format!(
                 "the FleetLock slot could not be given back to {} ({refusal}); the next unattended run tries again",
                 settings.url
             ));
-            client.slot(SlotState::Held, Some(refusal.to_string()))
+            held
         }
     })
 }

@@ -205,6 +205,21 @@ impl Client {
         self.with_backoff("steady-state").await
     }
 
+    /// Gives the slot back: the slot as it is now, released (with `note`),
+    /// or still held with the server's answer, and then the refusal too.
+    pub(crate) async fn give_back(
+        &self,
+        note: Option<String>,
+    ) -> Result<FleetLockSlot, (FleetLockSlot, Refusal)> {
+        match self.unlock().await {
+            Ok(()) => Ok(self.slot(SlotState::Released, note)),
+            Err(refusal) => Err((
+                self.slot(SlotState::Held, Some(refusal.to_string())),
+                refusal,
+            )),
+        }
+    }
+
     async fn with_backoff(&self, endpoint: &str) -> Result<(), Refusal> {
         let mut attempt = 0;
         loop {

@@ -278,15 +278,14 @@ async fn give_back_unused_slot(client: &fleetlock::Client, root: &std::path::Pat
     if journal.as_ref().is_some_and(|j| j.cutover_started()) {
         return;
     }
-    let slot = match client.unlock().await {
-        Ok(()) => client.slot(
-            SlotState::Released,
-            Some("the run was inhibited and changed nothing".to_string()),
-        ),
-        Err(refusal) => client.slot(
-            SlotState::Held,
-            Some(format!("giving the slot back failed: {refusal}")),
-        ),
+    let slot = match client
+        .give_back(Some(
+            "the run was inhibited and changed nothing".to_string(),
+        ))
+        .await
+    {
+        Ok(released) => released,
+        Err((held, _)) => held,
     };
     fleetlock::record(root, &slot);
     if let Ok(mut report) = Report::read(root) {
@@ -317,8 +316,8 @@ async fn release_after_confirmation(
     {
         return;
     }
-    let slot = match client.unlock().await {
-        Ok(()) => {
+    let slot = match client.give_back(None).await {
+        Ok(released) => {
             super::render::say(
                 output,
                 &format!(
@@ -326,16 +325,16 @@ async fn release_after_confirmation(
                     journal.migration_id
                 ),
             );
-            client.slot(SlotState::Released, None)
+            released
         }
-        Err(refusal) => {
+        Err((held, refusal)) => {
             let line = format!(
                 "the FleetLock slot of migration {} is still held: giving it back failed ({refusal}); the next unattended run tries again",
                 journal.migration_id
             );
             journald::send::<&str>(Priority::Warning, journald::ids::FAILED, &line, &[]);
             super::render::say(output, &line);
-            client.slot(SlotState::Held, Some(refusal.to_string()))
+            held
         }
     };
     fleetlock::record(root, &slot);
