@@ -211,7 +211,8 @@ pub(crate) enum BootResult {
 /// reboot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct Bootability {
-    /// When it was checked.
+    /// When it was checked (first found so: a later check with the same
+    /// outcome does not rewrite it).
     pub(crate) checked_at: String,
     /// The newest kernel in `/boot` (none: the root has no kernel of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]

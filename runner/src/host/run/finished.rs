@@ -109,7 +109,14 @@ pub(crate) fn reboot_if_due(
             format!("checking the root can boot: {e:#}"),
         )
     })?;
-    if let Ok(mut report) = Report::read_run(root, &marker.run_id) {
+    // Recorded when the outcome changed (a rerun on an unchanged root leaves
+    // the report as it was).
+    if let Ok(mut report) = Report::read_run(root, &marker.run_id)
+        && report.bootable.as_ref().is_none_or(|b| {
+            (&b.kernel, &b.problems, &b.notes)
+                != (&bootable.kernel, &bootable.problems, &bootable.notes)
+        })
+    {
         report.bootable = Some(bootable.clone());
         let _ = report.update(root);
     }
