@@ -1,11 +1,14 @@
-//! `apt-sources`: switches the root's apt sources (one-line `.list` files
-//! and deb822 `.sources`) from the source release's suite to the target's,
-//! leaving comments, options and other suites alone.
+//! `apt-sources`: rewrites the root's apt sources (one-line `.list` files
+//! and deb822 `.sources`) as decided (`apt::repos`): the distribution's
+//! switched from the source release's suite to the target's, third-party
+//! ones mapped, switched, disabled or kept; comments, options and other
+//! suites left alone.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use super::apt::{Apt, repos};
 use super::{RunContext, StepContext, StepKind};
 use crate::core::event::StepStatus;
 use crate::core::fsutil::write_atomic;
@@ -27,87 +30,95 @@ pub(super) fn suites(run: &RunContext) -> Result<(&str, &str)> {
     Ok((from, to))
 }
 
-/// Switches every apt source file of `root`, writing the results with
-/// `write`; returns (entries switched, entries already on the target) and
-/// one line per changed file.
-pub(super) fn switch_all(
-    root: &Path,
-    from: &str,
-    to: &str,
-    mut write: impl FnMut(&Path, &str) -> Result<()>,
-) -> Result<(usize, usize, Vec<String>)> {
-    let mut switched = 0;
-    let mut already = 0;
-    let mut lines = Vec::new();
-    for file in source_files(root)? {
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        let switch: fn(&str, &str, &str) -> (String, usize) =
-            if file.extension().is_some_and(|e| e == "sources") {
-                switch_deb822
-            } else {
-                switch_one_line
-            };
-        let (new, changes) = switch(&text, from, to);
-        already += switch(&text, to, to).1;
-        let shown = file
-            .strip_prefix(root)
-            .unwrap_or(&file)
-            .display()
-            .to_string();
-        if changes > 0 {
-            lines.push(format!(
-                "/{shown}: {changes} entries switched {from} -> {to}"
-            ));
-            switched += changes;
-        }
-        write(&file, &new)?;
+/// The plan's apt, whose sources this step decides.
+fn apt<'a>(ctx: &'a StepContext<'_>) -> Result<&'a Apt> {
+    ctx.run
+        .packages()?
+        .apt()
+        .context("the apt-sources step needs apt as the plan's package manager")
+}
+
+/// What every source becomes, one line each; fails when the plan makes a
+/// third-party source an inhibitor, or when no source of the distribution
+/// names the source or the target release.
+fn decided<'a>(ctx: &StepContext<'_>, apt: &'a Apt) -> Result<&'a [repos::Source]> {
+    let (from, to) = suites(ctx.run)?;
+    let sources = apt.sources()?;
+    let inhibiting: Vec<String> = sources
+        .iter()
+        .filter(|s| s.inhibits)
+        .map(|s| format!("{}:{} {}", s.file, s.index, s.uri()))
+        .collect();
+    if !inhibiting.is_empty() {
+        bail!(
+            "third_party = \"inhibit\", and no vendor map, `keep` or `disable` decides these third-party sources: {}",
+            inhibiting.join(", ")
+        );
     }
-    Ok((switched, already, lines))
+    let of_release = sources.iter().any(|s| {
+        !s.third_party()
+            && s.suites
+                .iter()
+                .any(|x| switch_suite(x, from, to).is_some() || switch_suite(x, to, to).is_some())
+    });
+    if !of_release {
+        bail!(
+            "no apt source of the distribution in the root uses suite {from} or {to}; nothing to switch"
+        );
+    }
+    Ok(sources)
 }
 
 impl StepKind for SwitchSources {
     fn describe(&self) -> String {
-        "Switch apt sources to the target release".into()
+        "Switch apt sources to the target release; map, switch or disable third-party ones".into()
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        let (from, to) = suites(ctx.run)?;
-        let (switched, already, lines) = switch_all(ctx.root(), from, to, |file, new| {
+        let apt = apt(ctx)?;
+        let sources = decided(ctx, apt)?;
+        for s in sources {
+            ctx.say(s.describe(apt.target_suite()));
+        }
+        let migration = ctx
+            .run
+            .journal
+            .borrow()
+            .as_ref()
+            .map_or_else(|| ctx.run.run_id.clone(), |j| j.migration_id.clone());
+        let note = format!("migration {migration} to {}", apt.target_suite());
+        let mut changed = Vec::new();
+        apt.apply_sources(&note, |file, new| {
             let old = std::fs::read_to_string(file).unwrap_or_default();
             if old == new {
-                Ok(())
-            } else {
-                write_atomic(file, new.as_bytes())
+                return Ok(());
             }
+            changed.push(format!(
+                "/{}",
+                file.strip_prefix(ctx.root()).unwrap_or(file).display()
+            ));
+            write_atomic(file, new.as_bytes())
         })?;
-        for l in lines {
-            ctx.say(l);
+        if changed.is_empty() {
+            ctx.say("every source already as decided");
+            return Ok(StepStatus::Skipped);
         }
-        if switched == 0 && already == 0 {
-            bail!("no apt source in the root uses suite {from} or {to}; nothing to switch");
-        }
-        Ok(if switched == 0 {
-            StepStatus::Skipped
-        } else {
-            StepStatus::Succeeded
-        })
+        ctx.say(format!("rewritten: {}", changed.join(", ")));
+        Ok(StepStatus::Succeeded)
     }
 
     fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
-        let (from, to) = suites(ctx.run)?;
-        let (switched, already, lines) = switch_all(ctx.root(), from, to, |_, _| Ok(()))?;
-        for l in lines {
-            ctx.say(format!("would switch {l}"));
-        }
-        if switched == 0 && already == 0 {
-            bail!("no apt source in the root uses suite {from} or {to}; nothing to switch");
+        let apt = apt(ctx)?;
+        for s in decided(ctx, apt)? {
+            ctx.say(format!("would leave {}", s.describe(apt.target_suite())));
         }
         Ok(())
     }
 }
 
-fn source_files(root: &Path) -> Result<Vec<PathBuf>> {
+/// The root's apt source files: `sources.list`, then `sources.list.d`'s
+/// `.list` and `.sources` files by name.
+pub(crate) fn source_files(root: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let list = crate::core::rootfs::resolve(root, "etc/apt/sources.list")?;
     if list.is_file() {
@@ -128,7 +139,7 @@ fn source_files(root: &Path) -> Result<Vec<PathBuf>> {
 
 /// The suite `suite` becomes when switching `from` -> `to`, if it is one of
 /// the release's suites (`bookworm`, `bookworm-updates`, `bookworm-security`).
-fn switch_suite(suite: &str, from: &str, to: &str) -> Option<String> {
+pub(crate) fn switch_suite(suite: &str, from: &str, to: &str) -> Option<String> {
     if suite == from {
         return Some(to.to_string());
     }

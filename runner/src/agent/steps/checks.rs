@@ -133,7 +133,11 @@ impl StepKind for Repositories {
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        match ctx.run.packages()?.refresh_target() {
+        let pm = ctx.run.packages()?;
+        if let Some(apt) = pm.apt() {
+            apt_sources(ctx, apt);
+        }
+        match pm.refresh_target() {
             Ok(()) => ctx.say("the target repositories answer"),
             Err(e) => ctx.finding(finding(
                 "repositories",
@@ -143,6 +147,68 @@ impl StepKind for Repositories {
             )),
         }
         Ok(StepStatus::Succeeded)
+    }
+}
+
+/// What becomes of each apt source, one line each; third-party sources
+/// the cutover disables are a warning, those the plan makes inhibitors an
+/// inhibitor.
+fn apt_sources(ctx: &StepContext<'_>, apt: &super::apt::Apt) {
+    let sources = match apt.sources() {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.finding(finding(
+                "repositories.sources",
+                Severity::Inhibitor,
+                format!("{e:#}"),
+                "repair the root's apt sources (apt-get update in it shows what apt objects to)",
+            ));
+            return;
+        }
+    };
+    let to = apt.target_suite();
+    for s in sources {
+        ctx.say(s.describe(to));
+    }
+    let where_ = |s: &&super::apt::repos::Source| format!("{}:{} {}", s.file, s.index, s.uri());
+    let disabled: Vec<String> = sources
+        .iter()
+        .filter(|s| !s.inhibits)
+        .filter_map(|s| match &s.decision {
+            super::apt::repos::Decision::Disable(why) if s.third_party() => {
+                Some(format!("{} ({why})", where_(&s)))
+            }
+            _ => None,
+        })
+        .collect();
+    if !disabled.is_empty() {
+        ctx.finding(finding(
+            "repositories.third-party",
+            Severity::Warning,
+            format!(
+                "{} third-party sources will be disabled in the cutover: {}",
+                disabled.len(),
+                listed(&disabled)
+            ),
+            "give each a vendor map (`vendors`), or keep it as it is (`keep`) if it already serves the target release",
+        ));
+    }
+    let inhibiting: Vec<String> = sources
+        .iter()
+        .filter(|s| s.inhibits)
+        .map(|s| where_(&s))
+        .collect();
+    if !inhibiting.is_empty() {
+        ctx.finding(finding(
+            "repositories.third-party",
+            Severity::Inhibitor,
+            format!(
+                "third_party = \"inhibit\", and no vendor map, `keep` or `disable` decides {} third-party sources: {}",
+                inhibiting.len(),
+                listed(&inhibiting)
+            ),
+            "add a vendor map, a `keep` or a `disable` of the apt-sources step for each",
+        ));
     }
 }
 

@@ -60,6 +60,11 @@ impl Refreshed {
         result
     }
 
+    /// Whether a fetch was tried and succeeded.
+    pub(crate) fn succeeded(&self) -> bool {
+        matches!(*self.0.borrow(), Some(Ok(())))
+    }
+
     /// Fetches with `fetch` the first time; later calls repeat the outcome
     /// (a failure as [`TargetUnavailable`]).
     pub(crate) fn ensure(&self, fetch: impl FnOnce() -> Result<()>) -> Result<()> {
@@ -101,6 +106,10 @@ pub(crate) struct Foreign {
 pub(crate) trait PackageManager {
     /// Its name (`apt`).
     fn name(&self) -> &'static str;
+    /// apt itself, whose sources the `apt-sources` step decides.
+    fn apt(&self) -> Option<&super::apt::Apt> {
+        None
+    }
     /// Problems of the package database: half-installed packages, or a
     /// lock held by another process. Empty when healthy.
     fn database_problems(&self) -> Result<Vec<String>>;

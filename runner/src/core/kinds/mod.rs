@@ -11,6 +11,7 @@
 //! The options types live here, in the core, because the host validates a
 //! plan before any container starts; what a step *does* lives with the agent.
 
+pub(crate) mod apt;
 pub(crate) mod backup;
 pub(crate) mod checks;
 pub(crate) mod command;
@@ -98,7 +99,7 @@ kinds! {
     CheckHeldPackages = "check-held-packages", [Check], NoOptions;
     CheckThirdParty = "check-third-party", [Check], checks::ThirdPartyOptions;
     Prefetch = "prefetch", [Sync], NoOptions;
-    AptSources = "apt-sources", [Cutover], NoOptions;
+    AptSources = "apt-sources", [Cutover], apt::AptSourcesOptions;
     Apt = "apt", [Cutover], NoOptions;
     Zypper = "zypper", [Cutover], packages::ZypperOptions;
     Dnf = "dnf", [Cutover], packages::DnfOptions;

@@ -1,17 +1,22 @@
 //! Debian-family package upgrade with apt, run chrooted in the root so that the
 //! root's own apt and dpkg (and their maintainer scripts) do the work.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::apt_sources::{suites, switch_all};
+use super::apt_sources::{source_files, suites};
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::{RunContext, StepContext, StepKind, chroot};
 use crate::core::cmd::{CommandExt, ToolOutput, stderr_tail};
 use crate::core::event::StepStatus;
+use crate::core::kinds::Kind;
+use crate::core::kinds::apt::{AptSourcesOptions, VendorFile, VendorRepo};
+use repos::{Decider, Decision, Probe, ReleaseFile, Source};
+
+pub(crate) mod repos;
 
 /// Scratch area for questions about the target release, inside the root's
 /// `/run` (a tmpfs the agent mounts in its own namespace).
@@ -257,18 +262,206 @@ pub(crate) struct Apt {
     to: String,
     /// The outcome of fetching the target's metadata, once tried.
     refreshed: Refreshed,
+    /// The plan's `apt-sources` options: whose sources are the
+    /// distribution's, what becomes of the others.
+    options: AptSourcesOptions,
+    /// Vendor maps: the plan's, then the image's.
+    vendors: Vec<VendorRepo>,
+    /// The root's sources, classified and decided, once done.
+    sources: std::cell::OnceCell<std::result::Result<Vec<Source>, String>>,
+    /// Probes made so far (each has its own scratch directory).
+    probes: std::cell::Cell<usize>,
+}
+
+/// Where the image keeps its vendor maps (`*.toml`).
+fn image_vendor_dir() -> PathBuf {
+    Path::new(crate::core::image::IMAGE_DATA_DIR).join("vendors")
+}
+
+/// The vendor maps in `dir` (`*.toml`, by name); a bad file is an error
+/// naming it.
+pub(crate) fn vendor_maps(dir: &Path) -> Result<Vec<VendorRepo>> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let mut maps = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        maps.extend(
+            VendorFile::parse(&text)
+                .map_err(|e| anyhow::anyhow!("vendor map {}: {e}", f.display()))?,
+        );
+    }
+    Ok(maps)
 }
 
 impl Apt {
     /// apt for the run's root and suites.
     pub(crate) fn new(run: &RunContext) -> Result<Self> {
         let (from, to) = suites(run)?;
+        let mut options: AptSourcesOptions = match run.plan.first_of_kind(&[Kind::AptSources]) {
+            Some(step) => step.options()?,
+            None => AptSourcesOptions::default(),
+        };
+        if options.origins.is_empty()
+            && let Some(step) = run.plan.first_of_kind(&[Kind::CheckThirdParty])
+        {
+            let o: crate::core::kinds::checks::ThirdPartyOptions = step.options()?;
+            options.origins = o.origins;
+        }
+        let mut vendors = options.vendors.clone();
+        vendors.extend(vendor_maps(&image_vendor_dir())?);
         Ok(Self {
             root: run.root.clone(),
             from: from.to_string(),
             to: to.to_string(),
             refreshed: Refreshed::default(),
+            options,
+            vendors,
+            sources: std::cell::OnceCell::new(),
+            probes: std::cell::Cell::new(0),
         })
+    }
+
+    /// The root's sources, each classified and decided (once per run: the
+    /// check, the dry run and the cutover of one run decide alike).
+    pub(crate) fn sources(&self) -> Result<&[Source]> {
+        let decided = self
+            .sources
+            .get_or_init(|| self.decide_sources().map_err(|e| format!("{e:#}")));
+        match decided {
+            Ok(s) => Ok(s),
+            Err(e) => bail!("{e}"),
+        }
+    }
+
+    fn decide_sources(&self) -> Result<Vec<Source>> {
+        let mut sources = repos::entries(&self.root)?;
+        let decider = Decider {
+            options: &self.options,
+            vendors: &self.vendors,
+            from: &self.from,
+            to: &self.to,
+        };
+        for s in &mut sources {
+            decider.decide(self, s)?;
+        }
+        Ok(sources)
+    }
+
+    /// The target release's suite.
+    pub(crate) fn target_suite(&self) -> &str {
+        &self.to
+    }
+
+    /// Writes each source file of the root with the decisions applied by
+    /// `write(path in the agent's view, new text)`, every file (changed or
+    /// not); `note` names the migration in the comments beside disabled
+    /// sources.
+    pub(crate) fn apply_sources(
+        &self,
+        note: &str,
+        mut write: impl FnMut(&Path, &str) -> Result<()>,
+    ) -> Result<()> {
+        let sources = self.sources()?;
+        for file in source_files(&self.root)? {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let shown = format!(
+                "/{}",
+                file.strip_prefix(&self.root).unwrap_or(&file).display()
+            );
+            let decisions: BTreeMap<usize, &Decision> = sources
+                .iter()
+                .filter(|s| s.file == shown)
+                .map(|s| (s.index, &s.decision))
+                .collect();
+            let deb822 = file.extension().is_some_and(|e| e == "sources");
+            let new = repos::rewrite(&text, deb822, &decisions, &self.from, &self.to, note);
+            write(&file, &new)?;
+        }
+        Ok(())
+    }
+
+    /// Fetches `source` changed by `decision` alone, in a scratch area of
+    /// its own; its Release file if it answered.
+    fn probe(&self, source: &Source, decision: &Decision) -> Result<Option<ReleaseFile>> {
+        let n = self.probes.get() + 1;
+        self.probes.set(n);
+        let inside = format!("/run/migrate/apt-probe/{n}");
+        let dir = self.root.join(inside.trim_start_matches('/'));
+        for sub in ["lists/partial", "cache/archives/partial", "parts"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+        }
+        let file = crate::core::rootfs::resolve(&self.root, source.file.trim_start_matches('/'))?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let deb822 = source.deb822();
+        let Some(entry) = repos::entry_text(&text, deb822, source.index) else {
+            return Ok(None);
+        };
+        let changed = repos::rewrite(
+            &entry,
+            deb822,
+            &BTreeMap::from([(1, decision)]),
+            &self.from,
+            &self.to,
+            "probe",
+        );
+        let name = if deb822 {
+            "probe.sources"
+        } else {
+            "probe.list"
+        };
+        std::fs::write(dir.join("parts").join(name), changed)?;
+        std::fs::write(dir.join("sources.list"), "")?;
+        let mut cmd = apt(&self.root, "apt-get", &[]);
+        for (k, v) in [
+            ("Dir::State::Lists", "lists"),
+            ("Dir::Cache", "cache"),
+            ("Dir::Etc::SourceList", "sources.list"),
+            ("Dir::Etc::SourceParts", "parts"),
+        ] {
+            cmd.arg("-o").arg(format!("{k}={inside}/{v}"));
+        }
+        cmd.args([
+            "-o",
+            "Debug::NoLocking=1",
+            "-o",
+            "APT::Sandbox::User=root",
+            "-q",
+            "-o",
+            "APT::Update::Error-Mode=any",
+            "-o",
+            "Acquire::Retries=0",
+            "update",
+        ]);
+        if !cmd.run_unchecked()?.status.success() {
+            return Ok(None);
+        }
+        let lists = dir.join("lists");
+        let mut found = None;
+        for e in std::fs::read_dir(&lists)?.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(prefix) = name
+                .strip_suffix("InRelease")
+                .or_else(|| name.strip_suffix("Release"))
+                && prefix.ends_with('_')
+            {
+                found = repos_release(&self.root, &format!("{inside}/lists/{prefix}"));
+                if found.is_some() {
+                    break;
+                }
+            }
+        }
+        Ok(found)
     }
 
     fn scratch(&self) -> PathBuf {
@@ -316,7 +509,9 @@ impl Apt {
         }
         let parts = crate::core::rootfs::resolve(&self.root, "etc/apt/sources.list.d")?;
         let main = crate::core::rootfs::resolve(&self.root, "etc/apt/sources.list")?;
-        switch_all(&self.root, &self.from, &self.to, |file, new| {
+        // The sources as the cutover will leave them: disabled ones are
+        // comments, so only what will be used is fetched.
+        self.apply_sources("scratch copy", |file, new| {
             let target = if *file == main {
                 scratch.join("sources.list")
             } else {
@@ -371,9 +566,63 @@ impl Apt {
     }
 }
 
+/// The Release file at `prefix` of the root's lists (a path in the root).
+fn repos_release(root: &Path, prefix: &str) -> Option<ReleaseFile> {
+    repos::release_at(root, prefix)
+}
+
+impl Probe for Apt {
+    fn cached_release(&self, prefix: &str) -> Option<ReleaseFile> {
+        repos_release(&self.root, prefix)
+    }
+
+    fn signed_by_distribution(&self, release: &ReleaseFile) -> Result<bool> {
+        let keyrings: Vec<&String> = self
+            .options
+            .keyrings
+            .iter()
+            .filter(|k| {
+                crate::core::rootfs::resolve(&self.root, k.trim_start_matches('/'))
+                    .is_ok_and(|p| p.is_file())
+            })
+            .collect();
+        if keyrings.is_empty() {
+            return Ok(true);
+        }
+        let path = release.path.to_string_lossy().into_owned();
+        let mut cmd = chroot(&self.root, "gpgv");
+        for k in keyrings {
+            cmd.arg("--keyring").arg(k);
+        }
+        if path.ends_with("InRelease") {
+            cmd.arg(&path);
+        } else {
+            let signature = format!("{path}.gpg");
+            let sig_in_root =
+                crate::core::rootfs::resolve(&self.root, signature.trim_start_matches('/'))?;
+            if !sig_in_root.is_file() {
+                return Ok(false);
+            }
+            cmd.arg(&signature).arg(&path);
+        }
+        let out = cmd
+            .run_unchecked()
+            .context("verifying a Release file with the root's gpgv")?;
+        Ok(out.status.success())
+    }
+
+    fn answers(&self, source: &Source, decision: &Decision) -> Option<ReleaseFile> {
+        self.probe(source, decision).ok().flatten()
+    }
+}
+
 impl PackageManager for Apt {
     fn name(&self) -> &'static str {
         "apt"
+    }
+
+    fn apt(&self) -> Option<&Apt> {
+        Some(self)
     }
 
     fn database_problems(&self) -> Result<Vec<String>> {
@@ -477,29 +726,38 @@ impl PackageManager for Apt {
                 "the root has no package lists (run apt-get update in it); cannot tell where packages come from"
             );
         }
+        let origins = if self.options.origins.is_empty() {
+            origins
+        } else {
+            &self.options.origins
+        };
         let ours = |o: &str| origins.iter().any(|x| x == o);
-        let repositories: BTreeSet<String> = origin_of
+        let repositories: Vec<String> = self
+            .sources()?
             .iter()
-            .filter(|(_, origin)| !ours(origin))
-            .map(|(file, origin)| {
-                format!(
-                    "{file} (origin {})",
-                    if origin.is_empty() { "unknown" } else { origin }
-                )
-            })
+            .filter(|s| s.third_party())
+            .map(|s| s.describe(&self.to))
             .collect();
         let installed = apt(
             &self.root,
             "dpkg-query",
-            &["-W", "-f", "${db:Status-Abbrev} ${binary:Package}\\n"],
+            &[
+                "-W",
+                "-f",
+                "${db:Status-Abbrev} ${binary:Package} ${Version}\\n",
+            ],
         )
         .run_get_string()?;
-        let names: Vec<&str> = installed
+        let versions: BTreeMap<&str, &str> = installed
             .lines()
             .filter(|l| l.starts_with("ii"))
-            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace().skip(1);
+                Some((w.next()?, w.next()?))
+            })
             .collect();
-        let mut packages = Vec::new();
+        let names: Vec<&str> = versions.keys().copied().collect();
+        let mut foreign = Vec::new();
         for chunk in names.chunks(500) {
             let text = apt_query(&self.root, "apt-cache", &["policy"])
                 .args(chunk)
@@ -509,12 +767,37 @@ impl PackageManager for Apt {
                     .iter()
                     .any(|f| origin_of.get(f).is_some_and(|o| ours(o)));
                 if !from_distribution {
-                    packages.push(pkg);
+                    foreign.push(pkg);
                 }
             }
         }
+        // What the upgrade does to each, if the target answered.
+        let fates = if foreign.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.ensure_refreshed()
+                .and_then(|()| {
+                    self.scratch_cmd("apt-get", &["-s", "-o", "Dpkg::Use-Pty=0", "dist-upgrade"])
+                        .run_get_string()
+                })
+                .map(|out| parse_simulation(&out))
+                .unwrap_or_default()
+        };
+        let packages = foreign
+            .into_iter()
+            .map(|pkg| {
+                let installed = versions.get(pkg.as_str()).copied().unwrap_or("?");
+                let fate = match fates.get(&pkg) {
+                    Some(Fate::Upgraded(v, from)) => format!("upgraded to {v} from {from}"),
+                    Some(Fate::Removed) => format!("{installed}, removed by the upgrade"),
+                    None if self.refreshed.succeeded() => format!("kept at {installed}"),
+                    None => installed.to_string(),
+                };
+                format!("{pkg} ({fate})")
+            })
+            .collect();
         Ok(Foreign {
-            repositories: repositories.into_iter().collect(),
+            repositories,
             packages,
         })
     }
@@ -592,6 +875,40 @@ fn parse_local_packages(text: &str) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// What a simulated upgrade does to a package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fate {
+    /// Installed anew at this version, from these archives.
+    Upgraded(String, String),
+    /// Removed.
+    Removed,
+}
+
+/// `apt-get -s dist-upgrade`: `Inst NAME [OLD] (NEW ARCHIVES [ARCH])` and
+/// `Remv NAME [OLD]` lines, by package.
+fn parse_simulation(text: &str) -> BTreeMap<String, Fate> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("Inst ") {
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            let Some((_, new)) = rest.split_once(" (") else {
+                continue;
+            };
+            let new = new.trim_end_matches(')');
+            let new = new.rsplit_once(" [").map_or(new, |(n, _)| n);
+            let (version, archives) = new.split_once(' ').unwrap_or((new, ""));
+            out.insert(
+                name.to_string(),
+                Fate::Upgraded(version.to_string(), archives.to_string()),
+            );
+        } else if let Some(rest) = line.strip_prefix("Remv ") {
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            out.insert(name.to_string(), Fate::Removed);
+        }
+    }
+    out
 }
 
 /// "Need to get [A/]B of archives." and "After this operation, C of
