@@ -9,6 +9,7 @@ packages=(
   podman runc conmon            # containers (runc: crun fails on hybrid cgroups here)
   debootstrap rsync util-linux ca-certificates
   rpm zypper dnf createrepo-c   # building and serving RPM test repositories
+  apt-utils                     # apt-ftparchive: indexing the apt vendor repositories of the tests
   gpg gpg-agent                 # signing them
   postgresql                    # the PostgreSQL cluster of the service tests
   systemd                       # journalctl, to read the journal of booted test roots

@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
+use fixtures::fleetlock::Netns;
+use fixtures::network::Uplink;
+use fixtures::vendors::VendorRepos;
 use fixtures::{
     Fixtures, MIGRATION_IMAGE, check_report_schema, dropin, serial, show, tree_checksum,
 };
@@ -457,4 +460,268 @@ fn a_root_directory_sees_no_host_device_process_or_kernel_setting_and_check_cann
         assert_eq!(line("submount:"), submount, "{verb}");
     }
     assert!(root.join("srv/sub/probe").exists());
+}
+
+/// Third-party apt repositories (served on loopback, signed with a vendor's
+/// key) beside a local mirror of Debian: each source classified and
+/// decided before anything changes, the third-party packages listed with
+/// what the upgrade does to them; `third_party = "inhibit"` stops the run
+/// naming the undecided ones; a cutover's rewrite of the sources is valid
+/// for apt and rolled back exactly.
+#[test]
+fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    // The machine's apt-cacher-ng: a mirror of Debian at a local URL.
+    let netns = Netns::start(f).unwrap();
+    let uplink = Uplink::start(f, &netns).unwrap();
+    let mirror = format!("{}deb.debian.org/debian", uplink.proxy);
+    let vendors = VendorRepos::start().unwrap();
+    let v = &vendors.url;
+    let root = f.copy_root(&f.bookworm).unwrap();
+    std::fs::create_dir_all(root.join("etc/apt/keyrings")).unwrap();
+    std::fs::copy(&vendors.keyring, root.join("etc/apt/keyrings/vendor.gpg")).unwrap();
+    let key = "/etc/apt/keyrings/vendor.gpg";
+    let parts = root.join("etc/apt/sources.list.d");
+    std::fs::write(
+        root.join("etc/apt/sources.list"),
+        format!("deb {mirror} bookworm main\n"),
+    )
+    .unwrap();
+    for (name, text) in [
+        (
+            "vendor-a.list",
+            format!("deb [signed-by={key}] {v}/a bookworm main\n"),
+        ),
+        (
+            "vendor-b.sources",
+            format!(
+                "Types: deb\nURIs: {v}/b\nSuites: bookworm\nComponents: main\nSigned-By: {key}\n"
+            ),
+        ),
+        (
+            "vendor-c.list",
+            format!("deb [signed-by={key}] {v}/c-old bookworm main\n"),
+        ),
+        (
+            "impostor.list",
+            format!("deb [signed-by={key}] {v}/impostor bookworm main\n"),
+        ),
+    ] {
+        std::fs::write(parts.join(name), text).unwrap();
+    }
+    for args in [
+        &["apt-get", "update"][..],
+        &[
+            "apt-get", "install", "-y", "vendor-a", "vendor-b", "vendor-c", "vendor-i",
+        ],
+        &["apt-get", "clean"],
+    ] {
+        let out = root.chroot(args).unwrap();
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+    }
+    dropin(
+        &root.path,
+        "vendor-c.toml",
+        &format!(
+            "[[step]]\nid = \"switch-sources\"\nvendors = [{{ vendor = \"Vendor C\", match = \"{v}/c-old\", uri = \"{v}/c-new\", suite = \"trixie\" }}]\n"
+        ),
+    )
+    .unwrap();
+    let decisions = [
+        format!(
+            "/etc/apt/sources.list:1 {mirror} bookworm: the distribution's; switched to trixie"
+        ),
+        format!(
+            "/etc/apt/sources.list.d/impostor.list:1 {v}/impostor bookworm: third-party (origin \"Debian\", but not signed by the distribution's keys); disabled: it has no trixie suite that answers"
+        ),
+        format!(
+            "/etc/apt/sources.list.d/vendor-a.list:1 {v}/a bookworm: third-party (origin \"Vendor A\"); disabled: it has no trixie suite that answers"
+        ),
+        format!(
+            "/etc/apt/sources.list.d/vendor-b.sources:1 {v}/b bookworm: third-party (origin \"Vendor B\"); switched to trixie"
+        ),
+        format!(
+            "/etc/apt/sources.list.d/vendor-c.list:1 {v}/c-old bookworm: third-party (origin \"Vendor C\"); mapped by the Vendor C vendor map to {v}/c-new trixie"
+        ),
+    ];
+    let before = tree_checksum(&root.path).unwrap();
+    let etc_apt = tree_checksum(&root.join("etc/apt")).unwrap();
+
+    // check: every source and its decision; warnings only.
+    let out = f
+        .migrate()
+        .args([
+            "check",
+            "--output",
+            "json",
+            "--image",
+            MIGRATION_IMAGE,
+            "--root",
+        ])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = |id: &str| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap_or_else(|| panic!("no finding {id}: {report:#}"))
+            .clone()
+    };
+    let disabled = finding("repositories.third-party");
+    assert_eq!(disabled["severity"], "warning");
+    assert_eq!(
+        disabled["message"],
+        format!(
+            "2 third-party sources will be disabled in the cutover: /etc/apt/sources.list.d/impostor.list:1 {v}/impostor (it has no trixie suite that answers), /etc/apt/sources.list.d/vendor-a.list:1 {v}/a (it has no trixie suite that answers)"
+        )
+    );
+    let packages = finding("third-party.packages");
+    assert_eq!(
+        packages["message"],
+        "4 installed packages are not from the distribution: vendor-a (kept at 1.0), vendor-b (upgraded to 2.0 from Vendor B:trixie), vendor-c (upgraded to 2.0 from Vendor C:trixie), vendor-i (kept at 1.0)",
+        "{report:#}"
+    );
+    let repositories = finding("third-party.repositories")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for d in &decisions[1..] {
+        assert!(repositories.contains(d.as_str()), "{d} in {repositories}");
+    }
+    assert_eq!(
+        tree_checksum(&root.path).unwrap(),
+        before,
+        "check changed the root"
+    );
+
+    // The dry run and the human output say the same, line by line.
+    let out = f
+        .migrate()
+        .args(["run", "--dry-run", "--image", MIGRATION_IMAGE, "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for d in &decisions {
+        assert!(stdout.contains(d.as_str()), "check's {d}\n{}", show(&out));
+        assert!(
+            stdout.contains(&format!("would leave {d}")),
+            "the dry run's {d}\n{}",
+            show(&out)
+        );
+    }
+    assert_eq!(
+        tree_checksum(&root.path).unwrap(),
+        before,
+        "the dry run changed the root"
+    );
+
+    // An operator who wants no surprise: the undecided ones inhibit.
+    dropin(
+        &root.path,
+        "strict.toml",
+        "[[step]]\nid = \"switch-sources\"\nthird_party = \"inhibit\"\n",
+    )
+    .unwrap();
+    let strict_before = tree_checksum(&root.path).unwrap();
+    let out = f
+        .migrate()
+        .args(["run", "--image", MIGRATION_IMAGE, "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "third_party = \"inhibit\", and no vendor map, `keep` or `disable` decides 3 third-party sources: /etc/apt/sources.list.d/impostor.list:1 {v}/impostor, /etc/apt/sources.list.d/vendor-a.list:1 {v}/a, /etc/apt/sources.list.d/vendor-b.sources:1 {v}/b"
+        )),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        tree_checksum(&root.path).unwrap(),
+        strict_before,
+        "an inhibited run changed the root"
+    );
+    std::fs::remove_file(root.join("etc/migrate/plan.d/strict.toml")).unwrap();
+
+    // A cutover that rewrites the sources and then fails: the sources are
+    // as decided and valid for the root's apt; a rollback restores them.
+    let plan = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        plan.path(),
+        "description = \"the sources, then a failure\"\n\
+         [[step]]\nid = \"repositories\"\nkind = \"check-repositories\"\nphase = \"check\"\n\
+         [[step]]\nid = \"switch-sources\"\nkind = \"apt-sources\"\nphase = \"cutover\"\norigins = [\"Debian\"]\nkeyrings = [\"/usr/share/keyrings/debian-archive-keyring.gpg\"]\n\
+         [[step]]\nid = \"stop-here\"\nkind = \"command\"\nphase = \"cutover\"\ncommand = [\"false\"]\n",
+    )
+    .unwrap();
+    let out = f
+        .migrate()
+        .args(["run", "--image", MIGRATION_IMAGE, "--plan"])
+        .arg(plan.path())
+        .arg("--root")
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("step stop-here failed"),
+        "{}",
+        show(&out)
+    );
+    let read = |name: &str| std::fs::read_to_string(root.join(name)).unwrap();
+    assert_eq!(
+        read("etc/apt/sources.list"),
+        format!("deb {mirror} trixie main\n")
+    );
+    let a = read("etc/apt/sources.list.d/vendor-a.list");
+    assert!(
+        a.starts_with("# migrate: migration ")
+            && a.ends_with(&format!(
+                " to trixie: disabled, it has no trixie suite that answers\n# deb [signed-by={key}] {v}/a bookworm main\n"
+            )),
+        "{a}"
+    );
+    assert_eq!(
+        read("etc/apt/sources.list.d/vendor-b.sources"),
+        format!("Types: deb\nURIs: {v}/b\nSuites: trixie\nComponents: main\nSigned-By: {key}\n")
+    );
+    assert_eq!(
+        read("etc/apt/sources.list.d/vendor-c.list"),
+        format!("deb [signed-by={key}] {v}/c-new trixie main\n")
+    );
+    let update = root.chroot(&["apt-get", "update"]).unwrap();
+    assert!(update.status.success(), "{}", show(&update));
+    let policy = root
+        .chroot(&["apt-cache", "policy", "vendor-b", "vendor-c", "vendor-a"])
+        .unwrap();
+    let policy = String::from_utf8_lossy(&policy.stdout);
+    assert!(
+        policy.contains("vendor-b:\n  Installed: 1.0\n  Candidate: 2.0")
+            && policy.contains("vendor-c:\n  Installed: 1.0\n  Candidate: 2.0")
+            && policy.contains("vendor-a:\n  Installed: 1.0\n  Candidate: 1.0"),
+        "{policy}"
+    );
+    let out = f
+        .migrate()
+        .args(["rollback", "--image", MIGRATION_IMAGE, "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        tree_checksum(&root.join("etc/apt")).unwrap(),
+        etc_apt,
+        "the rollback brought the sources back exactly"
+    );
+    drop(uplink);
 }

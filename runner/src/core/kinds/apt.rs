@@ -189,4 +189,22 @@ mod tests {
         let e = VendorFile::parse("vendor = 1\n").unwrap_err();
         assert!(e.contains("invalid type"), "{e}");
     }
+
+    #[test]
+    fn the_built_in_images_vendor_maps_are_valid() {
+        let mut maps = 0;
+        for name in crate::core::image::EmbeddedImage::names() {
+            let img = crate::core::image::EmbeddedImage::find(name).unwrap();
+            for (path, bytes) in img.files {
+                if path.starts_with("vendors/") {
+                    let text = std::str::from_utf8(bytes).unwrap();
+                    let parsed = VendorFile::parse(text)
+                        .unwrap_or_else(|e| panic!("images/{name}/{path}: {e}"));
+                    assert!(!parsed.is_empty(), "images/{name}/{path} maps nothing");
+                    maps += 1;
+                }
+            }
+        }
+        assert!(maps >= 4, "{maps} vendor maps");
+    }
 }

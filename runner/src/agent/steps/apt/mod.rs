@@ -731,9 +731,26 @@ impl PackageManager for Apt {
         } else {
             &self.options.origins
         };
-        let ours = |o: &str| origins.iter().any(|x| x == o);
-        let repositories: Vec<String> = self
-            .sources()?
+        let decided = self.sources()?;
+        // A package file is the distribution's when its origin says so and
+        // no source classified third-party (a vendor claiming the
+        // distribution's origin) serves it: `URI SUITE/COMPONENT ...`.
+        let foreign_files: Vec<String> = decided
+            .iter()
+            .filter(|s| s.third_party())
+            .flat_map(|s| {
+                s.uris.iter().flat_map(move |u| {
+                    s.suites
+                        .iter()
+                        .map(move |suite| format!("{} {suite}/", u.trim_end_matches('/')))
+                })
+            })
+            .collect();
+        let ours_file = |file: &str, origin: &str| {
+            origins.iter().any(|x| x == origin)
+                && !foreign_files.iter().any(|p| file.starts_with(p.as_str()))
+        };
+        let repositories: Vec<String> = decided
             .iter()
             .filter(|s| s.third_party())
             .map(|s| s.describe(&self.to))
@@ -765,7 +782,7 @@ impl PackageManager for Apt {
             for (pkg, files) in parse_installed_sources(&text) {
                 let from_distribution = files
                     .iter()
-                    .any(|f| origin_of.get(f).is_some_and(|o| ours(o)));
+                    .any(|f| origin_of.get(f).is_some_and(|o| ours_file(f, o)));
                 if !from_distribution {
                     foreign.push(pkg);
                 }
