@@ -631,6 +631,21 @@ fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() 
     )
     .unwrap();
     let strict_before = tree_checksum(&root.path).unwrap();
+    let listing = |root: &std::path::Path| {
+        String::from_utf8_lossy(
+            &std::process::Command::new("sh")
+                .arg("-c")
+                .arg("cd \"$0\" && find . -printf '%p %m %u %g %s %T@ %l %D\\n' && find . -type f -exec md5sum {} +")
+                .arg(root)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .lines()
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<String>>()
+    };
+    let listed_before = listing(&root.path);
     let out = f
         .migrate()
         .args(["run", "--image", MIGRATION_IMAGE, "--root"])
@@ -649,7 +664,10 @@ fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() 
     assert_eq!(
         tree_checksum(&root.path).unwrap(),
         strict_before,
-        "an inhibited run changed the root"
+        "an inhibited run changed the root: {:?}",
+        listing(&root.path)
+            .symmetric_difference(&listed_before)
+            .collect::<Vec<_>>()
     );
     std::fs::remove_file(root.join("etc/migrate/plan.d/strict.toml")).unwrap();
 

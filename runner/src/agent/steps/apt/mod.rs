@@ -396,7 +396,7 @@ impl Apt {
         self.probes.set(n);
         let inside = format!("/run/migrate/apt-probe/{n}");
         let dir = self.root.join(inside.trim_start_matches('/'));
-        for sub in ["lists/partial", "cache/archives/partial", "parts"] {
+        for sub in ["lists/partial", "cache/archives/partial", "parts", "log"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
@@ -428,6 +428,7 @@ impl Apt {
             ("Dir::Cache", "cache"),
             ("Dir::Etc::SourceList", "sources.list"),
             ("Dir::Etc::SourceParts", "parts"),
+            ("Dir::Log", "log"),
         ] {
             cmd.arg("-o").arg(format!("{k}={inside}/{v}"));
         }
@@ -475,6 +476,8 @@ impl Apt {
             ("Dir::Cache", "cache"),
             ("Dir::Etc::SourceList", "sources.list"),
             ("Dir::Etc::SourceParts", "sources.list.d"),
+            // apt's own logs (the planner's eipp.log of a simulation).
+            ("Dir::Log", "log"),
         ]
         .iter()
         .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={SCRATCH}/{v}")])
@@ -502,6 +505,7 @@ impl Apt {
             "lists/partial",
             "cache/archives/partial",
             "sources.list.d",
+            "log",
             "tmp",
         ] {
             std::fs::create_dir_all(scratch.join(dir))
