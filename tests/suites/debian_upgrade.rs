@@ -7,7 +7,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fixtures::{Fixtures, MIGRATION_IMAGE, report, serial, show};
+use fixtures::vendors::VendorRepos;
+use fixtures::{Fixtures, MIGRATION_IMAGE, dropin, report, serial, show};
 
 const EDITED: &str = "edited locally before the migration\n";
 
@@ -20,6 +21,42 @@ fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
     let mut issue = std::fs::read_to_string(root.join("etc/issue")).unwrap();
     issue.push_str(EDITED);
     std::fs::write(root.join("etc/issue"), &issue).unwrap();
+    // Three vendors' repositories beside Debian's: one without the target
+    // release (disabled, its package kept), one with it (switched, its
+    // package upgraded), one whose target a vendor map names (mapped).
+    let vendors = VendorRepos::start().unwrap();
+    let v = &vendors.url;
+    std::fs::create_dir_all(root.join("etc/apt/keyrings")).unwrap();
+    std::fs::copy(&vendors.keyring, root.join("etc/apt/keyrings/vendor.gpg")).unwrap();
+    let key = "signed-by=/etc/apt/keyrings/vendor.gpg";
+    std::fs::write(
+        root.join("etc/apt/sources.list.d/vendors.list"),
+        format!(
+            "deb [{key}] {v}/a bookworm main
+deb [{key}] {v}/b bookworm main
+deb [{key}] {v}/c-old bookworm main
+"
+        ),
+    )
+    .unwrap();
+    for args in [
+        &["apt-get", "update"][..],
+        &[
+            "apt-get", "install", "-y", "vendor-a", "vendor-b", "vendor-c",
+        ],
+        &["apt-get", "clean"],
+    ] {
+        let out = root.chroot(args).unwrap();
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+    }
+    dropin(
+        &root.path,
+        "vendor-c.toml",
+        &format!(
+            "[[step]]\nid = \"switch-sources\"\nvendors = [{{ vendor = \"Vendor C\", match = \"{v}/c-old\", uri = \"{v}/c-new\", suite = \"trixie\" }}]\n"
+        ),
+    )
+    .unwrap();
 
     let child = f
         .migrate()
@@ -51,6 +88,23 @@ fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
         "the new /etc/issue is beside the kept one: {shipped:?}"
     );
 
+    // The vendors' packages as decided, and the sources that say so.
+    let versions = root
+        .chroot(&["dpkg-query", "-W", "vendor-a", "vendor-b", "vendor-c"])
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&versions.stdout),
+        "vendor-a\t1.0\nvendor-b\t2.0\nvendor-c\t2.0\n"
+    );
+    let vendor_sources =
+        std::fs::read_to_string(root.join("etc/apt/sources.list.d/vendors.list")).unwrap();
+    assert!(
+        vendor_sources.ends_with(&format!(
+            " to trixie: disabled, it has no trixie suite that answers\n# deb [{key}] {v}/a bookworm main\ndeb [{key}] {v}/b trixie main\ndeb [{key}] {v}/c-new trixie main\n"
+        )),
+        "{vendor_sources}"
+    );
+
     let report = report(&root.path).unwrap();
     assert_eq!(report["result"], "succeeded", "{report:#}");
     assert_eq!(report["exit_code"], 0);
@@ -79,6 +133,16 @@ fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
             "upgrade-packages",
             "verify-release"
         ]
+    );
+    let packages = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "third-party.packages")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(
+        packages["message"],
+        "3 installed packages are not from the distribution: vendor-a (kept at 1.0), vendor-b (upgraded to 2.0 from Vendor B:trixie), vendor-c (upgraded to 2.0 from Vendor C:trixie)"
     );
     for step in steps {
         assert_eq!(step["status"], "succeeded", "{step:#}");
