@@ -134,6 +134,20 @@ deb [{key}] {v}/c-old bookworm main
             "verify-release"
         ]
     );
+    // Configuration drift: the kept /etc/issue, its new version beside it.
+    let drift = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "config-drift")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert!(
+        drift["message"]
+            .as_str()
+            .unwrap()
+            .contains("/etc/issue (new: /etc/issue.dpkg-dist)"),
+        "{drift}"
+    );
     let packages = report["findings"]
         .as_array()
         .unwrap()

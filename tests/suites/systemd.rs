@@ -344,6 +344,12 @@ ports = ["127.0.0.1:9"]
         "etc/fstab",
         &format!("{fstab}UUID=00000000-no-such-disk / ext4 defaults 0 1\n"),
     );
+    // And an sshd configuration sshd itself refuses.
+    write(
+        &root.path,
+        "etc/ssh/sshd_config.d/broken.conf",
+        "NoSuchOption yes\n",
+    );
     let out = booted.run(&["migrate", "run", "--reboot"]).unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -361,10 +367,14 @@ ports = ["127.0.0.1:9"]
         .map(|p| p.as_str().unwrap())
         .collect();
     assert_eq!(held["bootable"]["kernel"], "6.12.99-test");
-    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert_eq!(problems.len(), 5, "{problems:?}");
     assert!(problems[0].starts_with("/boot/initrd.img-6.12.99-test is missing"));
     assert!(problems[1].contains("does not name vmlinuz-6.12.99-test"));
     assert!(problems[3].starts_with("/etc/fstab: UUID=00000000-no-such-disk (for /)"));
+    assert!(
+        problems[4].starts_with("sshd -t: ") && problems[4].contains("NoSuchOption"),
+        "{problems:?}"
+    );
     assert_eq!(
         fixtures::state_journal(&root.path)["state"],
         "completed",
@@ -378,6 +388,7 @@ ports = ["127.0.0.1:9"]
         "menuentry 'new' {\n linux /boot/vmlinuz-6.12.99-test\n initrd /boot/initrd.img-6.12.99-test\n}\n",
     );
     write(&root.path, "etc/fstab", &fstab);
+    std::fs::remove_file(root.join("etc/ssh/sshd_config.d/broken.conf")).unwrap();
 
     // The reboot path: nothing left to run, so migrate asks logind.
     let out = booted.run(&["migrate", "run", "--reboot"]).unwrap();
@@ -388,6 +399,14 @@ ports = ["127.0.0.1:9"]
     );
     let bootable = &fixtures::report(&root.path).unwrap()["bootable"];
     assert_eq!(bootable["problems"], serde_json::json!([]), "{bootable}");
+    assert!(
+        bootable["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "sshd -t: the configuration is valid"),
+        "{bootable}"
+    );
     booted.wait_stopped(Duration::from_secs(120)).unwrap();
     drop(booted);
 

@@ -2,7 +2,10 @@
 //! reboots into it: the newest kernel in `/boot` has its initrd and the
 //! bootloader configuration names both, every `/etc/fstab` entry the boot
 //! needs resolves (on the running host, whose devices they are), and dpkg
-//! has no package half-installed or half-configured. A problem holds the
+//! has no package half-installed or half-configured, and the services'
+//! own configuration checks pass (`sshd -t`, `nginx -t`; on the running
+//! host only: a root directory's programs run only inside its migration
+//! container, never on the machine). A problem holds the
 //! reboot (exit 3, the migration stays completed and waits for it); it does
 //! not fail the migration.
 //!
@@ -37,7 +40,58 @@ pub(crate) fn check(root: &Path, live: bool) -> Result<Bootability> {
         );
     }
     packages(root, &mut b)?;
+    if live {
+        service_configs(root, &mut b);
+    } else {
+        b.notes.push(
+            "service configuration checks: not run (a root directory's programs run only in its container)".into(),
+        );
+    }
     Ok(b)
+}
+
+/// The services' configuration checks: (name, program in the root, its
+/// check's arguments).
+const SERVICE_CHECKS: [(&str, &str, &[&str]); 2] = [
+    ("sshd", "usr/sbin/sshd", &["-t"]),
+    ("nginx", "usr/sbin/nginx", &["-t", "-q"]),
+];
+
+/// Runs each installed service's own configuration check (`root` is the
+/// running host's `/`); a failure is a problem, with what the check said.
+fn service_configs(root: &Path, b: &mut Bootability) {
+    for (name, program, args) in SERVICE_CHECKS {
+        if !root.join(program).is_file() {
+            continue;
+        }
+        let shown = format!("{name} {}", args.join(" "));
+        let out = std::process::Command::new(root.join(program))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                b.notes.push(format!("{shown}: the configuration is valid"))
+            }
+            Ok(o) => {
+                let stderr = String::from_utf8_lossy(&o.stderr);
+                let said = stderr
+                    .lines()
+                    .map(str::trim)
+                    .rfind(|l| !l.is_empty())
+                    .unwrap_or("it failed and said nothing")
+                    .to_string();
+                // Made by the service's unit when it starts: not a fault
+                // of the configuration.
+                if said.contains("Missing privilege separation directory") {
+                    b.notes.push(format!("{shown}: not checked ({said})"));
+                } else {
+                    b.problems.push(format!("{shown}: {said}"));
+                }
+            }
+            Err(e) => b.notes.push(format!("{shown}: could not run: {e}")),
+        }
+    }
 }
 
 /// The newest kernel, its initrd, and the bootloader configuration.
@@ -284,6 +338,31 @@ mod tests {
             unfinished_packages(status),
             ["linux-image-6.12.0-1-amd64 (half-configured)"]
         );
+    }
+
+    #[test]
+    fn a_failing_service_configuration_check_is_a_problem() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = root_with(&[
+            (
+                "usr/sbin/sshd",
+                "#!/bin/sh\necho '/etc/ssh/sshd_config.d/x.conf line 1: Bad configuration option: NoSuchOption' >&2\nexit 255\n",
+            ),
+            ("usr/sbin/nginx", "#!/bin/sh\nexit 0\n"),
+        ]);
+        for p in ["usr/sbin/sshd", "usr/sbin/nginx"] {
+            std::fs::set_permissions(root.path().join(p), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        let mut b = Bootability::default();
+        service_configs(root.path(), &mut b);
+        assert_eq!(
+            b.problems,
+            [
+                "sshd -t: /etc/ssh/sshd_config.d/x.conf line 1: Bad configuration option: NoSuchOption"
+            ]
+        );
+        assert_eq!(b.notes, ["nginx -t -q: the configuration is valid"]);
     }
 
     #[test]

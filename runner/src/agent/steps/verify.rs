@@ -1,6 +1,9 @@
 //! `verify-release`: after the upgrade, the root's os-release must be the
 //! target release and its package manager must find it consistent
-//! (apt: `dpkg --audit`; zypper, dnf: `rpm -Va --nofiles`).
+//! (apt: `dpkg --audit`; zypper, dnf: `rpm -Va --nofiles`). It lists what
+//! the report should tell: packages no repository of the target has, and
+//! configuration drift (files of `/etc` kept in their old version, the
+//! package's new one beside them).
 
 use anyhow::{Result, bail};
 
@@ -78,6 +81,117 @@ impl StepKind for VerifyRelease {
                 "could not list the packages no repository of {target} has: {e:#}"
             )),
         }
+        drift(ctx);
         Ok(StepStatus::Succeeded)
+    }
+}
+
+/// What package managers name the new version of a configuration file they
+/// did not install over a locally changed one.
+const NEW_VERSION_SUFFIXES: [&str; 3] = [".dpkg-dist", ".ucf-dist", ".rpmnew"];
+
+/// The files of `/etc` whose package's new version waits beside them
+/// (`/etc/issue` for `/etc/issue.dpkg-dist`), as (kept, new) paths in the
+/// root, sorted. Symlinks are not followed; at most `limit` directories
+/// are read.
+pub(crate) fn kept_configuration(root: &std::path::Path, limit: usize) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let Ok(etc) = crate::core::rootfs::resolve(root, "etc") else {
+        return found;
+    };
+    let mut stack = vec![etc];
+    let mut read = 0;
+    while let Some(dir) = stack.pop() {
+        read += 1;
+        if read > limit {
+            break;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let Ok(kind) = e.file_type() else { continue };
+            let path = e.path();
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(kept) = NEW_VERSION_SUFFIXES
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|k| !k.is_empty())
+            {
+                let shown = |p: &std::path::Path| {
+                    format!("/{}", p.strip_prefix(root).unwrap_or(p).display())
+                };
+                found.push((shown(&path.with_file_name(kept)), shown(&path)));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Configuration drift: in the log and, if any, as a warning of the report.
+fn drift(ctx: &StepContext<'_>) {
+    let kept = kept_configuration(ctx.root(), 100_000);
+    if kept.is_empty() {
+        ctx.say("configuration: no file of /etc kept in its old version");
+        return;
+    }
+    let listed: Vec<String> = kept
+        .iter()
+        .map(|(old, new)| format!("{old} (new: {new})"))
+        .collect();
+    for l in &listed {
+        ctx.say(format!("configuration kept in its old version: {l}"));
+    }
+    ctx.finding(Finding {
+        id: "config-drift".into(),
+        severity: Severity::Warning,
+        message: format!(
+            "{} configuration files were kept in their old version, the package's new one beside them: {}",
+            listed.len(),
+            listed.join(", ")
+        ),
+        hint: "merge what the new versions change (diff OLD NEW), then remove the new ones".into(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_configuration_is_found_beside_its_new_version() {
+        let root = tempfile::tempdir().unwrap();
+        for f in [
+            "etc/issue",
+            "etc/issue.dpkg-dist",
+            "etc/ssh/sshd_config.ucf-dist",
+            "etc/app/app.conf.rpmnew",
+            "etc/other.dpkg-old",
+            "etc/.dpkg-dist",
+        ] {
+            let p = root.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        std::os::unix::fs::symlink("/etc", root.path().join("etc/loop")).unwrap();
+        assert_eq!(
+            kept_configuration(root.path(), 100),
+            [
+                (
+                    "/etc/app/app.conf".to_string(),
+                    "/etc/app/app.conf.rpmnew".to_string()
+                ),
+                ("/etc/issue".to_string(), "/etc/issue.dpkg-dist".to_string()),
+                (
+                    "/etc/ssh/sshd_config".to_string(),
+                    "/etc/ssh/sshd_config.ucf-dist".to_string()
+                ),
+            ]
+        );
     }
 }
