@@ -243,6 +243,22 @@ fn each_bad_input_is_one_line_exit_2_and_changes_nothing() {
             expect: "not a regular file",
         },
         Case {
+            name: "a step whose program the image lacks",
+            input: Input::Plan(
+                "[[step]]\nid = \"dump\"\nkind = \"postgres\"\nphase = \"sync\"\nsource = { socket = \"/run/postgresql\", database = \"app\" }\ntarget = { url = \"postgresql://app@db/app_new\" }\n",
+            ),
+            args: &[],
+            expect: "step dump (postgres) runs `pg_dump`, which this migration image does not have; derive an image from it that installs pg_dump",
+        },
+        Case {
+            name: "a command the image does not have, in check",
+            input: Input::Plan(
+                "[[step]]\nid = \"release\"\nkind = \"check-release\"\nphase = \"check\"\n\n[[step]]\nid = \"hook\"\nkind = \"command\"\nphase = \"cutover\"\ncommand = [\"no-such-tool\", \"--now\"]\n",
+            ),
+            args: &["check"],
+            expect: "step hook (command) runs `no-such-tool`, which this migration image does not have",
+        },
+        Case {
             name: "unknown output format",
             input: Input::Args,
             args: &["--output", "xml"],

@@ -160,6 +160,21 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
         .map(|s| instantiate(s))
         .collect::<Result<_>>()
         .exit_code(ExitCode::BadInput)?;
+    // Every step of the plan this run belongs to (not only this verb's)
+    // must find its programs in the image: refused before anything runs.
+    for step in req.plan.steps.iter().filter(|s| in_scope(s)) {
+        let tools = instantiate(step).exit_code(ExitCode::BadInput)?.tools();
+        if let Some(tool) = crate::agent::steps::missing_tool(&tools) {
+            return Err(fail(
+                ExitCode::BadInput,
+                format!(
+                    "step {} ({}) runs `{tool}`, which this migration image does not have; derive an image from it that installs {tool} (docs/images.md, \"Deriving an image\")",
+                    step.id,
+                    step.kind.name()
+                ),
+            ));
+        }
+    }
 
     sink.emit(Event::RunStarted {
         run_id: req.run_id.clone(),

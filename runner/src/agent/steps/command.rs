@@ -43,6 +43,14 @@ impl CommandStep {
 }
 
 impl StepKind for CommandStep {
+    fn tools(&self) -> Vec<String> {
+        if self.opts.chroot {
+            Vec::new()
+        } else {
+            self.opts.command.first().cloned().into_iter().collect()
+        }
+    }
+
     fn describe(&self) -> String {
         format!(
             "Run `{}`{}",

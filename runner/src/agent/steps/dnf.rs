@@ -138,6 +138,10 @@ fn scratch_repos(root: &Path, changes: &[RepoChange]) -> Result<(PathBuf, Vec<St
 }
 
 impl StepKind for DnfStep {
+    fn tools(&self) -> Vec<String> {
+        vec!["dnf".into(), "rpm".into()]
+    }
+
     fn describe(&self) -> String {
         format!(
             "Upgrade the distribution to release {} with dnf distro-sync",

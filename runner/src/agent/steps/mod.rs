@@ -59,6 +59,26 @@ pub(crate) trait StepKind {
         ctx.say(format!("would: {}", self.describe()));
         Ok(())
     }
+    /// Programs of the migration image the step runs (not the root's):
+    /// a plan is refused before anything runs when the image lacks one.
+    fn tools(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The first of `tools` that is not a program of this image (an absolute
+/// path that is no file, or a name found in no directory of `PATH`).
+pub(crate) fn missing_tool(tools: &[String]) -> Option<&String> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    tools.iter().find(|tool| {
+        if tool.contains('/') {
+            return !Path::new(tool.as_str()).is_file();
+        }
+        !std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(tool.as_str()))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// Builds the step of a plan entry: the one place that maps each kind of

@@ -271,6 +271,10 @@ const TABLES_SQL: &str = "SELECT quote_ident(schemaname) || '.' || quote_ident(t
      WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1";
 
 impl StepKind for PostgresStep {
+    fn tools(&self) -> Vec<String> {
+        ["pg_dump", "pg_restore", "psql"].map(String::from).to_vec()
+    }
+
     fn describe(&self) -> String {
         format!(
             "Copy PostgreSQL database {} to {} ({} format{})",

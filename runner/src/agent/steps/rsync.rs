@@ -155,6 +155,10 @@ fn copy(ctx: &StepContext<'_>, cmd: &mut Command) -> Result<()> {
 }
 
 impl StepKind for RsyncStep {
+    fn tools(&self) -> Vec<String> {
+        vec!["rsync".into()]
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} {} to {} with rsync",

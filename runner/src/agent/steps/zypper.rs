@@ -246,6 +246,10 @@ fn prepare_scratch(root: &Path) -> Result<PathBuf> {
 }
 
 impl StepKind for ZypperStep {
+    fn tools(&self) -> Vec<String> {
+        vec!["zypper".into(), "rpm".into()]
+    }
+
     fn describe(&self) -> String {
         match self.opts.mode {
             ZypperMode::Migration => format!(
