@@ -86,6 +86,16 @@ fn upgrades_to_release_2(flavor: Flavor) {
     let f = Fixtures::get();
     let server = server(f);
     let root = testos_root(f, flavor, &server, "2");
+    // dnf's plan removes what release 2 no longer has; zypper's lists it.
+    let remove = flavor == Flavor::Dnf;
+    if remove {
+        dropin(
+            &root.path,
+            "60-obsolete.toml",
+            "[[step]]\nid = \"verify-release\"\nremove_obsolete = true\n",
+        )
+        .unwrap();
+    }
     let out = migrate_run(f, flavor, &root.path);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 
@@ -140,19 +150,49 @@ fn upgrades_to_release_2(flavor: Flavor) {
         "{}",
         log(&root.path)
     );
-    let obsolete = r["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == "obsolete-packages")
-        .unwrap();
-    assert_eq!(obsolete["severity"], "warning");
+    let finding = |id: &str| {
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .cloned()
+    };
+    let obsolete = finding("obsolete-packages");
+    if remove {
+        assert!(obsolete.is_none(), "{obsolete:?}");
+        assert!(
+            log(&root.path).contains("removed, as the plan's remove_obsolete says: dropped\n"),
+            "{}",
+            log(&root.path)
+        );
+        assert!(
+            !installed.iter().any(|p| p.starts_with("dropped-")),
+            "{installed:?}"
+        );
+    } else {
+        let obsolete = obsolete.unwrap();
+        assert_eq!(obsolete["severity"], "warning");
+        assert!(
+            obsolete["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("get no updates: dropped"),
+            "{obsolete}"
+        );
+        assert!(
+            installed.contains(&"dropped-1.0-1".to_string()),
+            "{installed:?}"
+        );
+    }
+    // The kept configuration, its new version beside it.
+    let drift = finding("config-drift").unwrap_or_else(|| panic!("{r:#}"));
     assert!(
-        obsolete["message"]
+        drift["message"]
             .as_str()
             .unwrap()
-            .ends_with("get no updates: dropped"),
-        "{obsolete}"
+            .ends_with(": /etc/base-tools.conf (new: /etc/base-tools.conf.rpmnew)"),
+        "{drift}"
     );
     // The packages were downloaded in the sync phase, into the root's cache.
     let prefetch = r["steps"]

@@ -351,6 +351,10 @@ impl PackageManager for Dnf {
         Ok(parse_extras(&out))
     }
 
+    fn remove_exactly(&self, ctx: &StepContext<'_>, names: &[String]) -> Result<Option<String>> {
+        rpm::remove_exactly(ctx, names)
+    }
+
     fn verify(&self) -> Result<Vec<String>> {
         rpm::verify(&self.root)
     }

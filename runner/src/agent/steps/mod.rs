@@ -97,7 +97,7 @@ pub(crate) fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
         Kind::Prefetch => Box::new(packages::Prefetch),
         Kind::Zypper => Box::new(zypper::ZypperStep::new(step.options()?)),
         Kind::Dnf => Box::new(dnf::DnfStep::new(step.options()?)),
-        Kind::VerifyRelease => Box::new(verify::VerifyRelease),
+        Kind::VerifyRelease => Box::new(verify::VerifyRelease::new(step.options()?)),
         Kind::SafetyBackup => Box::new(backup::SafetyBackup::new(step.options()?)),
         Kind::Command => Box::new(command::CommandStep::new(step.options()?)),
         Kind::Postgres => Box::new(postgres::PostgresStep::new(step.options()?)),

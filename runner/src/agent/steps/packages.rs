@@ -137,6 +137,10 @@ pub(crate) trait PackageManager {
     /// After the upgrade: installed packages that no repository of the
     /// root (now the target release's) has, by name, sorted.
     fn obsolete(&self) -> Result<Vec<String>>;
+    /// Removes exactly `names` (nothing else along with them): `Ok(None)`
+    /// once removed, `Ok(Some(why))` when the removal would take other
+    /// packages along or break a dependency, nothing removed.
+    fn remove_exactly(&self, ctx: &StepContext<'_>, names: &[String]) -> Result<Option<String>>;
 }
 
 /// The package manager of the plan: the kind of its package upgrade step.

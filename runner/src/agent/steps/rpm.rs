@@ -58,6 +58,26 @@ pub(crate) fn database_problems(root: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Removes exactly `names` with rpm, after `rpm -e --test` found that
+/// nothing else depends on them (see `PackageManager::remove_exactly`).
+pub(crate) fn remove_exactly(ctx: &StepContext<'_>, names: &[String]) -> Result<Option<String>> {
+    let test = rpm(ctx.root(), &["-e", "--test"])
+        .args(names)
+        .run_unchecked()?;
+    if !test.status.success() {
+        let said: Vec<String> = String::from_utf8_lossy(&test.stderr)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        return Ok(Some(format!("rpm -e --test: {}", said.join("; "))));
+    }
+    ctx.run(rpm(ctx.root(), &["-e"]).args(names))
+        .context("removing the obsolete packages")?;
+    Ok(None)
+}
+
 /// Unsatisfied dependencies of the installed packages (`rpm -Va --nofiles`).
 pub(crate) fn verify(root: &Path) -> Result<Vec<String>> {
     let out = rpm(

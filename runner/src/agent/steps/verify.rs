@@ -9,10 +9,51 @@ use anyhow::{Result, bail};
 
 use super::{StepContext, StepKind};
 use crate::core::event::{Finding, Severity, StepStatus};
+use crate::core::kinds::packages::VerifyReleaseOptions;
 use crate::core::release::{OsRelease, Release};
 
 /// The `verify-release` step.
-pub(crate) struct VerifyRelease;
+pub(crate) struct VerifyRelease {
+    opts: VerifyReleaseOptions,
+}
+
+impl VerifyRelease {
+    /// From the step's options.
+    pub(crate) fn new(opts: VerifyReleaseOptions) -> Self {
+        Self { opts }
+    }
+}
+
+/// Why `package` must stay although no repository has it: an old
+/// PostgreSQL major version (`postgresql-15`, `postgresql-client-15`)
+/// whose clusters are still on disk (`/etc/postgresql/15/NAME` or
+/// `/var/lib/postgresql/15/NAME`): removing it before the cluster moved
+/// would leave the data without the binaries that read it.
+pub(crate) fn protected(root: &std::path::Path, package: &str) -> Option<String> {
+    let rest = package.strip_prefix("postgresql")?;
+    let version: String = rest
+        .split('-')
+        .find(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit() || c == '.'))?
+        .to_string();
+    for base in ["etc/postgresql", "var/lib/postgresql"] {
+        let dir = crate::core::rootfs::resolve(root, format!("{base}/{version}")).ok()?;
+        let clusters: Vec<String> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(cluster) = clusters.into_iter().min() {
+            return Some(format!(
+                "PostgreSQL {version}'s cluster {cluster} (/{base}/{version}/{cluster}) has not moved to a newer major version"
+            ));
+        }
+    }
+    None
+}
 
 impl StepKind for VerifyRelease {
     fn describe(&self) -> String {
@@ -61,7 +102,13 @@ impl StepKind for VerifyRelease {
                     "installed, in no repository of {target}: {}",
                     names.join(" ")
                 ));
-                ctx.finding(Finding {
+                let names = if self.opts.remove_obsolete {
+                    self.remove(ctx, pm, names)?
+                } else {
+                    names
+                };
+                if !names.is_empty() {
+                    ctx.finding(Finding {
                     id: "obsolete-packages".into(),
                     severity: Severity::Warning,
                     message: format!(
@@ -76,6 +123,7 @@ impl StepKind for VerifyRelease {
                     }
                     .into(),
                 });
+                }
             }
             Err(e) => ctx.say(format!(
                 "could not list the packages no repository of {target} has: {e:#}"
@@ -83,6 +131,45 @@ impl StepKind for VerifyRelease {
         }
         drift(ctx);
         Ok(StepStatus::Succeeded)
+    }
+}
+
+impl VerifyRelease {
+    /// Removes what `remove_obsolete` may of `names`; returns those kept.
+    fn remove(
+        &self,
+        ctx: &StepContext<'_>,
+        pm: &dyn super::packages::PackageManager,
+        names: Vec<String>,
+    ) -> Result<Vec<String>> {
+        let mut kept = Vec::new();
+        let mut candidates = Vec::new();
+        for name in names {
+            if self.opts.keep.contains(&name) {
+                ctx.say(format!("{name}: kept (the plan's `keep`)"));
+                kept.push(name);
+            } else if let Some(why) = protected(ctx.root(), &name) {
+                ctx.say(format!("{name}: kept: {why}"));
+                kept.push(name);
+            } else {
+                candidates.push(name);
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(kept);
+        }
+        match pm.remove_exactly(ctx, &candidates)? {
+            None => ctx.say(format!(
+                "removed, as the plan's remove_obsolete says: {}",
+                candidates.join(" ")
+            )),
+            Some(why) => {
+                ctx.say(format!("not removed ({}): {why}", candidates.join(" ")));
+                kept.extend(candidates);
+                kept.sort();
+            }
+        }
+        Ok(kept)
     }
 }
 
@@ -162,6 +249,19 @@ fn drift(ctx: &StepContext<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_old_postgresql_with_a_cluster_on_disk_is_protected() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("var/lib/postgresql/15/main")).unwrap();
+        std::fs::create_dir_all(root.path().join("etc/postgresql/17")).unwrap();
+        let why = protected(root.path(), "postgresql-15").unwrap();
+        assert!(why.contains("/var/lib/postgresql/15/main"), "{why}");
+        assert!(protected(root.path(), "postgresql-client-15").is_some());
+        assert_eq!(protected(root.path(), "postgresql-17"), None, "no cluster");
+        assert_eq!(protected(root.path(), "postgresql-common"), None);
+        assert_eq!(protected(root.path(), "libgnutls30"), None);
+    }
 
     #[test]
     fn kept_configuration_is_found_beside_its_new_version() {

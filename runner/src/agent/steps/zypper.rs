@@ -515,6 +515,10 @@ impl PackageManager for Zypper {
         Ok(parse_orphaned(&out))
     }
 
+    fn remove_exactly(&self, ctx: &StepContext<'_>, names: &[String]) -> Result<Option<String>> {
+        rpm::remove_exactly(ctx, names)
+    }
+
     fn verify(&self) -> Result<Vec<String>> {
         rpm::verify(&self.root)
     }

@@ -177,3 +177,20 @@ impl KindOptions for DnfOptions {
         self.repositories.iter().try_for_each(RepoChange::check)
     }
 }
+
+/// Options of `verify-release`.
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VerifyReleaseOptions {
+    /// Remove the installed packages no repository of the target release
+    /// has (default false: they are listed only). A package is removed only
+    /// when removing it takes nothing else along; an old PostgreSQL major
+    /// version whose cluster is still on disk is never removed.
+    #[serde(default)]
+    pub(crate) remove_obsolete: bool,
+    /// Package names never removed by `remove_obsolete`.
+    #[serde(default)]
+    pub(crate) keep: Vec<String>,
+}
+
+impl KindOptions for VerifyReleaseOptions {}

@@ -873,6 +873,34 @@ impl PackageManager for Apt {
         Ok(parse_local_packages(&out))
     }
 
+    fn remove_exactly(&self, ctx: &StepContext<'_>, names: &[String]) -> Result<Option<String>> {
+        let simulated = apt(
+            &self.root,
+            "apt-get",
+            &["-s", "-o", "Dir::Log=/run/migrate", "remove"],
+        )
+        .args(names)
+        .run_get_string()
+        .context("simulating the removal")?;
+        let along: Vec<String> = parse_simulation(&simulated)
+            .into_iter()
+            .filter(|(_, fate)| *fate == Fate::Removed)
+            .map(|(name, _)| name.split(':').next().unwrap_or_default().to_string())
+            .filter(|name| !names.contains(name))
+            .collect();
+        if !along.is_empty() {
+            return Ok(Some(format!(
+                "removing them would also remove {}",
+                along.join(", ")
+            )));
+        }
+        let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0", "remove"];
+        args.extend(names.iter().map(String::as_str));
+        ctx.run_with_progress(&mut apt_get_with_status(&self.root, &args), &apt_progress)
+            .context("removing the obsolete packages")?;
+        Ok(None)
+    }
+
     fn verify(&self) -> Result<Vec<String>> {
         Ok(dpkg_audit(&self.root)?
             .lines()
