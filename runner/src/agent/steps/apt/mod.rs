@@ -595,6 +595,10 @@ impl Probe for Apt {
         }
         let path = release.path.to_string_lossy().into_owned();
         let mut cmd = chroot(&self.root, "gpgv");
+        // As apt: one valid signature by a key of the keyrings is enough
+        // (a Release file is often signed by several keys, some of them
+        // unknown to an older keyring); a bad signature is not.
+        cmd.args(["--status-fd", "1"]);
         for k in keyrings {
             cmd.arg("--keyring").arg(k);
         }
@@ -612,7 +616,7 @@ impl Probe for Apt {
         let out = cmd
             .run_unchecked()
             .context("verifying a Release file with the root's gpgv")?;
-        Ok(out.status.success())
+        Ok(signed_validly(&String::from_utf8_lossy(&out.stdout)))
     }
 
     fn answers(&self, source: &Source, decision: &Decision) -> Option<ReleaseFile> {
@@ -924,6 +928,17 @@ fn parse_local_packages(text: &str) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// Whether gpgv's status lines (`--status-fd`) report a valid signature
+/// and no bad one.
+fn signed_validly(status: &str) -> bool {
+    let tags: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("[GNUPG:] "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    tags.contains(&"VALIDSIG") && !tags.contains(&"BADSIG")
 }
 
 /// What a simulated upgrade does to a package.

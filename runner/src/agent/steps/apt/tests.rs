@@ -127,3 +127,15 @@ fn obsolete_packages_are_the_ones_apt_lists_as_local() {
     );
     assert!(parse_local_packages("Listing...\n").is_empty());
 }
+
+#[test]
+fn one_valid_signature_verifies_a_release_file_and_a_bad_one_does_not() {
+    let two_keys = "[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 0123 1 8 01 1700000000 9 -\n[GNUPG:] NO_PUBKEY 0123\n[GNUPG:] NEWSIG\n[GNUPG:] GOODSIG 4567 Debian\n[GNUPG:] VALIDSIG 89AB 2026-11-01 1700000000 0 4 0 1 10 01 89AB\n";
+    assert!(signed_validly(two_keys));
+    assert!(!signed_validly(
+        "[GNUPG:] NEWSIG\n[GNUPG:] ERRSIG 0123 1 8 01 1700000000 9 -\n[GNUPG:] NO_PUBKEY 0123\n"
+    ));
+    assert!(!signed_validly(
+        "[GNUPG:] BADSIG 4567 x\n[GNUPG:] VALIDSIG 89AB\n"
+    ));
+}
