@@ -580,7 +580,7 @@ fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() 
     assert_eq!(
         disabled["message"],
         format!(
-            "2 third-party sources will be disabled in the cutover: /etc/apt/sources.list.d/impostor.list:1 {v}/impostor (it has no trixie suite that answers), /etc/apt/sources.list.d/vendor-a.list:1 {v}/a (it has no trixie suite that answers)"
+            "2 third-party repositories will be disabled in the cutover: /etc/apt/sources.list.d/impostor.list:1 {v}/impostor (it has no trixie suite that answers), /etc/apt/sources.list.d/vendor-a.list:1 {v}/a (it has no trixie suite that answers)"
         )
     );
     let packages = finding("third-party.packages");
@@ -658,7 +658,7 @@ fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() 
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!(
-            "third_party = \"inhibit\", and no vendor map, `keep` or `disable` decides 3 third-party sources: /etc/apt/sources.list.d/impostor.list:1 {v}/impostor, /etc/apt/sources.list.d/vendor-a.list:1 {v}/a, /etc/apt/sources.list.d/vendor-b.sources:1 {v}/b"
+            "third_party = \"inhibit\", and no vendor map or `keep` decides 3 third-party repositories: /etc/apt/sources.list.d/impostor.list:1 {v}/impostor, /etc/apt/sources.list.d/vendor-a.list:1 {v}/a, /etc/apt/sources.list.d/vendor-b.sources:1 {v}/b"
         )),
         "{}",
         show(&out)

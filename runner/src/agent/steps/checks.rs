@@ -134,9 +134,7 @@ impl StepKind for Repositories {
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
         let pm = ctx.run.packages()?;
-        if let Some(apt) = pm.apt() {
-            apt_sources(ctx, apt);
-        }
+        decided_repositories(ctx, pm);
         match pm.refresh_target() {
             Ok(()) => ctx.say("the target repositories answer"),
             Err(e) => ctx.finding(finding(
@@ -150,35 +148,32 @@ impl StepKind for Repositories {
     }
 }
 
-/// What becomes of each apt source, one line each; third-party sources
-/// the cutover disables are a warning, those the plan makes inhibitors an
+/// What becomes of each repository, one line each; third-party ones the
+/// cutover disables are a warning, those the plan makes inhibitors an
 /// inhibitor.
-fn apt_sources(ctx: &StepContext<'_>, apt: &super::apt::Apt) {
-    let sources = match apt.sources() {
-        Ok(s) => s,
+fn decided_repositories(ctx: &StepContext<'_>, pm: &dyn super::packages::PackageManager) {
+    let repos = match pm.repositories() {
+        Ok(r) => r,
         Err(e) => {
             ctx.finding(finding(
                 "repositories.sources",
                 Severity::Inhibitor,
                 format!("{e:#}"),
-                "repair the root's apt sources (apt-get update in it shows what apt objects to)",
+                "repair the root's repository configuration (its package manager shows what it objects to)",
             ));
             return;
         }
     };
-    let to = apt.target_suite();
-    for s in sources {
-        ctx.say(s.describe(to));
+    for r in &repos {
+        ctx.say(r.line.clone());
     }
-    let where_ = |s: &&super::apt::repos::Source| format!("{}:{} {}", s.file, s.index, s.uri());
-    let disabled: Vec<String> = sources
+    let disabled: Vec<String> = repos
         .iter()
-        .filter(|s| !s.inhibits)
-        .filter_map(|s| match &s.decision {
-            super::apt::repos::Decision::Disable(why) if s.third_party() => {
-                Some(format!("{} ({why})", where_(&s)))
-            }
-            _ => None,
+        .filter(|r| r.third_party && !r.inhibits)
+        .filter_map(|r| {
+            r.disabled
+                .as_ref()
+                .map(|why| format!("{} ({why})", r.place))
         })
         .collect();
     if !disabled.is_empty() {
@@ -186,28 +181,28 @@ fn apt_sources(ctx: &StepContext<'_>, apt: &super::apt::Apt) {
             "repositories.third-party",
             Severity::Warning,
             format!(
-                "{} third-party sources will be disabled in the cutover: {}",
+                "{} third-party repositories will be disabled in the cutover: {}",
                 disabled.len(),
                 listed(&disabled)
             ),
             "give each a vendor map (`vendors`), or keep it as it is (`keep`) if it already serves the target release",
         ));
     }
-    let inhibiting: Vec<String> = sources
+    let inhibiting: Vec<String> = repos
         .iter()
-        .filter(|s| s.inhibits)
-        .map(|s| where_(&s))
+        .filter(|r| r.inhibits)
+        .map(|r| r.place.clone())
         .collect();
     if !inhibiting.is_empty() {
         ctx.finding(finding(
             "repositories.third-party",
             Severity::Inhibitor,
             format!(
-                "third_party = \"inhibit\", and no vendor map, `keep` or `disable` decides {} third-party sources: {}",
+                "third_party = \"inhibit\", and no vendor map or `keep` decides {} third-party repositories: {}",
                 inhibiting.len(),
                 listed(&inhibiting)
             ),
-            "add a vendor map, a `keep` or a `disable` of the apt-sources step for each",
+            "add a vendor map or a `keep` of the package step for each (apt: also `disable`)",
         ));
     }
 }

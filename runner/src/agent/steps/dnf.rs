@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::rpm::{self, RepoDir, run_pm};
+use super::rpm_repos;
 use super::{RunContext, StepContext, StepKind};
 use crate::core::cmd::{CommandExt, ToolOutput, failure_detail};
 use crate::core::event::StepStatus;
@@ -151,20 +152,26 @@ impl StepKind for DnfStep {
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
         let root = ctx.root();
+        let pm = ctx
+            .run
+            .packages()?
+            .dnf()
+            .context("the dnf step needs dnf as the plan's package manager")?;
         rpm::back_up_dirs(ctx, &[REPOS.in_root])?;
-        let (scratch, said) = scratch_repos(root, &self.opts.repositories)?;
+        let changes = pm.changes()?;
+        let (scratch, said) = scratch_repos(root, &changes)?;
         for line in said {
             ctx.say(line);
         }
         let sync = distro_sync_args(&self.opts);
         // 0. The transaction must not lose installed packages the plan did
         //    not give up.
-        Dnf::new(ctx.run, self.opts.clone()).transaction()?;
+        pm.transaction()?;
         // 1. Everything downloaded (what a prefetch step downloaded earlier
         //    is found in the cache); the root is not changed if this fails.
         download_pass(ctx, &scratch, &self.opts)?;
         // 2. The switched repositories go into the root; install from the cache.
-        let (files, _) = REPOS.switched(root, &self.opts.repositories)?;
+        let (files, _) = REPOS.switched(root, &changes)?;
         let written = REPOS.write_root(root, &files)?;
         ctx.say(format!(
             "{written} repository files switched in /{}",
@@ -187,11 +194,33 @@ impl StepKind for DnfStep {
     }
 }
 
+impl rpm_repos::RpmProbe for Dnf {
+    fn fingerprints(&self, key_file: &str) -> Vec<String> {
+        rpm_repos::key_fingerprints(&self.root, key_file)
+    }
+
+    fn answers(&self, source: &rpm_repos::RpmSource, url: Option<&str>) -> bool {
+        let n = self.probes.get() + 1;
+        self.probes.set(n);
+        let dir = PathBuf::from(SCRATCH).join(format!("probe-{n}"));
+        rpm_repos::write_probe(&self.root, source, url, &dir).is_ok()
+            && dnf(&self.root, &dir, &self.opts.releasever, Cache::Scratch)
+                .and_then(|mut c| c.args(["makecache", "--refresh"]).run_unchecked())
+                .is_ok_and(|out| out.status.success())
+    }
+}
+
 /// dnf as a [`PackageManager`].
 pub(crate) struct Dnf {
     root: PathBuf,
     opts: DnfOptions,
     refreshed: Refreshed,
+    /// The source release's version (`$releasever` before the upgrade).
+    from: String,
+    /// The root's repositories, decided once.
+    decided: rpm_repos::Decided,
+    /// Probes made so far.
+    probes: std::cell::Cell<usize>,
 }
 
 impl Dnf {
@@ -201,11 +230,40 @@ impl Dnf {
             root: run.root.clone(),
             opts,
             refreshed: Refreshed::default(),
+            from: run.source.release().version_id,
+            decided: rpm_repos::Decided::default(),
+            probes: std::cell::Cell::new(0),
         }
     }
 
+    /// The root's repositories, classified and decided.
+    pub(crate) fn sources(&self) -> Result<&[rpm_repos::RpmSource]> {
+        self.decided.get(|| {
+            let policy = rpm_repos::RpmPolicy {
+                changes: &self.opts.repositories,
+                distribution_keys: &self.opts.distribution_keys,
+                third_party: self.opts.third_party,
+                keep: &self.opts.keep,
+                vendors: &self.opts.vendors,
+                from: &self.from,
+                to: &self.opts.releasever,
+            };
+            rpm_repos::decide_all(&self.root, REPOS.in_root, &policy, self)
+        })
+    }
+
+    /// The plan's repository changes and those the decisions add; fails
+    /// when `third_party = "inhibit"` leaves a repository undecided.
+    pub(crate) fn changes(&self) -> Result<Vec<RepoChange>> {
+        let sources = self.sources()?;
+        rpm_repos::refuse_inhibited(sources)?;
+        let mut changes = self.opts.repositories.clone();
+        changes.extend(rpm_repos::changes(sources));
+        Ok(changes)
+    }
+
     fn scratch_dnf(&self) -> Result<Command> {
-        let (dir, _) = scratch_repos(&self.root, &self.opts.repositories)?;
+        let (dir, _) = scratch_repos(&self.root, &self.changes()?)?;
         dnf(&self.root, &dir, &self.opts.releasever, Cache::Scratch)
     }
 
@@ -326,7 +384,7 @@ impl PackageManager for Dnf {
     }
 
     fn prefetch(&self, ctx: &StepContext<'_>) -> Result<String> {
-        let (scratch, said) = scratch_repos(&self.root, &self.opts.repositories)?;
+        let (scratch, said) = scratch_repos(&self.root, &self.changes()?)?;
         for line in said {
             ctx.say(line);
         }
@@ -353,6 +411,14 @@ impl PackageManager for Dnf {
 
     fn remove_exactly(&self, ctx: &StepContext<'_>, names: &[String]) -> Result<Option<String>> {
         rpm::remove_exactly(ctx, names)
+    }
+
+    fn dnf(&self) -> Option<&Dnf> {
+        Some(self)
+    }
+
+    fn repositories(&self) -> Result<Vec<super::packages::RepoLine>> {
+        Ok(rpm_repos::lines(self.sources()?, &self.opts.releasever))
     }
 
     fn verify(&self) -> Result<Vec<String>> {
@@ -502,12 +568,8 @@ Transaction Summary
 
     #[test]
     fn dnf_runs_against_the_root_with_the_plans_release() {
-        let opts = DnfOptions {
-            releasever: "43".into(),
-            repositories: vec![],
-            allow_erasing: true,
-            allow_removal: vec![],
-        };
+        let opts: DnfOptions =
+            serde_json::from_value(serde_json::json!({"releasever": "43"})).unwrap();
         let cmd = dnf_command(
             Path::new("/tmp"),
             Path::new("/run/migrate/dnf/repos.d"),

@@ -21,6 +21,7 @@ pub(crate) mod postgres;
 pub(crate) mod repofile;
 pub(crate) mod rpm;
 pub(crate) mod rpm_keys;
+pub(crate) mod rpm_repos;
 pub(crate) mod rsync;
 pub(crate) mod service;
 pub(crate) mod snapd;

@@ -92,6 +92,21 @@ pub(crate) struct SpaceEstimate {
     pub(crate) replaced: Vec<String>,
 }
 
+/// A repository as the checks show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RepoLine {
+    /// Where it is, what it is, what happens to it.
+    pub(crate) line: String,
+    /// Where it is, shortly (`FILE:N URI`, `FILE [ID] URL`).
+    pub(crate) place: String,
+    /// Whether it is not the distribution's.
+    pub(crate) third_party: bool,
+    /// Why the cutover disables it, if it does.
+    pub(crate) disabled: Option<String>,
+    /// Whether it stops the run (`third_party = "inhibit"`).
+    pub(crate) inhibits: bool,
+}
+
 /// Packages and repositories not from the distribution.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Foreign {
@@ -109,6 +124,19 @@ pub(crate) trait PackageManager {
     /// apt itself, whose sources the `apt-sources` step decides.
     fn apt(&self) -> Option<&super::apt::Apt> {
         None
+    }
+    /// dnf itself, for its step.
+    fn dnf(&self) -> Option<&super::dnf::Dnf> {
+        None
+    }
+    /// zypper itself, for its step.
+    fn zypper(&self) -> Option<&super::zypper::Zypper> {
+        None
+    }
+    /// The root's repositories, each classified and decided (none when
+    /// the package manager decides none).
+    fn repositories(&self) -> Result<Vec<RepoLine>> {
+        Ok(Vec::new())
     }
     /// Problems of the package database: half-installed packages, or a
     /// lock held by another process. Empty when healthy.

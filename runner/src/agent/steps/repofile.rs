@@ -95,6 +95,11 @@ pub(crate) fn apply(files: &RepoFiles, changes: &[RepoChange]) -> Result<(RepoFi
     Ok((out, said))
 }
 
+/// The text of section `[id]`, header included.
+pub(crate) fn section(text: &str, id: &str) -> Option<String> {
+    section_range(text, id).map(|(s, e)| text[s..e].to_string())
+}
+
 /// Byte range of section `[id]` (header to the next header).
 fn section_range(text: &str, id: &str) -> Option<(usize, usize)> {
     let header = format!("[{id}]");

@@ -36,7 +36,7 @@ fn key_file(key: &TrustedKey) -> PathBuf {
 }
 
 /// The primary-key fingerprints in gpg's `--with-colons` listing.
-fn primary_fingerprints(listing: &str) -> Vec<String> {
+pub(crate) fn primary_fingerprints(listing: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut after_pub = false;
     for line in listing.lines() {

@@ -17,11 +17,12 @@ use anyhow::{Context, Result, bail};
 use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::rpm::{self, RepoDir, run_pm};
 use super::rpm_keys;
+use super::rpm_repos;
 use super::{RunContext, StepContext, StepKind};
 use crate::agent::exec::ToolFailed;
 use crate::core::cmd::{CommandExt, ToolOutput, failure_detail};
 use crate::core::event::StepStatus;
-use crate::core::kinds::packages::{ZypperMode, ZypperOptions};
+use crate::core::kinds::packages::{RepoChange, ZypperMode, ZypperOptions};
 
 /// Repository files in the root.
 pub(crate) const REPOS: RepoDir = RepoDir {
@@ -196,12 +197,13 @@ fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>, cache: PackageCa
 fn download_pass(
     ctx: &StepContext<'_>,
     opts: &ZypperOptions,
+    changes: &[RepoChange],
     keep_package_state: bool,
 ) -> Result<super::repofile::RepoFiles> {
     let root = ctx.root();
     rpm_keys::trust_for_questions(root, &opts.trusted_keys)?;
     let scratch = prepare_scratch(root)?;
-    let (files, changes) = REPOS.switched(root, &opts.repositories)?;
+    let (files, changes) = REPOS.switched(root, changes)?;
     for c in &changes {
         ctx.say(c.clone());
     }
@@ -270,7 +272,12 @@ impl StepKind for ZypperStep {
         // 1. Everything downloaded against the switched repositories (what
         //    a prefetch step downloaded earlier is found in the cache); the
         //    root is not changed if this fails.
-        let files = download_pass(ctx, &self.opts, false)?;
+        let pm = ctx
+            .run
+            .packages()?
+            .zypper()
+            .context("the zypper step needs zypper as the plan's package manager")?;
+        let files = download_pass(ctx, &self.opts, &pm.changes()?, false)?;
         let releasever = self.opts.releasever.as_deref();
         // 2. The plan's keys and the switched repositories go into the
         //    root; install from the cache.
@@ -351,12 +358,37 @@ pub(crate) fn migration_args(product: &str) -> Vec<String> {
     .collect()
 }
 
+impl rpm_repos::RpmProbe for Zypper {
+    fn fingerprints(&self, key_file: &str) -> Vec<String> {
+        rpm_repos::key_fingerprints(&self.root, key_file)
+    }
+
+    fn answers(&self, source: &rpm_repos::RpmSource, url: Option<&str>) -> bool {
+        let n = self.probes.get() + 1;
+        self.probes.set(n);
+        let dir = PathBuf::from(SCRATCH).join(format!("probe-{n}"));
+        prepare_scratch(&self.root).is_ok()
+            && rpm_repos::write_probe(&self.root, source, url, &dir).is_ok()
+            && zypper(&self.root, &dir, Some(&self.to), PackageCache::Scratch)
+                .args(["refresh", "--force"])
+                .run_unchecked()
+                .is_ok_and(|out| out.status.success())
+    }
+}
+
 /// zypper as a [`PackageManager`]: questions about the target are asked
 /// against the scratch copy of the switched repositories.
 pub(crate) struct Zypper {
     root: PathBuf,
     opts: ZypperOptions,
     refreshed: Refreshed,
+    /// The source and target release versions.
+    from: String,
+    to: String,
+    /// The root's repositories, decided once.
+    decided: rpm_repos::Decided,
+    /// Probes made so far.
+    probes: std::cell::Cell<usize>,
 }
 
 impl Zypper {
@@ -364,15 +396,48 @@ impl Zypper {
     pub(crate) fn new(run: &RunContext, opts: ZypperOptions) -> Self {
         Self {
             root: run.root.clone(),
+            to: opts
+                .releasever
+                .clone()
+                .unwrap_or_else(|| run.target.version_id.clone()),
             opts,
             refreshed: Refreshed::default(),
+            from: run.source.release().version_id,
+            decided: rpm_repos::Decided::default(),
+            probes: std::cell::Cell::new(0),
         }
+    }
+
+    /// The root's repositories, classified and decided.
+    pub(crate) fn sources(&self) -> Result<&[rpm_repos::RpmSource]> {
+        self.decided.get(|| {
+            let policy = rpm_repos::RpmPolicy {
+                changes: &self.opts.repositories,
+                distribution_keys: &self.opts.distribution_keys,
+                third_party: self.opts.third_party,
+                keep: &self.opts.keep,
+                vendors: &self.opts.vendors,
+                from: &self.from,
+                to: &self.to,
+            };
+            rpm_repos::decide_all(&self.root, REPOS.in_root, &policy, self)
+        })
+    }
+
+    /// The plan's repository changes and those the decisions add; fails
+    /// when `third_party = "inhibit"` leaves a repository undecided.
+    pub(crate) fn changes(&self) -> Result<Vec<RepoChange>> {
+        let sources = self.sources()?;
+        rpm_repos::refuse_inhibited(sources)?;
+        let mut changes = self.opts.repositories.clone();
+        changes.extend(rpm_repos::changes(sources));
+        Ok(changes)
     }
 
     fn scratch_zypper(&self) -> Result<Command> {
         rpm_keys::trust_for_questions(&self.root, &self.opts.trusted_keys)?;
         let scratch = prepare_scratch(&self.root)?;
-        let (files, _) = REPOS.switched(&self.root, &self.opts.repositories)?;
+        let (files, _) = REPOS.switched(&self.root, &self.changes()?)?;
         RepoDir::write_scratch(&files, &scratch)?;
         Ok(zypper(
             &self.root,
@@ -494,7 +559,7 @@ impl PackageManager for Zypper {
     }
 
     fn prefetch(&self, ctx: &StepContext<'_>) -> Result<String> {
-        download_pass(ctx, &self.opts, true)?;
+        download_pass(ctx, &self.opts, &self.changes()?, true)?;
         let (count, bytes) = rpm::cached_packages(&self.root, "var/cache/zypp/packages")?;
         Ok(format!(
             "/var/cache/zypp/packages holds {count} packages ({:.1} MB): the cutover installs them without downloading",
@@ -517,6 +582,14 @@ impl PackageManager for Zypper {
 
     fn remove_exactly(&self, ctx: &StepContext<'_>, names: &[String]) -> Result<Option<String>> {
         rpm::remove_exactly(ctx, names)
+    }
+
+    fn zypper(&self) -> Option<&Zypper> {
+        Some(self)
+    }
+
+    fn repositories(&self) -> Result<Vec<super::packages::RepoLine>> {
+        Ok(rpm_repos::lines(self.sources()?, &self.to))
     }
 
     fn verify(&self) -> Result<Vec<String>> {

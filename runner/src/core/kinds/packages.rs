@@ -100,6 +100,25 @@ pub(crate) struct ZypperOptions {
     /// no other key.
     #[serde(default)]
     pub(crate) trusted_keys: Vec<TrustedKey>,
+    /// Fingerprints of the keys that sign the distribution's repositories.
+    /// A repository is the distribution's when `repositories` names it or
+    /// its `gpgkey` file holds one of these keys; the others are
+    /// third-party: moved by a vendor map, switched when they answer for
+    /// the target release, disabled otherwise. Empty, with no
+    /// `repositories`: every repository is left to the release version.
+    #[serde(default)]
+    pub(crate) distribution_keys: Vec<String>,
+    /// decide (default) or inhibit: a third-party repository no vendor map
+    /// or `keep` decides stops the run before anything changes.
+    #[serde(default)]
+    pub(crate) third_party: super::apt::ThirdPartyPolicy,
+    /// Ids (or URL prefixes) of third-party repositories kept as they are.
+    #[serde(default)]
+    pub(crate) keep: Vec<String>,
+    /// Vendor maps: `vendor`, `match` (URL prefix), `url` (the target
+    /// release's base URL).
+    #[serde(default)]
+    pub(crate) vendors: Vec<RpmVendorRepo>,
 }
 
 impl KindOptions for ZypperOptions {
@@ -167,6 +186,25 @@ pub(crate) struct DnfOptions {
     /// changes.
     #[serde(default)]
     pub(crate) allow_removal: Vec<String>,
+    /// Fingerprints of the keys that sign the distribution's repositories.
+    /// A repository is the distribution's when `repositories` names it or
+    /// its `gpgkey` file holds one of these keys; the others are
+    /// third-party: moved by a vendor map, switched when they answer for
+    /// the target release, disabled otherwise. Empty, with no
+    /// `repositories`: every repository is left to the release version.
+    #[serde(default)]
+    pub(crate) distribution_keys: Vec<String>,
+    /// decide (default) or inhibit: a third-party repository no vendor map
+    /// or `keep` decides stops the run before anything changes.
+    #[serde(default)]
+    pub(crate) third_party: super::apt::ThirdPartyPolicy,
+    /// Ids (or URL prefixes) of third-party repositories kept as they are.
+    #[serde(default)]
+    pub(crate) keep: Vec<String>,
+    /// Vendor maps: `vendor`, `match` (URL prefix), `url` (the target
+    /// release's base URL).
+    #[serde(default)]
+    pub(crate) vendors: Vec<RpmVendorRepo>,
 }
 
 impl KindOptions for DnfOptions {
@@ -176,6 +214,19 @@ impl KindOptions for DnfOptions {
         }
         self.repositories.iter().try_for_each(RepoChange::check)
     }
+}
+
+/// Where a vendor's RPM repository goes for the target release.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RpmVendorRepo {
+    /// The vendor's name, for messages.
+    pub(crate) vendor: String,
+    /// The repositories it maps: their base URL starts with this.
+    #[serde(rename = "match")]
+    pub(crate) matches: String,
+    /// The target release's base URL.
+    pub(crate) url: String,
 }
 
 /// Options of `verify-release`.

@@ -633,6 +633,23 @@ impl PackageManager for Apt {
         Some(self)
     }
 
+    fn repositories(&self) -> Result<Vec<super::packages::RepoLine>> {
+        Ok(self
+            .sources()?
+            .iter()
+            .map(|s| super::packages::RepoLine {
+                line: s.describe(&self.to),
+                place: format!("{}:{} {}", s.file, s.index, s.uri()),
+                third_party: s.third_party(),
+                disabled: match &s.decision {
+                    Decision::Disable(why) => Some(why.clone()),
+                    _ => None,
+                },
+                inhibits: s.inhibits,
+            })
+            .collect())
+    }
+
     fn database_problems(&self) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         let audit = dpkg_audit(&self.root)?;
