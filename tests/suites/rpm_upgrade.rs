@@ -86,13 +86,53 @@ fn upgrades_to_release_2(flavor: Flavor) {
     let f = Fixtures::get();
     let server = server(f);
     let root = testos_root(f, flavor, &server, "2");
-    // dnf's plan removes what release 2 no longer has; zypper's lists it.
+    // Three vendors' repositories beside TestOS's, their packages
+    // installed: release 1 only (disabled, its package kept), every
+    // release through $releasever (switched), and one a vendor map moves.
+    let u = &server.url;
+    let repo_dir = std::path::Path::new(flavor.repo_file()).parent().unwrap();
+    let vendors_repo = root.path.join(repo_dir).join("vendors.repo");
+    std::fs::write(
+        &vendors_repo,
+        format!(
+            "[vendor-a]\nname=Vendor A\nbaseurl={u}/vendor-a/$releasever/\nenabled=1\ntype=rpm-md\ngpgcheck=0\n\n\
+             [vendor-b]\nname=Vendor B\nbaseurl={u}/vendor-b/$releasever/\nenabled=1\ntype=rpm-md\ngpgcheck=0\n\n\
+             [vendor-c]\nname=Vendor C\nbaseurl={u}/vendor-c/old/\nenabled=1\ntype=rpm-md\ngpgcheck=0\n"
+        ),
+    )
+    .unwrap();
+    let repos = rpm::repositories(&f.cache).unwrap();
+    let mut install = vec!["-i".to_string()];
+    for (dir, name, version) in rpm::VENDOR_REPOSITORIES {
+        if version == "1.0" {
+            install.push(
+                repos
+                    .join(dir)
+                    .join(format!("{name}-{version}-1.noarch.rpm"))
+                    .display()
+                    .to_string(),
+            );
+        }
+    }
+    let args: Vec<&str> = install.iter().map(String::as_str).collect();
+    let out = rpm::rpm(&root.path, &args).unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    dropin(
+        &root.path,
+        "55-vendors.toml",
+        &format!(
+            "[[step]]\nid = \"upgrade-packages\"\nvendors = [{{ vendor = \"Vendor C\", match = \"{u}/vendor-c/old\", url = \"{u}/vendor-c/new/\" }}]\n"
+        ),
+    )
+    .unwrap();
+    // dnf's plan removes what release 2 no longer has (but the vendor's
+    // package it keeps); zypper's lists it.
     let remove = flavor == Flavor::Dnf;
     if remove {
         dropin(
             &root.path,
             "60-obsolete.toml",
-            "[[step]]\nid = \"verify-release\"\nremove_obsolete = true\n",
+            "[[step]]\nid = \"verify-release\"\nremove_obsolete = true\nkeep = [\"vendor-a\"]\n",
         )
         .unwrap();
     }
@@ -158,26 +198,24 @@ fn upgrades_to_release_2(flavor: Flavor) {
             .find(|f| f["id"] == id)
             .cloned()
     };
-    let obsolete = finding("obsolete-packages");
+    let obsolete = finding("obsolete-packages").unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(obsolete["severity"], "warning");
+    let listed = obsolete["message"].as_str().unwrap();
+    let run_log = log(&root.path);
     if remove {
-        assert!(obsolete.is_none(), "{obsolete:?}");
+        assert!(listed.ends_with("get no updates: vendor-a"), "{obsolete}");
         assert!(
-            log(&root.path).contains("removed, as the plan's remove_obsolete says: dropped\n"),
-            "{}",
-            log(&root.path)
+            run_log.contains("vendor-a: kept (the plan's `keep`)\n")
+                && run_log.contains("removed, as the plan's remove_obsolete says: dropped\n"),
+            "{run_log}"
         );
         assert!(
             !installed.iter().any(|p| p.starts_with("dropped-")),
             "{installed:?}"
         );
     } else {
-        let obsolete = obsolete.unwrap();
-        assert_eq!(obsolete["severity"], "warning");
         assert!(
-            obsolete["message"]
-                .as_str()
-                .unwrap()
-                .ends_with("get no updates: dropped"),
+            listed.ends_with("get no updates: dropped, vendor-a"),
             "{obsolete}"
         );
         assert!(
@@ -185,6 +223,38 @@ fn upgrades_to_release_2(flavor: Flavor) {
             "{installed:?}"
         );
     }
+    // The vendors' repositories as decided, and their packages.
+    for p in ["vendor-a-1.0-1", "vendor-b-2.0-1", "vendor-c-2.0-1"] {
+        assert!(installed.contains(&p.to_string()), "{p} in {installed:?}");
+    }
+    let shown = format!("/{}", repo_dir.join("vendors.repo").display());
+    for line in [
+        format!(
+            "{shown} [vendor-a] {u}/vendor-a/$releasever/: third-party (no signing key of the distribution); disabled: it does not answer for release 2"
+        ),
+        format!(
+            "{shown} [vendor-b] {u}/vendor-b/$releasever/: third-party (no signing key of the distribution); switched to release 2 ($releasever)"
+        ),
+        format!(
+            "{shown} [vendor-c] {u}/vendor-c/old/: third-party (no signing key of the distribution); mapped by the Vendor C vendor map to {u}/vendor-c/new/"
+        ),
+    ] {
+        assert!(run_log.contains(&line), "{line}\n{run_log}");
+    }
+    let vendors = std::fs::read_to_string(&vendors_repo).unwrap();
+    assert!(
+        vendors.contains("/vendor-a/$releasever/\nenabled=0\n")
+            && vendors.contains(&format!("baseurl={u}/vendor-c/new/\n"))
+            && vendors.contains("/vendor-b/$releasever/\nenabled=1\n"),
+        "{vendors}"
+    );
+    let disabled = finding("repositories.third-party").unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(
+        disabled["message"],
+        format!(
+            "1 third-party repositories will be disabled in the cutover: {shown} [vendor-a] {u}/vendor-a/$releasever/ (it does not answer for release 2)"
+        )
+    );
     // The kept configuration, its new version beside it.
     let drift = finding("config-drift").unwrap_or_else(|| panic!("{r:#}"));
     assert!(
