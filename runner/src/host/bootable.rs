@@ -75,12 +75,19 @@ fn service_configs(root: &Path, b: &mut Bootability) {
             }
             Ok(o) => {
                 let stderr = String::from_utf8_lossy(&o.stderr);
-                let said = stderr
+                // Its first lines name the problem (sshd's last one only
+                // says it is terminating).
+                let lines: Vec<&str> = stderr
                     .lines()
                     .map(str::trim)
-                    .rfind(|l| !l.is_empty())
-                    .unwrap_or("it failed and said nothing")
-                    .to_string();
+                    .filter(|l| !l.is_empty())
+                    .take(3)
+                    .collect();
+                let said = if lines.is_empty() {
+                    "it failed and said nothing".to_string()
+                } else {
+                    lines.join("; ")
+                };
                 // Made by the service's unit when it starts: not a fault
                 // of the configuration.
                 if said.contains("Missing privilege separation directory") {
