@@ -183,10 +183,10 @@ fn upgrades_to_release_2(flavor: Flavor) {
     );
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded", "{r:#}");
-    // Release 2 no longer has `dropped`: it stays installed, and the
-    // report warns of it.
+    // Release 2 no longer has `dropped`, and vendor-a's repository was
+    // disabled: both listed (and what stays installed warned of).
     assert!(
-        log(&root.path).contains("installed, in no repository of testos:2: dropped\n"),
+        log(&root.path).contains("installed, in no repository of testos:2: dropped vendor-a\n"),
         "{}",
         log(&root.path)
     );

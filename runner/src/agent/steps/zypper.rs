@@ -198,6 +198,7 @@ fn download_pass(
     ctx: &StepContext<'_>,
     opts: &ZypperOptions,
     changes: &[RepoChange],
+    releasever: Option<&str>,
     keep_package_state: bool,
 ) -> Result<super::repofile::RepoFiles> {
     let root = ctx.root();
@@ -212,15 +213,10 @@ fn download_pass(
     let before = Recorded::take(&auto_installed);
     let downloaded = run_pm(
         ctx,
-        zypper(
-            root,
-            &scratch,
-            opts.releasever.as_deref(),
-            PackageCache::Root,
-        )
-        .arg("dup")
-        .args(DUP_FLAGS)
-        .arg("--download-only"),
+        zypper(root, &scratch, releasever, PackageCache::Root)
+            .arg("dup")
+            .args(DUP_FLAGS)
+            .arg("--download-only"),
         &notable,
         &OK_CODES,
     );
@@ -277,8 +273,8 @@ impl StepKind for ZypperStep {
             .packages()?
             .zypper()
             .context("the zypper step needs zypper as the plan's package manager")?;
-        let files = download_pass(ctx, &self.opts, &pm.changes()?, false)?;
-        let releasever = self.opts.releasever.as_deref();
+        let releasever = pm.releasever()?;
+        let files = download_pass(ctx, &self.opts, &pm.changes()?, releasever, false)?;
         // 2. The plan's keys and the switched repositories go into the
         //    root; install from the cache.
         self.trust_in_root(ctx)?;
@@ -424,6 +420,20 @@ impl Zypper {
         })
     }
 
+    /// zypper's `--releasever`: the plan's, else the target release's when
+    /// a third-party repository was switched through `$releasever` (it was
+    /// probed with that), else none (the root's own).
+    pub(crate) fn releasever(&self) -> Result<Option<&str>> {
+        if let Some(v) = self.opts.releasever.as_deref() {
+            return Ok(Some(v));
+        }
+        let switched = self
+            .sources()?
+            .iter()
+            .any(|s| s.decision == rpm_repos::RpmDecision::Switch);
+        Ok(switched.then_some(self.to.as_str()))
+    }
+
     /// The plan's repository changes and those the decisions add; fails
     /// when `third_party = "inhibit"` leaves a repository undecided.
     pub(crate) fn changes(&self) -> Result<Vec<RepoChange>> {
@@ -442,7 +452,7 @@ impl Zypper {
         Ok(zypper(
             &self.root,
             &scratch,
-            self.opts.releasever.as_deref(),
+            self.releasever()?,
             PackageCache::Scratch,
         ))
     }
@@ -559,7 +569,7 @@ impl PackageManager for Zypper {
     }
 
     fn prefetch(&self, ctx: &StepContext<'_>) -> Result<String> {
-        download_pass(ctx, &self.opts, &self.changes()?, true)?;
+        download_pass(ctx, &self.opts, &self.changes()?, self.releasever()?, true)?;
         let (count, bytes) = rpm::cached_packages(&self.root, "var/cache/zypp/packages")?;
         Ok(format!(
             "/var/cache/zypp/packages holds {count} packages ({:.1} MB): the cutover installs them without downloading",
