@@ -243,7 +243,11 @@ fn upgrades_to_release_2(flavor: Flavor) {
     }
     let vendors = std::fs::read_to_string(&vendors_repo).unwrap();
     assert!(
-        vendors.contains("/vendor-a/$releasever/\nenabled=0\n")
+        vendors.contains("[vendor-a]\n# migrate: migration ")
+            && vendors.contains(
+                " to release 2: disabled, it does not answer for release 2\nname=Vendor A\n"
+            )
+            && vendors.contains("/vendor-a/$releasever/\nenabled=0\n")
             && vendors.contains(&format!("baseurl={u}/vendor-c/new/\n"))
             && vendors.contains("/vendor-b/$releasever/\nenabled=1\n"),
         "{vendors}"

@@ -80,13 +80,7 @@ impl StepKind for SwitchSources {
         for s in sources {
             ctx.say(s.describe(apt.target_suite()));
         }
-        let migration = ctx
-            .run
-            .journal
-            .borrow()
-            .as_ref()
-            .map_or_else(|| ctx.run.run_id.clone(), |j| j.migration_id.clone());
-        let note = format!("migration {migration} to {}", apt.target_suite());
+        let note = format!("migration {} to {}", ctx.migration_id(), apt.target_suite());
         let mut changed = Vec::new();
         apt.apply_sources(&note, |file, new| {
             let old = std::fs::read_to_string(file).unwrap_or_default();

@@ -172,6 +172,12 @@ impl StepKind for DnfStep {
         download_pass(ctx, &scratch, &self.opts)?;
         // 2. The switched repositories go into the root; install from the cache.
         let (files, _) = REPOS.switched(root, &changes)?;
+        let note = format!(
+            "migration {} to release {}",
+            ctx.migration_id(),
+            self.opts.releasever
+        );
+        let files = rpm_repos::with_notes(files, pm.sources()?, &note);
         let written = REPOS.write_root(root, &files)?;
         ctx.say(format!(
             "{written} repository files switched in /{}",
@@ -366,7 +372,7 @@ impl PackageManager for Dnf {
         .args(["-q", "list", "--installed", "--extras"])
         .run_get_string()?;
         Ok(Foreign {
-            repositories: Vec::new(),
+            repositories: rpm_repos::third_party(self.sources(), &self.opts.releasever),
             packages: out
                 .lines()
                 .filter(|l| !l.starts_with("Extra") && !l.trim().is_empty())

@@ -207,15 +207,19 @@ impl StepContext<'_> {
         Ok(dir)
     }
 
-    /// Where [`Self::backup_dir`] is, not created.
-    pub(crate) fn backup_path(&self) -> PathBuf {
-        let migration = self
-            .run
+    /// The migration's id (the run's, for runs without a journal).
+    pub(crate) fn migration_id(&self) -> String {
+        self.run
             .journal
             .borrow()
             .as_ref()
             .map(|j| j.migration_id.clone())
-            .unwrap_or_else(|| self.run.run_id.clone());
+            .unwrap_or_else(|| self.run.run_id.clone())
+    }
+
+    /// Where [`Self::backup_dir`] is, not created.
+    pub(crate) fn backup_path(&self) -> PathBuf {
+        let migration = self.migration_id();
         self.run
             .pristine
             .join(backup::BACKUP_DIR)

@@ -354,6 +354,40 @@ pub(crate) fn refuse_inhibited(sources: &[RpmSource]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The third-party repositories among decided `sources`, one line each
+/// (none when they could not be decided: the repositories check says why).
+pub(crate) fn third_party(sources: anyhow::Result<&[RpmSource]>, target: &str) -> Vec<String> {
+    sources
+        .map(|s| {
+            s.iter()
+                .filter(|s| s.class != Class::Distribution)
+                .map(|s| s.describe(target))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `files` with a comment naming the migration (`note`) and the reason
+/// under the header of each repository the decisions disable.
+pub(crate) fn with_notes(mut files: RepoFiles, sources: &[RpmSource], note: &str) -> RepoFiles {
+    for s in sources {
+        let RpmDecision::Disable(why) = &s.decision else {
+            continue;
+        };
+        let name = s.file.rsplit('/').next().unwrap_or_default();
+        if let Some(text) = files.get_mut(name) {
+            let header = format!("[{}]\n", s.id);
+            if let Some(at) = text.find(&header) {
+                text.insert_str(
+                    at + header.len(),
+                    &format!("# migrate: {note}: disabled, {why}\n"),
+                );
+            }
+        }
+    }
+    files
+}
+
 /// The checks' view of the decisions.
 pub(crate) fn lines(sources: &[RpmSource], target: &str) -> Vec<super::packages::RepoLine> {
     sources
@@ -484,6 +518,12 @@ mod tests {
         assert_eq!(
             sources[3].describe("2"),
             "/etc/yum.repos.d/all.repo [b] http://v.example/b/$releasever/: third-party (signed by a key that is not the distribution's); switched to release 2 ($releasever)"
+        );
+        let noted = with_notes(files.clone(), &sources, "migration m1 to release 2");
+        assert!(
+            noted["all.repo"].contains("[a]\n# migrate: migration m1 to release 2: disabled, it does not answer for release 2\nbaseurl="),
+            "{}",
+            noted["all.repo"]
         );
         let added = super::changes(&sources);
         assert_eq!(

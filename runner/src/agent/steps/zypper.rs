@@ -278,6 +278,12 @@ impl StepKind for ZypperStep {
         // 2. The plan's keys and the switched repositories go into the
         //    root; install from the cache.
         self.trust_in_root(ctx)?;
+        let note = format!(
+            "migration {} to release {}",
+            ctx.migration_id(),
+            pm.target()
+        );
+        let files = rpm_repos::with_notes(files, pm.sources()?, &note);
         let written = REPOS.write_root(root, &files)?;
         ctx.say(format!(
             "{written} repository files switched in /{}",
@@ -420,6 +426,11 @@ impl Zypper {
         })
     }
 
+    /// The target release's version.
+    pub(crate) fn target(&self) -> &str {
+        &self.to
+    }
+
     /// zypper's `--releasever`: the plan's, else the target release's when
     /// a third-party repository was switched through `$releasever` (it was
     /// probed with that), else none (the root's own).
@@ -549,7 +560,7 @@ impl PackageManager for Zypper {
         .args(["--no-refresh", "packages", "--orphaned"])
         .run_get_string()?;
         Ok(Foreign {
-            repositories: Vec::new(),
+            repositories: rpm_repos::third_party(self.sources(), &self.to),
             packages: parse_package_table(&out),
         })
     }
