@@ -5,7 +5,7 @@
 
 use fixtures::fleetlock::Netns;
 use fixtures::network::Uplink;
-use fixtures::vendors::VendorRepos;
+use fixtures::vendors::{self, VendorRepos};
 use fixtures::{
     Fixtures, MIGRATION_IMAGE, check_report_schema, dropin, serial, show, tree_checksum,
 };
@@ -481,9 +481,7 @@ fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() 
     let vendors = VendorRepos::start().unwrap();
     let v = &vendors.url;
     let root = f.copy_root(&f.bookworm).unwrap();
-    std::fs::create_dir_all(root.join("etc/apt/keyrings")).unwrap();
-    std::fs::copy(&vendors.keyring, root.join("etc/apt/keyrings/vendor.gpg")).unwrap();
-    let key = "/etc/apt/keyrings/vendor.gpg";
+    let key = vendors::KEY;
     let parts = root.join("etc/apt/sources.list.d");
     std::fs::write(
         root.join("etc/apt/sources.list"),
@@ -512,24 +510,9 @@ fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() 
     ] {
         std::fs::write(parts.join(name), text).unwrap();
     }
-    for args in [
-        &["apt-get", "update"][..],
-        &[
-            "apt-get", "install", "-y", "vendor-a", "vendor-b", "vendor-c", "vendor-i",
-        ],
-        &["apt-get", "clean"],
-    ] {
-        let out = root.chroot(args).unwrap();
-        assert!(out.status.success(), "{args:?}: {}", show(&out));
-    }
-    dropin(
-        &root.path,
-        "vendor-c.toml",
-        &format!(
-            "[[step]]\nid = \"switch-sources\"\nvendors = [{{ vendor = \"Vendor C\", match = \"{v}/c-old\", uri = \"{v}/c-new\", suite = \"trixie\" }}]\n"
-        ),
-    )
-    .unwrap();
+    vendors
+        .install(&root, &["vendor-a", "vendor-b", "vendor-c", "vendor-i"])
+        .unwrap();
     let decisions = [
         format!(
             "/etc/apt/sources.list:1 {mirror} bookworm: the distribution's; switched to trixie"

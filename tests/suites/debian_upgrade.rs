@@ -7,8 +7,8 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use fixtures::vendors::VendorRepos;
-use fixtures::{Fixtures, MIGRATION_IMAGE, dropin, report, serial, show};
+use fixtures::vendors::{self, VendorRepos};
+use fixtures::{Fixtures, MIGRATION_IMAGE, report, serial, show};
 
 const EDITED: &str = "edited locally before the migration\n";
 
@@ -26,9 +26,7 @@ fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
     // package upgraded), one whose target a vendor map names (mapped).
     let vendors = VendorRepos::start().unwrap();
     let v = &vendors.url;
-    std::fs::create_dir_all(root.join("etc/apt/keyrings")).unwrap();
-    std::fs::copy(&vendors.keyring, root.join("etc/apt/keyrings/vendor.gpg")).unwrap();
-    let key = "signed-by=/etc/apt/keyrings/vendor.gpg";
+    let key = format!("signed-by={}", vendors::KEY);
     std::fs::write(
         root.join("etc/apt/sources.list.d/vendors.list"),
         format!(
@@ -39,24 +37,9 @@ deb [{key}] {v}/c-old bookworm main
         ),
     )
     .unwrap();
-    for args in [
-        &["apt-get", "update"][..],
-        &[
-            "apt-get", "install", "-y", "vendor-a", "vendor-b", "vendor-c",
-        ],
-        &["apt-get", "clean"],
-    ] {
-        let out = root.chroot(args).unwrap();
-        assert!(out.status.success(), "{args:?}: {}", show(&out));
-    }
-    dropin(
-        &root.path,
-        "vendor-c.toml",
-        &format!(
-            "[[step]]\nid = \"switch-sources\"\nvendors = [{{ vendor = \"Vendor C\", match = \"{v}/c-old\", uri = \"{v}/c-new\", suite = \"trixie\" }}]\n"
-        ),
-    )
-    .unwrap();
+    vendors
+        .install(&root, &["vendor-a", "vendor-b", "vendor-c"])
+        .unwrap();
 
     let child = f
         .migrate()

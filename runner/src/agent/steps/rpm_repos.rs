@@ -337,9 +337,22 @@ pub(crate) fn write_probe(
     super::rpm::RepoDir::write_scratch(&files, dir)
 }
 
+/// The plan's repository changes followed by those the decisions add;
+/// fails when the plan makes undecided third-party repositories an
+/// inhibitor.
+pub(crate) fn after_plan(
+    plan: &[RepoChange],
+    sources: &[RpmSource],
+) -> anyhow::Result<Vec<RepoChange>> {
+    refuse_inhibited(sources)?;
+    let mut all = plan.to_vec();
+    all.extend(changes(sources));
+    Ok(all)
+}
+
 /// Fails, naming them, when the plan makes undecided third-party
 /// repositories an inhibitor.
-pub(crate) fn refuse_inhibited(sources: &[RpmSource]) -> anyhow::Result<()> {
+fn refuse_inhibited(sources: &[RpmSource]) -> anyhow::Result<()> {
     let inhibiting: Vec<String> = sources
         .iter()
         .filter(|s| s.inhibits)
@@ -406,7 +419,7 @@ pub(crate) fn lines(sources: &[RpmSource], target: &str) -> Vec<super::packages:
 }
 
 /// The repository changes the decisions add to the plan's.
-pub(crate) fn changes(sources: &[RpmSource]) -> Vec<RepoChange> {
+fn changes(sources: &[RpmSource]) -> Vec<RepoChange> {
     sources
         .iter()
         .filter_map(|s| {

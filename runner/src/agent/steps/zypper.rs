@@ -448,11 +448,7 @@ impl Zypper {
     /// The plan's repository changes and those the decisions add; fails
     /// when `third_party = "inhibit"` leaves a repository undecided.
     pub(crate) fn changes(&self) -> Result<Vec<RepoChange>> {
-        let sources = self.sources()?;
-        rpm_repos::refuse_inhibited(sources)?;
-        let mut changes = self.opts.repositories.clone();
-        changes.extend(rpm_repos::changes(sources));
-        Ok(changes)
+        rpm_repos::after_plan(&self.opts.repositories, self.sources()?)
     }
 
     fn scratch_zypper(&self) -> Result<Command> {

@@ -396,7 +396,12 @@ impl Apt {
         self.probes.set(n);
         let inside = format!("/run/migrate/apt-probe/{n}");
         let dir = self.root.join(inside.trim_start_matches('/'));
-        for sub in ["lists/partial", "cache/archives/partial", "parts", "log"] {
+        for sub in [
+            "lists/partial",
+            "cache/archives/partial",
+            "sources.list.d",
+            "log",
+        ] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
@@ -420,23 +425,10 @@ impl Apt {
         } else {
             "probe.list"
         };
-        std::fs::write(dir.join("parts").join(name), changed)?;
+        std::fs::write(dir.join("sources.list.d").join(name), changed)?;
         std::fs::write(dir.join("sources.list"), "")?;
         let mut cmd = apt(&self.root, "apt-get", &[]);
-        for (k, v) in [
-            ("Dir::State::Lists", "lists"),
-            ("Dir::Cache", "cache"),
-            ("Dir::Etc::SourceList", "sources.list"),
-            ("Dir::Etc::SourceParts", "parts"),
-            ("Dir::Log", "log"),
-        ] {
-            cmd.arg("-o").arg(format!("{k}={inside}/{v}"));
-        }
-        cmd.args([
-            "-o",
-            "Debug::NoLocking=1",
-            "-o",
-            "APT::Sandbox::User=root",
+        cmd.args(Self::options_at(&inside)).args([
             "-q",
             "-o",
             "APT::Update::Error-Mode=any",
@@ -456,7 +448,7 @@ impl Apt {
                 .or_else(|| name.strip_suffix("Release"))
                 && prefix.ends_with('_')
             {
-                found = repos_release(&self.root, &format!("{inside}/lists/{prefix}"));
+                found = repos::release_at(&self.root, &format!("{inside}/lists/{prefix}"));
                 if found.is_some() {
                     break;
                 }
@@ -471,6 +463,12 @@ impl Apt {
 
     /// apt options that point the root's apt at the scratch area.
     fn scratch_options() -> Vec<String> {
+        Self::options_at(SCRATCH)
+    }
+
+    /// apt options that point the root's apt at the scratch area `dir` (a
+    /// path in the root): lists, caches, sources, logs, no locking.
+    fn options_at(dir: &str) -> Vec<String> {
         [
             ("Dir::State::Lists", "lists"),
             ("Dir::Cache", "cache"),
@@ -480,7 +478,7 @@ impl Apt {
             ("Dir::Log", "log"),
         ]
         .iter()
-        .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={SCRATCH}/{v}")])
+        .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={dir}/{v}")])
         .chain(
             ["Debug::NoLocking=1", "APT::Sandbox::User=root"]
                 .iter()
@@ -570,14 +568,9 @@ impl Apt {
     }
 }
 
-/// The Release file at `prefix` of the root's lists (a path in the root).
-fn repos_release(root: &Path, prefix: &str) -> Option<ReleaseFile> {
-    repos::release_at(root, prefix)
-}
-
 impl Probe for Apt {
     fn cached_release(&self, prefix: &str) -> Option<ReleaseFile> {
-        repos_release(&self.root, prefix)
+        repos::release_at(&self.root, prefix)
     }
 
     fn signed_by_distribution(&self, release: &ReleaseFile) -> Result<bool> {
