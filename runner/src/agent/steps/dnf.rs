@@ -7,12 +7,13 @@
 //! repository files are switched in the root and the upgrade installs from the
 //! cache (`-C`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
+use super::packages::{Fate, Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::rpm::{self, RepoDir, run_pm};
 use super::rpm_repos;
 use super::{RunContext, StepContext, StepKind};
@@ -121,6 +122,73 @@ fn parse_extras(text: &str) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// `dnf repoquery --qf '%{name} %{version}-%{release} %{repoid}'`.
+fn parse_offers(text: &str) -> Vec<rpm_repos::Offer> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let offer = rpm_repos::Offer {
+                name: w.next()?.to_string(),
+                version: w.next()?.to_string(),
+                repo: w.next()?.to_string(),
+            };
+            w.next().is_none().then_some(offer)
+        })
+        .collect()
+}
+
+/// What a dnf transaction does to installed packages: the rows of its
+/// "Upgrading:" and "Downgrading:" sections (` NAME ARCH VERSION REPO
+/// SIZE`), of its removing sections, and the packages a new one is
+/// "replacing" (obsoletes). A name too long for its column sits alone on
+/// its row, the rest on the next.
+fn parse_fates(text: &str) -> BTreeMap<String, Fate> {
+    let mut out = BTreeMap::new();
+    let mut section = "";
+    let mut last_installed = String::new();
+    let mut pending: Option<String> = None;
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            section = line.trim_end();
+            pending = None;
+            continue;
+        }
+        let mut words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"replacing") {
+            if let Some(old) = words.get(1).and_then(|n| n.rsplit_once('.')) {
+                out.insert(old.0.to_string(), Fate::Replaced(last_installed.clone()));
+            }
+            continue;
+        }
+        if words.len() == 1 {
+            pending = words.first().map(|w| (*w).to_string());
+            continue;
+        }
+        let joined;
+        if let Some(name) = pending.take() {
+            joined = name;
+            words.insert(0, &joined);
+        }
+        let [name, _arch, version, repo, ..] = words[..] else {
+            continue;
+        };
+        match section {
+            "Upgrading:" | "Downgrading:" => {
+                out.insert(
+                    name.to_string(),
+                    Fate::Upgraded(version.to_string(), repo.to_string()),
+                );
+            }
+            s if s.starts_with("Removing") => {
+                out.insert(name.to_string(), Fate::Removed);
+            }
+            s if s.starts_with("Installing") => last_installed = name.to_string(),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn distro_sync_args(opts: &DnfOptions) -> Vec<&'static str> {
@@ -289,6 +357,35 @@ impl Dnf {
         self.refreshed.ensure(|| self.fetch_target())
     }
 
+    /// What the third-party repositories offer for the source release, as
+    /// the root is configured now (their metadata in a cache of its own; a
+    /// repository that does not answer offers nothing).
+    fn offered_now(&self) -> Result<Vec<rpm_repos::Offer>> {
+        let Ok(sources) = self.sources() else {
+            return Ok(Vec::new());
+        };
+        let ids = rpm_repos::third_party_ids(sources);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = dnf(
+            &self.root,
+            &REPOS.path(&self.root)?,
+            &self.from,
+            Cache::Scratch,
+        )?;
+        cmd.arg(format!("--setopt=cachedir={SCRATCH}/current"))
+            .arg("--setopt=skip_if_unavailable=True")
+            .args(ids.iter().map(|id| format!("--repo={id}")))
+            .args([
+                "-q",
+                "repoquery",
+                "--qf",
+                "%{name} %{version}-%{release} %{repoid}",
+            ]);
+        Ok(parse_offers(&cmd.run_get_string()?))
+    }
+
     /// The output of a simulated distro-sync (`--assumeno` answers no: dnf
     /// exits with 1 after printing the transaction).
     fn transaction(&self) -> Result<String> {
@@ -358,23 +455,30 @@ impl PackageManager for Dnf {
     }
 
     fn foreign(&self, _origins: &[String]) -> Result<Foreign> {
-        // Extras: installed packages that no enabled repository has.
-        let out = dnf(
-            &self.root,
-            &REPOS.path(&self.root)?,
-            &self.opts.releasever,
-            Cache::Scratch,
-        )?
-        .args(["-q", "list", "--installed", "--extras"])
-        .run_get_string()?;
+        let installed = rpm::installed_versions(&self.root)?;
+        let offered = self.offered_now()?;
+        // What the upgrade does to each, and what the target lacks, if the
+        // target resolves (the other checks say why when it does not).
+        let (fates, extras, resolved) = match self.transaction() {
+            Ok(text) => {
+                let extras = self
+                    .scratch_dnf()?
+                    .args(["-q", "list", "--installed", "--extras"])
+                    .run_get_string()?;
+                (parse_fates(&text), parse_extras(&extras), true)
+            }
+            Err(_) => Default::default(),
+        };
         Ok(Foreign {
             repositories: rpm_repos::third_party(self.sources(), &self.opts.releasever),
-            packages: out
-                .lines()
-                .filter(|l| !l.starts_with("Extra") && !l.trim().is_empty())
-                .filter_map(|l| l.split_whitespace().next())
-                .map(str::to_string)
-                .collect(),
+            packages: rpm_repos::package_lines(
+                &installed,
+                &offered,
+                &extras,
+                &fates,
+                resolved,
+                &self.opts.releasever,
+            ),
         })
     }
 
@@ -552,6 +656,44 @@ Transaction Summary
         assert_eq!(
             problems(report),
             "nothing provides libfoo >= 3.0 needed by base-tools-2.0-1.noarch"
+        );
+    }
+
+    #[test]
+    fn fates_and_offers_are_read() {
+        let text = "\
+Installing:
+ newtool                   noarch         2.0-1           testos          6.0 k
+     replacing  oldtool.noarch 1.0-1
+Upgrading:
+ vendor-b                  noarch         2.0-1           vendor-b        5.9 k
+ a-package-name-too-long-for-its-column
+                           noarch         3.1-2           testos          1 k
+Removing:
+ legacy                    noarch         1.0-1           @System          22
+
+Transaction Summary
+Upgrade  1 Package
+";
+        let fates = parse_fates(text);
+        assert_eq!(
+            fates.get("vendor-b"),
+            Some(&Fate::Upgraded("2.0-1".into(), "vendor-b".into()))
+        );
+        assert_eq!(
+            fates.get("a-package-name-too-long-for-its-column"),
+            Some(&Fate::Upgraded("3.1-2".into(), "testos".into()))
+        );
+        assert_eq!(
+            fates.get("oldtool"),
+            Some(&Fate::Replaced("newtool".into()))
+        );
+        assert_eq!(fates.get("legacy"), Some(&Fate::Removed));
+        assert_eq!(fates.len(), 4, "{fates:?}");
+        let offers = parse_offers("vendor-a 1.0-1 vendor-a\nnoise\nvendor-b 1.0-1 vendor-b\n");
+        assert_eq!(
+            offers.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+            ["vendor-a", "vendor-b"]
         );
     }
 

@@ -117,6 +117,38 @@ pub(crate) struct Foreign {
     pub(crate) packages: Vec<String>,
 }
 
+/// What a simulated upgrade does to an installed package.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Fate {
+    /// Installed anew at this version, from there (apt's archives, dnf's
+    /// repository; empty when the package manager does not say).
+    Upgraded(String, String),
+    /// Removed.
+    Removed,
+    /// Removed, another package (named) obsoleting it.
+    Replaced(String),
+}
+
+/// How a third-party package is listed: `NAME (upgraded to V from R)`,
+/// `NAME (kept at V)`, `NAME (V, removed by the upgrade)`; only its
+/// version when the target could not be resolved (`resolved` false).
+pub(crate) fn fate_line(
+    name: &str,
+    installed: &str,
+    fate: Option<&Fate>,
+    resolved: bool,
+) -> String {
+    let fate = match fate {
+        Some(Fate::Upgraded(v, from)) if from.is_empty() => format!("upgraded to {v}"),
+        Some(Fate::Upgraded(v, from)) => format!("upgraded to {v} from {from}"),
+        Some(Fate::Removed) => format!("{installed}, removed by the upgrade"),
+        Some(Fate::Replaced(by)) => format!("{installed}, replaced by {by}"),
+        None if resolved => format!("kept at {installed}"),
+        None => installed.to_string(),
+    };
+    format!("{name} ({fate})")
+}
+
 /// A package manager, as seen by checks, dry runs and backups.
 pub(crate) trait PackageManager {
     /// Its name (`apt`).

@@ -43,6 +43,20 @@ pub(crate) fn installed_size(root: &Path, packages: &[String]) -> Result<u64> {
     ))
 }
 
+/// Installed packages, by name, with their `version-release` (the
+/// `gpg-pubkey` entries of imported keys left out).
+pub(crate) fn installed_versions(
+    root: &Path,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let text = rpm(root, &["-qa", "--qf", "%{NAME} %{VERSION}-%{RELEASE}\\n"]).run_get_string()?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, _)| *name != "gpg-pubkey")
+        .map(|(name, vr)| (name.to_string(), vr.to_string()))
+        .collect())
+}
+
 /// Problems of the rpm database: unreadable, or dependencies unsatisfied.
 pub(crate) fn database_problems(root: &Path) -> Result<Vec<String>> {
     let query = rpm(root, &["-qa"]).run_unchecked()?;

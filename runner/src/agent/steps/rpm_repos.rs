@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use super::apt::repos::Class;
+use super::packages::{Fate, fate_line};
 use super::repofile::RepoFiles;
 use crate::core::kinds::apt::{ThirdPartyPolicy, url_matches};
 use crate::core::kinds::packages::{RepoAction, RepoChange, RpmVendorRepo};
@@ -380,6 +381,65 @@ pub(crate) fn third_party(sources: anyhow::Result<&[RpmSource]>, target: &str) -
         .unwrap_or_default()
 }
 
+/// A package version a repository offers (its metadata, as the package
+/// manager lists it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Offer {
+    pub(crate) name: String,
+    /// `version-release` (no epoch).
+    pub(crate) version: String,
+    /// The repository's id.
+    pub(crate) repo: String,
+}
+
+/// The third-party check's package lines: each installed package
+/// (`installed`: name -> version-release) whose installed version a
+/// third-party repository offers (`offered`, from the source release's
+/// metadata), with what the upgrade does to it (`fates`, from the
+/// simulated upgrade; `resolved` false when there was none); then the
+/// installed packages no repository of the target has (`extras`), no
+/// third-party repository offered and the upgrade leaves as they are.
+pub(crate) fn package_lines(
+    installed: &BTreeMap<String, String>,
+    offered: &[Offer],
+    extras: &[String],
+    fates: &BTreeMap<String, Fate>,
+    resolved: bool,
+    target: &str,
+) -> Vec<String> {
+    let from_third_party: BTreeMap<&str, &str> = offered
+        .iter()
+        .filter(|o| installed.get(&o.name) == Some(&o.version))
+        .map(|o| (o.name.as_str(), o.version.as_str()))
+        .collect();
+    let mut lines: Vec<String> = from_third_party
+        .iter()
+        .map(|(name, v)| fate_line(name, v, fates.get(*name), resolved))
+        .collect();
+    lines.extend(
+        extras
+            .iter()
+            .filter(|name| !from_third_party.contains_key(name.as_str()))
+            // Replaced or removed by the upgrade: not left as it is.
+            .filter(|name| !fates.contains_key(name.as_str()))
+            .filter_map(|name| {
+                installed.get(name).map(|v| {
+                    format!("{name} (kept at {v}: no repository of release {target} has it)")
+                })
+            }),
+    );
+    lines
+}
+
+/// The ids of the third-party repositories among decided `sources`.
+pub(crate) fn third_party_ids(sources: &[RpmSource]) -> Vec<&str> {
+    sources
+        .iter()
+        .filter(|s| s.class != Class::Distribution)
+        .map(|s| s.id.as_str())
+        .collect()
+}
+
 /// `files` with a comment naming the migration (`note`) and the reason
 /// under the header of each repository the decisions disable.
 pub(crate) fn with_notes(mut files: RepoFiles, sources: &[RpmSource], note: &str) -> RepoFiles {
@@ -457,6 +517,59 @@ mod tests {
             let url = url.unwrap_or(&source.url);
             url.contains("/b/") || url.contains("/c-new") || url.contains("/d/2/")
         }
+    }
+
+    #[test]
+    fn third_party_packages_are_listed_with_their_fate() {
+        let installed: BTreeMap<String, String> = [
+            ("vendor-a", "1.0-1"),
+            ("vendor-b", "1.0-1"),
+            ("vendor-c", "1.1-1"),
+            ("dropped", "1.0-1"),
+            ("base", "1.0-1"),
+            ("oldtool", "1.0-1"),
+        ]
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .into();
+        let offer = |name: &str, version: &str| Offer {
+            name: name.into(),
+            version: version.into(),
+            repo: "vendor".into(),
+        };
+        // vendor-c's installed version is not the one its repository has:
+        // installed from elsewhere (by hand), not counted as the vendor's.
+        let offered = [
+            offer("vendor-a", "1.0-1"),
+            offer("vendor-b", "1.0-1"),
+            offer("vendor-c", "1.0-1"),
+            offer("not-installed", "1.0-1"),
+        ];
+        let fates: BTreeMap<String, Fate> = [
+            (
+                "vendor-b".to_string(),
+                Fate::Upgraded("2.0-1".into(), "vendor-b".into()),
+            ),
+            (
+                "base".to_string(),
+                Fate::Upgraded("2.0-1".into(), "testos".into()),
+            ),
+            ("oldtool".to_string(), Fate::Replaced("newtool".into())),
+        ]
+        .into();
+        let extras = ["dropped", "vendor-a", "oldtool"].map(String::from);
+        assert_eq!(
+            package_lines(&installed, &offered, &extras, &fates, true, "2"),
+            [
+                "vendor-a (kept at 1.0-1)",
+                "vendor-b (upgraded to 2.0-1 from vendor-b)",
+                "dropped (kept at 1.0-1: no repository of release 2 has it)",
+            ]
+        );
+        // Without a resolution of the target: only what is installed.
+        assert_eq!(
+            package_lines(&installed, &offered, &[], &BTreeMap::new(), false, "2"),
+            ["vendor-a (1.0-1)", "vendor-b (1.0-1)"]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
+use super::packages::{Fate, Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
 use super::rpm::{self, RepoDir, run_pm};
 use super::rpm_keys;
 use super::rpm_repos;
@@ -166,6 +166,17 @@ enum PackageCache {
 /// zypper pointed at the root, with metadata and solver caches in the scratch
 /// area.
 fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>, cache: PackageCache) -> Command {
+    zypper_cached_in(root, reposd, releasever, cache, SCRATCH)
+}
+
+/// [`zypper`] with its metadata and solver caches in `cache_dir`.
+fn zypper_cached_in(
+    root: &Path,
+    reposd: &Path,
+    releasever: Option<&str>,
+    cache: PackageCache,
+    cache_dir: &str,
+) -> Command {
     let mut cmd = Command::new("zypper");
     // No --gpg-auto-import-keys: only keys in the root's rpm database and
     // the plan's trusted keys (see rpm_keys) are trusted.
@@ -177,7 +188,7 @@ fn zypper(root: &Path, reposd: &Path, releasever: Option<&str>, cache: PackageCa
         // All caches in the scratch area: with only the raw, solv and package
         // cache directories moved, zypper still creates its default cache
         // directory under the root.
-        .args(["--cache-dir", SCRATCH]);
+        .args(["--cache-dir", cache_dir]);
     if let PackageCache::Root = cache {
         cmd.arg("--pkg-cache-dir")
             .arg(root.join("var/cache/zypp/packages"));
@@ -233,14 +244,20 @@ fn download_pass(
 /// solver cache of the installed system under the root (zypper puts that one
 /// below `--root`; the root's /run is the agent's tmpfs).
 fn prepare_scratch(root: &Path) -> Result<PathBuf> {
+    prepare_cache(root, SCRATCH)?;
+    Ok(PathBuf::from(SCRATCH).join("repos.d"))
+}
+
+/// The directories of a zypper cache (`--cache-dir`) for `root`.
+fn prepare_cache(root: &Path, cache_dir: &str) -> Result<()> {
     for dir in [
-        PathBuf::from(SCRATCH).join("raw"),
-        PathBuf::from(SCRATCH).join("solv"),
-        root.join(SCRATCH.trim_start_matches('/')).join("solv"),
+        PathBuf::from(cache_dir).join("raw"),
+        PathBuf::from(cache_dir).join("solv"),
+        root.join(cache_dir.trim_start_matches('/')).join("solv"),
     ] {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    Ok(PathBuf::from(SCRATCH).join("repos.d"))
+    Ok(())
 }
 
 impl StepKind for ZypperStep {
@@ -485,6 +502,108 @@ impl Zypper {
     fn ensure_refreshed(&self) -> Result<()> {
         self.refreshed.ensure(|| self.fetch_target())
     }
+
+    /// What the third-party repositories offer for the source release, as
+    /// the root is configured now (their metadata in a cache of its own,
+    /// beside the target's; a repository that does not answer offers
+    /// nothing).
+    fn offered_now(&self) -> Result<Vec<rpm_repos::Offer>> {
+        let Ok(sources) = self.sources() else {
+            return Ok(Vec::new());
+        };
+        let ids = rpm_repos::third_party_ids(sources);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cache = format!("{SCRATCH}/current");
+        prepare_cache(&self.root, &cache)?;
+        let repos = REPOS.path(&self.root)?;
+        let current = || zypper_cached_in(&self.root, &repos, None, PackageCache::Scratch, &cache);
+        // Those that do not answer are left out of the search below.
+        current().arg("refresh").args(&ids).run_unchecked()?;
+        let out = current()
+            .args(["--no-refresh", "-x", "search", "-s", "-t", "package"])
+            .args(ids.iter().flat_map(|id| ["-r", id]))
+            .run_unchecked()?;
+        parse_search(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// What the upgrade does to installed packages: the install summary of
+    /// `zypper -x dup --dry-run`.
+    fn fates(&self) -> Result<std::collections::BTreeMap<String, Fate>> {
+        self.ensure_refreshed()?;
+        let out = self
+            .scratch_zypper()?
+            .args(["--no-refresh", "-x", "dup", "--dry-run"])
+            .args(DUP_FLAGS)
+            .run_unchecked()?;
+        if !exit_meaning(out.status.code().unwrap_or(-1)).0 {
+            bail!("zypper dup --dry-run failed");
+        }
+        parse_summary(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// The `<solvable>` elements of zypper's XML output (`-x`), with the name
+/// of the element holding each.
+fn solvables(xml: &str) -> Result<Vec<(String, BTreeAttrs)>> {
+    let doc = roxmltree::Document::parse(xml).context("reading zypper's XML output")?;
+    Ok(doc
+        .descendants()
+        .filter(|n| n.has_tag_name("solvable"))
+        .map(|n| {
+            let parent = n
+                .parent_element()
+                .map(|p| p.tag_name().name().to_string())
+                .unwrap_or_default();
+            let attrs = n
+                .attributes()
+                .map(|a| (a.name().to_string(), a.value().to_string()))
+                .collect();
+            (parent, attrs)
+        })
+        .collect())
+}
+
+type BTreeAttrs = std::collections::BTreeMap<String, String>;
+
+/// `zypper -x search -s`: each package version the searched repositories
+/// offer (`name`, `edition`, `repository`).
+fn parse_search(xml: &str) -> Result<Vec<rpm_repos::Offer>> {
+    Ok(solvables(xml)?
+        .into_iter()
+        .filter_map(|(_, a)| {
+            Some(rpm_repos::Offer {
+                name: a.get("name")?.clone(),
+                // rpm's `version-release`, without an epoch (`1:`).
+                version: a
+                    .get("edition")
+                    .map(|e| e.split_once(':').map_or(e.as_str(), |(_, vr)| vr))?
+                    .to_string(),
+                repo: a.get("repository")?.clone(),
+            })
+        })
+        .filter(|o| o.repo != "(System Packages)" && o.repo != "@System")
+        .collect())
+}
+
+/// `zypper -x dup --dry-run`'s `<install-summary>`: the packages it
+/// upgrades or downgrades (to what, from which repository) and removes.
+fn parse_summary(xml: &str) -> Result<std::collections::BTreeMap<String, Fate>> {
+    let mut out = std::collections::BTreeMap::new();
+    for (parent, a) in solvables(xml)? {
+        let Some(name) = a.get("name") else { continue };
+        let fate = match parent.as_str() {
+            "to-upgrade" | "to-downgrade" => Fate::Upgraded(
+                a.get("edition").cloned().unwrap_or_default(),
+                a.get("repository").cloned().unwrap_or_default(),
+            ),
+            "to-remove" => Fate::Removed,
+            _ => continue,
+        };
+        out.insert(name.clone(), fate);
+    }
+    Ok(out)
 }
 
 impl PackageManager for Zypper {
@@ -546,18 +665,25 @@ impl PackageManager for Zypper {
     }
 
     fn foreign(&self, _origins: &[String]) -> Result<Foreign> {
-        // Orphans: installed packages no configured repository provides.
-        let out = zypper(
-            &self.root,
-            &REPOS.path(&self.root)?,
-            None,
-            PackageCache::Scratch,
-        )
-        .args(["--no-refresh", "packages", "--orphaned"])
-        .run_get_string()?;
+        let installed = rpm::installed_versions(&self.root)?;
+        let offered = self.offered_now()?;
+        // What the upgrade does to each, and what the target lacks, if the
+        // target resolves (the other checks say why when it does not).
+        let (fates, extras, resolved) = match self.fates() {
+            Ok(fates) => {
+                let orphans = self
+                    .scratch_zypper()?
+                    .args(["--no-refresh", "packages", "--orphaned"])
+                    .run_get_string()?;
+                (fates, parse_orphaned(&orphans), true)
+            }
+            Err(_) => Default::default(),
+        };
         Ok(Foreign {
             repositories: rpm_repos::third_party(self.sources(), &self.to),
-            packages: parse_package_table(&out),
+            packages: rpm_repos::package_lines(
+                &installed, &offered, &extras, &fates, resolved, &self.to,
+            ),
         })
     }
 
@@ -684,27 +810,6 @@ fn parse_locks(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The name column of zypper's `packages` table (`S | Repository | Name | ...`).
-fn parse_package_table(text: &str) -> Vec<String> {
-    let mut header: Option<usize> = None;
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cols.len() < 3 {
-            continue;
-        }
-        match header {
-            None => header = cols.iter().position(|c| *c == "Name"),
-            Some(i) => {
-                if let Some(name) = cols.get(i).filter(|n| !n.is_empty() && !n.starts_with('-')) {
-                    out.push((*name).to_string());
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -794,6 +899,58 @@ mod tests {
         let locks = "\n# | Name | Type    | Repository\n--+------+---------+-----------\n1 | foo  | package | (any)\n";
         assert_eq!(parse_locks(locks), ["foo (locked with zypper addlock)"]);
         let pkgs = "S | Repository | Name    | Version | Arch\n--+------------+---------+---------+-------\ni | @System    | dropped | 1.0-1   | noarch\n";
-        assert_eq!(parse_package_table(pkgs), ["dropped"]);
+        assert_eq!(parse_orphaned(pkgs), ["dropped"]);
+    }
+
+    #[test]
+    fn search_results_and_the_install_summary_are_read() {
+        let search = r#"<?xml version='1.0'?>
+<stream>
+<message type="info">Loading repository data...</message>
+<search-result version="0.0">
+<solvable-list>
+<solvable status="installed" name="vendor-b" kind="package" edition="1.0-1" arch="noarch" repository="Vendor B"/>
+<solvable status="not-installed" name="vendor-extra" kind="package" edition="1:0.9-1" arch="noarch" repository="Vendor B"/>
+<solvable status="installed" name="base" kind="package" edition="1.0-1" arch="noarch" repository="(System Packages)"/>
+</solvable-list>
+</search-result>
+</stream>"#;
+        let offers = parse_search(search).unwrap();
+        assert_eq!(
+            offers,
+            [
+                rpm_repos::Offer {
+                    name: "vendor-b".into(),
+                    version: "1.0-1".into(),
+                    repo: "Vendor B".into()
+                },
+                rpm_repos::Offer {
+                    name: "vendor-extra".into(),
+                    version: "0.9-1".into(),
+                    repo: "Vendor B".into()
+                }
+            ]
+        );
+        let summary = r#"<?xml version='1.0'?>
+<stream>
+<install-summary download-size="5513" space-usage-diff="0" packages-to-change="2">
+<to-upgrade>
+<solvable type="package" name="vendor-b" edition="2.0-1" arch="noarch" edition-old="1.0-1" arch-old="noarch" summary="t">
+<description>t</description></solvable>
+</to-upgrade>
+<to-remove>
+<solvable type="package" name="oldtool" edition="1.0-1" arch="noarch" summary="t"/>
+</to-remove>
+</install-summary>
+<prompt id="0"><text>Continue?</text></prompt>
+</stream>"#;
+        let fates = parse_summary(summary).unwrap();
+        assert_eq!(
+            fates.get("vendor-b"),
+            Some(&Fate::Upgraded("2.0-1".into(), String::new()))
+        );
+        assert_eq!(fates.get("oldtool"), Some(&Fate::Removed));
+        assert_eq!(fates.len(), 2);
+        assert!(parse_summary("not xml").is_err());
     }
 }

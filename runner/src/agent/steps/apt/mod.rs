@@ -8,7 +8,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use super::apt_sources::{source_files, suites};
-use super::packages::{Foreign, PackageManager, Refreshed, SpaceEstimate, parse_size};
+use super::packages::{
+    Fate, Foreign, PackageManager, Refreshed, SpaceEstimate, fate_line, parse_size,
+};
 use super::{RunContext, StepContext, StepKind, chroot};
 use crate::core::cmd::{CommandExt, ToolOutput, stderr_tail};
 use crate::core::event::StepStatus;
@@ -822,13 +824,7 @@ impl PackageManager for Apt {
             .into_iter()
             .map(|pkg| {
                 let installed = versions.get(pkg.as_str()).copied().unwrap_or("?");
-                let fate = match fates.get(&pkg) {
-                    Some(Fate::Upgraded(v, from)) => format!("upgraded to {v} from {from}"),
-                    Some(Fate::Removed) => format!("{installed}, removed by the upgrade"),
-                    None if self.refreshed.succeeded() => format!("kept at {installed}"),
-                    None => installed.to_string(),
-                };
-                format!("{pkg} ({fate})")
+                fate_line(&pkg, installed, fates.get(&pkg), self.refreshed.succeeded())
             })
             .collect();
         Ok(Foreign {
@@ -949,15 +945,6 @@ fn signed_validly(status: &str) -> bool {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     tags.contains(&"VALIDSIG") && !tags.contains(&"BADSIG")
-}
-
-/// What a simulated upgrade does to a package.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Fate {
-    /// Installed anew at this version, from these archives.
-    Upgraded(String, String),
-    /// Removed.
-    Removed,
 }
 
 /// `apt-get -s dist-upgrade`: `Inst NAME [OLD] (NEW ARCHIVES [ARCH])` and
