@@ -74,7 +74,8 @@ fn migrate_check_changes_nothing_and_gives_a_stable_json_report() {
             "repositories",
             "disk-space",
             "held-packages",
-            "third-party"
+            "third-party",
+            "postgresql-space"
         ]
     );
     assert!(

@@ -12,6 +12,115 @@ use fixtures::{Fixtures, MIGRATION_IMAGE, report, serial, show};
 
 const EDITED: &str = "edited locally before the migration\n";
 
+/// Installs Debian's `postgresql` (15 on Debian 12) in the root, the
+/// packages starting nothing, and fills its cluster 15/main: 1000 rows in
+/// `app`'s `items`, 250 in `shop.orders`. The cluster runs only while the
+/// data goes in, on its socket in the root (no TCP).
+fn postgresql_15_with_data(root: &fixtures::ScratchRoot) {
+    let policy = root.join("usr/sbin/policy-rc.d");
+    std::fs::write(&policy, "#!/bin/sh\nexit 101\n").unwrap();
+    std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sql = "CREATE DATABASE app;
+\\c app
+CREATE TABLE items (id serial PRIMARY KEY, name text);
+INSERT INTO items (name) SELECT 'item ' || n FROM generate_series(1, 1000) n;
+CREATE SCHEMA shop;
+CREATE TABLE shop.orders (id serial PRIMARY KEY, item int REFERENCES items);
+INSERT INTO shop.orders (item) SELECT n FROM generate_series(1, 250) n;
+";
+    std::fs::write(root.join("tmp/data.sql"), sql).unwrap();
+    for args in [
+        &[
+            "apt-get",
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "postgresql",
+        ][..],
+        &["apt-get", "clean"],
+        &[
+            "install",
+            "-d",
+            "-o",
+            "postgres",
+            "-g",
+            "postgres",
+            "-m",
+            "2775",
+            "/run/postgresql",
+        ],
+        &[
+            "pg_ctlcluster",
+            "-o",
+            "-c listen_addresses=",
+            "15",
+            "main",
+            "start",
+        ],
+        &[
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "/tmp/data.sql",
+        ],
+        &["pg_ctlcluster", "15", "main", "stop"],
+    ] {
+        let out = root.chroot(args).unwrap();
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+    }
+    std::fs::remove_file(&policy).unwrap();
+    std::fs::remove_file(root.join("tmp/data.sql")).unwrap();
+    std::fs::remove_dir_all(root.join("run/postgresql")).unwrap();
+}
+
+/// `table|rows` of `app` in the root's cluster VERSION/main, started for the
+/// count (on its socket only) and stopped again.
+fn cluster_rows(root: &fixtures::ScratchRoot, version: &str) -> String {
+    let count = "SELECT 'items', count(*) FROM items UNION ALL SELECT 'shop.orders', count(*) FROM shop.orders";
+    let mut rows = String::new();
+    for args in [
+        &[
+            "install",
+            "-d",
+            "-o",
+            "postgres",
+            "-g",
+            "postgres",
+            "-m",
+            "2775",
+            "/run/postgresql",
+        ][..],
+        &[
+            "pg_ctlcluster",
+            "-o",
+            "-c listen_addresses=",
+            version,
+            "main",
+            "start",
+        ],
+        &[
+            "runuser", "-u", "postgres", "--", "psql", "-X", "-A", "-t", "-p", "5432", "-d", "app",
+            "-c", count,
+        ],
+        &["pg_ctlcluster", version, "main", "stop"],
+    ] {
+        let out = root.chroot(args).unwrap();
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+        if args[0] == "runuser" {
+            rows = String::from_utf8_lossy(&out.stdout).to_string();
+        }
+    }
+    let _ = std::fs::remove_dir_all(root.join("run/postgresql"));
+    rows
+}
+
 #[test]
 fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {
     let _serial = serial();
@@ -40,6 +149,8 @@ deb [{key}] {v}/c-old bookworm main
     vendors
         .install(&root, &["vendor-a", "vendor-b", "vendor-c"])
         .unwrap();
+    // A server's PostgreSQL: Debian 12's (15), its cluster holding data.
+    postgresql_15_with_data(&root);
 
     let child = f
         .migrate()
@@ -88,8 +199,35 @@ deb [{key}] {v}/c-old bookworm main
         "{vendor_sources}"
     );
 
+    // The cluster followed the release: 17/main on the port 15/main had,
+    // with every row; 15/main kept (stopped, on another port); nothing left
+    // running.
+    let clusters = root.chroot(&["pg_lsclusters", "-h"]).unwrap();
+    let clusters = String::from_utf8_lossy(&clusters.stdout).to_string();
+    let lines: Vec<Vec<&str>> = clusters
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{clusters}");
+    assert_eq!(lines[0][..4], ["15", "main", "5433", "down"], "{clusters}");
+    assert_eq!(lines[1][..4], ["17", "main", "5432", "down"], "{clusters}");
+    assert_eq!(
+        cluster_rows(&root, "17"),
+        "items|1000\nshop.orders|250\n",
+        "the rows of the new cluster"
+    );
+
     let report = report(&root.path).unwrap();
     assert_eq!(report["result"], "succeeded", "{report:#}");
+    let pg_log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    for line in [
+        "dropped the empty cluster 17/main that the PostgreSQL 17 package created",
+        "cluster 15/main: 2 tables, 1250 rows",
+        "cluster 17/main on port 5432: the same 2 tables and 1250 rows as 15/main",
+        "kept the old cluster 15/main (port 5433, stopped, started manually only)",
+    ] {
+        assert!(pg_log.contains(line), "{line}\n{pg_log}");
+    }
     assert_eq!(report["exit_code"], 0);
     assert_eq!(report["source"]["version_id"], "12");
     assert_eq!(report["target"]["version_id"], "13");
@@ -110,10 +248,12 @@ deb [{key}] {v}/c-old bookworm main
             "disk-space",
             "held-packages",
             "third-party",
+            "postgresql-space",
             "prefetch",
             "safety-backup",
             "switch-sources",
             "upgrade-packages",
+            "postgresql",
             "verify-release"
         ]
     );

@@ -17,6 +17,7 @@ pub(crate) mod delta;
 pub(crate) mod dnf;
 pub(crate) mod manifest;
 pub(crate) mod packages;
+pub(crate) mod pg_clusters;
 pub(crate) mod postgres;
 pub(crate) mod repofile;
 pub(crate) mod rpm;
@@ -102,6 +103,7 @@ pub(crate) fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
         Kind::SafetyBackup => Box::new(backup::SafetyBackup::new(step.options()?)),
         Kind::Command => Box::new(command::CommandStep::new(step.options()?)),
         Kind::Postgres => Box::new(postgres::PostgresStep::new(step.options()?)),
+        Kind::PostgresqlClusters => Box::new(pg_clusters::ClustersStep::new(step.options()?)),
         Kind::Rsync => Box::new(rsync::RsyncStep::new(step.options()?, step.phase)),
         Kind::VerifyCopy => Box::new(rsync::VerifyCopyStep::new(step.options()?)),
         Kind::Config => Box::new(config::ConfigStep::new(step.options()?)),

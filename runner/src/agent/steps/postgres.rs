@@ -267,7 +267,8 @@ fn glob(pattern: &str, text: &str) -> bool {
     go(&p, &t)
 }
 
-const TABLES_SQL: &str = "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables \
+/// Every table of a database outside the system schemas, quoted.
+pub(crate) const TABLES_SQL: &str = "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables \
      WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1";
 
 impl StepKind for PostgresStep {

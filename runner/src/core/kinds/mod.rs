@@ -106,6 +106,7 @@ kinds! {
     VerifyRelease = "verify-release", [Cutover, Post], packages::VerifyReleaseOptions;
     SafetyBackup = "safety-backup", [Cutover], backup::BackupOptions;
     Postgres = "postgres", [Sync, Cutover], postgres::PostgresOptions;
+    PostgresqlClusters = "postgresql-clusters", [Check, Cutover], postgres::ClustersOptions;
     Rsync = "rsync", [Sync, Cutover], rsync::RsyncOptions;
     VerifyCopy = "verify-copy", [Cutover, Post], rsync::VerifyCopyOptions;
     Config = "config", [Sync, Cutover, Post], config::ConfigOptions;

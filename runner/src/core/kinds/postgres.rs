@@ -151,3 +151,53 @@ pub(crate) fn url_has_password(url: &str) -> bool {
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
         || url.contains("password=")
 }
+
+/// How `pg_upgradecluster` moves a cluster to the new major version.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ClusterMethod {
+    /// `pg_upgrade` copying the data files: fast, needs free space about the
+    /// size of the cluster; the old cluster stays usable.
+    #[default]
+    Upgrade,
+    /// `pg_upgrade` with hard links: fastest, little space; the old cluster
+    /// must not be started once the new one has.
+    Link,
+    /// Dump and restore: slowest, needs free space about the size of the
+    /// cluster.
+    Dump,
+}
+
+impl ClusterMethod {
+    /// The name `pg_upgradecluster --method` takes.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ClusterMethod::Upgrade => "upgrade",
+            ClusterMethod::Link => "link",
+            ClusterMethod::Dump => "dump",
+        }
+    }
+}
+
+/// Options of `postgresql-clusters`: Debian's PostgreSQL clusters
+/// (postgresql-common) moved to the new major version.
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClustersOptions {
+    /// upgrade (pg_upgrade, copying; default), link (pg_upgrade with hard
+    /// links) or dump (dump and restore).
+    #[serde(default)]
+    pub(crate) method: ClusterMethod,
+    /// Drop each old cluster once the new one holds every table's rows
+    /// (default: keep it, stopped, on another port).
+    #[serde(default)]
+    pub(crate) drop_old: bool,
+    /// The major version to move to (default: the newest installed in the
+    /// root when the step runs).
+    #[serde(default)]
+    pub(crate) version: Option<u32>,
+}
+
+impl KindOptions for ClustersOptions {}

@@ -1,0 +1,638 @@
+//! `postgresql-clusters`: Debian's PostgreSQL clusters (postgresql-common)
+//! moved to the new major version with `pg_upgradecluster`, once the
+//! package upgrade has installed it.
+//!
+//! - In the check phase: every cluster, its size and the free space its
+//!   method needs; an inhibitor when its file system lacks that space or
+//!   its data directory is missing.
+//! - In the cutover, for each cluster of a major version older than the
+//!   target (the option `version`, else the newest server installed in the
+//!   root): the empty cluster the new version's package created under the
+//!   same name is dropped (refused if it holds anything); every table's
+//!   rows are counted in the old cluster; `pg_upgradecluster --method M`
+//!   moves it (same name, same port); the rows are counted again in the new
+//!   cluster and must match; then the old cluster is dropped (`drop_old`) or
+//!   kept (postgresql-common leaves it stopped, on another port, started
+//!   manually only).
+//!
+//! Clusters are started and stopped by the root's `pg_ctlcluster`, in the
+//! root, inside the migration container: the root's /run is the agent's,
+//! so postgresql-common does not redirect to systemd. Every cluster the
+//! step started is stopped again when it ends, however it ends. A cluster
+//! already running (a `postmaster.pid` in its data directory) is refused:
+//! on a live host PostgreSQL's units must be stopped first (a `service`
+//! step), because a second server on the same data from another PID and
+//! IPC namespace would corrupt it.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::{StepContext, StepKind};
+use crate::core::cmd::CommandExt;
+use crate::core::event::{Finding, Severity, StepStatus};
+use crate::core::kinds::postgres::{ClusterMethod, ClustersOptions};
+use crate::core::phase::Phase;
+
+/// One cluster, as `pg_lsclusters -h` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cluster {
+    pub(crate) version: u32,
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    pub(crate) owner: String,
+    /// The data directory, a path in the root.
+    pub(crate) data: String,
+}
+
+impl Cluster {
+    fn id(&self) -> String {
+        format!("{}/{}", self.version, self.name)
+    }
+}
+
+/// `pg_lsclusters -h`: `VERSION NAME PORT STATUS OWNER DATADIR LOGFILE`.
+fn parse_clusters(text: &str) -> Vec<Cluster> {
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let [version, name, port, _status, owner, data, ..] = w[..] else {
+                return None;
+            };
+            Some(Cluster {
+                version: version.parse().ok()?,
+                name: name.to_string(),
+                port: port.parse().ok()?,
+                owner: owner.to_string(),
+                data: data.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The major versions whose server is installed in `root`
+/// (`/usr/lib/postgresql/N/bin/postgres`), sorted.
+fn installed_versions(root: &Path) -> Vec<u32> {
+    let mut out: Vec<u32> = std::fs::read_dir(root.join("usr/lib/postgresql"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("bin/postgres").is_file())
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+/// Bytes allocated under `dir` (not following symbolic links).
+fn allocated(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => allocated(&e.path()) + m.blocks() * 512,
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The `postgresql-clusters` step.
+pub(crate) struct ClustersStep {
+    opts: ClustersOptions,
+}
+
+impl ClustersStep {
+    pub(crate) fn new(opts: ClustersOptions) -> Self {
+        Self { opts }
+    }
+
+    /// The root's clusters; none when postgresql-common is not installed.
+    fn clusters(ctx: &StepContext<'_>) -> Result<Vec<Cluster>> {
+        if !ctx.root().join("usr/bin/pg_lsclusters").is_file() {
+            return Ok(Vec::new());
+        }
+        let text = ctx
+            .chroot("pg_lsclusters")
+            .arg("-h")
+            .run_get_string()
+            .context("listing the PostgreSQL clusters (pg_lsclusters)")?;
+        Ok(parse_clusters(&text))
+    }
+
+    /// Space the method needs beside a cluster of `size` bytes.
+    fn needs(&self, size: u64) -> u64 {
+        match self.opts.method {
+            ClusterMethod::Link => 0,
+            // A copy of the data, and a tenth more for what the new
+            // version writes itself.
+            ClusterMethod::Upgrade | ClusterMethod::Dump => size + size / 10,
+        }
+    }
+
+    /// Why `cluster` cannot be moved as planned, if it cannot (its data
+    /// directory missing, too little free space for the method); a line
+    /// saying what it holds otherwise.
+    fn assess(&self, ctx: &StepContext<'_>, cluster: &Cluster) -> Result<Result<String, String>> {
+        let data = ctx.path(&cluster.data)?;
+        if !data.is_dir() {
+            return Ok(Err(format!(
+                "cluster {}: its data directory {} is missing",
+                cluster.id(),
+                cluster.data
+            )));
+        }
+        let size = allocated(&data);
+        let st = nix::sys::statvfs::statvfs(&data)
+            .with_context(|| format!("statvfs {}", data.display()))?;
+        let free = st.blocks_available() * st.fragment_size();
+        let need = self.needs(size);
+        let mb = |b: u64| b as f64 / 1e6;
+        if free < need {
+            return Ok(Err(format!(
+                "cluster {} holds {:.0} MB in {}; its file system has {:.0} MB free and method \"{}\" needs {:.0} MB",
+                cluster.id(),
+                mb(size),
+                cluster.data,
+                mb(free),
+                self.opts.method.name(),
+                mb(need)
+            )));
+        }
+        Ok(Ok(format!(
+            "cluster {} (port {}): {:.1} MB in {}, {:.0} MB free; method \"{}\"",
+            cluster.id(),
+            cluster.port,
+            mb(size),
+            cluster.data,
+            mb(free),
+            self.opts.method.name()
+        )))
+    }
+
+    /// The clusters to move: older than the target version, which is the
+    /// plan's, else the newest installed (`None` when nothing is).
+    fn to_move(&self, ctx: &StepContext<'_>, clusters: &[Cluster]) -> (Option<u32>, Vec<Cluster>) {
+        let target = self
+            .opts
+            .version
+            .or_else(|| installed_versions(ctx.root()).last().copied());
+        let old = clusters
+            .iter()
+            .filter(|c| target.is_some_and(|t| c.version < t))
+            .cloned()
+            .collect();
+        (target, old)
+    }
+
+    fn check(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        let clusters = Self::clusters(ctx)?;
+        if clusters.is_empty() {
+            ctx.say("no PostgreSQL cluster in the root");
+            return Ok(StepStatus::Succeeded);
+        }
+        // Before the package upgrade the target's server is not installed
+        // yet: every cluster not of the plan's version will move.
+        let moving = clusters
+            .iter()
+            .filter(|c| self.opts.version != Some(c.version));
+        let mut problems = Vec::new();
+        for cluster in moving {
+            match self.assess(ctx, cluster)? {
+                Ok(line) => ctx.say(line),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        if !problems.is_empty() {
+            ctx.finding(Finding {
+                id: "postgresql-clusters".into(),
+                severity: Severity::Inhibitor,
+                message: problems.join("; "),
+                hint: "free space where the cluster is, or set method = \"link\" on the postgresql-clusters step".into(),
+            });
+        }
+        Ok(StepStatus::Succeeded)
+    }
+}
+
+/// The clusters a step started, stopped again when it is dropped.
+struct Started<'a> {
+    ctx: &'a StepContext<'a>,
+    clusters: Vec<Cluster>,
+}
+
+impl Started<'_> {
+    fn start(&mut self, cluster: &Cluster) -> Result<()> {
+        pg_ctl(self.ctx, cluster, "start")?;
+        self.clusters.push(cluster.clone());
+        Ok(())
+    }
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        for c in self.clusters.iter().rev() {
+            let pid = self
+                .ctx
+                .path(&c.data)
+                .map(|d| d.join("postmaster.pid").exists());
+            if pid.unwrap_or(false) {
+                match pg_ctl(self.ctx, c, "stop") {
+                    Ok(()) => self.ctx.say(format!("cluster {} stopped", c.id())),
+                    Err(e) => self.ctx.say(format!("stopping cluster {}: {e:#}", c.id())),
+                }
+            }
+        }
+    }
+}
+
+/// Whose server a cluster's `postmaster.pid` names.
+enum Postmaster {
+    /// No `postmaster.pid`: the cluster is down.
+    None,
+    /// A process of this container (the agent's PID namespace).
+    Here,
+    /// A process this container does not see (the host's, on a live
+    /// host), or a stale file.
+    Elsewhere(String),
+}
+
+fn postmaster(ctx: &StepContext<'_>, cluster: &Cluster) -> Result<Postmaster> {
+    let file = ctx.path(&cluster.data)?.join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Ok(Postmaster::None);
+    };
+    let pid = text.lines().next().unwrap_or_default().trim().to_string();
+    let ours = !pid.is_empty()
+        && std::fs::read_link(Path::new("/proc").join(&pid).join("cwd"))
+            .is_ok_and(|cwd| cwd == ctx.root().join(cluster.data.trim_start_matches('/')));
+    Ok(if ours {
+        Postmaster::Here
+    } else {
+        Postmaster::Elsewhere(pid)
+    })
+}
+
+/// `pg_ctlcluster VERSION NAME ACTION` in the root, never through systemd.
+fn pg_ctl(ctx: &StepContext<'_>, cluster: &Cluster, action: &str) -> Result<()> {
+    ctx.run(ctx.chroot("pg_ctlcluster").args([
+        "--skip-systemctl-redirect",
+        &cluster.version.to_string(),
+        &cluster.name,
+        action,
+    ]))
+    .with_context(|| format!("pg_ctlcluster {} {action}", cluster.id()))
+}
+
+/// Rows of `sql` run by the cluster's owner with the root's psql.
+fn psql(ctx: &StepContext<'_>, cluster: &Cluster, db: &str, sql: &str) -> Result<Vec<String>> {
+    let text = ctx
+        .chroot("runuser")
+        .args(["-u", &cluster.owner, "--", "psql", "-X", "-A", "-t", "-q"])
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-p",
+            &cluster.port.to_string(),
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .run_get_string()
+        .with_context(|| format!("querying cluster {} (database {db})", cluster.id()))?;
+    Ok(text.lines().map(str::to_string).collect())
+}
+
+/// The databases a cluster serves (template0, which takes no connection,
+/// and template1 left out).
+const DATABASES_SQL: &str =
+    "SELECT datname FROM pg_database WHERE datallowconn AND datname <> 'template1' ORDER BY 1";
+
+/// The row count of every table of every database, by `database:table`.
+fn row_counts(ctx: &StepContext<'_>, cluster: &Cluster) -> Result<BTreeMap<String, u64>> {
+    let mut out = BTreeMap::new();
+    for db in psql(ctx, cluster, "postgres", DATABASES_SQL)? {
+        let tables = psql(ctx, cluster, &db, super::postgres::TABLES_SQL)?;
+        // One query per database, in chunks: `SELECT i, count(*) FROM t`.
+        for (chunk_no, chunk) in tables.chunks(200).enumerate() {
+            let sql = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("SELECT {}, count(*) FROM {t}", chunk_no * 200 + i))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            for row in psql(ctx, cluster, &db, &sql)? {
+                let (i, n) = row
+                    .split_once('|')
+                    .with_context(|| format!("unexpected psql row {row:?}"))?;
+                let table = i
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| tables.get(i))
+                    .with_context(|| format!("unexpected psql row {row:?}"))?;
+                let n: u64 = n
+                    .parse()
+                    .with_context(|| format!("unexpected psql row {row:?}"))?;
+                out.insert(format!("{db}:{}", table.replace('"', "")), n);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What differs between the row counts before and after.
+fn differences(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (table, n) in before {
+        match after.get(table) {
+            None => out.push(format!("{table} is missing")),
+            Some(m) if m != n => out.push(format!("{table} has {m} rows, {n} before")),
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+impl ClustersStep {
+    fn upgrade(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        let clusters = Self::clusters(ctx)?;
+        let (target, old) = self.to_move(ctx, &clusters);
+        let Some(target) = target else {
+            ctx.say("no PostgreSQL server is installed in the root");
+            return Ok(StepStatus::Succeeded);
+        };
+        if old.is_empty() {
+            ctx.say(format!("no PostgreSQL cluster older than {target}"));
+            return Ok(StepStatus::Succeeded);
+        }
+        if !installed_versions(ctx.root()).contains(&target) {
+            bail!(
+                "PostgreSQL {target} is not installed in the root; the package upgrade should have installed it"
+            );
+        }
+        // Validate every cluster first: nothing changes unless all can move.
+        let mut ours = Vec::new();
+        for cluster in &clusters {
+            match postmaster(ctx, cluster)? {
+                Postmaster::Here => ours.push(cluster),
+                Postmaster::Elsewhere(pid) if ctx.run.live => bail!(
+                    "cluster {} is running (postmaster pid {pid}); stop PostgreSQL first: a `service` step stopping postgresql.service before this one",
+                    cluster.id()
+                ),
+                Postmaster::Elsewhere(_) | Postmaster::None => {}
+            }
+        }
+        for cluster in &old {
+            if let Err(problem) = self.assess(ctx, cluster)? {
+                bail!("{problem}");
+            }
+        }
+        // Started in this container by a package's maintainer scripts
+        // during the upgrade: stopped before the clusters move.
+        for cluster in ours {
+            pg_ctl(ctx, cluster, "stop")?;
+            ctx.say(format!(
+                "cluster {} ran in the migration container (started by its package's scripts): stopped",
+                cluster.id()
+            ));
+        }
+        // The socket directory, on the agent's /run of the root.
+        ctx.run(ctx.chroot("install").args([
+            "-d",
+            "-o",
+            "postgres",
+            "-g",
+            "postgres",
+            "-m",
+            "2775",
+            "/run/postgresql",
+        ]))
+        .context("creating /run/postgresql")?;
+        let mut started = Started {
+            ctx,
+            clusters: Vec::new(),
+        };
+        for cluster in &old {
+            self.move_one(ctx, &mut started, &clusters, cluster, target)?;
+        }
+        Ok(StepStatus::Succeeded)
+    }
+
+    fn move_one(
+        &self,
+        ctx: &StepContext<'_>,
+        started: &mut Started<'_>,
+        clusters: &[Cluster],
+        cluster: &Cluster,
+        target: u32,
+    ) -> Result<()> {
+        // The package of the new version made a default cluster of the same
+        // name: pg_upgradecluster needs the name free.
+        if let Some(fresh) = clusters
+            .iter()
+            .find(|c| c.version == target && c.name == cluster.name)
+        {
+            started.start(fresh)?;
+            let databases: Vec<String> = psql(ctx, fresh, "postgres", DATABASES_SQL)?
+                .into_iter()
+                .filter(|d| d != "postgres")
+                .collect();
+            let tables = psql(ctx, fresh, "postgres", super::postgres::TABLES_SQL)?;
+            if !databases.is_empty() || !tables.is_empty() {
+                bail!(
+                    "cluster {} already holds data ({}); pg_upgradecluster needs the name {} free: move or drop that cluster first",
+                    fresh.id(),
+                    databases
+                        .into_iter()
+                        .chain(tables)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    cluster.name
+                );
+            }
+            ctx.run(ctx.chroot("pg_dropcluster").args([
+                "--stop",
+                &fresh.version.to_string(),
+                &fresh.name,
+            ]))
+            .with_context(|| format!("dropping the empty cluster {}", fresh.id()))?;
+            started.clusters.retain(|c| c != fresh);
+            ctx.say(format!(
+                "dropped the empty cluster {} that the PostgreSQL {target} package created",
+                fresh.id()
+            ));
+        }
+        started.start(cluster)?;
+        let before = row_counts(ctx, cluster)?;
+        ctx.say(format!(
+            "cluster {}: {} tables, {} rows",
+            cluster.id(),
+            before.len(),
+            before.values().sum::<u64>()
+        ));
+        ctx.run(ctx.chroot("pg_upgradecluster").args([
+            "--method",
+            self.opts.method.name(),
+            "-v",
+            &target.to_string(),
+            &cluster.version.to_string(),
+            &cluster.name,
+        ]))
+        .with_context(|| format!("pg_upgradecluster {}", cluster.id()))?;
+        let now = Self::clusters(ctx)?;
+        let new = now
+            .iter()
+            .find(|c| c.version == target && c.name == cluster.name)
+            .with_context(|| {
+                format!(
+                    "pg_upgradecluster made no cluster {target}/{}",
+                    cluster.name
+                )
+            })?
+            .clone();
+        // pg_upgradecluster starts the new cluster as the old one ran; it
+        // is this step's to stop either way.
+        if ctx.path(&new.data)?.join("postmaster.pid").exists() {
+            started.clusters.push(new.clone());
+        } else {
+            started.start(&new)?;
+        }
+        let after = row_counts(ctx, &new)?;
+        let problems = differences(&before, &after);
+        if !problems.is_empty() {
+            bail!(
+                "cluster {} differs from {} after the upgrade: {}; the old cluster is kept",
+                new.id(),
+                cluster.id(),
+                problems.join("; ")
+            );
+        }
+        ctx.say(format!(
+            "cluster {} on port {}: the same {} tables and {} rows as {}",
+            new.id(),
+            new.port,
+            after.len(),
+            after.values().sum::<u64>(),
+            cluster.id()
+        ));
+        if self.opts.drop_old {
+            ctx.run(ctx.chroot("pg_dropcluster").args([
+                "--stop",
+                &cluster.version.to_string(),
+                &cluster.name,
+            ]))
+            .with_context(|| format!("dropping the old cluster {}", cluster.id()))?;
+            started.clusters.retain(|c| c != cluster);
+            ctx.say(format!("dropped the old cluster {}", cluster.id()));
+        } else if let Some(kept) = now
+            .iter()
+            .find(|c| c.version == cluster.version && c.name == cluster.name)
+        {
+            ctx.say(format!(
+                "kept the old cluster {} (port {}, stopped, started manually only)",
+                kept.id(),
+                kept.port
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl StepKind for ClustersStep {
+    fn describe(&self) -> String {
+        format!(
+            "Move the PostgreSQL clusters to the new major version (pg_upgradecluster, method {})",
+            self.opts.method.name()
+        )
+    }
+
+    fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
+        match ctx.step.phase {
+            Phase::Check => self.check(ctx),
+            _ => self.upgrade(ctx),
+        }
+    }
+
+    fn dry_run(&self, ctx: &StepContext<'_>) -> Result<()> {
+        let clusters = Self::clusters(ctx)?;
+        if clusters.is_empty() {
+            ctx.say("would do nothing: no PostgreSQL cluster in the root");
+            return Ok(());
+        }
+        let drop = if self.opts.drop_old { "drop" } else { "keep" };
+        for c in clusters
+            .iter()
+            .filter(|c| self.opts.version != Some(c.version))
+        {
+            ctx.say(format!(
+                "would move cluster {} (port {}) to the new major version with method \"{}\" once it is installed, compare every table's rows, then {drop} the old cluster",
+                c.id(),
+                c.port,
+                self.opts.method.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clusters_are_read_from_pg_lsclusters() {
+        let text = "15 main 5432 down postgres /var/lib/postgresql/15/main /var/log/postgresql/postgresql-15-main.log\n\
+                    17 main 5433 online,recovery postgres /var/lib/postgresql/17/main /var/log/postgresql/postgresql-17-main.log\n\
+                    garbage\n";
+        let c = parse_clusters(text);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (
+                c[0].version,
+                c[0].name.as_str(),
+                c[0].port,
+                c[0].data.as_str()
+            ),
+            (15, "main", 5432, "/var/lib/postgresql/15/main")
+        );
+        assert_eq!(c[1].id(), "17/main");
+    }
+
+    #[test]
+    fn row_counts_must_match() {
+        let before: BTreeMap<String, u64> = [("app:public.items", 3), ("app:public.users", 2)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let mut after = before.clone();
+        assert!(differences(&before, &after).is_empty());
+        after.insert("app:public.items".into(), 2);
+        after.remove("app:public.users");
+        assert_eq!(
+            differences(&before, &after),
+            [
+                "app:public.items has 2 rows, 3 before",
+                "app:public.users is missing"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_method_decides_the_space_needed() {
+        let step = |method| {
+            ClustersStep::new(ClustersOptions {
+                method,
+                ..Default::default()
+            })
+        };
+        assert_eq!(step(ClusterMethod::Link).needs(1000), 0);
+        assert_eq!(step(ClusterMethod::Upgrade).needs(1000), 1100);
+        assert_eq!(step(ClusterMethod::Dump).needs(1000), 1100);
+    }
+}
