@@ -101,6 +101,26 @@ fn upgrades_to_release_2(flavor: Flavor) {
         ),
     )
     .unwrap();
+    // dnf: a second repository of TestOS that no plan names, told to be the
+    // distribution's by its key file, which holds the key the image names.
+    let updates_repo = root.path.join(repo_dir).join("testos-updates.repo");
+    if flavor == Flavor::Dnf {
+        let key = root.path.join("etc/pki/rpm-gpg/RPM-GPG-KEY-testos");
+        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("images/testos-dnf/keys/RPM-GPG-KEY-testos"),
+            &key,
+        )
+        .unwrap();
+        std::fs::write(
+            &updates_repo,
+            format!(
+                "[testos-updates]\nname=TestOS updates\nbaseurl={u}/$releasever/\nenabled=1\ngpgcheck=0\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-testos\n"
+            ),
+        )
+        .unwrap();
+    }
     let repos = rpm::repositories(&f.cache).unwrap();
     let mut install = vec!["-i".to_string()];
     for (dir, name, version) in rpm::VENDOR_REPOSITORIES {
@@ -226,6 +246,13 @@ fn upgrades_to_release_2(flavor: Flavor) {
     // The vendors' repositories as decided, and their packages.
     for p in ["vendor-a-1.0-1", "vendor-b-2.0-1", "vendor-c-2.0-1"] {
         assert!(installed.contains(&p.to_string()), "{p} in {installed:?}");
+    }
+    if flavor == Flavor::Dnf {
+        let line = format!(
+            "/{} [testos-updates] {u}/$releasever/: the distribution's; as the plan's repositories and release version say",
+            repo_dir.join("testos-updates.repo").display()
+        );
+        assert!(run_log.contains(&line), "{line}\n{run_log}");
     }
     let shown = format!("/{}", repo_dir.join("vendors.repo").display());
     for line in [

@@ -247,12 +247,14 @@ fn passfile(
 pub(crate) fn table_matches(pattern: &str, table: &str) -> bool {
     let (schema, name) = table.split_once('.').unwrap_or(("public", table));
     match pattern.split_once('.') {
-        Some((ps, pn)) => glob(ps, schema) && glob(pn, name),
-        None => glob(pattern, name),
+        Some((ps, pn)) => glob_matches(ps, schema) && glob_matches(pn, name),
+        None => glob_matches(pattern, name),
     }
 }
 
-fn glob(pattern: &str, text: &str) -> bool {
+/// Whether `text` matches `pattern`, whose `*` matches any run of
+/// characters and `?` any one.
+pub(crate) fn glob_matches(pattern: &str, text: &str) -> bool {
     fn go(p: &[char], t: &[char]) -> bool {
         match (p.first(), t.first()) {
             (None, None) => true,

@@ -142,6 +142,12 @@ pub(crate) fn configured(files: &RepoFiles, dir: &str) -> Vec<RpmSource> {
 pub(crate) trait RpmProbe {
     /// The primary-key fingerprints of a key file in the root.
     fn fingerprints(&self, key_file: &str) -> Vec<String>;
+    /// The primary-key fingerprints of the migration image's key files
+    /// that `pattern` names (an absolute path, `*` allowed in its file
+    /// name).
+    fn image_fingerprints(&self, pattern: &str) -> Vec<String> {
+        image_key_fingerprints(pattern)
+    }
     /// Whether `source`, at `url` (its own when `None`), answers for the
     /// target release.
     fn answers(&self, source: &RpmSource, url: Option<&str>) -> bool;
@@ -175,13 +181,23 @@ impl RpmPolicy<'_> {
     /// Classifies and decides `source` in place.
     pub(crate) fn decide(&self, probe: &dyn RpmProbe, source: &mut RpmSource) {
         let named = self.changes.iter().any(|c| c.id == source.id);
+        // Fingerprints, and key files of the image (`/...`).
         let ours: Vec<String> = self
             .distribution_keys
             .iter()
-            .map(|k| Self::normalized(k))
+            .flat_map(|k| {
+                if k.starts_with('/') {
+                    probe.image_fingerprints(k)
+                } else {
+                    vec![k.clone()]
+                }
+            })
+            .map(|k| Self::normalized(&k))
             .collect();
         let signed = source.keys.iter().any(|k| {
-            let k = k.replace("$releasever", self.from);
+            let k = k
+                .replace("$releasever", self.from)
+                .replace("$basearch", std::env::consts::ARCH);
             probe
                 .fingerprints(&k)
                 .iter()
@@ -305,6 +321,33 @@ pub(crate) fn key_fingerprints(root: &std::path::Path, key_file: &str) -> Vec<St
         .run_get_string()
         .map(|listing| super::rpm_keys::primary_fingerprints(&listing))
         .unwrap_or_default()
+}
+
+/// The primary-key fingerprints of the image's key files `pattern` names
+/// (an absolute path, `*` allowed in its file name), sorted by file.
+pub(crate) fn image_key_fingerprints(pattern: &str) -> Vec<String> {
+    let path = std::path::Path::new(pattern);
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| super::postgres::glob_matches(name, n))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| key_fingerprints(std::path::Path::new("/"), &f.to_string_lossy()))
+        .collect()
 }
 
 /// The single repository `id` of `file` (a path in `root`), moved to `url`
@@ -507,7 +550,7 @@ mod tests {
 
     impl RpmProbe for Fake {
         fn fingerprints(&self, key_file: &str) -> Vec<String> {
-            if key_file == "/etc/pki/rpm-gpg/os-1" {
+            if key_file == format!("/etc/pki/rpm-gpg/os-1-{}", std::env::consts::ARCH) {
                 vec!["AAAA BBBB".into()]
             } else {
                 vec!["CCCC".into()]
@@ -516,6 +559,13 @@ mod tests {
         fn answers(&self, source: &RpmSource, url: Option<&str>) -> bool {
             let url = url.unwrap_or(&source.url);
             url.contains("/b/") || url.contains("/c-new") || url.contains("/d/2/")
+        }
+        fn image_fingerprints(&self, pattern: &str) -> Vec<String> {
+            if pattern == "/usr/share/keys/os-*" {
+                vec!["aaaabbbb".into()]
+            } else {
+                Vec::new()
+            }
         }
     }
 
@@ -576,7 +626,7 @@ mod tests {
     fn repositories_are_classified_by_the_plan_and_keys_and_decided() {
         let files = RepoFiles::from([(
             "all.repo".to_string(),
-            "[os]\nbaseurl=http://os.example/$releasever/\ngpgkey=file:///etc/pki/rpm-gpg/os-$releasever\n\n\
+            "[os]\nbaseurl=http://os.example/$releasever/\ngpgkey=file:///etc/pki/rpm-gpg/os-$releasever-$basearch\n\n\
              [named]\nbaseurl=http://mirror.example/1/\n\n\
              [a]\nbaseurl=http://v.example/a/$releasever/\n\n\
              [b]\nname=B\nbaseurl=http://v.example/b/$releasever/\ngpgkey=file:///etc/pki/rpm-gpg/vendor\n\n\
@@ -601,7 +651,8 @@ mod tests {
             matches: "http://v.example/c-old".into(),
             url: "http://v.example/c-new/".into(),
         }];
-        let keys = ["aaaabbbb".to_string()];
+        // The distribution's keys as the image's key files.
+        let keys = ["/usr/share/keys/os-*".to_string()];
         let policy = RpmPolicy {
             changes: &changes,
             distribution_keys: &keys,

@@ -100,7 +100,9 @@ pub(crate) struct ZypperOptions {
     /// no other key.
     #[serde(default)]
     pub(crate) trusted_keys: Vec<TrustedKey>,
-    /// Fingerprints of the keys that sign the distribution's repositories.
+    /// The keys that sign the distribution's repositories: fingerprints,
+    /// or key files of the migration image (an absolute path, `*` allowed
+    /// in the file name).
     /// A repository is the distribution's when `repositories` names it or
     /// its `gpgkey` file holds one of these keys; the others are
     /// third-party: moved by a vendor map, switched when they answer for
@@ -186,7 +188,9 @@ pub(crate) struct DnfOptions {
     /// changes.
     #[serde(default)]
     pub(crate) allow_removal: Vec<String>,
-    /// Fingerprints of the keys that sign the distribution's repositories.
+    /// The keys that sign the distribution's repositories: fingerprints,
+    /// or key files of the migration image (an absolute path, `*` allowed
+    /// in the file name).
     /// A repository is the distribution's when `repositories` names it or
     /// its `gpgkey` file holds one of these keys; the others are
     /// third-party: moved by a vendor map, switched when they answer for
