@@ -463,7 +463,7 @@ impl PackageManager for Dnf {
             Ok(text) => {
                 let extras = self
                     .scratch_dnf()?
-                    .args(["-q", "list", "--installed", "--extras"])
+                    .args(["-q", "list", "--extras"])
                     .run_get_string()?;
                 (parse_fates(&text), parse_extras(&extras), true)
             }
