@@ -294,6 +294,7 @@ grace_seconds = 3
 units = ["systemd-journald.service", "no-such.service"]
 commands = [["test", "-e", "/var/lib/cutover-ran"], ["sh", "-c", "echo not serving >&2; exit 1"]]
 ports = ["127.0.0.1:9"]
+before_reboot = [["sh", "-c", "test -e /etc/app-ok || { echo 'app: /etc/app-ok is missing' >&2; exit 1; }"]]
 "#,
     );
     let booted = BootedRoot::boot(f, &root.path).unwrap();
@@ -367,12 +368,18 @@ ports = ["127.0.0.1:9"]
         .map(|p| p.as_str().unwrap())
         .collect();
     assert_eq!(held["bootable"]["kernel"], "6.12.99-test");
-    assert_eq!(problems.len(), 5, "{problems:?}");
+    assert_eq!(problems.len(), 6, "{problems:?}");
     assert!(problems[0].starts_with("/boot/initrd.img-6.12.99-test is missing"));
     assert!(problems[1].contains("does not name vmlinuz-6.12.99-test"));
     assert!(problems[3].starts_with("/etc/fstab: UUID=00000000-no-such-disk (for /)"));
     assert!(
         problems[4].starts_with("sshd -t: ") && problems[4].contains("NoSuchOption"),
+        "{problems:?}"
+    );
+    // The plan's own check (`[health] before_reboot`), with what it said.
+    assert!(
+        problems[5].starts_with("sh -c test -e /etc/app-ok")
+            && problems[5].ends_with(": app: /etc/app-ok is missing"),
         "{problems:?}"
     );
     assert_eq!(
@@ -389,6 +396,7 @@ ports = ["127.0.0.1:9"]
     );
     write(&root.path, "etc/fstab", &fstab);
     std::fs::remove_file(root.join("etc/ssh/sshd_config.d/broken.conf")).unwrap();
+    write(&root.path, "etc/app-ok", "");
 
     // The reboot path: nothing left to run, so migrate asks logind.
     let out = booted.run(&["migrate", "run", "--reboot"]).unwrap();
@@ -405,6 +413,13 @@ ports = ["127.0.0.1:9"]
             .unwrap()
             .iter()
             .any(|n| n == "sshd -t: the configuration is valid"),
+        "{bootable}"
+    );
+    assert!(
+        bootable["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.starts_with("sh -c test -e /etc/app-ok")
+                && n.ends_with(": the configuration is valid"))),
         "{bootable}"
     );
     booted.wait_stopped(Duration::from_secs(120)).unwrap();

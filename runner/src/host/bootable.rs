@@ -26,7 +26,9 @@ const LIMIT: u64 = 64 << 20;
 
 /// Checks the root; `live`: it is the running host (fstab's devices are
 /// this machine's).
-pub(crate) fn check(root: &Path, live: bool) -> Result<Bootability> {
+/// `extra`: the plan's own checks (`[health] before_reboot`), run like the
+/// built-in ones.
+pub(crate) fn check(root: &Path, live: bool, extra: &[Vec<String>]) -> Result<Bootability> {
     let mut b = Bootability {
         checked_at: crate::core::event::timestamp(std::time::SystemTime::now()),
         ..Bootability::default()
@@ -42,6 +44,7 @@ pub(crate) fn check(root: &Path, live: bool) -> Result<Bootability> {
     packages(root, &mut b)?;
     if live {
         service_configs(root, &mut b);
+        plan_checks(extra, &mut b);
     } else {
         b.notes.push(
             "service configuration checks: not run (a root directory's programs run only in its container)".into(),
@@ -69,35 +72,58 @@ fn service_configs(root: &Path, b: &mut Bootability) {
             .args(args)
             .stdin(std::process::Stdio::null())
             .output();
-        match out {
-            Ok(o) if o.status.success() => {
-                b.notes.push(format!("{shown}: the configuration is valid"))
-            }
-            Ok(o) => {
-                let stderr = String::from_utf8_lossy(&o.stderr);
-                // Its first lines name the problem (sshd's last one only
-                // says it is terminating).
-                let lines: Vec<&str> = stderr
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .take(3)
-                    .collect();
-                let said = if lines.is_empty() {
-                    "it failed and said nothing".to_string()
-                } else {
-                    lines.join("; ")
-                };
-                // Made by the service's unit when it starts: not a fault
-                // of the configuration.
-                if said.contains("Missing privilege separation directory") {
-                    b.notes.push(format!("{shown}: not checked ({said})"));
-                } else {
-                    b.problems.push(format!("{shown}: {said}"));
-                }
-            }
-            Err(e) => b.notes.push(format!("{shown}: could not run: {e}")),
+        judge(&shown, out, b);
+    }
+}
+
+/// The plan's own checks (`[health] before_reboot`), run on the running
+/// host as the plan wrote them; one that cannot run is a problem too.
+fn plan_checks(commands: &[Vec<String>], b: &mut Bootability) {
+    for command in commands {
+        let Some((program, args)) = command.split_first() else {
+            continue;
+        };
+        let shown = command.join(" ");
+        match std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+        {
+            Err(e) => b.problems.push(format!("{shown}: could not run: {e}")),
+            out => judge(&shown, out, b),
         }
+    }
+}
+
+/// A configuration check's outcome (`shown`: how it is named): a note when
+/// it passed, a problem with the first lines it said when it failed.
+fn judge(shown: &str, out: std::io::Result<std::process::Output>, b: &mut Bootability) {
+    match out {
+        Ok(o) if o.status.success() => b.notes.push(format!("{shown}: the configuration is valid")),
+        Ok(o) => {
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            // Its first lines name the problem (sshd's last one only says it
+            // is terminating).
+            let lines: Vec<&str> = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .take(3)
+                .collect();
+            let said = if lines.is_empty() {
+                "it failed and said nothing".to_string()
+            } else {
+                lines.join("; ")
+            };
+            // Made by the service's unit when it starts: not a fault of the
+            // configuration.
+            if said.contains("Missing privilege separation directory") {
+                b.notes.push(format!("{shown}: not checked ({said})"));
+            } else {
+                b.problems.push(format!("{shown}: {said}"));
+            }
+        }
+        Err(e) => b.notes.push(format!("{shown}: could not run: {e}")),
     }
 }
 
@@ -298,7 +324,7 @@ mod tests {
             ("boot/initrd.img-6.12.0-1-amd64", "i"),
             ("boot/grub/grub.cfg", grub),
         ]);
-        let b = check(good.path(), false).unwrap();
+        let b = check(good.path(), false, &[]).unwrap();
         assert_eq!(b.kernel.as_deref(), Some("6.12.0-1-amd64"));
         assert!(b.problems.is_empty(), "{:?}", b.problems);
 
@@ -306,13 +332,13 @@ mod tests {
             ("boot/vmlinuz-6.12.0-1-amd64", "k"),
             ("boot/grub/grub.cfg", &grub.replace("6.12.0-1", "6.1.0-18")),
         ]);
-        let b = check(stale.path(), false).unwrap();
+        let b = check(stale.path(), false, &[]).unwrap();
         assert_eq!(b.problems.len(), 3, "{:?}", b.problems);
         assert!(b.problems[0].starts_with("/boot/initrd.img-6.12.0-1-amd64 is missing"));
         assert!(b.problems[1].contains("does not name vmlinuz-6.12.0-1-amd64"));
 
         let container = root_with(&[("etc/os-release", "ID=debian\n")]);
-        let b = check(container.path(), false).unwrap();
+        let b = check(container.path(), false, &[]).unwrap();
         assert!(b.problems.is_empty() && b.kernel.is_none());
         assert!(b.notes[0].starts_with("kernel: none in /boot"));
     }
@@ -327,12 +353,12 @@ mod tests {
                      server:/export /mnt nfs defaults 0 0\n";
         assert_eq!(needed_entries(fstab), [("UUID=0000-not-here", "/")]);
         let root = root_with(&[("etc/fstab", fstab)]);
-        let b = check(root.path(), true).unwrap();
+        let b = check(root.path(), true, &[]).unwrap();
         assert_eq!(b.problems.len(), 1, "{:?}", b.problems);
         assert!(
             b.problems[0].starts_with("/etc/fstab: UUID=0000-not-here (for /) names no device")
         );
-        let b = check(root.path(), false).unwrap();
+        let b = check(root.path(), false, &[]).unwrap();
         assert!(b.problems.is_empty());
     }
 
@@ -370,6 +396,27 @@ mod tests {
             ]
         );
         assert_eq!(b.notes, ["nginx -t -q: the configuration is valid"]);
+        // The plan's own checks, beside them.
+        let mut b = Bootability::default();
+        let command = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        plan_checks(
+            &[
+                command(&["sh", "-c", "echo 'app.conf: unknown key' >&2; exit 1"]),
+                command(&["true"]),
+                command(&["/nonexistent/app-check"]),
+            ],
+            &mut b,
+        );
+        assert_eq!(b.problems.len(), 2, "{b:?}");
+        assert_eq!(
+            b.problems[0],
+            "sh -c echo 'app.conf: unknown key' >&2; exit 1: app.conf: unknown key"
+        );
+        assert!(
+            b.problems[1].starts_with("/nonexistent/app-check: could not run: "),
+            "{b:?}"
+        );
+        assert_eq!(b.notes, ["true: the configuration is valid"]);
     }
 
     #[test]

@@ -157,6 +157,7 @@ mod tests {
                 vec!["/nonexistent/program".into()],
             ],
             ports: vec![open.clone(), closed.clone()],
+            before_reboot: vec![],
         };
         let r = judge(&health);
         let by = |check: &str| r.iter().find(|c| c.check == check).unwrap().clone();

@@ -39,12 +39,24 @@ pub(crate) struct Health {
     /// `HOST:PORT` addresses that must accept a TCP connection.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) ports: Vec<String>,
+    /// Commands run on the running host before migrate reboots into the
+    /// new release (the services' own configuration checks, e.g.
+    /// `["apachectl", "configtest"]`, beside the built-in `sshd -t` and
+    /// `nginx -t`): one that fails holds the reboot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) before_reboot: Vec<Vec<String>>,
 }
 
 impl Health {
-    /// Whether the plan declares no check.
+    /// Whether the plan declares no check of the first boot.
     pub(crate) fn is_empty(&self) -> bool {
         self.units.is_empty() && self.commands.is_empty() && self.ports.is_empty()
+    }
+
+    /// Whether the plan declares no check at all (none before the reboot
+    /// either).
+    pub(crate) fn is_unset(&self) -> bool {
+        self.is_empty() && self.before_reboot.is_empty()
     }
 
     /// Adds a drop-in's checks.
@@ -56,6 +68,7 @@ impl Health {
         self.units.extend(other.units);
         self.commands.extend(other.commands);
         self.ports.extend(other.ports);
+        self.before_reboot.extend(other.before_reboot);
     }
 
     /// How long the checks may take to pass.
@@ -84,9 +97,17 @@ impl Health {
                 ));
             }
         }
-        for command in &self.commands {
-            if command.first().is_none_or(|p| p.is_empty()) {
-                return Err("key `commands`: a command is an array of a program and its arguments, and not empty".into());
+        for (key, commands) in [
+            ("commands", &self.commands),
+            ("before_reboot", &self.before_reboot),
+        ] {
+            if commands
+                .iter()
+                .any(|c| c.first().is_none_or(|p| p.is_empty()))
+            {
+                return Err(format!(
+                    "key `{key}`: a command is an array of a program and its arguments, and not empty"
+                ));
             }
         }
         for port in &self.ports {

@@ -56,7 +56,7 @@ pub(crate) struct Plan {
     pub(crate) steps: Vec<PlanStep>,
     /// What the first boot after the migration must find (`[health]`).
     /// Not part of [`Plan::hash`]: it changes nothing that runs.
-    #[serde(default, skip_serializing_if = "Health::is_empty")]
+    #[serde(default, skip_serializing_if = "Health::is_unset")]
     pub(crate) health: Health,
 }
 

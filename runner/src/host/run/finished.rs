@@ -103,12 +103,14 @@ pub(crate) fn reboot_if_due(
 ) -> Result<()> {
     // Whether the root can boot: in the report, and a problem holds the
     // reboot (the migration stays completed, waiting for it).
-    let bootable = crate::host::bootable::check(root, marker.live).map_err(|e| {
-        fail(
-            ExitCode::Environment,
-            format!("checking the root can boot: {e:#}"),
-        )
-    })?;
+    let bootable =
+        crate::host::bootable::check(root, marker.live, &marker.plan.health.before_reboot)
+            .map_err(|e| {
+                fail(
+                    ExitCode::Environment,
+                    format!("checking the root can boot: {e:#}"),
+                )
+            })?;
     // Recorded when the outcome changed (a rerun on an unchanged root leaves
     // the report as it was).
     if let Ok(mut report) = Report::read_run(root, &marker.run_id)
