@@ -25,16 +25,11 @@ port=${PORT:-39141}
 scripts/setup.sh
 cache="$top/target/bench-cache"
 . scripts/lib.sh
-build_migrate
-build_image localhost/migrate-bench/debian:13
-bootstrap bookworm
-
-work=$(mktemp -d /var/tmp/migrate-bench.XXXXXX)
-mount -t tmpfs -o size=6g migrate-bench "$work"
+bench_prepare
 proxy=
 cleanup() {
   [ -z "$proxy" ] || kill "$proxy" 2>/dev/null || true
-  if [ -z "${KEEP_WORK:-}" ]; then umount "$work" && rmdir "$work"; fi
+  release_work
 }
 trap cleanup EXIT
 

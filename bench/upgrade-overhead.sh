@@ -24,18 +24,11 @@ pairs=${PAIRS:-5}
 scripts/setup.sh
 cache="$top/target/bench-cache"
 . scripts/lib.sh
-build_migrate
-build_image localhost/migrate-bench/debian:13
-bootstrap bookworm
-
-# The roots live on a tmpfs: dpkg's fsyncs on a shared disk vary by seconds
-# from run to run, which would drown the runner's overhead being measured.
-work=$(mktemp -d /var/tmp/migrate-bench.XXXXXX)
-mount -t tmpfs -o size=6g migrate-bench "$work"
+bench_prepare
 svc=
 cleanup() {
   [ -z "$svc" ] || kill "$svc" 2>/dev/null || true
-  if [ -z "${KEEP_WORK:-}" ]; then umount "$work" && rmdir "$work"; fi
+  release_work
 }
 trap cleanup EXIT
 podman system service --time=0 "unix://$work/podman.sock" 2>/dev/null & svc=$!

@@ -39,3 +39,19 @@ build_image() {
   echo "== migrate image build debian-13"
   "$bin/migrate" image build debian-13 --base "$1" | tail -1
 }
+
+# bench_prepare: what every benchmark starts from: migrate and the debian-13
+# image built, a Debian 12 minbase root in $cache/bookworm, and $work, a
+# tmpfs for the roots (dpkg's fsyncs on a shared disk vary by seconds from
+# run to run, which would drown what is measured). release_work unmounts it
+# unless KEEP_WORK=1.
+bench_prepare() {
+  build_migrate
+  build_image localhost/migrate-bench/debian:13
+  bootstrap bookworm
+  work=$(mktemp -d /var/tmp/migrate-bench.XXXXXX)
+  mount -t tmpfs -o size=6g migrate-bench "$work"
+}
+release_work() {
+  if [ -z "${KEEP_WORK:-}" ]; then umount "$work" && rmdir "$work"; fi
+}

@@ -361,10 +361,7 @@ impl Dnf {
     /// the root is configured now (their metadata in a cache of its own; a
     /// repository that does not answer offers nothing).
     fn offered_now(&self) -> Result<Vec<rpm_repos::Offer>> {
-        let Ok(sources) = self.sources() else {
-            return Ok(Vec::new());
-        };
-        let ids = rpm_repos::third_party_ids(sources);
+        let ids = rpm_repos::third_party_ids(self.sources());
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -455,31 +452,23 @@ impl PackageManager for Dnf {
     }
 
     fn foreign(&self, _origins: &[String]) -> Result<Foreign> {
-        let installed = rpm::installed_versions(&self.root)?;
-        let offered = self.offered_now()?;
-        // What the upgrade does to each, and what the target lacks, if the
-        // target resolves (the other checks say why when it does not).
-        let (fates, extras, resolved) = match self.transaction() {
+        let resolution = match self.transaction() {
             Ok(text) => {
                 let extras = self
                     .scratch_dnf()?
                     .args(["-q", "list", "--extras"])
                     .run_get_string()?;
-                (parse_fates(&text), parse_extras(&extras), true)
+                Some((parse_fates(&text), parse_extras(&extras)))
             }
-            Err(_) => Default::default(),
+            Err(_) => None,
         };
-        Ok(Foreign {
-            repositories: rpm_repos::third_party(self.sources(), &self.opts.releasever),
-            packages: rpm_repos::package_lines(
-                &installed,
-                &offered,
-                &extras,
-                &fates,
-                resolved,
-                &self.opts.releasever,
-            ),
-        })
+        rpm_repos::foreign(
+            &self.root,
+            self.sources(),
+            &self.opts.releasever,
+            &self.offered_now()?,
+            resolution,
+        )
     }
 
     fn simulate(&self, ctx: &StepContext<'_>) -> Result<()> {
@@ -561,25 +550,14 @@ fn allowed(package: &str, patterns: &[String]) -> bool {
     })
 }
 
-/// Installed packages a dnf transaction removes: the "Removing:" and
-/// "Removing dependent packages:" sections (not packages "replacing"d by
-/// obsoletes).
+/// Installed packages a dnf transaction removes: the rows of its removing
+/// sections (not packages "replacing"d by obsoletes), by name.
 fn parse_removals(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut in_removal = false;
-    for line in text.lines() {
-        if !line.starts_with(' ') {
-            in_removal = line.starts_with("Removing");
-            continue;
-        }
-        if in_removal
-            && let Some(name) = line.split_whitespace().next()
-            && name != "replacing"
-        {
-            out.push(name.to_string());
-        }
-    }
-    out
+    parse_fates(text)
+        .into_iter()
+        .filter(|(_, fate)| *fate == Fate::Removed)
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// "Total download size: 19 k" and "Installed size: 33 k" (dnf 4).

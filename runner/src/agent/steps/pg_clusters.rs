@@ -233,6 +233,20 @@ impl Started<'_> {
         self.clusters.push(cluster.clone());
         Ok(())
     }
+
+    /// `pg_dropcluster --stop`: the cluster stopped and gone, no longer
+    /// this step's to stop.
+    fn drop_cluster(&mut self, cluster: &Cluster) -> Result<()> {
+        self.ctx
+            .run(self.ctx.chroot("pg_dropcluster").args([
+                "--stop",
+                &cluster.version.to_string(),
+                &cluster.name,
+            ]))
+            .with_context(|| format!("dropping cluster {}", cluster.id()))?;
+        self.clusters.retain(|c| c != cluster);
+        Ok(())
+    }
 }
 
 impl Drop for Started<'_> {
@@ -457,13 +471,7 @@ impl ClustersStep {
                     cluster.name
                 );
             }
-            ctx.run(ctx.chroot("pg_dropcluster").args([
-                "--stop",
-                &fresh.version.to_string(),
-                &fresh.name,
-            ]))
-            .with_context(|| format!("dropping the empty cluster {}", fresh.id()))?;
-            started.clusters.retain(|c| c != fresh);
+            started.drop_cluster(fresh)?;
             ctx.say(format!(
                 "dropped the empty cluster {} that the PostgreSQL {target} package created",
                 fresh.id()
@@ -523,13 +531,7 @@ impl ClustersStep {
             cluster.id()
         ));
         if self.opts.drop_old {
-            ctx.run(ctx.chroot("pg_dropcluster").args([
-                "--stop",
-                &cluster.version.to_string(),
-                &cluster.name,
-            ]))
-            .with_context(|| format!("dropping the old cluster {}", cluster.id()))?;
-            started.clusters.retain(|c| c != cluster);
+            started.drop_cluster(cluster)?;
             ctx.say(format!("dropped the old cluster {}", cluster.id()));
         } else if let Some(kept) = now
             .iter()

@@ -474,13 +474,41 @@ pub(crate) fn package_lines(
     lines
 }
 
-/// The ids of the third-party repositories among decided `sources`.
-pub(crate) fn third_party_ids(sources: &[RpmSource]) -> Vec<&str> {
+/// The ids of the third-party repositories among decided `sources` (none
+/// when they could not be decided).
+pub(crate) fn third_party_ids(sources: anyhow::Result<&[RpmSource]>) -> Vec<&str> {
     sources
-        .iter()
-        .filter(|s| s.class != Class::Distribution)
-        .map(|s| s.id.as_str())
-        .collect()
+        .map(|s| {
+            s.iter()
+                .filter(|s| s.class != Class::Distribution)
+                .map(|s| s.id.as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the target's resolution says of the installed packages: the fate
+/// of each the upgrade changes, and those no repository of the target has.
+pub(crate) type Resolution = (BTreeMap<String, Fate>, Vec<String>);
+
+/// The third-party check of zypper and dnf: the third-party repositories
+/// among `sources`, and the packages of [`package_lines`] given what those
+/// repositories offer now (`offered`) and the target's `resolution` (`None`
+/// when the target did not resolve: the other checks say why).
+pub(crate) fn foreign(
+    root: &std::path::Path,
+    sources: anyhow::Result<&[RpmSource]>,
+    target: &str,
+    offered: &[Offer],
+    resolution: Option<Resolution>,
+) -> anyhow::Result<super::packages::Foreign> {
+    let installed = super::rpm::installed_versions(root)?;
+    let resolved = resolution.is_some();
+    let (fates, extras) = resolution.unwrap_or_default();
+    Ok(super::packages::Foreign {
+        repositories: third_party(sources, target),
+        packages: package_lines(&installed, offered, &extras, &fates, resolved, target),
+    })
 }
 
 /// `files` with a comment naming the migration (`note`) and the reason

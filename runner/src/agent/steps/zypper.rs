@@ -508,10 +508,7 @@ impl Zypper {
     /// beside the target's; a repository that does not answer offers
     /// nothing).
     fn offered_now(&self) -> Result<Vec<rpm_repos::Offer>> {
-        let Ok(sources) = self.sources() else {
-            return Ok(Vec::new());
-        };
-        let ids = rpm_repos::third_party_ids(sources);
+        let ids = rpm_repos::third_party_ids(self.sources());
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -546,7 +543,7 @@ impl Zypper {
 
 /// The `<solvable>` elements of zypper's XML output (`-x`), with the name
 /// of the element holding each.
-fn solvables(xml: &str) -> Result<Vec<(String, BTreeAttrs)>> {
+fn solvables(xml: &str) -> Result<Vec<(String, Attributes)>> {
     let doc = roxmltree::Document::parse(xml).context("reading zypper's XML output")?;
     Ok(doc
         .descendants()
@@ -565,7 +562,8 @@ fn solvables(xml: &str) -> Result<Vec<(String, BTreeAttrs)>> {
         .collect())
 }
 
-type BTreeAttrs = std::collections::BTreeMap<String, String>;
+/// An element's attributes, by name.
+type Attributes = std::collections::BTreeMap<String, String>;
 
 /// `zypper -x search -s`: each package version the searched repositories
 /// offer (`name`, `edition`, `repository`).
@@ -665,26 +663,23 @@ impl PackageManager for Zypper {
     }
 
     fn foreign(&self, _origins: &[String]) -> Result<Foreign> {
-        let installed = rpm::installed_versions(&self.root)?;
-        let offered = self.offered_now()?;
-        // What the upgrade does to each, and what the target lacks, if the
-        // target resolves (the other checks say why when it does not).
-        let (fates, extras, resolved) = match self.fates() {
+        let resolution = match self.fates() {
             Ok(fates) => {
                 let orphans = self
                     .scratch_zypper()?
                     .args(["--no-refresh", "packages", "--orphaned"])
                     .run_get_string()?;
-                (fates, parse_orphaned(&orphans), true)
+                Some((fates, parse_orphaned(&orphans)))
             }
-            Err(_) => Default::default(),
+            Err(_) => None,
         };
-        Ok(Foreign {
-            repositories: rpm_repos::third_party(self.sources(), &self.to),
-            packages: rpm_repos::package_lines(
-                &installed, &offered, &extras, &fates, resolved, &self.to,
-            ),
-        })
+        rpm_repos::foreign(
+            &self.root,
+            self.sources(),
+            &self.to,
+            &self.offered_now()?,
+            resolution,
+        )
     }
 
     fn simulate(&self, ctx: &StepContext<'_>) -> Result<()> {
