@@ -278,14 +278,26 @@ enum Postmaster {
 }
 
 fn postmaster(ctx: &StepContext<'_>, cluster: &Cluster) -> Result<Postmaster> {
-    let file = ctx.path(&cluster.data)?.join("postmaster.pid");
-    let Ok(text) = std::fs::read_to_string(&file) else {
+    read_postmaster(
+        &ctx.path(&cluster.data)?,
+        &ctx.root().join(cluster.data.trim_start_matches('/')),
+    )
+}
+
+/// Whose server the `postmaster.pid` of `data` names: ours when that process
+/// works in `seen_as` (the data directory as this container sees it). The
+/// file is read bounded: a FIFO, or anything but a small regular file, is
+/// refused naming it.
+fn read_postmaster(data: &Path, seen_as: &Path) -> Result<Postmaster> {
+    let file = data.join("postmaster.pid");
+    let Some(text) = crate::core::fsutil::read_text_limited(&file, 64 << 10)? else {
         return Ok(Postmaster::None);
     };
     let pid = text.lines().next().unwrap_or_default().trim().to_string();
     let ours = !pid.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
         && std::fs::read_link(Path::new("/proc").join(&pid).join("cwd"))
-            .is_ok_and(|cwd| cwd == ctx.root().join(cluster.data.trim_start_matches('/')));
+            .is_ok_and(|cwd| cwd == seen_as);
     Ok(if ours {
         Postmaster::Here
     } else {
@@ -605,6 +617,33 @@ mod tests {
             (15, "main", 5432, "/var/lib/postgresql/15/main")
         );
         assert_eq!(c[1].id(), "17/main");
+    }
+
+    #[test]
+    fn postmaster_pid_files_are_read_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let here = std::env::current_dir().unwrap();
+        assert!(matches!(
+            read_postmaster(data, &here).unwrap(),
+            Postmaster::None
+        ));
+        let pid = data.join("postmaster.pid");
+        std::fs::write(&pid, format!("{}\n/var/lib/x\n", std::process::id())).unwrap();
+        assert!(matches!(
+            read_postmaster(data, &here).unwrap(),
+            Postmaster::Here
+        ));
+        std::fs::write(&pid, "999999999\n").unwrap();
+        assert!(matches!(
+            read_postmaster(data, &here).unwrap(),
+            Postmaster::Elsewhere(p) if p == "999999999"
+        ));
+        // A hostile root's FIFO in its place: refused, not waited on.
+        std::fs::remove_file(&pid).unwrap();
+        nix::unistd::mkfifo(&pid, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_postmaster(data, &here).err().unwrap();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
     }
 
     #[test]
