@@ -10,6 +10,7 @@
 pub(crate) mod apt;
 pub(crate) mod apt_sources;
 pub(crate) mod backup;
+pub(crate) mod bootloader;
 pub(crate) mod checks;
 pub(crate) mod command;
 pub(crate) mod config;
@@ -99,6 +100,7 @@ pub(crate) fn instantiate(step: &PlanStep) -> Result<Box<dyn StepKind>> {
         Kind::Prefetch => Box::new(packages::Prefetch),
         Kind::Zypper => Box::new(zypper::ZypperStep::new(step.options()?)),
         Kind::Dnf => Box::new(dnf::DnfStep::new(step.options()?)),
+        Kind::Bootloader => Box::new(bootloader::Bootloader),
         Kind::VerifyRelease => Box::new(verify::VerifyRelease::new(step.options()?)),
         Kind::SafetyBackup => Box::new(backup::SafetyBackup::new(step.options()?)),
         Kind::Command => Box::new(command::CommandStep::new(step.options()?)),

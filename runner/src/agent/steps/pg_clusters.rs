@@ -18,22 +18,27 @@
 //! Clusters are started and stopped by the root's `pg_ctlcluster`, in the
 //! root, inside the migration container: the root's /run is the agent's,
 //! so postgresql-common does not redirect to systemd. Every cluster the
-//! step started is stopped again when it ends, however it ends. A cluster
-//! already running (a `postmaster.pid` in its data directory) is refused:
-//! on a live host PostgreSQL's units must be stopped first (a `service`
-//! step), because a second server on the same data from another PID and
-//! IPC namespace would corrupt it.
+//! step started is stopped again when it ends, however it ends. On a live
+//! host, a cluster the host runs (a `postmaster.pid` naming a process this
+//! container does not see) is stopped first through the host's systemd
+//! (`postgresql@VERSION-NAME.service`, recorded for rollback), because a
+//! second server on the same data from another PID and IPC namespace would
+//! corrupt it; if it still runs then, the step refuses. Once moved, the new
+//! cluster's unit is started the same way, so that the service is back
+//! before the reboot.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::{StepContext, StepKind};
+use super::{StepContext, StepKind, service};
 use crate::core::cmd::CommandExt;
 use crate::core::event::{Finding, Severity, StepStatus};
 use crate::core::kinds::postgres::{ClusterMethod, ClustersOptions};
+use crate::core::kinds::service::Action;
 use crate::core::phase::Phase;
 
 /// One cluster, as `pg_lsclusters -h` lists it.
@@ -48,6 +53,11 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
+    /// The systemd unit of postgresql-common that runs the cluster.
+    fn unit(&self) -> String {
+        format!("postgresql@{}-{}.service", self.version, self.name)
+    }
+
     fn id(&self) -> String {
         format!("{}/{}", self.version, self.name)
     }
@@ -405,19 +415,43 @@ impl ClustersStep {
         }
         // Validate every cluster first: nothing changes unless all can move.
         let mut ours = Vec::new();
+        let mut on_host = Vec::new();
         for cluster in &clusters {
             match postmaster(ctx, cluster)? {
                 Postmaster::Here => ours.push(cluster),
-                Postmaster::Elsewhere(pid) if ctx.run.live => bail!(
-                    "cluster {} is running (postmaster pid {pid}); stop PostgreSQL first: a `service` step stopping postgresql.service before this one",
-                    cluster.id()
-                ),
+                Postmaster::Elsewhere(pid) if ctx.run.live => on_host.push((cluster, pid)),
                 Postmaster::Elsewhere(_) | Postmaster::None => {}
             }
         }
         for cluster in &old {
             if let Err(problem) = self.assess(ctx, cluster)? {
                 bail!("{problem}");
+            }
+        }
+        // Served by the running host: stopped through its systemd (recorded
+        // for rollback), and the moved cluster started the same way after.
+        let mut restart = Vec::new();
+        for (cluster, pid) in on_host {
+            let unit = cluster.unit();
+            let before = service::act_live(ctx, Action::Stop, &unit, Duration::from_secs(120))
+                .with_context(|| {
+                    format!(
+                        "cluster {} runs on the host (postmaster pid {pid}): stopping {unit}",
+                        cluster.id()
+                    )
+                })?;
+            if !matches!(postmaster(ctx, cluster)?, Postmaster::None) {
+                bail!(
+                    "cluster {} still runs after {unit} stopped (postmaster pid {pid}): stop PostgreSQL on the host first (a `service` step before this one)",
+                    cluster.id()
+                );
+            }
+            ctx.say(format!(
+                "cluster {} ran on the host: {unit} stopped",
+                cluster.id()
+            ));
+            if before.active == "active" {
+                restart.push(cluster.clone());
             }
         }
         // Started in this container by a package's maintainer scripts
@@ -441,12 +475,36 @@ impl ClustersStep {
             "/run/postgresql",
         ]))
         .context("creating /run/postgresql")?;
-        let mut started = Started {
-            ctx,
-            clusters: Vec::new(),
-        };
-        for cluster in &old {
-            self.move_one(ctx, &mut started, &clusters, cluster, target)?;
+        {
+            let mut started = Started {
+                ctx,
+                clusters: Vec::new(),
+            };
+            for cluster in &old {
+                self.move_one(ctx, &mut started, &clusters, cluster, target)?;
+            }
+        }
+        for cluster in restart.iter().filter(|c| old.contains(c)) {
+            let moved = Cluster {
+                version: target,
+                ..cluster.clone()
+            };
+            let unit = moved.unit();
+            match service::act_live(ctx, Action::Start, &unit, Duration::from_secs(120)) {
+                Ok(_) => ctx.say(format!(
+                    "cluster {} started on the host ({unit})",
+                    moved.id()
+                )),
+                Err(e) => ctx.finding(Finding {
+                    id: format!("postgresql.{}", moved.id()),
+                    severity: Severity::Warning,
+                    message: format!(
+                        "cluster {} moved, but {unit} did not start on the host: {e:#}",
+                        moved.id()
+                    ),
+                    hint: format!("it starts at the next boot; journalctl -u {unit} tells why"),
+                }),
+            }
         }
         Ok(StepStatus::Succeeded)
     }

@@ -83,20 +83,7 @@ impl StepKind for ServiceStep {
                 before.describe(),
                 after.describe()
             ));
-            if matches!(
-                self.opts.action,
-                Action::Stop | Action::Disable | Action::Mask
-            ) && let Some(j) = ctx.run.journal.borrow_mut().as_mut()
-            {
-                j.services.push(ServiceChange {
-                    unit: unit.clone(),
-                    action: self.opts.action,
-                    was_active: before.active == "active",
-                    was_enabled: before.enabled == "enabled",
-                    bus: self.bus(ctx),
-                    app: ctx.step.app.clone(),
-                });
-            }
+            record(ctx, unit, self.opts.action, &before, self.bus(ctx));
         }
         Ok(if skipped {
             StepStatus::Skipped
@@ -119,6 +106,46 @@ impl StepKind for ServiceStep {
         }
         Ok(())
     }
+}
+
+/// Records in the state journal what stopping, disabling or masking `unit`
+/// changed, so that `migrate rollback` steps it back.
+fn record(
+    ctx: &StepContext<'_>,
+    unit: &str,
+    action: Action,
+    before: &UnitState,
+    bus: Option<String>,
+) {
+    if matches!(action, Action::Stop | Action::Disable | Action::Mask)
+        && let Some(j) = ctx.run.journal.borrow_mut().as_mut()
+    {
+        j.services.push(ServiceChange {
+            unit: unit.to_string(),
+            action,
+            was_active: before.active == "active",
+            was_enabled: before.enabled == "enabled",
+            bus,
+            app: ctx.step.app.clone(),
+        });
+    }
+}
+
+/// Starts or stops `unit` through the running host's systemd (the root's
+/// system bus), for steps of other kinds that must stop a service on a live
+/// host (a stop is recorded for `migrate rollback`, as a `service` step's
+/// is). Returns the unit's state before.
+pub(crate) fn act_live(
+    ctx: &StepContext<'_>,
+    action: Action,
+    unit: &str,
+    timeout: Duration,
+) -> Result<UnitState> {
+    let systemd = Systemd::connect(&ctx.run.pristine, SYSTEM_BUS)?;
+    let before = systemd.state(unit)?;
+    systemd.act(action, unit, timeout)?;
+    record(ctx, unit, action, &before, Some(SYSTEM_BUS.to_string()));
+    Ok(before)
 }
 
 fn capitalized(s: &str) -> String {

@@ -103,6 +103,7 @@ kinds! {
     Apt = "apt", [Cutover], NoOptions;
     Zypper = "zypper", [Cutover], packages::ZypperOptions;
     Dnf = "dnf", [Cutover], packages::DnfOptions;
+    Bootloader = "bootloader", [Cutover, Post], NoOptions;
     VerifyRelease = "verify-release", [Cutover, Post], packages::VerifyReleaseOptions;
     SafetyBackup = "safety-backup", [Cutover], backup::BackupOptions;
     Postgres = "postgres", [Sync, Cutover], postgres::PostgresOptions;
