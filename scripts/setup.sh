@@ -8,6 +8,7 @@ set -euo pipefail
 packages=(
   podman runc conmon            # containers (runc: crun fails on hybrid cgroups here)
   debootstrap rsync util-linux ca-certificates
+  fdisk                         # sfdisk: the live server test's partitioned disk image
   rpm zypper dnf createrepo-c   # building and serving RPM test repositories
   apt-utils                     # apt-ftparchive: indexing the apt vendor repositories of the tests
   gpg gpg-agent                 # signing them
