@@ -472,6 +472,8 @@ codename = "trixie"
         let os = |t: &str| crate::core::release::OsRelease::parse(t);
         let (found, _) = default_image_for(&os("ID=debian\nVERSION_ID=12\n")).unwrap();
         assert_eq!(found.name, "debian-13");
+        let (found, _) = default_image_for(&os("ID=debian\nVERSION_ID=11\n")).unwrap();
+        assert_eq!(found.name, "debian-12");
         let (found, def) = default_image_for(&os("ID=ubuntu\nVERSION_ID=22.04\n")).unwrap();
         assert_eq!(found.name, "ubuntu-24.04");
         assert_eq!(def.target_release().unwrap().to_string(), "ubuntu:24.04");
