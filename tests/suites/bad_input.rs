@@ -244,11 +244,9 @@ fn each_bad_input_is_one_line_exit_2_and_changes_nothing() {
         },
         Case {
             name: "a step whose program the image lacks",
-            input: Input::Plan(
-                "[[step]]\nid = \"dump\"\nkind = \"postgres\"\nphase = \"sync\"\nsource = { socket = \"/run/postgresql\", database = \"app\" }\ntarget = { url = \"postgresql://app@db/app_new\" }\n",
-            ),
+            input: Input::Plan("[[step]]\nid = \"dup\"\nkind = \"zypper\"\nphase = \"cutover\"\n"),
             args: &[],
-            expect: "step dump (postgres) runs `pg_dump`, which this migration image does not have; derive an image from it that installs pg_dump",
+            expect: "step dup (zypper) runs `zypper`, which this migration image does not have; derive an image from it that installs zypper",
         },
         Case {
             name: "a command the image does not have, in check",

@@ -371,7 +371,7 @@ target = {{ url = "postgresql://app@127.0.0.1:{port17}/livepatch", password_env 
     assert!(r["agent_peak_rss_kb"].as_u64().is_some());
 }
 
-/// `migrate VERB` on `root` with the services image and `plan`.
+/// `migrate VERB` on `root` with the stock image and `plan`.
 fn migrate_with_plan(f: &Fixtures, verb: &str, plan: &Path, root: &Path) -> std::process::Output {
     f.migrate()
         .args([verb, "--image", SERVICES_IMAGE, "--plan"])
