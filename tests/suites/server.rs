@@ -347,6 +347,19 @@ ports = ["127.0.0.1:80", "127.0.0.1:5432"]
         outside.is_empty(),
         "nginx failed to answer outside its package's unpack..configure {nginx_window:?}: {outside:?}"
     );
+    let timings: Vec<String> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {:.1} s",
+                s["id"].as_str().unwrap(),
+                s["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0
+            )
+        })
+        .collect();
+    eprintln!("figures: steps: {}", timings.join(", "));
     let (gap, at) = longest_gap(&during);
     eprintln!(
         "figures: check, sync and run --reboot {upgrade_s:.1} s; nginx asked {} times during the run, longest without an answer {gap:.1} s (from {at})",
