@@ -199,6 +199,11 @@ fn a_live_debian_12_server_upgrades_itself_with_its_kernel_nginx_and_postgresql(
         &format!("Acquire::http::Proxy \"{}\";\n", uplink.proxy),
     );
     write(&root, "var/www/html/index.html", "migrate server\n");
+    // A conffile the operator edited, which Debian 13 changes: kept, the new
+    // one beside it, reported as drift.
+    let mut issue = std::fs::read_to_string(root.join("etc/issue")).unwrap();
+    issue.push_str("edited by the operator\n");
+    write(&root, "etc/issue", &issue);
     write(
         &root,
         "etc/migrate/config.toml",
@@ -307,6 +312,32 @@ ports = ["127.0.0.1:80", "127.0.0.1:5432"]
         assert!(log.contains(said), "{said}: {log}");
     }
     assert_eq!(r["bootable"]["problems"], serde_json::json!([]), "{r:#}");
+    let finding = |id: &str| {
+        r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap_or_else(|| panic!("no finding {id}: {r:#}"))["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        finding("config-drift").contains("/etc/issue"),
+        "{}",
+        finding("config-drift")
+    );
+    // Debian 13 has no PostgreSQL 15 and no 6.1 kernel: both stay, listed.
+    let obsolete = finding("obsolete-packages");
+    assert!(
+        obsolete.contains("postgresql-15") && obsolete.contains("linux-image-6.1."),
+        "{obsolete}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/issue")).unwrap(),
+        issue
+    );
 
     // nginx kept answering while the host was upgraded: every failed answer
     // falls inside its own package's unpack and configure, if any.
