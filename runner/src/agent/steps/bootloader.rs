@@ -9,7 +9,10 @@
 //! only root whose disks are this machine's): `grub-install DEVICE` for
 //! each device of grub-pc's debconf `grub-pc/install_devices` that the
 //! container sees as a block device (one it does not see is a warning
-//! naming it), then `update-grub`. A root directory is left alone (its
+//! naming it), then `update-grub`; either failing is a warning, not a
+//! failed migration (the packages are upgraded, and the bootability check
+//! before the reboot holds it while `grub.cfg` does not name the new
+//! kernel). A root directory is left alone (its
 //! devices are not this machine's); so is a root without
 //! `/boot/grub/grub.cfg` (another bootloader, or none).
 
@@ -96,14 +99,33 @@ impl StepKind for Bootloader {
                     });
                     continue;
                 }
-                ctx.run(ctx.chroot("grub-install").arg(&device))
-                    .with_context(|| format!("grub-install {device}"))?;
-                ctx.say(format!("GRUB's boot code reinstalled on {device}"));
+                match ctx.run(ctx.chroot("grub-install").arg(&device)) {
+                    Ok(()) => ctx.say(format!("GRUB's boot code reinstalled on {device}")),
+                    Err(e) => ctx.finding(Finding {
+                        id: format!("bootloader.{device}"),
+                        severity: Severity::Warning,
+                        message: format!("grub-install {device} failed: {e:#}"),
+                        hint: format!(
+                            "run grub-install {device} on the host before it reboots (the log has GRUB's output)"
+                        ),
+                    }),
+                }
             }
         }
-        ctx.run(&mut ctx.chroot("update-grub"))
-            .context("update-grub")?;
-        ctx.say("/boot/grub/grub.cfg regenerated for the installed kernels (update-grub)");
+        // A configuration that cannot be regenerated leaves the old one,
+        // which names the old kernel: the bootability check before the
+        // reboot holds it, naming the kernel; the packages stay upgraded.
+        match ctx.run(&mut ctx.chroot("update-grub")) {
+            Ok(()) => ctx.say(
+                "/boot/grub/grub.cfg regenerated for the installed kernels (update-grub)",
+            ),
+            Err(e) => ctx.finding(Finding {
+                id: "bootloader.config".into(),
+                severity: Severity::Warning,
+                message: format!("update-grub failed: {e:#}; /boot/grub/grub.cfg is as it was"),
+                hint: "run update-grub on the host before it reboots (the log has GRUB's output); migrate run --reboot holds the reboot until grub.cfg names the new kernel".into(),
+            }),
+        }
         Ok(StepStatus::Succeeded)
     }
 
