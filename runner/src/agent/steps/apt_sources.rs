@@ -76,6 +76,9 @@ impl StepKind for SwitchSources {
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
         let apt = apt(ctx)?;
+        // The cutover changes the root: where no check decided the sources
+        // yet, listing them may use the root's own apt cache.
+        apt.may_use_root_cache();
         let sources = decided(ctx, apt)?;
         for s in sources {
             ctx.say(s.describe(apt.target_suite()));

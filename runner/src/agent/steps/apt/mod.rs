@@ -273,6 +273,9 @@ pub(crate) struct Apt {
     sources: std::cell::OnceCell<std::result::Result<Vec<Source>, String>>,
     /// Probes made so far (each has its own scratch directory).
     probes: std::cell::Cell<usize>,
+    /// Whether questions may use the root's own apt cache files (the
+    /// cutover: the root is being changed), instead of scratch ones.
+    root_cache: std::cell::Cell<bool>,
 }
 
 /// Where the image keeps its vendor maps (`*.toml`).
@@ -328,6 +331,7 @@ impl Apt {
             vendors,
             sources: std::cell::OnceCell::new(),
             probes: std::cell::Cell::new(0),
+            root_cache: std::cell::Cell::new(false),
         })
     }
 
@@ -343,8 +347,16 @@ impl Apt {
         }
     }
 
+    /// From now on, listing the root's sources may use the root's own apt
+    /// cache files: a host's apt keeps them valid, so apt does not rebuild
+    /// one from every list (about half a second). Only once the root is
+    /// being changed: a check must leave even those files as they were.
+    pub(crate) fn may_use_root_cache(&self) {
+        self.root_cache.set(true);
+    }
+
     fn decide_sources(&self) -> Result<Vec<Source>> {
-        let mut sources = repos::entries(&self.root)?;
+        let mut sources = repos::entries(&self.root, self.root_cache.get())?;
         let decider = Decider {
             options: &self.options,
             vendors: &self.vendors,

@@ -193,18 +193,20 @@ pub(crate) fn parse_indextargets(
     out
 }
 
-/// The root's source entries as its apt sees them, enabled ones only.
-pub(crate) fn entries(root: &Path) -> Result<Vec<Source>> {
-    let text = super::apt_query(
-        root,
-        "apt-get",
-        &[
-            "indextargets",
-            "--no-release-info",
-            "--format",
-            "$(SOURCESENTRY)\t$(REPO_URI)\t$(RELEASE)\t$(FILENAME)\t$(METAKEY)",
-        ],
-    )
+/// The root's source entries as its apt sees them, enabled ones only; with
+/// `root_cache`, apt may use (and refresh) the root's own cache files.
+pub(crate) fn entries(root: &Path, root_cache: bool) -> Result<Vec<Source>> {
+    let args = [
+        "indextargets",
+        "--no-release-info",
+        "--format",
+        "$(SOURCESENTRY)\t$(REPO_URI)\t$(RELEASE)\t$(FILENAME)\t$(METAKEY)",
+    ];
+    let text = if root_cache {
+        super::apt(root, "apt-get", &args)
+    } else {
+        super::apt_query(root, "apt-get", &args)
+    }
     .run_get_string()
     .context("listing the root's apt sources (apt-get indextargets)")?;
     let mut by_entry: BTreeMap<(String, usize), Source> = BTreeMap::new();
