@@ -484,23 +484,36 @@ impl ClustersStep {
                 self.move_one(ctx, &mut started, &clusters, cluster, target)?;
             }
         }
-        for cluster in restart.iter().filter(|c| old.contains(c)) {
-            let moved = Cluster {
-                version: target,
-                ..cluster.clone()
+        // Every cluster stopped on the host runs again: a moved one as its
+        // new version (which also stands for an empty default cluster of
+        // that version dropped to make room), any other as it was.
+        let mut again: Vec<Cluster> = Vec::new();
+        for cluster in restart {
+            let now = if old.contains(&cluster) {
+                Cluster {
+                    version: target,
+                    ..cluster
+                }
+            } else {
+                cluster
             };
-            let unit = moved.unit();
+            if !again.iter().any(|c| c.id() == now.id()) {
+                again.push(now);
+            }
+        }
+        for cluster in again {
+            let unit = cluster.unit();
             match service::act_live(ctx, Action::Start, &unit, Duration::from_secs(120)) {
                 Ok(_) => ctx.say(format!(
                     "cluster {} started on the host ({unit})",
-                    moved.id()
+                    cluster.id()
                 )),
                 Err(e) => ctx.finding(Finding {
-                    id: format!("postgresql.{}", moved.id()),
+                    id: format!("postgresql.{}", cluster.id()),
                     severity: Severity::Warning,
                     message: format!(
-                        "cluster {} moved, but {unit} did not start on the host: {e:#}",
-                        moved.id()
+                        "cluster {} did not start again on the host ({unit}): {e:#}",
+                        cluster.id()
                     ),
                     hint: format!("it starts at the next boot; journalctl -u {unit} tells why"),
                 }),
