@@ -142,9 +142,89 @@ fn quote(arg: &str) -> String {
     }
 }
 
+/// A read-only question to a tool, asked in the background: started early
+/// (on a thread of its own, so that a long answer never fills a pipe), its
+/// standard output collected the first time it is wanted, and kept. A
+/// question never started is asked then, in the foreground.
+#[derive(Default)]
+pub(crate) struct Background {
+    running: std::cell::RefCell<Option<std::thread::JoinHandle<Result<String, String>>>>,
+    answer: std::cell::OnceCell<Result<String, String>>,
+}
+
+impl Background {
+    /// Starts `cmd` unless it was started or answered already.
+    pub(crate) fn start(&self, mut cmd: Command) {
+        let mut running = self.running.borrow_mut();
+        if running.is_none() && self.answer.get().is_none() {
+            *running = Some(std::thread::spawn(move || {
+                cmd.run_get_string().map_err(|e| format!("{e:#}"))
+            }));
+        }
+    }
+
+    /// The answer: waits for the started command, or runs `cmd()` now.
+    pub(crate) fn get(&self, cmd: impl FnOnce() -> Command) -> Result<String> {
+        let answer = self.answer.get_or_init(|| {
+            let started = self.running.borrow_mut().take();
+            match started {
+                Some(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err("the background query panicked".to_string())),
+                None => cmd().run_get_string().map_err(|e| format!("{e:#}")),
+            }
+        });
+        answer.clone().map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_background_query_runs_before_it_is_wanted_and_is_answered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let q = Background::default();
+        let mut cmd = Command::new("sh");
+        // A long answer (more than a pipe holds) and a trace of each run.
+        cmd.args(["-c", "echo x >> \"$1\"; yes answer | head -n 50000", "sh"])
+            .arg(&marker);
+        q.start(cmd);
+        let mut waited = 0;
+        while !marker.exists() && waited < 100 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            waited += 1;
+        }
+        assert!(marker.exists(), "the query did not start in the background");
+        let never = || -> Command { panic!("a started query is not asked again") };
+        let text = q.get(never).unwrap();
+        assert_eq!(text.lines().count(), 50000);
+        assert_eq!(q.get(never).unwrap(), text);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "x\n");
+    }
+
+    #[test]
+    fn a_query_never_started_is_asked_when_wanted_and_failures_are_kept() {
+        let q = Background::default();
+        let err = q
+            .get(|| {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo broken lists >&2; exit 100"]);
+                c
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broken lists"), "{err}");
+        assert!(err.contains("exit status: 100"), "{err}");
+        // Kept: asking again does not run anything.
+        let again = q
+            .get(|| panic!("a failed query is not asked again"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(again, err);
+    }
 
     #[test]
     fn failures_name_the_command_and_its_stderr() {

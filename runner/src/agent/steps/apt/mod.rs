@@ -12,7 +12,7 @@ use super::packages::{
     Fate, Foreign, PackageManager, Refreshed, SpaceEstimate, fate_line, parse_size,
 };
 use super::{RunContext, StepContext, StepKind, chroot};
-use crate::core::cmd::{CommandExt, ToolOutput, stderr_tail};
+use crate::core::cmd::{Background, CommandExt, ToolOutput, stderr_tail};
 use crate::core::event::StepStatus;
 use crate::core::kinds::Kind;
 use crate::core::kinds::apt::{AptSourcesOptions, VendorFile, VendorRepo};
@@ -276,6 +276,14 @@ pub(crate) struct Apt {
     /// Whether questions may use the root's own apt cache files (the
     /// cutover: the root is being changed), instead of scratch ones.
     root_cache: std::cell::Cell<bool>,
+    /// `apt-get -s dist-upgrade` against the target: the packages' fates.
+    simulation: Background,
+    /// `apt-get --print-uris dist-upgrade` against the target: the sizes.
+    print_uris: Background,
+    /// Which of the two the plan's checks will ask, started in the
+    /// background as soon as the target's lists are fetched (they and the
+    /// checks that do not need them run at the same time).
+    ahead: (bool, bool),
 }
 
 /// Where the image keeps its vendor maps (`*.toml`).
@@ -322,6 +330,10 @@ impl Apt {
         }
         let mut vendors = options.vendors.clone();
         vendors.extend(vendor_maps(&image_vendor_dir())?);
+        let ahead = (
+            run.plan.first_of_kind(&[Kind::CheckThirdParty]).is_some(),
+            run.plan.first_of_kind(&[Kind::CheckDiskSpace]).is_some(),
+        );
         Ok(Self {
             root: run.root.clone(),
             from: from.to_string(),
@@ -332,6 +344,9 @@ impl Apt {
             sources: std::cell::OnceCell::new(),
             probes: std::cell::Cell::new(0),
             root_cache: std::cell::Cell::new(false),
+            simulation: Background::default(),
+            print_uris: Background::default(),
+            ahead,
         })
     }
 
@@ -573,7 +588,23 @@ impl Apt {
                 }
             );
         }
+        if self.ahead.0 {
+            self.simulation.start(self.simulation_cmd());
+        }
+        if self.ahead.1 {
+            self.print_uris.start(self.print_uris_cmd());
+        }
         Ok(())
+    }
+
+    /// The upgrade simulated against the target's lists (`Inst`, `Remv`).
+    fn simulation_cmd(&self) -> Command {
+        self.scratch_cmd("apt-get", &["-s", "-o", "Dpkg::Use-Pty=0", "dist-upgrade"])
+    }
+
+    /// What the upgrade would download, with sizes.
+    fn print_uris_cmd(&self) -> Command {
+        self.scratch_cmd("apt-get", &["--print-uris", "-y", "dist-upgrade"])
     }
 
     /// Fetches the target's metadata once; later calls repeat the outcome.
@@ -687,8 +718,8 @@ impl PackageManager for Apt {
     fn estimate(&self) -> Result<SpaceEstimate> {
         self.ensure_refreshed()?;
         let out = self
-            .scratch_cmd("apt-get", &["--print-uris", "-y", "dist-upgrade"])
-            .run_get_string()
+            .print_uris
+            .get(|| self.print_uris_cmd())
             .context("estimating the upgrade")?;
         Ok(parse_estimate(&out))
     }
@@ -825,10 +856,7 @@ impl PackageManager for Apt {
             BTreeMap::new()
         } else {
             self.ensure_refreshed()
-                .and_then(|()| {
-                    self.scratch_cmd("apt-get", &["-s", "-o", "Dpkg::Use-Pty=0", "dist-upgrade"])
-                        .run_get_string()
-                })
+                .and_then(|()| self.simulation.get(|| self.simulation_cmd()))
                 .map(|out| parse_simulation(&out))
                 .unwrap_or_default()
         };
@@ -847,6 +875,8 @@ impl PackageManager for Apt {
 
     fn simulate(&self, ctx: &StepContext<'_>) -> Result<()> {
         self.ensure_refreshed()?;
+        // The sizes are asked while the simulation is shown.
+        self.print_uris.start(self.print_uris_cmd());
         ctx.run(&mut self.scratch_cmd("apt-get", &["-s", "-o", "Dpkg::Use-Pty=0", "dist-upgrade"]))
             .context("simulating the upgrade")?;
         let e = self.estimate()?;
