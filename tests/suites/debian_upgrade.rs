@@ -7,68 +7,11 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use fixtures::clusters::{cluster_rows, postgresql_15_with_data};
 use fixtures::vendors::{self, VendorRepos};
 use fixtures::{Fixtures, MIGRATION_IMAGE, report, serial, show};
 
 const EDITED: &str = "edited locally before the migration\n";
-
-/// Runs `script` with `sh -e` chrooted in the root; its output.
-fn in_root(root: &fixtures::ScratchRoot, script: &str) -> String {
-    let out = root.chroot(&["sh", "-ec", script]).unwrap();
-    assert!(out.status.success(), "{script}: {}", show(&out));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Starts the root's cluster VERSION/main on its socket only (no TCP), runs
-/// `script`, then stops it however the script ended, with pg_ctl itself
-/// (pg_ctlcluster's stop needs a /proc, which the root lacks here).
-fn with_cluster(root: &fixtures::ScratchRoot, version: &str, script: &str) -> String {
-    in_root(
-        root,
-        &format!(
-            "install -d -o postgres -g postgres -m 2775 /run/postgresql
-pg_ctlcluster -o '-c listen_addresses=' {version} main start
-trap 'runuser -u postgres -- /usr/lib/postgresql/{version}/bin/pg_ctl -D /var/lib/postgresql/{version}/main -m fast stop >/dev/null; rm -r /run/postgresql' EXIT
-{script}"
-        ),
-    )
-}
-
-/// Installs Debian's `postgresql` (15 on Debian 12) in the root, its
-/// packages starting nothing, and fills its cluster 15/main: 1000 rows in
-/// `app`'s `items`, 250 in `shop.orders`.
-fn postgresql_15_with_data(root: &fixtures::ScratchRoot) {
-    in_root(
-        root,
-        "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d
-chmod 755 /usr/sbin/policy-rc.d
-apt-get install -y -q --no-install-recommends postgresql >/dev/null
-apt-get clean
-rm /usr/sbin/policy-rc.d",
-    );
-    with_cluster(
-        root,
-        "15",
-        "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 <<'EOF'
-CREATE DATABASE app;
-\\c app
-CREATE TABLE items (id serial PRIMARY KEY, name text);
-INSERT INTO items (name) SELECT 'item ' || n FROM generate_series(1, 1000) n;
-CREATE SCHEMA shop;
-CREATE TABLE shop.orders (id serial PRIMARY KEY, item int REFERENCES items);
-INSERT INTO shop.orders (item) SELECT n FROM generate_series(1, 250) n;
-EOF",
-    );
-}
-
-/// `table|rows` of `app` in the root's cluster VERSION/main.
-fn cluster_rows(root: &fixtures::ScratchRoot, version: &str) -> String {
-    with_cluster(
-        root,
-        version,
-        "runuser -u postgres -- psql -X -A -t -p 5432 -d app -c \"SELECT 'items', count(*) FROM items UNION ALL SELECT 'shop.orders', count(*) FROM shop.orders\"",
-    )
-}
 
 #[test]
 fn migrate_run_upgrades_debian_12_to_13_and_keeps_edited_config() {

@@ -4,23 +4,30 @@
 
 #![allow(clippy::unwrap_used)] // a panic is how a test fails
 
+use std::time::{Duration, Instant};
+
+use fixtures::clusters::{cluster_rows, postgresql_15_with_data};
 use fixtures::{
     Fixtures, LiveRun, MIGRATION_IMAGE, json_lines, kill_container, report, serial, show,
 };
 
-/// Runs the migration, kills the container when `trigger` sees its event,
-/// leaves the root as `after_kill` makes it, then runs again and checks that
-/// the root converged.
+/// Runs the migration on a root `prepare` made, kills the container when
+/// `trigger` sees its event, leaves the root as `after_kill` makes it, then
+/// runs again and checks that the root converged; the root.
 fn kill_then_resume(
-    trigger: impl Fn(&serde_json::Value) -> bool,
+    prepare: impl Fn(&fixtures::ScratchRoot),
+    trigger: impl Fn(&serde_json::Value, &fixtures::ScratchRoot) -> bool,
     killed_step: &str,
     after_kill: impl Fn(&fixtures::ScratchRoot),
-) {
+) -> fixtures::ScratchRoot {
     let _serial = serial();
     let f = Fixtures::get();
     let root = f.copy_root(&f.bookworm).unwrap();
+    prepare(&root);
     let mut run = LiveRun::start(f, &["run", "--image", MIGRATION_IMAGE], &root.path).unwrap();
-    let event = run.until(&trigger).expect("the trigger event came");
+    let event = run
+        .until(|e| trigger(e, &root))
+        .expect("the trigger event came");
     kill_container(f, &run.run_id().unwrap()).unwrap();
     let (code, stderr) = run.finish().unwrap();
     assert_eq!(code, Some(1), "the killed run failed: {stderr}");
@@ -102,6 +109,7 @@ fn kill_then_resume(
         .unwrap();
     assert_eq!(resumed["attempts"], 2, "{state:#}");
     assert_eq!(state["runs"].as_array().unwrap().len(), 2);
+    root
 }
 
 /// The root's state journal.
@@ -119,7 +127,8 @@ fn in_step(e: &serde_json::Value, step: &str) -> bool {
 #[test]
 fn a_run_killed_while_downloading_packages_resumes_to_a_clean_debian_13() {
     kill_then_resume(
-        |e| {
+        |_| {},
+        |e, _| {
             in_step(e, "prefetch")
                 && e["event"] == "progress"
                 && e["message"]
@@ -134,7 +143,8 @@ fn a_run_killed_while_downloading_packages_resumes_to_a_clean_debian_13() {
 #[test]
 fn a_run_killed_while_dpkg_unpacks_and_configures_resumes_to_a_clean_debian_13() {
     kill_then_resume(
-        |e| {
+        |_| {},
+        |e, _| {
             in_step(e, "upgrade-packages")
                 && e["event"] == "progress"
                 && e["percent"].as_f64().is_some_and(|p| p >= 30.0)
@@ -156,7 +166,8 @@ fn a_run_killed_between_two_steps_resumes_to_a_clean_debian_13() {
     // upgraded. dpkg has nothing to finish; apt finds the dependency broken
     // and refuses to upgrade until it is repaired.
     kill_then_resume(
-        |e| e["event"] == "step_started" && in_step(e, "upgrade-packages"),
+        |_| {},
+        |e, _| e["event"] == "step_started" && in_step(e, "upgrade-packages"),
         "upgrade-packages",
         |root| {
             let out = root
@@ -167,6 +178,67 @@ fn a_run_killed_between_two_steps_resumes_to_a_clean_debian_13() {
             assert!(!check.status.success(), "apt finds nothing broken");
         },
     );
+}
+
+/// Killed inside `pg_upgradecluster`, once its new cluster exists (made
+/// by initdb, pg_upgrade to come): the next run drops the half-made
+/// 17/main, puts 15/main back as it was and moves it again; every row is
+/// there, the old cluster kept.
+#[test]
+fn a_run_killed_inside_pg_upgradecluster_moves_the_cluster_again() {
+    let root = kill_then_resume(
+        postgresql_15_with_data,
+        |e, root| {
+            let counted = in_step(e, "postgresql")
+                && e["line"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("cluster 15/main: 2 tables"));
+            if !counted {
+                return false;
+            }
+            // Then pg_upgradecluster runs: its new cluster's data directory.
+            let made = root.join("var/lib/postgresql/17/main/PG_VERSION");
+            let waited = Instant::now();
+            while !made.exists() && waited.elapsed() < Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            true
+        },
+        "postgresql",
+        |root| {
+            let clusters = root.chroot(&["pg_lsclusters", "-h"]).unwrap();
+            let clusters = String::from_utf8_lossy(&clusters.stdout).to_string();
+            assert!(
+                clusters.lines().any(|l| l.starts_with("17 main 5433")),
+                "pg_upgradecluster's new cluster, half made: {clusters}"
+            );
+        },
+    );
+    let clusters = root.chroot(&["pg_lsclusters", "-h"]).unwrap();
+    let clusters = String::from_utf8_lossy(&clusters.stdout).to_string();
+    let lines: Vec<Vec<&str>> = clusters
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{clusters}");
+    assert_eq!(lines[0][..4], ["15", "main", "5433", "down"], "{clusters}");
+    assert_eq!(lines[1][..4], ["17", "main", "5432", "down"], "{clusters}");
+    assert_eq!(cluster_rows(&root, "17"), "items|1000\nshop.orders|250\n");
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    for line in [
+        "cluster 15/main: a move interrupted inside pg_upgradecluster left 17/main half made: dropped it, the old cluster back on port 5432 (auto), moving again",
+        "cluster 17/main on port 5432: the same 2 tables and 1250 rows as 15/main",
+    ] {
+        assert!(log.contains(line), "{line}\n{log}");
+    }
+    let backup = std::fs::read_dir(root.join("var/lib/migrate/backup")).unwrap();
+    for migration in backup {
+        let step = migration.unwrap().path().join("postgresql");
+        let left: Vec<_> = std::fs::read_dir(&step)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "the record of the move is gone: {left:?}");
+    }
 }
 
 /// The host's `migrate` killed mid-upgrade (not its container): the next

@@ -14,6 +14,9 @@
 //!   cluster and must match; then the old cluster is dropped (`drop_old`) or
 //!   kept (postgresql-common leaves it stopped, on another port, started
 //!   manually only).
+//! - A move is recorded before pg_upgradecluster runs ([`Moving`]): a rerun
+//!   after a crash verifies a move that had finished, or drops the
+//!   half-made new cluster and moves again.
 //!
 //! Clusters are started and stopped by the root's `pg_ctlcluster`, in the
 //! root, inside the migration container: the root's /run is the agent's,
@@ -315,6 +318,24 @@ fn read_postmaster(data: &Path, seen_as: &Path) -> Result<Postmaster> {
     })
 }
 
+/// Removes the `postmaster.pid` a server killed with an earlier migration
+/// container left in a root directory (on a live host, a server this
+/// container does not see is the host's, never stale to this step).
+fn clear_stale(ctx: &StepContext<'_>, cluster: &Cluster) -> Result<()> {
+    if ctx.run.live {
+        return Ok(());
+    }
+    if let Postmaster::Elsewhere(pid) = postmaster(ctx, cluster)? {
+        let file = ctx.path(&cluster.data)?.join("postmaster.pid");
+        std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+        ctx.say(format!(
+            "cluster {}: removed the postmaster.pid of a server the interrupted attempt ran (pid {pid})",
+            cluster.id()
+        ));
+    }
+    Ok(())
+}
+
 /// `pg_ctlcluster VERSION NAME ACTION` in the root, never through systemd.
 fn pg_ctl(ctx: &StepContext<'_>, cluster: &Cluster, action: &str) -> Result<()> {
     ctx.run(ctx.chroot("pg_ctlcluster").args([
@@ -381,6 +402,44 @@ fn row_counts(ctx: &StepContext<'_>, cluster: &Cluster) -> Result<BTreeMap<Strin
         }
     }
     Ok(out)
+}
+
+/// A move begun, recorded in the step's backup directory before
+/// pg_upgradecluster runs and removed once the new cluster is verified: a
+/// rerun after a crash tells from it whether pg_upgradecluster finished.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Moving {
+    /// The old cluster's port before the move (the new one's after).
+    port: u16,
+    /// The old cluster's start mode before the move (`start.conf`).
+    start: String,
+    /// Rows per table in the old cluster before the move.
+    rows: BTreeMap<String, u64>,
+}
+
+/// The cluster's `start.conf`, a path in the root.
+fn start_conf(cluster: &Cluster) -> String {
+    format!(
+        "/etc/postgresql/{}/{}/start.conf",
+        cluster.version, cluster.name
+    )
+}
+
+/// The cluster's start mode (`auto`, `manual`, `disabled`); `auto` when its
+/// `start.conf` says nothing, as postgresql-common reads it.
+fn start_mode(ctx: &StepContext<'_>, cluster: &Cluster) -> Result<String> {
+    let text = crate::core::fsutil::read_text_limited(&ctx.path(&start_conf(cluster))?, 64 << 10)?
+        .unwrap_or_default();
+    Ok(parse_start_mode(&text))
+}
+
+/// The first word of a `start.conf` that is not a comment.
+fn parse_start_mode(text: &str) -> String {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .find(|l| !l.is_empty())
+        .unwrap_or("auto")
+        .to_string()
 }
 
 /// What differs between the row counts before and after.
@@ -530,71 +589,56 @@ impl ClustersStep {
         cluster: &Cluster,
         target: u32,
     ) -> Result<()> {
-        // The package of the new version made a default cluster of the same
-        // name: pg_upgradecluster needs the name free.
-        if let Some(fresh) = clusters
+        let marker = ctx
+            .backup_dir()?
+            .join(format!("moving-{}-{}.json", cluster.version, cluster.name));
+        let begun: Option<Moving> = match crate::core::fsutil::read_limited(&marker, 1 << 20)? {
+            Some(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{}: not a record of a move", marker.display()))?,
+            ),
+            None => None,
+        };
+        let existing = clusters
             .iter()
-            .find(|c| c.version == target && c.name == cluster.name)
-        {
-            started.start(fresh)?;
-            let databases: Vec<String> = psql(ctx, fresh, "postgres", DATABASES_SQL)?
-                .into_iter()
-                .filter(|d| d != "postgres")
-                .collect();
-            let tables = psql(ctx, fresh, "postgres", super::postgres::TABLES_SQL)?;
-            if !databases.is_empty() || !tables.is_empty() {
-                bail!(
-                    "cluster {} already holds data ({}); pg_upgradecluster needs the name {} free: move or drop that cluster first",
-                    fresh.id(),
-                    databases
-                        .into_iter()
-                        .chain(tables)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    cluster.name
-                );
+            .find(|c| c.version == target && c.name == cluster.name);
+        let (before, new) = match (begun, existing) {
+            // pg_upgradecluster had finished (the new cluster took the old
+            // one's port last) when an earlier attempt was interrupted.
+            (Some(moving), Some(new)) if new.port == moving.port => {
+                clear_stale(ctx, cluster)?;
+                clear_stale(ctx, new)?;
+                ctx.say(format!(
+                    "cluster {}: an interrupted attempt had moved it to {} already; verifying that",
+                    cluster.id(),
+                    new.id()
+                ));
+                if !matches!(postmaster(ctx, new)?, Postmaster::Here) {
+                    started.start(new)?;
+                }
+                (moving.rows, new.clone())
             }
-            started.drop_cluster(fresh)?;
-            ctx.say(format!(
-                "dropped the empty cluster {} that the PostgreSQL {target} package created",
-                fresh.id()
-            ));
-        }
-        started.start(cluster)?;
-        let before = row_counts(ctx, cluster)?;
-        ctx.say(format!(
-            "cluster {}: {} tables, {} rows",
-            cluster.id(),
-            before.len(),
-            before.values().sum::<u64>()
-        ));
-        ctx.run(ctx.chroot("pg_upgradecluster").args([
-            "--method",
-            self.opts.method.name(),
-            "-v",
-            &target.to_string(),
-            &cluster.version.to_string(),
-            &cluster.name,
-        ]))
-        .with_context(|| format!("pg_upgradecluster {}", cluster.id()))?;
-        let now = Self::clusters(ctx)?;
-        let new = now
-            .iter()
-            .find(|c| c.version == target && c.name == cluster.name)
-            .with_context(|| {
-                format!(
-                    "pg_upgradecluster made no cluster {target}/{}",
-                    cluster.name
-                )
-            })?
-            .clone();
-        // pg_upgradecluster starts the new cluster as the old one ran; it
-        // is this step's to stop either way.
-        if ctx.path(&new.data)?.join("postmaster.pid").exists() {
-            started.clusters.push(new.clone());
-        } else {
-            started.start(&new)?;
-        }
+            // Interrupted inside pg_upgradecluster: its new cluster is half
+            // made; the old one is as it was (but for the port and the
+            // start mode pg_upgradecluster may have changed last).
+            (Some(moving), Some(half)) => {
+                clear_stale(ctx, cluster)?;
+                clear_stale(ctx, half)?;
+                self.undo(ctx, started, cluster, half, &moving)?;
+                let restored = Cluster {
+                    port: moving.port,
+                    ..cluster.clone()
+                };
+                self.begin(ctx, started, &restored, target, &marker)?
+            }
+            (None, Some(fresh)) => {
+                // The package of the new version made a default cluster of
+                // the same name: pg_upgradecluster needs the name free.
+                self.drop_if_empty(ctx, started, fresh, cluster, target)?;
+                self.begin(ctx, started, cluster, target, &marker)?
+            }
+            (_, None) => self.begin(ctx, started, cluster, target, &marker)?,
+        };
         let after = row_counts(ctx, &new)?;
         let problems = differences(&before, &after);
         if !problems.is_empty() {
@@ -616,7 +660,7 @@ impl ClustersStep {
         if self.opts.drop_old {
             started.drop_cluster(cluster)?;
             ctx.say(format!("dropped the old cluster {}", cluster.id()));
-        } else if let Some(kept) = now
+        } else if let Some(kept) = Self::clusters(ctx)?
             .iter()
             .find(|c| c.version == cluster.version && c.name == cluster.name)
         {
@@ -626,6 +670,146 @@ impl ClustersStep {
                 kept.port
             ));
         }
+        std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+        Ok(())
+    }
+
+    /// Drops `fresh`, the cluster the new version's package created under
+    /// the name `cluster` needs, refusing if it holds anything.
+    fn drop_if_empty(
+        &self,
+        ctx: &StepContext<'_>,
+        started: &mut Started<'_>,
+        fresh: &Cluster,
+        cluster: &Cluster,
+        target: u32,
+    ) -> Result<()> {
+        started.start(fresh)?;
+        let databases: Vec<String> = psql(ctx, fresh, "postgres", DATABASES_SQL)?
+            .into_iter()
+            .filter(|d| d != "postgres")
+            .collect();
+        let tables = psql(ctx, fresh, "postgres", super::postgres::TABLES_SQL)?;
+        if !databases.is_empty() || !tables.is_empty() {
+            bail!(
+                "cluster {} already holds data ({}); pg_upgradecluster needs the name {} free: move or drop that cluster first",
+                fresh.id(),
+                databases
+                    .into_iter()
+                    .chain(tables)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cluster.name
+            );
+        }
+        started.drop_cluster(fresh)?;
+        ctx.say(format!(
+            "dropped the empty cluster {} that the PostgreSQL {target} package created",
+            fresh.id()
+        ));
+        Ok(())
+    }
+
+    /// Counts the rows of `cluster`, records the move as begun (`marker`)
+    /// and moves it with pg_upgradecluster: the rows before, the new
+    /// cluster (running, this step's to stop).
+    fn begin(
+        &self,
+        ctx: &StepContext<'_>,
+        started: &mut Started<'_>,
+        cluster: &Cluster,
+        target: u32,
+        marker: &Path,
+    ) -> Result<(BTreeMap<String, u64>, Cluster)> {
+        started.start(cluster)?;
+        let before = row_counts(ctx, cluster)?;
+        ctx.say(format!(
+            "cluster {}: {} tables, {} rows",
+            cluster.id(),
+            before.len(),
+            before.values().sum::<u64>()
+        ));
+        let moving = Moving {
+            port: cluster.port,
+            start: start_mode(ctx, cluster)?,
+            rows: before.clone(),
+        };
+        crate::core::fsutil::write_atomic(marker, &serde_json::to_vec_pretty(&moving)?)?;
+        ctx.run(ctx.chroot("pg_upgradecluster").args([
+            "--method",
+            self.opts.method.name(),
+            "-v",
+            &target.to_string(),
+            &cluster.version.to_string(),
+            &cluster.name,
+        ]))
+        .with_context(|| format!("pg_upgradecluster {}", cluster.id()))?;
+        let new = Self::clusters(ctx)?
+            .into_iter()
+            .find(|c| c.version == target && c.name == cluster.name)
+            .with_context(|| {
+                format!(
+                    "pg_upgradecluster made no cluster {target}/{}",
+                    cluster.name
+                )
+            })?;
+        // pg_upgradecluster starts the new cluster as the old one ran; it
+        // is this step's to stop either way.
+        if ctx.path(&new.data)?.join("postmaster.pid").exists() {
+            started.clusters.push(new.clone());
+        } else {
+            started.start(&new)?;
+        }
+        Ok((before, new))
+    }
+
+    /// Puts back what an interrupted pg_upgradecluster left: its half-made
+    /// cluster `half` dropped, the old cluster's port and start mode as
+    /// `moving` recorded them. Refused when the old cluster's files were
+    /// already linked into the new one (method `link`): it cannot run again.
+    fn undo(
+        &self,
+        ctx: &StepContext<'_>,
+        started: &mut Started<'_>,
+        cluster: &Cluster,
+        half: &Cluster,
+        moving: &Moving,
+    ) -> Result<()> {
+        if ctx
+            .path(&cluster.data)?
+            .join("global/pg_control.old")
+            .exists()
+        {
+            bail!(
+                "cluster {}: an interrupted pg_upgrade --link had begun linking its files into {}; the old cluster cannot run again: restore it from the safety backup (migrate rollback)",
+                cluster.id(),
+                half.id()
+            );
+        }
+        started.drop_cluster(half)?;
+        if cluster.port != moving.port {
+            ctx.run(ctx.chroot("pg_conftool").args([
+                &cluster.version.to_string(),
+                &cluster.name,
+                "set",
+                "port",
+                &moving.port.to_string(),
+            ]))
+            .with_context(|| format!("setting the port of {} back", cluster.id()))?;
+        }
+        if start_mode(ctx, cluster)? != moving.start {
+            crate::core::fsutil::write_atomic(
+                &ctx.path(&start_conf(cluster))?,
+                format!("{}\n", moving.start).as_bytes(),
+            )?;
+        }
+        ctx.say(format!(
+            "cluster {}: a move interrupted inside pg_upgradecluster left {} half made: dropped it, the old cluster back on port {} ({}), moving again",
+            cluster.id(),
+            half.id(),
+            moving.port,
+            moving.start
+        ));
         Ok(())
     }
 }
@@ -715,6 +899,15 @@ mod tests {
         nix::unistd::mkfifo(&pid, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let e = read_postmaster(data, &here).err().unwrap();
         assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+    }
+
+    #[test]
+    fn the_start_mode_is_the_first_word_that_is_no_comment() {
+        let shipped = "# Automatic startup configuration\n#   auto: automatically start the cluster\n# Default: auto\n\nmanual\n";
+        assert_eq!(parse_start_mode(shipped), "manual");
+        assert_eq!(parse_start_mode("auto # as installed\n"), "auto");
+        assert_eq!(parse_start_mode("# nothing but comments\n"), "auto");
+        assert_eq!(parse_start_mode(""), "auto");
     }
 
     #[test]
