@@ -551,13 +551,7 @@ fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() 
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let finding = |id: &str| {
-        report["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == id)
-            .unwrap_or_else(|| panic!("no finding {id}: {report:#}"))
-            .clone()
+        fixtures::finding(&report, id).unwrap_or_else(|| panic!("no finding {id}: {report:#}"))
     };
     let disabled = finding("repositories.third-party");
     assert_eq!(disabled["severity"], "warning");

@@ -150,12 +150,7 @@ deb [{key}] {v}/c-old bookworm main
         ]
     );
     // Configuration drift: the kept /etc/issue, its new version beside it.
-    let drift = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == "config-drift")
-        .unwrap_or_else(|| panic!("{report:#}"));
+    let drift = fixtures::finding(&report, "config-drift").unwrap_or_else(|| panic!("{report:#}"));
     assert!(
         drift["message"]
             .as_str()
@@ -163,12 +158,8 @@ deb [{key}] {v}/c-old bookworm main
             .contains("/etc/issue (new: /etc/issue.dpkg-dist)"),
         "{drift}"
     );
-    let packages = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == "third-party.packages")
-        .unwrap_or_else(|| panic!("{report:#}"));
+    let packages =
+        fixtures::finding(&report, "third-party.packages").unwrap_or_else(|| panic!("{report:#}"));
     assert_eq!(
         packages["message"],
         "3 installed packages are not from the distribution: vendor-a (kept at 1.0), vendor-b (upgraded to 2.0 from Vendor B:trixie), vendor-c (upgraded to 2.0 from Vendor C:trixie)"
@@ -199,11 +190,7 @@ deb [{key}] {v}/c-old bookworm main
         .filter_map(|l| l.split_once('/').map(|(n, _)| n.to_string()))
         .collect();
     local.sort();
-    let finding = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["id"] == "obsolete-packages");
+    let finding = fixtures::finding(&report, "obsolete-packages");
     if local.is_empty() {
         assert!(
             log.contains("every installed package is in a repository of debian:13"),

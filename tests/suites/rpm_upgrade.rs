@@ -210,14 +210,7 @@ fn upgrades_to_release_2(flavor: Flavor) {
         "{}",
         log(&root.path)
     );
-    let finding = |id: &str| {
-        r["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == id)
-            .cloned()
-    };
+    let finding = |id: &str| fixtures::finding(&r, id);
     let obsolete = finding("obsolete-packages").unwrap_or_else(|| panic!("{r:#}"));
     assert_eq!(obsolete["severity"], "warning");
     let listed = obsolete["message"].as_str().unwrap();

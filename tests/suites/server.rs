@@ -313,12 +313,7 @@ ports = ["127.0.0.1:80", "127.0.0.1:5432"]
     }
     assert_eq!(r["bootable"]["problems"], serde_json::json!([]), "{r:#}");
     let finding = |id: &str| {
-        r["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == id)
-            .unwrap_or_else(|| panic!("no finding {id}: {r:#}"))["message"]
+        fixtures::finding(&r, id).unwrap_or_else(|| panic!("no finding {id}: {r:#}"))["message"]
             .as_str()
             .unwrap()
             .to_string()
