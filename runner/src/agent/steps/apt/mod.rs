@@ -1048,14 +1048,11 @@ fn parse_estimate(out: &str) -> SpaceEstimate {
         }
         if let Some(rest) = line.strip_prefix("Need to get ") {
             let size = rest.trim_end_matches(" of archives.");
-            // "0 B/36.4 MB": already downloaded / total.
-            let total = size.rsplit('/').next().unwrap_or(size);
-            let cached = if size.contains('/') {
-                size.split('/').next().and_then(parse_size).unwrap_or(0)
-            } else {
-                0
-            };
-            e.download = parse_size(total).unwrap_or(0).saturating_sub(cached);
+            // "12.0 MB/36.4 MB": still to fetch / all the archives (the
+            // rest is in the archive cache already); one figure when
+            // nothing is cached.
+            let fetch = size.split('/').next().unwrap_or(size);
+            e.download = parse_size(fetch).unwrap_or(0);
         } else if let Some(rest) = line.strip_prefix("After this operation, ") {
             let freed = rest.contains("freed");
             let size = rest
