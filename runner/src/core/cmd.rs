@@ -163,6 +163,11 @@ impl Background {
         }
     }
 
+    /// Whether the question was started or answered already.
+    pub(crate) fn asked(&self) -> bool {
+        self.running.borrow().is_some() || self.answer.get().is_some()
+    }
+
     /// The answer: waits for the started command, or runs `cmd()` now.
     pub(crate) fn get(&self, cmd: impl FnOnce() -> Command) -> Result<String> {
         let answer = self.answer.get_or_init(|| {

@@ -891,6 +891,20 @@ impl PackageManager for Apt {
     fn prefetch(&self, ctx: &StepContext<'_>) -> Result<String> {
         self.ensure_refreshed()?;
         let before = archives(&self.root)?;
+        // The checks of this run asked what the upgrade would download
+        // (apt lists only what its archive cache lacks): when that is
+        // nothing, a second resolution of the upgrade would find nothing
+        // either.
+        if self.print_uris.asked()
+            && let Ok(out) = self.print_uris.get(|| self.print_uris_cmd())
+            && uris(&out) == 0
+        {
+            return Ok(format!(
+                "{ARCHIVES} holds {} packages ({:.1} MB), every one the upgrade needs: nothing to download",
+                before.0,
+                before.1 as f64 / 1e6
+            ));
+        }
         // The target's lists of the scratch area decide what is needed;
         // the packages go to the root's own archive cache, where the
         // cutover's `apt-get dist-upgrade` finds them (by name and checksum)
@@ -967,6 +981,11 @@ impl PackageManager for Apt {
 
 /// The packages `apt list --installed` marks `local` (installed, and in no
 /// repository of the root's lists): `name/now 1.0 amd64 [installed,local]`.
+/// How many files `apt-get --print-uris` would fetch (`'URI' NAME SIZE HASH`).
+fn uris(print_uris: &str) -> usize {
+    print_uris.lines().filter(|l| l.starts_with('\'')).count()
+}
+
 fn parse_local_packages(text: &str) -> Vec<String> {
     let mut names: Vec<String> = text
         .lines()

@@ -22,6 +22,16 @@ fn the_upgrade_estimate_is_read_from_apt_output() {
 }
 
 #[test]
+fn the_files_print_uris_would_fetch_are_counted() {
+    let out = "Reading package lists...\nThe following packages will be upgraded:\n  base-files\nNeed to get 71.2 kB of archives.\n'http://deb.example/pool/main/b/base-files/base-files_13.8_amd64.deb' base-files_13.8_amd64.deb 71204 SHA256:ab12\n";
+    assert_eq!(uris(out), 1);
+    assert_eq!(
+        uris("Reading package lists...\n0 upgraded, 0 newly installed.\n"),
+        0
+    );
+}
+
+#[test]
 fn the_packages_an_upgrade_replaces_are_read_from_apt_output() {
     let e = parse_estimate(
         "Reading package lists...\nThe following packages will be REMOVED:\n  libdb5.3* libssl3\nThe following NEW packages will be installed:\n  libssl3t64\nThe following packages will be upgraded:\n  base-files bash\n  libc6\n2 upgraded, 1 newly installed, 2 to remove and 0 not upgraded.\nNeed to get 1 kB of archives.\n",
