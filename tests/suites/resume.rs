@@ -206,12 +206,12 @@ fn a_run_killed_inside_pg_upgradecluster_moves_the_cluster_again() {
         },
         "postgresql",
         |root| {
+            // pg_upgradecluster's new cluster, half made (whether
+            // postgresql-common lists it yet depends on the moment).
+            assert!(root.join("var/lib/postgresql/17/main/PG_VERSION").exists());
             let clusters = root.chroot(&["pg_lsclusters", "-h"]).unwrap();
             let clusters = String::from_utf8_lossy(&clusters.stdout).to_string();
-            assert!(
-                clusters.lines().any(|l| l.starts_with("17 main 5433")),
-                "pg_upgradecluster's new cluster, half made: {clusters}"
-            );
+            assert!(clusters.starts_with("15 main "), "{clusters}");
         },
     );
     let clusters = root.chroot(&["pg_lsclusters", "-h"]).unwrap();
@@ -226,7 +226,7 @@ fn a_run_killed_inside_pg_upgradecluster_moves_the_cluster_again() {
     assert_eq!(cluster_rows(&root, "17"), "items|1000\nshop.orders|250\n");
     let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
     for line in [
-        "cluster 15/main: a move interrupted inside pg_upgradecluster left 17/main half made: dropped it, the old cluster back on port 5432 (auto), moving again",
+        "cluster 15/main: a move interrupted inside pg_upgradecluster left 17/main half made: removed it, the old cluster back on port 5432 (auto), moving again",
         "cluster 17/main on port 5432: the same 2 tables and 1250 rows as 15/main",
     ] {
         assert!(log.contains(line), "{line}\n{log}");

@@ -621,10 +621,12 @@ impl ClustersStep {
             // Interrupted inside pg_upgradecluster: its new cluster is half
             // made; the old one is as it was (but for the port and the
             // start mode pg_upgradecluster may have changed last).
-            (Some(moving), Some(half)) => {
+            (Some(moving), half) => {
                 clear_stale(ctx, cluster)?;
-                clear_stale(ctx, half)?;
-                self.undo(ctx, started, cluster, half, &moving)?;
+                if let Some(half) = half {
+                    clear_stale(ctx, half)?;
+                }
+                self.undo(ctx, started, cluster, half, target, &moving)?;
                 let restored = Cluster {
                     port: moving.port,
                     ..cluster.clone()
@@ -637,7 +639,7 @@ impl ClustersStep {
                 self.drop_if_empty(ctx, started, fresh, cluster, target)?;
                 self.begin(ctx, started, cluster, target, &marker)?
             }
-            (_, None) => self.begin(ctx, started, cluster, target, &marker)?,
+            (None, None) => self.begin(ctx, started, cluster, target, &marker)?,
         };
         let after = row_counts(ctx, &new)?;
         let problems = differences(&before, &after);
@@ -764,17 +766,21 @@ impl ClustersStep {
     }
 
     /// Puts back what an interrupted pg_upgradecluster left: its half-made
-    /// cluster `half` dropped, the old cluster's port and start mode as
-    /// `moving` recorded them. Refused when the old cluster's files were
+    /// cluster removed (`half` if postgresql-common lists it, else what
+    /// pg_createcluster had made of it: the data directory initdb filled,
+    /// its configuration directory), the old cluster's port and start mode
+    /// as `moving` recorded them. Refused when the old cluster's files were
     /// already linked into the new one (method `link`): it cannot run again.
     fn undo(
         &self,
         ctx: &StepContext<'_>,
         started: &mut Started<'_>,
         cluster: &Cluster,
-        half: &Cluster,
+        half: Option<&Cluster>,
+        target: u32,
         moving: &Moving,
     ) -> Result<()> {
+        let new_id = format!("{target}/{}", cluster.name);
         if ctx
             .path(&cluster.data)?
             .join("global/pg_control.old")
@@ -783,10 +789,26 @@ impl ClustersStep {
             bail!(
                 "cluster {}: an interrupted pg_upgrade --link had begun linking its files into {}; the old cluster cannot run again: restore it from the safety backup (migrate rollback)",
                 cluster.id(),
-                half.id()
+                new_id
             );
         }
-        started.drop_cluster(half)?;
+        let mut removed = false;
+        if let Some(half) = half {
+            started.drop_cluster(half)?;
+            removed = true;
+        } else {
+            for dir in [
+                format!("/var/lib/postgresql/{new_id}"),
+                format!("/etc/postgresql/{new_id}"),
+            ] {
+                let path = ctx.path(&dir)?;
+                if std::fs::symlink_metadata(&path).is_ok() {
+                    std::fs::remove_dir_all(&path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                    removed = true;
+                }
+            }
+        }
         if cluster.port != moving.port {
             ctx.run(ctx.chroot("pg_conftool").args([
                 &cluster.version.to_string(),
@@ -804,9 +826,13 @@ impl ClustersStep {
             )?;
         }
         ctx.say(format!(
-            "cluster {}: a move interrupted inside pg_upgradecluster left {} half made: dropped it, the old cluster back on port {} ({}), moving again",
+            "cluster {}: a move interrupted inside pg_upgradecluster {}, the old cluster back on port {} ({}), moving again",
             cluster.id(),
-            half.id(),
+            if removed {
+                format!("left {new_id} half made: removed it")
+            } else {
+                format!("had not made {new_id} yet")
+            },
             moving.port,
             moving.start
         ));
