@@ -602,9 +602,20 @@ impl Apt {
         self.scratch_cmd("apt-get", &["-s", "-o", "Dpkg::Use-Pty=0", "dist-upgrade"])
     }
 
-    /// What the upgrade would download, with sizes.
+    /// What the upgrade would download, with sizes: what the root's
+    /// archive cache lacks (where the prefetch and the cutover look;
+    /// `--print-uris` reads it, creating and locking nothing).
     fn print_uris_cmd(&self) -> Command {
-        self.scratch_cmd("apt-get", &["--print-uris", "-y", "dist-upgrade"])
+        self.scratch_cmd(
+            "apt-get",
+            &[
+                "-o",
+                &format!("Dir::Cache::archives={ARCHIVES}"),
+                "--print-uris",
+                "-y",
+                "dist-upgrade",
+            ],
+        )
     }
 
     /// Fetches the target's metadata once; later calls repeat the outcome.
