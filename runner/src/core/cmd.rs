@@ -36,12 +36,9 @@ pub(crate) trait CommandExt {
 
 impl CommandExt for Command {
     fn run_captured(&mut self) -> Result<Output> {
-        let line = self.display();
-        tracing::debug!(command = %line, "running");
-        let out = self
-            .output()
-            .with_context(|| format!("starting `{line}`"))?;
+        let out = self.run_unchecked()?;
         if !out.status.success() {
+            let line = self.display();
             bail!(
                 "`{line}` failed ({}){}",
                 out.status,
@@ -54,10 +51,16 @@ impl CommandExt for Command {
     fn run_unchecked(&mut self) -> Result<Output> {
         let line = self.display();
         tracing::debug!(command = %line, "running");
+        let started = std::time::Instant::now();
         let out = self
             .output()
             .with_context(|| format!("starting `{line}`"))?;
-        tracing::debug!(command = %line, status = %out.status, "finished");
+        tracing::debug!(
+            command = %line,
+            status = %out.status,
+            ms = started.elapsed().as_millis(),
+            "finished"
+        );
         Ok(out)
     }
 

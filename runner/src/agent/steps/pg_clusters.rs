@@ -58,12 +58,17 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// The systemd unit of postgresql-common that runs the cluster.
     fn unit(&self) -> String {
-        format!("postgresql@{}-{}.service", self.version, self.name)
+        unit_of(self.version, &self.name)
     }
 
     fn id(&self) -> String {
         format!("{}/{}", self.version, self.name)
     }
+}
+
+/// The systemd unit of postgresql-common that runs cluster `version`/`name`.
+fn unit_of(version: u32, name: &str) -> String {
+    format!("postgresql@{version}-{name}.service")
 }
 
 /// `pg_lsclusters -h`: `VERSION NAME PORT STATUS OWNER DATADIR LOGFILE`.
@@ -455,6 +460,68 @@ fn differences(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) ->
     out
 }
 
+/// The record of the clusters the step stopped on the running host, in
+/// its backup directory: `[[VERSION, "NAME"], ...]`.
+const STOPPED_ON_HOST: &str = "stopped-on-host.json";
+
+/// The clusters an earlier attempt stopped on the host, if it recorded any.
+fn stopped_on_host(record: &Path) -> Result<Vec<(u32, String)>> {
+    match crate::core::fsutil::read_limited(record, 1 << 20)? {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a record of stopped clusters", record.display())),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn remove_record(record: &Path) -> Result<()> {
+    match std::fs::remove_file(record) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", record.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Which version of a cluster stopped on the host to start again: the
+/// target's once the cluster moved there (which also stands for an empty
+/// default cluster of that version dropped to make room), else its own.
+fn version_to_start(stopped: u32, target: u32, moved: bool) -> u32 {
+    if stopped < target && moved {
+        target
+    } else {
+        stopped
+    }
+}
+
+/// Starts every cluster in `stopped` on the running host again, each once;
+/// one that does not start is a warning (it starts at the next boot).
+fn start_on_host(ctx: &StepContext<'_>, target: u32, stopped: &[(u32, String)]) -> Result<()> {
+    let mut again: Vec<(u32, &str)> = Vec::new();
+    for (version, name) in stopped {
+        let moved = ctx
+            .path(&format!("etc/postgresql/{target}/{name}"))?
+            .is_dir();
+        let now = (version_to_start(*version, target, moved), name.as_str());
+        if !again.contains(&now) {
+            again.push(now);
+        }
+    }
+    for (version, name) in again {
+        let id = format!("{version}/{name}");
+        let unit = unit_of(version, name);
+        match service::act_live(ctx, Action::Start, &unit, Duration::from_secs(120)) {
+            Ok(_) => ctx.say(format!("cluster {id} started on the host ({unit})")),
+            Err(e) => ctx.finding(Finding {
+                id: format!("postgresql.{id}"),
+                severity: Severity::Warning,
+                message: format!("cluster {id} did not start again on the host ({unit}): {e:#}"),
+                hint: format!("it starts at the next boot; journalctl -u {unit} tells why"),
+            }),
+        }
+    }
+    Ok(())
+}
+
 impl ClustersStep {
     fn upgrade(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
         let clusters = Self::clusters(ctx)?;
@@ -463,8 +530,14 @@ impl ClustersStep {
             ctx.say("no PostgreSQL server is installed in the root");
             return Ok(StepStatus::Succeeded);
         };
+        let stopped_record = ctx.backup_dir()?.join(STOPPED_ON_HOST);
+        let mut restart = stopped_on_host(&stopped_record)?;
         if old.is_empty() {
             ctx.say(format!("no PostgreSQL cluster older than {target}"));
+            // An earlier attempt moved them and was interrupted before it
+            // started again what it had stopped on the host.
+            start_on_host(ctx, target, &restart)?;
+            remove_record(&stopped_record)?;
             return Ok(StepStatus::Succeeded);
         }
         if !installed_versions(ctx.root()).contains(&target) {
@@ -488,8 +561,9 @@ impl ClustersStep {
             }
         }
         // Served by the running host: stopped through its systemd (recorded
-        // for rollback), and the moved cluster started the same way after.
-        let mut restart = Vec::new();
+        // for rollback), and the moved cluster started the same way after;
+        // recorded in the backup directory too, so that a rerun after a
+        // crash starts them as well (it finds them stopped).
         for (cluster, pid) in on_host {
             let unit = cluster.unit();
             let before = service::act_live(ctx, Action::Stop, &unit, Duration::from_secs(120))
@@ -509,8 +583,13 @@ impl ClustersStep {
                 "cluster {} ran on the host: {unit} stopped",
                 cluster.id()
             ));
-            if before.active == "active" {
-                restart.push(cluster.clone());
+            let id = (cluster.version, cluster.name.clone());
+            if before.active == "active" && !restart.contains(&id) {
+                restart.push(id);
+                crate::core::fsutil::write_atomic(
+                    &stopped_record,
+                    &serde_json::to_vec(&restart).context("recording the stopped clusters")?,
+                )?;
             }
         }
         // Started in this container by a package's maintainer scripts
@@ -543,41 +622,8 @@ impl ClustersStep {
                 self.move_one(ctx, &mut started, &clusters, cluster, target)?;
             }
         }
-        // Every cluster stopped on the host runs again: a moved one as its
-        // new version (which also stands for an empty default cluster of
-        // that version dropped to make room), any other as it was.
-        let mut again: Vec<Cluster> = Vec::new();
-        for cluster in restart {
-            let now = if old.contains(&cluster) {
-                Cluster {
-                    version: target,
-                    ..cluster
-                }
-            } else {
-                cluster
-            };
-            if !again.iter().any(|c| c.id() == now.id()) {
-                again.push(now);
-            }
-        }
-        for cluster in again {
-            let unit = cluster.unit();
-            match service::act_live(ctx, Action::Start, &unit, Duration::from_secs(120)) {
-                Ok(_) => ctx.say(format!(
-                    "cluster {} started on the host ({unit})",
-                    cluster.id()
-                )),
-                Err(e) => ctx.finding(Finding {
-                    id: format!("postgresql.{}", cluster.id()),
-                    severity: Severity::Warning,
-                    message: format!(
-                        "cluster {} did not start again on the host ({unit}): {e:#}",
-                        cluster.id()
-                    ),
-                    hint: format!("it starts at the next boot; journalctl -u {unit} tells why"),
-                }),
-            }
-        }
+        start_on_host(ctx, target, &restart)?;
+        remove_record(&stopped_record)?;
         Ok(StepStatus::Succeeded)
     }
 
@@ -925,6 +971,16 @@ mod tests {
         nix::unistd::mkfifo(&pid, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let e = read_postmaster(data, &here).err().unwrap();
         assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+    }
+
+    #[test]
+    fn a_cluster_stopped_on_the_host_starts_again_as_its_new_version_once_moved() {
+        assert_eq!(version_to_start(15, 17, true), 17);
+        assert_eq!(version_to_start(15, 17, false), 15);
+        // A cluster of the target version (e.g. the empty default one
+        // dropped to make room) stands for the moved one.
+        assert_eq!(version_to_start(17, 17, true), 17);
+        assert_eq!(version_to_start(17, 17, false), 17);
     }
 
     #[test]

@@ -990,13 +990,13 @@ impl PackageManager for Apt {
     }
 }
 
-/// The packages `apt list --installed` marks `local` (installed, and in no
-/// repository of the root's lists): `name/now 1.0 amd64 [installed,local]`.
 /// How many files `apt-get --print-uris` would fetch (`'URI' NAME SIZE HASH`).
 fn uris(print_uris: &str) -> usize {
     print_uris.lines().filter(|l| l.starts_with('\'')).count()
 }
 
+/// The packages `apt list --installed` marks `local` (installed, and in no
+/// repository of the root's lists): `name/now 1.0 amd64 [installed,local]`.
 fn parse_local_packages(text: &str) -> Vec<String> {
     let mut names: Vec<String> = text
         .lines()
