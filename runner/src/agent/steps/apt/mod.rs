@@ -18,6 +18,7 @@ use crate::core::kinds::Kind;
 use crate::core::kinds::apt::{AptSourcesOptions, VendorFile, VendorRepo};
 use repos::{Decider, Decision, Probe, ReleaseFile, Source};
 
+mod lists;
 pub(crate) mod repos;
 
 /// Scratch area for questions about the target release, inside the root's
@@ -946,6 +947,16 @@ impl PackageManager for Apt {
     }
 
     fn obsolete(&self) -> Result<Vec<String>> {
+        let installed = apt(
+            &self.root,
+            "dpkg-query",
+            &["-W", "-f", lists::INSTALLED_FORMAT],
+        )
+        .run_get_string()?;
+        let native = apt(&self.root, "dpkg", &["--print-architecture"]).run_get_string()?;
+        if let Some(local) = lists::local_packages(&self.root, &installed, native.trim())? {
+            return Ok(local);
+        }
         // The scratch cache, not the root's: after a release upgrade the
         // root's cache files are of the old apt's format, so apt would
         // rebuild them anyway, and write 90 MB into the root doing so
