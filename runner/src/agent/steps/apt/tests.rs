@@ -150,3 +150,105 @@ fn one_valid_signature_verifies_a_release_file_and_a_bad_one_does_not() {
         "[GNUPG:] BADSIG 4567 x\n[GNUPG:] VALIDSIG 89AB\n"
     ));
 }
+
+const PRINT_URIS_V: &str = "\
+Reading package lists...
+Calculating upgrade...
+The following packages will be REMOVED:
+   libdb5.3* (5.3.28+dfsg2-1)
+   vendor-gone (1.0)
+The following NEW packages will be installed:
+   libdb5.3t64 (5.3.28+dfsg2-9)
+The following packages have been kept back:
+   vendor-a (1.0)
+The following packages will be upgraded:
+   apt (2.6.1 => 3.0.4)
+   vendor-b (1.0 => 2.0)
+The following packages will be DOWNGRADED:
+   vendor-c (3.0 => 2.0)
+3 upgraded, 1 newly installed, 1 downgraded, 2 to remove and 1 not upgraded.
+Need to get 1 kB/2 kB of archives.
+'http://deb.example/pool/main/a/apt/apt_3.0.4_amd64.deb' apt_3.0.4_amd64.deb 1000 SHA256:ab12
+";
+
+#[test]
+fn one_print_uris_with_versions_gives_the_fates_and_the_replaced_packages() {
+    let fates = parse_fates(PRINT_URIS_V);
+    assert_eq!(fates.len(), 5, "{fates:?}");
+    assert_eq!(fates["libdb5.3"], Fate::Removed);
+    assert_eq!(fates["vendor-gone"], Fate::Removed);
+    assert_eq!(fates["apt"], Fate::Upgraded("3.0.4".into(), String::new()));
+    assert_eq!(
+        fates["vendor-b"],
+        Fate::Upgraded("2.0".into(), String::new())
+    );
+    assert_eq!(
+        fates["vendor-c"],
+        Fate::Upgraded("2.0".into(), String::new())
+    );
+    // Kept back and new packages have no fate of their own.
+    assert!(!fates.contains_key("vendor-a") && !fates.contains_key("libdb5.3t64"));
+    let e = parse_estimate(PRINT_URIS_V);
+    assert_eq!(
+        e.replaced,
+        ["libdb5.3", "vendor-gone", "apt", "vendor-b", "vendor-c"]
+    );
+    assert_eq!(e.download, 1000);
+    assert_eq!(uris(PRINT_URIS_V), 1);
+}
+
+#[test]
+fn candidates_are_named_by_their_release_as_apt_simulations_name_them() {
+    let files = "\
+Package files:
+ 100 /var/lib/dpkg/status
+     release a=now
+ 500 http://127.0.0.1:8000/vendor-b trixie/main amd64 Packages
+     release o=Vendor B,a=trixie,n=trixie,c=main,b=amd64
+     origin 127.0.0.1
+ 500 http://mirror/debian trixie/main amd64 Packages
+     release v=13.2,o=Debian,a=stable,n=trixie,l=Debian,c=main,b=amd64
+     origin mirror
+Pinned packages:
+";
+    let names = parse_release_names(files);
+    assert_eq!(
+        names["http://127.0.0.1:8000/vendor-b trixie/main amd64 Packages"],
+        "Vendor B:trixie"
+    );
+    assert_eq!(
+        names["http://mirror/debian trixie/main amd64 Packages"],
+        "Debian:13.2/stable"
+    );
+    let policy = "\
+vendor-b:
+  Installed: 1.0
+  Candidate: 2.0
+  Version table:
+     2.0 500
+        500 http://127.0.0.1:8000/vendor-b trixie/main amd64 Packages
+ *** 1.0 100
+        100 /var/lib/dpkg/status
+bash:
+  Installed: 5.2.15-2+b13
+  Candidate: 5.2.37-2+b10
+  Version table:
+     5.2.37-2+b10 500
+        500 http://mirror/debian trixie/main amd64 Packages
+ *** 5.2.15-2+b13 100
+        100 /var/lib/dpkg/status
+";
+    assert_eq!(
+        parse_candidate_files(policy),
+        [
+            (
+                "vendor-b".to_string(),
+                vec!["http://127.0.0.1:8000/vendor-b trixie/main amd64 Packages".to_string()]
+            ),
+            (
+                "bash".to_string(),
+                vec!["http://mirror/debian trixie/main amd64 Packages".to_string()]
+            ),
+        ]
+    );
+}
