@@ -221,6 +221,25 @@ deb [{key}] {v}/c-old bookworm main
         "the prefetch says what it holds"
     );
     let cutover = &log[log.find("[upgrade-packages] step started").unwrap()..];
+    // The target's lists the checks fetched were reused: the cutover's
+    // apt-get update found them current and downloaded no index again.
+    assert!(
+        cutover.contains(
+            "lists of the target fetched by this run's checks copied to /var/lib/apt/lists"
+        ),
+        "the checks' lists were not reused"
+    );
+    let update = &cutover[..cutover
+        .find("Reading package lists")
+        .unwrap_or(cutover.len())];
+    let fetched: Vec<&str> = update
+        .lines()
+        .filter(|l| l.contains("Get:") && l.contains("Packages"))
+        .collect();
+    assert!(
+        fetched.is_empty(),
+        "the cutover fetched lists again: {fetched:?}"
+    );
     assert!(
         cutover.contains("Need to get 0 B/"),
         "the cutover's apt downloaded packages: {}",

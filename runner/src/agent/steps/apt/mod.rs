@@ -2,6 +2,7 @@
 //! root's own apt and dpkg (and their maintainer scripts) do the work.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -99,6 +100,15 @@ impl StepKind for DistUpgrade {
         let configured = ctx
             .run(&mut apt(ctx.root(), "dpkg", &["--configure", "-a"]))
             .is_ok();
+        // The target's lists this run's checks fetched: apt-get update then
+        // revalidates them instead of downloading them a second time.
+        if let Some(pm) = ctx.run.packages()?.apt()
+            && let Some(n) = pm.seed_lists()?
+        {
+            ctx.say(format!(
+                "{n} lists of the target fetched by this run's checks copied to /var/lib/apt/lists: apt-get update revalidates them"
+            ));
+        }
         ctx.run(&mut apt(
             ctx.root(),
             "apt-get",
@@ -641,6 +651,50 @@ impl Apt {
                 (pkg, from.join(", "))
             })
             .collect())
+    }
+
+    /// Copies the target's lists fetched into the scratch area in this run
+    /// (for the sources as the cutover writes them) into the root's lists
+    /// directory, so that the cutover's `apt-get update` finds them
+    /// current; how many, or `None` when this run fetched none.
+    pub(crate) fn seed_lists(&self) -> Result<Option<usize>> {
+        if !self.refreshed.succeeded() {
+            return Ok(None);
+        }
+        let from = self.scratch().join("lists");
+        let to = crate::core::rootfs::resolve(&self.root, "var/lib/apt/lists")?;
+        let mut n = 0;
+        for e in std::fs::read_dir(&from)
+            .with_context(|| format!("listing {}", from.display()))?
+            .filter_map(Result::ok)
+        {
+            let name = e.file_name();
+            if name == "lock" || !e.file_type()?.is_file() {
+                continue;
+            }
+            let target = to.join(&name);
+            // Never through a link the root put there.
+            if target.symlink_metadata().is_ok_and(|m| !m.is_file()) {
+                continue;
+            }
+            // A file of its own beside it, renamed over it: never written
+            // through whatever the root has at either name.
+            let temp = to.join(format!(".{}.migrate", name.to_string_lossy()));
+            let _ = std::fs::remove_file(&temp);
+            let copied = std::fs::File::open(e.path()).and_then(|mut src| {
+                let mut dst = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&temp)?;
+                std::io::copy(&mut src, &mut dst)?;
+                std::fs::rename(&temp, &target)
+            });
+            copied
+                .with_context(|| format!("copying {} to {}", e.path().display(), to.display()))?;
+            n += 1;
+        }
+        Ok(Some(n))
     }
 
     /// Fetches the target's metadata once; later calls repeat the outcome.
