@@ -295,6 +295,13 @@ pub(crate) struct Apt {
     /// background as soon as the target's lists are fetched (it and the
     /// checks that do not need it run at the same time).
     ahead: bool,
+    /// `apt-cache policy` of the root's own lists (the origin of each
+    /// package file), which builds apt's cache of them: started in the
+    /// background when the sources are first listed, if the plan's
+    /// third-party check will ask it, while the target's lists are fetched.
+    root_policy: Background,
+    /// Whether the plan has a third-party check.
+    third_party: bool,
 }
 
 /// Where the image keeps its vendor maps (`*.toml`).
@@ -345,6 +352,7 @@ impl Apt {
             .plan
             .first_of_kind(&[Kind::CheckThirdParty, Kind::CheckDiskSpace])
             .is_some();
+        let third_party = run.plan.first_of_kind(&[Kind::CheckThirdParty]).is_some();
         Ok(Self {
             root: run.root.clone(),
             from: from.to_string(),
@@ -357,6 +365,8 @@ impl Apt {
             root_cache: std::cell::Cell::new(false),
             print_uris: Background::default(),
             ahead,
+            root_policy: Background::default(),
+            third_party,
         })
     }
 
@@ -381,6 +391,9 @@ impl Apt {
     }
 
     fn decide_sources(&self) -> Result<Vec<Source>> {
+        if self.third_party && !self.root_cache.get() {
+            self.root_policy.start(Self::root_policy_cmd(&self.root));
+        }
         let mut sources = repos::entries(&self.root, self.root_cache.get())?;
         let decider = Decider {
             options: &self.options,
@@ -426,6 +439,12 @@ impl Apt {
             write(&file, &new)?;
         }
         Ok(())
+    }
+
+    /// `apt-cache policy` of the root's own lists, its cache file kept on
+    /// the scratch tmpfs.
+    fn root_policy_cmd(root: &Path) -> Command {
+        apt_query(root, "apt-cache", &["policy"])
     }
 
     /// Fetches `source` changed by `decision` alone, in a scratch area of
@@ -872,7 +891,7 @@ impl PackageManager for Apt {
 
     fn foreign(&self, origins: &[String]) -> Result<Foreign> {
         // The root's own, current lists: what it was installed from.
-        let sources = apt_query(&self.root, "apt-cache", &["policy"]).run_get_string()?;
+        let sources = self.root_policy.get(|| Self::root_policy_cmd(&self.root))?;
         let origin_of = parse_package_files(&sources);
         if origin_of.is_empty() {
             bail!(

@@ -195,6 +195,12 @@ pub(crate) fn parse_indextargets(
 
 /// The root's source entries as its apt sees them, enabled ones only; with
 /// `root_cache`, apt may use (and refresh) the root's own cache files.
+/// An empty lists directory in the agent's scratch area (see [`entries`]).
+const NO_LISTS: &str = "/run/migrate/apt-no-lists";
+
+/// The root's own lists directory (apt's default, as everywhere here).
+const ROOT_LISTS: &str = "/var/lib/apt/lists/";
+
 pub(crate) fn entries(root: &Path, root_cache: bool) -> Result<Vec<Source>> {
     let args = [
         "indextargets",
@@ -205,12 +211,36 @@ pub(crate) fn entries(root: &Path, root_cache: bool) -> Result<Vec<Source>> {
     let text = if root_cache {
         super::apt(root, "apt-get", &args)
     } else {
-        super::apt_query(root, "apt-get", &args)
+        // Against an empty lists directory and no cache file: apt lists
+        // the sources' targets without first building a cache of every list
+        // (0.08 s against 0.65 s on Debian's main list); their files are
+        // named as in the root's own lists directory.
+        let empty = root.join(NO_LISTS.trim_start_matches('/')).join("partial");
+        std::fs::create_dir_all(&empty).with_context(|| format!("creating {}", empty.display()))?;
+        let lists = format!("Dir::State::Lists={NO_LISTS}");
+        let mut cmd = super::apt(
+            root,
+            "apt-get",
+            &[
+                "-o",
+                &lists,
+                "-o",
+                "Dir::Cache::pkgcache=",
+                "-o",
+                "Dir::Cache::srcpkgcache=",
+            ],
+        );
+        cmd.args(args);
+        cmd
     }
     .run_get_string()
     .context("listing the root's apt sources (apt-get indextargets)")?;
     let mut by_entry: BTreeMap<(String, usize), Source> = BTreeMap::new();
     for (file, index, uri, suite, prefix) in parse_indextargets(&text) {
+        let prefix = prefix.map(|p| match p.strip_prefix(NO_LISTS) {
+            Some(name) => format!("{ROOT_LISTS}{}", name.trim_start_matches('/')),
+            None => p,
+        });
         let s = by_entry.entry((file.clone(), index)).or_insert(Source {
             file,
             index,
