@@ -1229,40 +1229,24 @@ fn parse_fates(text: &str) -> BTreeMap<String, Fate> {
 /// names its release (`Origin:Version/Archive`, `Origin:Archive` without a
 /// version), from its `release` line.
 fn parse_release_names(text: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        if line == "Pinned packages:" {
-            break;
-        }
-        let t = line.trim();
-        if let Some(release) = t.strip_prefix("release ") {
-            if let Some(file) = current.take() {
-                let field = |k: &str| {
-                    release
-                        .split(',')
-                        .find_map(|kv| kv.strip_prefix(k))
-                        .unwrap_or("")
-                };
-                let mut name = String::new();
-                if !field("o=").is_empty() {
-                    name = format!("{}:", field("o="));
-                }
-                if field("v=").is_empty() {
-                    name.push_str(field("a="));
-                } else {
-                    name = format!("{name}{}/{}", field("v="), field("a="));
-                }
-                out.insert(file, name);
+    package_file_releases(text)
+        .into_iter()
+        .map(|(file, release)| {
+            let (origin, version, archive) = (
+                release_field(&release, "o"),
+                release_field(&release, "v"),
+                release_field(&release, "a"),
+            );
+            let mut name = String::new();
+            if !origin.is_empty() {
+                name = format!("{origin}:");
             }
-        } else if let Some((prio, file)) = t.split_once(' ')
-            && prio.parse::<i32>().is_ok()
-            && !file.starts_with('/')
-        {
-            current = Some(file.to_string());
-        }
-    }
-    out
+            if !version.is_empty() {
+                name = format!("{name}{version}/");
+            }
+            (file, format!("{name}{archive}"))
+        })
+        .collect()
 }
 
 /// `apt-cache policy PKG...`: for each package, the package files its
@@ -1372,6 +1356,18 @@ fn parse_policy_versions(text: &str) -> Vec<(String, Option<String>, Option<Stri
 /// `apt-cache policy` (no arguments): package file -> origin (`o=`), e.g.
 /// `"http://host/debian bookworm/main amd64 Packages" -> "Debian"`.
 fn parse_package_files(text: &str) -> BTreeMap<String, String> {
+    package_file_releases(text)
+        .into_iter()
+        .map(|(file, release)| {
+            let origin = release_field(&release, "o").to_string();
+            (file, origin)
+        })
+        .collect()
+}
+
+/// `apt-cache policy` (no arguments): package file -> its `release` line
+/// (`v=13.2,o=Debian,a=stable,...`).
+fn package_file_releases(text: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
@@ -1381,12 +1377,7 @@ fn parse_package_files(text: &str) -> BTreeMap<String, String> {
         let t = line.trim();
         if let Some(release) = t.strip_prefix("release ") {
             if let Some(file) = current.take() {
-                let origin = release
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix("o="))
-                    .unwrap_or("")
-                    .to_string();
-                out.insert(file, origin);
+                out.insert(file, release.to_string());
             }
         } else if let Some((prio, file)) = t.split_once(' ')
             && prio.parse::<i32>().is_ok()
@@ -1396,6 +1387,14 @@ fn parse_package_files(text: &str) -> BTreeMap<String, String> {
         }
     }
     out
+}
+
+/// The value of `key` in a `release` line of `apt-cache policy`, or "".
+fn release_field<'a>(release: &'a str, key: &str) -> &'a str {
+    release
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or("")
 }
 
 /// `apt-cache policy PKG...`: for each installed package, the package files
