@@ -1184,6 +1184,19 @@ fn listed_names(line: &str) -> impl Iterator<Item = &str> {
     line.split_whitespace().map(|n| n.trim_end_matches('*'))
 }
 
+/// Which list of installed packages an upgrade changes a heading of apt's
+/// starts (`The following packages will be upgraded:`, `... DOWNGRADED:`,
+/// `... REMOVED:`), if it is one of them.
+fn changed_list(heading: &str) -> Option<&'static str> {
+    [
+        "will be upgraded:",
+        "will be DOWNGRADED:",
+        "will be REMOVED:",
+    ]
+    .into_iter()
+    .find(|h| heading.ends_with(h))
+}
+
 /// What an upgrade does to each installed package it changes, from
 /// `apt-get -V` lists: `upgraded` and `DOWNGRADED` to the version after
 /// `=>` (where from is left empty: `-V` does not say), `REMOVED`.
@@ -1192,14 +1205,7 @@ fn parse_fates(text: &str) -> BTreeMap<String, Fate> {
     let mut section = "";
     for line in text.lines() {
         if line.starts_with("The following ") {
-            section = [
-                "will be upgraded:",
-                "will be DOWNGRADED:",
-                "will be REMOVED:",
-            ]
-            .into_iter()
-            .find(|h| line.ends_with(h))
-            .unwrap_or("");
+            section = changed_list(line).unwrap_or("");
             continue;
         }
         if !line.starts_with(' ') {
@@ -1289,13 +1295,7 @@ fn parse_estimate(out: &str) -> SpaceEstimate {
     let mut replacing = false;
     for line in out.lines() {
         if line.starts_with("The following ") {
-            replacing = [
-                "will be upgraded:",
-                "will be REMOVED:",
-                "will be DOWNGRADED:",
-            ]
-            .iter()
-            .any(|h| line.ends_with(h));
+            replacing = changed_list(line).is_some();
             continue;
         }
         if line.starts_with(' ') {
