@@ -2,7 +2,6 @@
 //! root's own apt and dpkg (and their maintainer scripts) do the work.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,6 +18,7 @@ use crate::core::kinds::Kind;
 use crate::core::kinds::apt::{AptSourcesOptions, VendorFile, VendorRepo};
 use repos::{Decider, Decision, Probe, ReleaseFile, Source};
 
+mod carry;
 mod lists;
 pub(crate) mod repos;
 
@@ -100,28 +100,70 @@ impl StepKind for DistUpgrade {
         let configured = ctx
             .run(&mut apt(ctx.root(), "dpkg", &["--configure", "-a"]))
             .is_ok();
-        // The target's lists this run's checks fetched: apt-get update then
-        // revalidates them instead of downloading them a second time.
-        if let Some(pm) = ctx.run.packages()?.apt()
-            && let Some(n) = pm.seed_lists()?
-        {
-            ctx.say(format!(
-                "{n} lists of the target fetched by this run's checks copied to /var/lib/apt/lists: apt-get update revalidates them"
-            ));
+        // The target's lists this run's checks fetched: used as they are
+        // while fresh, else revalidated by apt-get update.
+        let carried = match ctx.run.packages()?.apt() {
+            Some(pm) => pm.carry_lists()?,
+            None => None,
+        };
+        match &carried {
+            Some(c) if c.stale.is_none() => ctx.say(format!(
+                "{} lists of the target fetched by this run's checks {} s ago copied to /var/lib/apt/lists; apt reads them and its cache of them as they are (no second apt-get update)",
+                c.copied,
+                c.age.as_secs()
+            )),
+            Some(c) => {
+                ctx.say(format!(
+                    "{} lists of the target fetched by this run's checks copied to /var/lib/apt/lists: apt-get update revalidates them ({})",
+                    c.copied,
+                    c.stale.as_deref().unwrap_or_default()
+                ));
+                update_lists(ctx)?;
+            }
+            None => update_lists(ctx)?,
         }
-        ctx.run(&mut apt(
-            ctx.root(),
-            "apt-get",
-            &["-o", "APT::Update::Error-Mode=any", "update"],
-        ))
-        .context("updating the package lists")?;
         let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0"];
         args.extend(KEEP_LOCAL_CONFIG);
-        // A transaction killed after apt removed a package that an old one
-        // still depends on (replaced by its successor in the same
-        // transaction) leaves dpkg's database consistent to dpkg but broken
-        // to apt: `apt-get check` says so, `-f install` below repairs it.
-        if !configured || !dpkg_audit(ctx.root())?.is_empty() || dependencies_broken(ctx.root())? {
+        if !configured || !dpkg_audit(ctx.root())?.is_empty() {
+            self.repair(ctx, &args)?;
+        }
+        let carried_options: Vec<&str> = carried
+            .as_ref()
+            .map(|c| c.options.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        let before = dpkg_status_stamp(ctx.root());
+        let mut first: Vec<&str> = args.clone();
+        first.extend(&carried_options);
+        first.push("dist-upgrade");
+        let Err(failed) =
+            ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &first), &apt_progress)
+        else {
+            return Ok(StepStatus::Succeeded);
+        };
+        // apt refused before dpkg changed anything: lists that went stale
+        // since the checks (a package no longer in the repository), or
+        // dependencies an interrupted transaction left broken (a package
+        // removed before the old one that depends on it was upgraded:
+        // consistent to dpkg, broken to apt). Either is put right and the
+        // upgrade tried once more; any other failure is the step's.
+        let unchanged = before.is_some() && dpkg_status_stamp(ctx.root()) == before;
+        let lists_carried = !carried_options.is_empty();
+        let broken = unchanged && dependencies_broken(ctx.root())?;
+        if !unchanged || !(lists_carried || broken) {
+            return Err(failed.context("upgrading the packages"));
+        }
+        ctx.say(format!(
+            "apt-get dist-upgrade stopped before changing anything ({failed:#}); {}, then it runs once more",
+            match (lists_carried, broken) {
+                (true, true) => "the lists are fetched again and the broken dependencies repaired",
+                (true, false) => "the lists are fetched again",
+                _ => "the broken dependencies are repaired",
+            }
+        ));
+        if lists_carried {
+            update_lists(ctx)?;
+        }
+        if broken {
             self.repair(ctx, &args)?;
         }
         args.push("dist-upgrade");
@@ -223,6 +265,25 @@ fn dpkg_audit(root: &Path) -> Result<String> {
     Ok(report)
 }
 
+/// `apt-get update` of the root's own lists.
+fn update_lists(ctx: &StepContext<'_>) -> Result<()> {
+    ctx.run(&mut apt(
+        ctx.root(),
+        "apt-get",
+        &["-o", "APT::Update::Error-Mode=any", "update"],
+    ))
+    .context("updating the package lists")?;
+    Ok(())
+}
+
+/// Size and modification time of dpkg's database: unchanged when no
+/// package was installed, removed or configured; `None` if unreadable.
+fn dpkg_status_stamp(root: &Path) -> Option<(u64, std::time::SystemTime)> {
+    let path = crate::core::rootfs::resolve(root, "var/lib/dpkg/status").ok()?;
+    let meta = path.symlink_metadata().ok()?;
+    Some((meta.len(), meta.modified().ok()?))
+}
+
 /// Whether apt finds installed packages whose dependencies are not met
 /// (`apt-get check`).
 fn dependencies_broken(root: &Path) -> Result<bool> {
@@ -302,6 +363,22 @@ pub(crate) struct Apt {
     root_policy: Background,
     /// Whether the plan has a third-party check.
     third_party: bool,
+    /// When this run fetched the target's lists into the scratch area.
+    fetched_at: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+/// The target's lists this run's checks fetched, copied into the root's
+/// lists directory for the cutover ([`Apt::carry_lists`]).
+pub(crate) struct CarriedLists {
+    /// How many lists were copied.
+    pub(crate) copied: usize,
+    /// How long ago they were fetched.
+    pub(crate) age: std::time::Duration,
+    /// apt options that make apt read them, and apt's cache of them, where
+    /// the checks left them; empty when they must be revalidated.
+    pub(crate) options: Vec<String>,
+    /// Why they must be revalidated (`apt-get update`), if they must.
+    pub(crate) stale: Option<String>,
 }
 
 /// Where the image keeps its vendor maps (`*.toml`).
@@ -367,6 +444,7 @@ impl Apt {
             ahead,
             root_policy: Background::default(),
             third_party,
+            fetched_at: std::cell::Cell::new(None),
         })
     }
 
@@ -567,25 +645,18 @@ impl Apt {
             std::fs::create_dir_all(scratch.join(dir))
                 .with_context(|| format!("creating {}", scratch.join(dir).display()))?;
         }
-        let parts = crate::core::rootfs::resolve(&self.root, "etc/apt/sources.list.d")?;
-        let main = crate::core::rootfs::resolve(&self.root, "etc/apt/sources.list")?;
         // The sources as the cutover will leave them: disabled ones are
         // comments, so only what will be used is fetched.
         self.apply_sources("scratch copy", |file, new| {
-            let target = if *file == main {
-                scratch.join("sources.list")
-            } else {
-                let rel = file.strip_prefix(&parts).unwrap_or(file);
-                scratch.join("sources.list.d").join(rel)
-            };
+            let target = self.scratch_copy_of(file)?;
             std::fs::write(&target, new).with_context(|| format!("writing {}", target.display()))
         })?;
         let lists = crate::core::rootfs::resolve(&self.root, "var/lib/apt/lists")?;
         if let Ok(entries) = std::fs::read_dir(&lists) {
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name();
-                if e.path().is_file() && name != "lock" {
-                    let _ = std::fs::copy(e.path(), scratch.join("lists").join(name));
+                if name != "lock" && e.file_type().is_ok_and(|t| t.is_file()) {
+                    carry::copy_list(&e.path(), &scratch.join("lists"), &name)?;
                 }
             }
         }
@@ -617,6 +688,7 @@ impl Apt {
                 }
             );
         }
+        self.fetched_at.set(Some(std::time::Instant::now()));
         if self.ahead {
             self.print_uris.start(self.print_uris_cmd());
         }
@@ -672,48 +744,81 @@ impl Apt {
             .collect())
     }
 
-    /// Copies the target's lists fetched into the scratch area in this run
-    /// (for the sources as the cutover writes them) into the root's lists
-    /// directory, so that the cutover's `apt-get update` finds them
-    /// current; how many, or `None` when this run fetched none.
-    pub(crate) fn seed_lists(&self) -> Result<Option<usize>> {
-        if !self.refreshed.succeeded() {
+    /// Carries the target's lists this run's checks fetched into the
+    /// cutover ([`carry`]): copies them into the root's lists directory in
+    /// place of its old lists, and says whether the cutover's apt may read
+    /// them and apt's cache of them as they are. `None` when this run
+    /// fetched none.
+    pub(crate) fn carry_lists(&self) -> Result<Option<CarriedLists>> {
+        let Some(fetched) = self.fetched_at.get().filter(|_| self.refreshed.succeeded()) else {
             return Ok(None);
-        }
+        };
         let from = self.scratch().join("lists");
         let to = crate::core::rootfs::resolve(&self.root, "var/lib/apt/lists")?;
-        let mut n = 0;
-        for e in std::fs::read_dir(&from)
-            .with_context(|| format!("listing {}", from.display()))?
-            .filter_map(Result::ok)
-        {
-            let name = e.file_name();
-            if name == "lock" || !e.file_type()?.is_file() {
-                continue;
-            }
-            let target = to.join(&name);
-            // Never through a link the root put there.
-            if target.symlink_metadata().is_ok_and(|m| !m.is_file()) {
-                continue;
-            }
-            // A file of its own beside it, renamed over it: never written
-            // through whatever the root has at either name.
-            let temp = to.join(format!(".{}.migrate", name.to_string_lossy()));
-            let _ = std::fs::remove_file(&temp);
-            let copied = std::fs::File::open(e.path()).and_then(|mut src| {
-                let mut dst = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o644)
-                    .open(&temp)?;
-                std::io::copy(&mut src, &mut dst)?;
-                std::fs::rename(&temp, &target)
-            });
-            copied
-                .with_context(|| format!("copying {} to {}", e.path().display(), to.display()))?;
-            n += 1;
+        let copied = carry::mirror(&from, &to)?;
+        let age = fetched.elapsed();
+        let stale = if age > carry::FRESH_FOR {
+            Some(format!("fetched {} minutes ago", age.as_secs() / 60))
+        } else if !self.sources_as_fetched()? {
+            Some("the sources changed since".to_string())
+        } else {
+            None
+        };
+        let options = [
+            format!("Dir::State::Lists={SCRATCH}/lists"),
+            format!("Dir::Cache::pkgcache={SCRATCH}/cache/pkgcache.bin"),
+            format!("Dir::Cache::srcpkgcache={SCRATCH}/cache/srcpkgcache.bin"),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_string(), o])
+        .collect();
+        Ok(Some(CarriedLists {
+            copied,
+            age,
+            options: if stale.is_none() { options } else { Vec::new() },
+            stale,
+        }))
+    }
+
+    /// Whether the root's sources now say to apt what the checks' copy
+    /// said when the lists were fetched.
+    fn sources_as_fetched(&self) -> Result<bool> {
+        let scratch = self.scratch();
+        let files = source_files(&self.root)?;
+        let copies = std::fs::read_dir(scratch.join("sources.list.d"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            + usize::from(scratch.join("sources.list").is_file());
+        if copies != files.len() {
+            return Ok(false);
         }
-        Ok(Some(n))
+        for file in files {
+            let copy = self.scratch_copy_of(&file)?;
+            let (Ok(now), Ok(then)) = (
+                std::fs::read_to_string(&file),
+                std::fs::read_to_string(&copy),
+            ) else {
+                return Ok(false);
+            };
+            if !carry::sources_alike(&now, &then) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Where the scratch area keeps its copy of the root's source file
+    /// `file` (a path in the agent's view).
+    fn scratch_copy_of(&self, file: &Path) -> Result<PathBuf> {
+        let scratch = self.scratch();
+        let parts = crate::core::rootfs::resolve(&self.root, "etc/apt/sources.list.d")?;
+        let main = crate::core::rootfs::resolve(&self.root, "etc/apt/sources.list")?;
+        Ok(if *file == main {
+            scratch.join("sources.list")
+        } else {
+            let rel = file.strip_prefix(&parts).unwrap_or(file);
+            scratch.join("sources.list.d").join(rel)
+        })
     }
 
     /// Fetches the target's metadata once; later calls repeat the outcome.
