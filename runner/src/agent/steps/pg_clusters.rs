@@ -473,6 +473,41 @@ fn stopped_on_host(record: &Path) -> Result<Vec<(u32, String)>> {
     }
 }
 
+/// The cluster (version, name) a record of a move is named after
+/// (`moving-VERSION-NAME.json`).
+fn moved_cluster(file_name: &str) -> Option<(u32, &str)> {
+    let rest = file_name.strip_prefix("moving-")?.strip_suffix(".json")?;
+    let (version, name) = rest.split_once('-')?;
+    Some((version.parse().ok()?, name)).filter(|(_, n)| !n.is_empty())
+}
+
+/// Removes the records of moves whose old cluster is gone: an attempt
+/// interrupted after it dropped the old cluster (only ever dropped once
+/// its successor was verified) left its record behind.
+fn forget_finished_moves(ctx: &StepContext<'_>, clusters: &[Cluster]) -> Result<()> {
+    let dir = ctx.backup_dir()?;
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for e in entries.filter_map(std::result::Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((version, cluster)) = moved_cluster(&name) else {
+            continue;
+        };
+        if clusters
+            .iter()
+            .any(|c| c.version == version && c.name == cluster)
+        {
+            continue;
+        }
+        remove_record(&e.path())?;
+        ctx.say(format!(
+            "cluster {version}/{cluster}: an interrupted attempt had moved and dropped it; its record of the move removed"
+        ));
+    }
+    Ok(())
+}
+
 fn remove_record(record: &Path) -> Result<()> {
     match std::fs::remove_file(record) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -532,6 +567,7 @@ impl ClustersStep {
         };
         let stopped_record = ctx.backup_dir()?.join(STOPPED_ON_HOST);
         let mut restart = stopped_on_host(&stopped_record)?;
+        forget_finished_moves(ctx, &clusters)?;
         if old.is_empty() {
             ctx.say(format!("no PostgreSQL cluster older than {target}"));
             // An earlier attempt moved them and was interrupted before it
@@ -981,6 +1017,15 @@ mod tests {
         // dropped to make room) stands for the moved one.
         assert_eq!(version_to_start(17, 17, true), 17);
         assert_eq!(version_to_start(17, 17, false), 17);
+    }
+
+    #[test]
+    fn records_of_moves_name_their_cluster() {
+        assert_eq!(moved_cluster("moving-15-main.json"), Some((15, "main")));
+        assert_eq!(moved_cluster("moving-15-my-db.json"), Some((15, "my-db")));
+        assert_eq!(moved_cluster("moving-15-.json"), None);
+        assert_eq!(moved_cluster("moving-x-main.json"), None);
+        assert_eq!(moved_cluster("stopped-on-host.json"), None);
     }
 
     #[test]

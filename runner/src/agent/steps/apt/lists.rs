@@ -47,8 +47,12 @@ pub(crate) fn local_packages(
         if !file.metadata()?.is_file() {
             return Ok(None);
         }
-        offered_versions(BufReader::new(file), &names, &mut offered)
-            .with_context(|| format!("reading {}", path.display()))?;
+        offered_versions(
+            BufReader::with_capacity(1 << 16, file),
+            &names,
+            &mut offered,
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
     }
     let local: BTreeSet<String> = installed
         .into_iter()
@@ -120,6 +124,14 @@ fn offered_versions(
         let n = list.by_ref().take(MAX_LINE).read_until(b'\n', &mut line)?;
         if n as u64 == MAX_LINE && line.last() != Some(&b'\n') {
             skip_line(&mut list)?;
+            continue;
+        }
+        // Most lines are other fields (descriptions, dependencies, sums):
+        // passed over by their first byte.
+        if !matches!(
+            line.first(),
+            None | Some(b'\n' | b'\r' | b'P' | b'p' | b'A' | b'a' | b'V' | b'v')
+        ) {
             continue;
         }
         let text = String::from_utf8_lossy(&line);
