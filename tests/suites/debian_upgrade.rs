@@ -228,7 +228,12 @@ deb [{key}] {v}/c-old bookworm main
         cutover.contains(
             "lists of the target fetched by this run's checks copied to /var/lib/apt/lists; apt reads them and its cache of them as they are"
         ),
-        "the checks' lists were not reused"
+        "the checks' lists were not reused: {}",
+        cutover
+            .lines()
+            .filter(|l| l.contains("lists"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let fetched: Vec<&str> = cutover
         .lines()

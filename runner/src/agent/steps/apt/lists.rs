@@ -90,7 +90,7 @@ fn parse_installed(text: &str) -> Vec<Package> {
 /// The root's binary package lists, or `None` if one is not a plain,
 /// uncompressed regular file (or there are none).
 fn package_lists(root: &Path) -> Result<Option<Vec<PathBuf>>> {
-    let dir = crate::core::rootfs::resolve(root, "var/lib/apt/lists")?;
+    let dir = super::repos::root_lists(root)?;
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(None);
     };

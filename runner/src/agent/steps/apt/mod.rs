@@ -651,7 +651,7 @@ impl Apt {
             let target = self.scratch_copy_of(file)?;
             std::fs::write(&target, new).with_context(|| format!("writing {}", target.display()))
         })?;
-        let lists = crate::core::rootfs::resolve(&self.root, "var/lib/apt/lists")?;
+        let lists = repos::root_lists(&self.root)?;
         if let Ok(entries) = std::fs::read_dir(&lists) {
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name();
@@ -754,7 +754,7 @@ impl Apt {
             return Ok(None);
         };
         let from = self.scratch().join("lists");
-        let to = crate::core::rootfs::resolve(&self.root, "var/lib/apt/lists")?;
+        let to = repos::root_lists(&self.root)?;
         let copied = carry::mirror(&from, &to)?;
         let age = fetched.elapsed();
         let stale = if age > carry::FRESH_FOR {

@@ -199,7 +199,12 @@ pub(crate) fn parse_indextargets(
 const NO_LISTS: &str = "/run/migrate/apt-no-lists";
 
 /// The root's own lists directory (apt's default, as everywhere here).
-const ROOT_LISTS: &str = "/var/lib/apt/lists/";
+pub(super) const ROOT_LISTS: &str = "/var/lib/apt/lists/";
+
+/// The root's lists directory in the agent's view, confined to the root.
+pub(super) fn root_lists(root: &Path) -> Result<std::path::PathBuf> {
+    crate::core::rootfs::resolve(root, ROOT_LISTS.trim_matches('/'))
+}
 
 pub(crate) fn entries(root: &Path, root_cache: bool) -> Result<Vec<Source>> {
     let args = [
