@@ -165,7 +165,7 @@ fn a_run_killed_between_two_steps_resumes_to_a_clean_debian_13() {
     // library removed before the old package that pre-depends on it was
     // upgraded. dpkg has nothing to finish; apt finds the dependency broken
     // and refuses to upgrade until it is repaired.
-    kill_then_resume(
+    let root = kill_then_resume(
         |_| {},
         |e, _| e["event"] == "step_started" && in_step(e, "upgrade-packages"),
         "upgrade-packages",
@@ -177,6 +177,14 @@ fn a_run_killed_between_two_steps_resumes_to_a_clean_debian_13() {
             let check = root.chroot(&["apt-get", "check"]).unwrap();
             assert!(!check.status.success(), "apt finds nothing broken");
         },
+    );
+    // apt refused the upgrade before dpkg changed anything; the rerun
+    // repaired the dependencies and upgraded.
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    assert!(
+        log.contains("apt-get dist-upgrade stopped before changing anything")
+            && log.contains("the broken dependencies are repaired, then it runs once more"),
+        "{log}"
     );
 }
 

@@ -152,8 +152,13 @@ impl StepKind for DistUpgrade {
         if !unchanged || !(lists_carried || broken) {
             return Err(failed.context("upgrading the packages"));
         }
+        // apt's own error lines, without the command line before them.
+        let failure = format!("{failed:#}");
+        let why = failure
+            .find("E: ")
+            .map_or(failure.as_str(), |i| &failure[i..]);
         ctx.say(format!(
-            "apt-get dist-upgrade stopped before changing anything ({failed:#}); {}, then it runs once more",
+            "apt-get dist-upgrade stopped before changing anything ({why}); {}, then it runs once more",
             match (lists_carried, broken) {
                 (true, true) => "the lists are fetched again and the broken dependencies repaired",
                 (true, false) => "the lists are fetched again",
