@@ -28,7 +28,7 @@ cache="$top/target/bench-cache"
 bench_prepare
 proxy=
 cleanup() {
-  [ -z "$proxy" ] || kill "$proxy" 2>/dev/null || true
+  [ -z "$proxy" ] || { kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null; } || true
   release_work
 }
 trap cleanup EXIT

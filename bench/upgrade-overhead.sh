@@ -27,7 +27,7 @@ cache="$top/target/bench-cache"
 bench_prepare
 svc=
 cleanup() {
-  [ -z "$svc" ] || kill "$svc" 2>/dev/null || true
+  [ -z "$svc" ] || { kill "$svc" 2>/dev/null; wait "$svc" 2>/dev/null; } || true
   release_work
 }
 trap cleanup EXIT
