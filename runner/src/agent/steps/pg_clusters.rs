@@ -473,8 +473,14 @@ fn stopped_on_host(record: &Path) -> Result<Vec<(u32, String)>> {
     }
 }
 
+/// The name of the record of `cluster`'s move, in the step's backup
+/// directory.
+fn move_record(cluster: &Cluster) -> String {
+    format!("moving-{}-{}.json", cluster.version, cluster.name)
+}
+
 /// The cluster (version, name) a record of a move is named after
-/// (`moving-VERSION-NAME.json`).
+/// ([`move_record`]).
 fn moved_cluster(file_name: &str) -> Option<(u32, &str)> {
     let rest = file_name.strip_prefix("moving-")?.strip_suffix(".json")?;
     let (version, name) = rest.split_once('-')?;
@@ -671,9 +677,7 @@ impl ClustersStep {
         cluster: &Cluster,
         target: u32,
     ) -> Result<()> {
-        let marker = ctx
-            .backup_dir()?
-            .join(format!("moving-{}-{}.json", cluster.version, cluster.name));
+        let marker = ctx.backup_dir()?.join(move_record(cluster));
         let begun: Option<Moving> = match crate::core::fsutil::read_limited(&marker, 1 << 20)? {
             Some(bytes) => Some(
                 serde_json::from_slice(&bytes)

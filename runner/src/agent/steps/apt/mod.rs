@@ -84,6 +84,14 @@ fn apt_query(root: &Path, program: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// `-o KEY=DIR/PATH` for each (KEY, PATH) of `paths`.
+fn dir_options(dir: &str, paths: &[(&str, &str)]) -> Vec<String> {
+    paths
+        .iter()
+        .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={dir}/{v}")])
+        .collect()
+}
+
 /// Updates the package lists and runs `apt-get dist-upgrade`.
 pub(crate) struct DistUpgrade;
 
@@ -127,13 +135,13 @@ impl StepKind for DistUpgrade {
         if !configured || !dpkg_audit(ctx.root())?.is_empty() {
             self.repair(ctx, &args)?;
         }
-        let carried_options: Vec<&str> = carried
+        let carried_options = carried
             .as_ref()
-            .map(|c| c.options.iter().map(String::as_str).collect())
+            .map(CarriedLists::options)
             .unwrap_or_default();
         let before = dpkg_status_stamp(ctx.root());
         let mut first: Vec<&str> = args.clone();
-        first.extend(&carried_options);
+        first.extend(carried_options.iter().map(String::as_str));
         first.push("dist-upgrade");
         let Err(failed) =
             ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &first), &apt_progress)
@@ -379,11 +387,26 @@ pub(crate) struct CarriedLists {
     pub(crate) copied: usize,
     /// How long ago they were fetched.
     pub(crate) age: std::time::Duration,
-    /// apt options that make apt read them, and apt's cache of them, where
-    /// the checks left them; empty when they must be revalidated.
-    pub(crate) options: Vec<String>,
     /// Why they must be revalidated (`apt-get update`), if they must.
     pub(crate) stale: Option<String>,
+}
+
+impl CarriedLists {
+    /// apt options that make apt read them, and apt's cache of them, where
+    /// the checks left them; none when they must be revalidated.
+    fn options(&self) -> Vec<String> {
+        if self.stale.is_some() {
+            return Vec::new();
+        }
+        dir_options(
+            SCRATCH,
+            &[
+                ("Dir::State::Lists", "lists"),
+                ("Dir::Cache::pkgcache", "cache/pkgcache.bin"),
+                ("Dir::Cache::srcpkgcache", "cache/srcpkgcache.bin"),
+            ],
+        )
+    }
 }
 
 /// Where the image keeps its vendor maps (`*.toml`).
@@ -610,22 +633,21 @@ impl Apt {
     /// apt options that point the root's apt at the scratch area `dir` (a
     /// path in the root): lists, caches, sources, logs, no locking.
     fn options_at(dir: &str) -> Vec<String> {
-        [
-            ("Dir::State::Lists", "lists"),
-            ("Dir::Cache", "cache"),
-            ("Dir::Etc::SourceList", "sources.list"),
-            ("Dir::Etc::SourceParts", "sources.list.d"),
-            // apt's own logs (the planner's eipp.log of a simulation).
-            ("Dir::Log", "log"),
-        ]
-        .iter()
-        .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={dir}/{v}")])
-        .chain(
-            ["Debug::NoLocking=1", "APT::Sandbox::User=root"]
-                .iter()
-                .flat_map(|o| ["-o".to_string(), (*o).to_string()]),
-        )
-        .collect()
+        let mut options = dir_options(
+            dir,
+            &[
+                ("Dir::State::Lists", "lists"),
+                ("Dir::Cache", "cache"),
+                ("Dir::Etc::SourceList", "sources.list"),
+                ("Dir::Etc::SourceParts", "sources.list.d"),
+                // apt's own logs (the planner's eipp.log of a simulation).
+                ("Dir::Log", "log"),
+            ],
+        );
+        for o in ["Debug::NoLocking=1", "APT::Sandbox::User=root"] {
+            options.extend(["-o".to_string(), o.to_string()]);
+        }
+        options
     }
 
     /// `program` (apt-get, apt-cache) in the root, looking at the scratch area.
@@ -769,20 +791,7 @@ impl Apt {
         } else {
             None
         };
-        let options = [
-            format!("Dir::State::Lists={SCRATCH}/lists"),
-            format!("Dir::Cache::pkgcache={SCRATCH}/cache/pkgcache.bin"),
-            format!("Dir::Cache::srcpkgcache={SCRATCH}/cache/srcpkgcache.bin"),
-        ]
-        .into_iter()
-        .flat_map(|o| ["-o".to_string(), o])
-        .collect();
-        Ok(Some(CarriedLists {
-            copied,
-            age,
-            options: if stale.is_none() { options } else { Vec::new() },
-            stale,
-        }))
+        Ok(Some(CarriedLists { copied, age, stale }))
     }
 
     /// Whether the root's sources now say to apt what the checks' copy

@@ -193,8 +193,6 @@ pub(crate) fn parse_indextargets(
     out
 }
 
-/// The root's source entries as its apt sees them, enabled ones only; with
-/// `root_cache`, apt may use (and refresh) the root's own cache files.
 /// An empty lists directory in the agent's scratch area (see [`entries`]).
 const NO_LISTS: &str = "/run/migrate/apt-no-lists";
 
@@ -206,6 +204,8 @@ pub(super) fn root_lists(root: &Path) -> Result<std::path::PathBuf> {
     crate::core::rootfs::resolve(root, ROOT_LISTS.trim_matches('/'))
 }
 
+/// The root's source entries as its apt sees them, enabled ones only; with
+/// `root_cache`, apt may use (and refresh) the root's own cache files.
 pub(crate) fn entries(root: &Path, root_cache: bool) -> Result<Vec<Source>> {
     let args = [
         "indextargets",
