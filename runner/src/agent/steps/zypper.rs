@@ -132,6 +132,7 @@ fn notable(line: &str) -> bool {
         || l.contains("(curl) error")
         || l.contains("Signature verification failed")
         || l.contains("temporarily unaccessible")
+        || l.contains("not found on medium")
         || l.starts_with("Error")
         || l.starts_with("ABORT")
         || l.contains("No migration available")
@@ -843,6 +844,23 @@ mod tests {
         std::fs::write(dir.path().join("missing"), "x").unwrap();
         none.put_back(&dir.path().join("missing")).unwrap();
         assert!(!dir.path().join("missing").exists());
+    }
+
+    #[test]
+    fn a_failed_download_names_the_file_and_the_repository() {
+        let out = "Retrieving: libfoo-2.0-1.noarch.rpm [.not found]\n\
+            File './libfoo-2.0-1.noarch.rpm' not found on medium 'http://127.0.0.1:8080/2/'\n\
+            Abort, retry, ignore? [a/r/i/...? shows all options] (a): a\n\
+            Location 'http://127.0.0.1:8080/2/x.rpm' is temporarily unaccessible.\n\
+            Retrying in 30 seconds...\n";
+        let picked: Vec<&str> = out.lines().filter(|l| notable(l)).collect();
+        assert_eq!(
+            picked,
+            [
+                "File './libfoo-2.0-1.noarch.rpm' not found on medium 'http://127.0.0.1:8080/2/'",
+                "Location 'http://127.0.0.1:8080/2/x.rpm' is temporarily unaccessible."
+            ]
+        );
     }
 
     #[test]
