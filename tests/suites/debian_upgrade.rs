@@ -327,26 +327,47 @@ fn json_output_is_one_event_per_line() {
     assert_eq!(report(&root.path).unwrap()["result"], "failed");
 }
 
+/// The lock is about orchestration, not packages: the first run's plan
+/// holds it in a cutover step that waits for the test, so the second run
+/// meets a run that is certainly under way, and the first finishes only
+/// after the refusal.
 #[test]
 fn a_second_concurrent_run_on_the_same_root_is_refused() {
     let _serial = serial();
     let f = Fixtures::get();
     let root = f.copy_root(&f.bookworm).unwrap();
+    let plan = root.path.parent().unwrap().join("wait.toml");
+    std::fs::write(
+        &plan,
+        r#"[[step]]
+id = "release"
+kind = "check-release"
+phase = "check"
+
+[[step]]
+id = "wait"
+kind = "command"
+phase = "cutover"
+chroot = true
+command = ["sh", "-c", "touch /var/tmp/waiting; while [ ! -e /var/tmp/go-on ]; do sleep 0.1; done; touch /var/tmp/went-on"]
+"#,
+    )
+    .unwrap();
     let mut first = f
         .migrate()
-        .args(["run", "--root"])
+        .args(["run", "--image", MIGRATION_IMAGE, "--plan"])
+        .arg(&plan)
+        .arg("--root")
         .arg(&root.path)
-        .args(["--image", MIGRATION_IMAGE])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The first run writes its report only once it holds the lock.
     let started = Instant::now();
-    while !root.join("var/log/migrate/report.json").exists() {
+    while !root.join("var/tmp/waiting").exists() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the first run never started"
+            "the first run never reached its cutover"
         );
         assert!(
             first.try_wait().unwrap().is_none(),
@@ -357,19 +378,38 @@ fn a_second_concurrent_run_on_the_same_root_is_refused() {
 
     let second = f
         .migrate()
-        .args(["run", "--root"])
+        .args(["run", "--image", MIGRATION_IMAGE, "--plan"])
+        .arg(&plan)
+        .arg("--root")
         .arg(&root.path)
-        .args(["--image", MIGRATION_IMAGE])
         .output()
         .unwrap();
     assert_eq!(second.status.code(), Some(4), "{}", show(&second));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another migrate run"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        !root.join("var/tmp/went-on").exists(),
+        "the refusal let the first run's step go on"
+    );
 
-    let status = first.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "the first run was not disturbed");
-    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+    std::fs::write(root.join("var/tmp/go-on"), "").unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the first run was disturbed: {}",
+        show(&out)
+    );
+    assert!(root.join("var/tmp/went-on").exists());
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["result"], "succeeded", "{r:#}");
+    let state = fixtures::state_journal(&root.path);
+    assert_eq!(
+        state["runs"].as_array().unwrap().len(),
+        1,
+        "one run: {state:#}"
+    );
 }
 
 /// The built-in `ubuntu-24.04` definition, built on a noble base: a jammy

@@ -31,7 +31,7 @@ fn testos_root(f: &Fixtures, flavor: Flavor, server: &RepoServer, release: &str)
     rpm::build_image(f, flavor).unwrap();
     let dir = tempfile::Builder::new()
         .prefix("testos-")
-        .tempdir_in(&f.cache)
+        .tempdir_in(&f.scratch)
         .unwrap();
     let path = dir.path().join("root");
     rpm::bootstrap(f, flavor, server, &path).unwrap();
@@ -562,7 +562,7 @@ fn the_rpm_installs_into_a_testos_root_and_runs_there() {
     let server = server(f);
     let dir = tempfile::Builder::new()
         .prefix("testos-")
-        .tempdir_in(&f.cache)
+        .tempdir_in(&f.scratch)
         .unwrap();
     let root = dir.path().join("root");
     rpm::bootstrap(f, Flavor::Zypper, &server, &root).unwrap();

@@ -1022,7 +1022,7 @@ fn the_backend_switch_recipe_moves_state_from_etcd_to_postgresql_and_steps_back_
         ])
         .unwrap();
     }
-    let sockets = tempfile::tempdir_in(&f.cache).unwrap();
+    let sockets = tempfile::tempdir_in(&f.scratch).unwrap();
     let pg = PgCluster::start(f, &sockets.path().join("pg")).unwrap();
     pg.psql(
         "postgres",

@@ -532,7 +532,7 @@ fn cleanup_removes_the_leftover_containers_and_the_pulled_image_and_nothing_else
     let _serial = serial();
     let f = Fixtures::get();
     let root = f.copy_root(&f.bookworm).unwrap();
-    let scratch = tempfile::tempdir_in(&f.cache).unwrap();
+    let scratch = tempfile::tempdir_in(&f.scratch).unwrap();
     // An image podman does not have, to be pulled from an archive: the
     // migration image with one more label (so another id).
     let archive = scratch.path().join("migration.tar");
