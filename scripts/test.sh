@@ -27,7 +27,8 @@ timed() {
   fi
 }
 
-# A full run needs about 10 GB (builds, base roots, images, scratch roots);
+# A full run needs about 10 GB (builds, base roots, images; the scratch
+# copies of roots are on a tmpfs the tests mount);
 # say so up front instead of failing half-way with ENOSPC.
 free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
 echo "== disk: $((free_kb / 1024 / 1024)) GB free where the build runs"
