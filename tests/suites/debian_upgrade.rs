@@ -388,10 +388,6 @@ command = ["sh", "-c", "touch /var/tmp/waiting; while [ ! -e /var/tmp/go-on ]; d
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("another migrate run"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        !root.join("var/tmp/went-on").exists(),
-        "the refusal let the first run's step go on"
-    );
 
     std::fs::write(root.join("var/tmp/go-on"), "").unwrap();
     let out = first.wait_with_output().unwrap();
