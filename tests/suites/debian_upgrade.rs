@@ -408,6 +408,109 @@ command = ["sh", "-c", "touch /var/tmp/waiting; while [ ! -e /var/tmp/go-on ]; d
     );
 }
 
+/// The cutover reads the target's lists the run's checks fetched. When a
+/// repository changed in between (here the vendor replaced vendor-b 2.0 by
+/// 2.1 while the run waited in the cutover), apt cannot download what those
+/// lists name and stops before dpkg changes anything; the lists are fetched
+/// again and the upgrade installs what the repository now has.
+#[test]
+fn lists_that_went_stale_between_the_checks_and_the_cutover_are_fetched_again() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let vendors = VendorRepos::start().unwrap();
+    std::fs::write(
+        root.join("etc/apt/sources.list.d/vendors.list"),
+        format!(
+            "deb [signed-by={}] {}/b bookworm main\n",
+            vendors::KEY,
+            vendors.url
+        ),
+    )
+    .unwrap();
+    vendors.install(&root, &["vendor-b"]).unwrap();
+    // No prefetch: the cutover downloads, from the lists of the checks.
+    let plan = root.path.parent().unwrap().join("stale.toml");
+    std::fs::write(
+        &plan,
+        r#"[[step]]
+id = "repositories"
+kind = "check-repositories"
+phase = "check"
+
+[[step]]
+id = "switch-sources"
+kind = "apt-sources"
+phase = "cutover"
+origins = ["Debian"]
+keyrings = ["/usr/share/keyrings/debian-archive-keyring.gpg"]
+
+[[step]]
+id = "hold"
+kind = "command"
+phase = "cutover"
+chroot = true
+command = ["sh", "-c", "touch /var/tmp/waiting; while [ ! -e /var/tmp/go-on ]; do sleep 0.1; done"]
+
+[[step]]
+id = "upgrade-packages"
+kind = "apt"
+phase = "cutover"
+"#,
+    )
+    .unwrap();
+    let mut run = f
+        .migrate()
+        .args(["run", "--image", MIGRATION_IMAGE, "--plan"])
+        .arg(&plan)
+        .arg("--root")
+        .arg(&root.path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !root.join("var/tmp/waiting").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the run never reached its cutover"
+        );
+        assert!(run.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    vendors.republish("b", "trixie", "2.1").unwrap();
+    std::fs::write(root.join("var/tmp/go-on"), "").unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+    let version = root
+        .chroot(&["dpkg-query", "-W", "-f", "${Version}", "vendor-b"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout), "2.1");
+    let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    let retry = log
+        .lines()
+        .find(|l| l.contains("apt-get dist-upgrade stopped before changing anything"))
+        .unwrap_or_else(|| panic!("no retry in the log:\n{log}"));
+    assert!(
+        retry.contains("vendor-b_2.0_all.deb")
+            && retry.contains("404")
+            && retry.ends_with("the lists are fetched again, then it runs once more"),
+        "{retry}"
+    );
+    let r = report(&root.path).unwrap();
+    assert_eq!(r["result"], "succeeded", "{r:#}");
+    let state = fixtures::state_journal(&root.path);
+    let step = state["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "upgrade-packages")
+        .unwrap();
+    assert_eq!(step["attempts"], 1, "retried inside the step: {state:#}");
+}
+
 /// The built-in `ubuntu-24.04` definition, built on a noble base: a jammy
 /// minbase root becomes Ubuntu 24.04 with its default plan, and a root
 /// without `--image` is matched to it.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fixtures::fleetlock::Netns;
 use fixtures::network::Uplink;
-use fixtures::server::{ServerDisk, real_disks_checksum, server_root};
+use fixtures::server::{self, ServerDisk, real_disks_checksum, server_root};
 use fixtures::systemd::{BootedRoot, install_migrate, read_journal};
 use fixtures::{Fixtures, MIGRATION_IMAGE, report, serial, show};
 
@@ -224,6 +224,8 @@ ports = ["127.0.0.1:80", "127.0.0.1:5432"]
         || fixtures::checked_metrics(&root.join("var/lib/node-exporter/migrate.prom")).unwrap();
 
     let booted = BootedRoot::boot_in(f, &root, &netns.net_arg()).unwrap();
+    // debconf names the disk by a /dev/disk/by-id link, as on a real server.
+    disk.link_by_id(&booted).unwrap();
     wait_active(
         &booted,
         "postgresql@15-main.service",
@@ -301,8 +303,9 @@ ports = ["127.0.0.1:80", "127.0.0.1:5432"]
             .find(|l| l.contains("Need to get"))
             .unwrap_or("(no 'Need to get' line)")
     );
+    let grub_installed = format!("GRUB's boot code reinstalled on {}", server::BY_ID);
     for said in [
-        "GRUB's boot code reinstalled on",
+        grub_installed.as_str(),
         "/boot/grub/grub.cfg regenerated",
         "cluster 15/main ran on the host: postgresql@15-main.service stopped",
         "cluster 15/main: 2 tables, 1250 rows",
