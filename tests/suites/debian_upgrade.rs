@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use fixtures::clusters::{cluster_rows, postgresql_15_with_data};
 use fixtures::vendors::{self, VendorRepos};
-use fixtures::{Fixtures, MIGRATION_IMAGE, report, serial, show};
+use fixtures::{Fixtures, LiveRun, MIGRATION_IMAGE, report, serial, show};
 
 const EDITED: &str = "edited locally before the migration\n";
 
@@ -408,11 +408,12 @@ command = ["sh", "-c", "touch /var/tmp/waiting; while [ ! -e /var/tmp/go-on ]; d
     );
 }
 
-/// The cutover reads the target's lists the run's checks fetched. When a
-/// repository changed in between (here the vendor replaced vendor-b 2.0 by
-/// 2.1 while the run waited in the cutover), apt cannot download what those
-/// lists name and stops before dpkg changes anything; the lists are fetched
-/// again and the upgrade installs what the repository now has.
+/// The cutover reads the target's lists the run's checks fetched, and goes
+/// on with the upgrade as the checks resolved it (apt held at its prompt).
+/// When a repository changed in between (here the vendor replaced vendor-b
+/// 2.0 by 2.1 while the run waited after its checks), apt cannot download
+/// what those lists name and stops before dpkg changes anything; the lists
+/// are fetched again and the upgrade installs what the repository now has.
 #[test]
 fn lists_that_went_stale_between_the_checks_and_the_cutover_are_fetched_again() {
     let _serial = serial();
@@ -430,6 +431,8 @@ fn lists_that_went_stale_between_the_checks_and_the_cutover_are_fetched_again() 
     .unwrap();
     vendors.install(&root, &["vendor-b"]).unwrap();
     // No prefetch: the cutover downloads, from the lists of the checks.
+    // The disk-space check asks for the resolution; the last check waits
+    // for the test (reading only).
     let plan = root.path.parent().unwrap().join("stale.toml");
     std::fs::write(
         &plan,
@@ -439,18 +442,23 @@ kind = "check-repositories"
 phase = "check"
 
 [[step]]
+id = "disk-space"
+kind = "check-disk-space"
+phase = "check"
+
+[[step]]
+id = "hold"
+kind = "command"
+phase = "check"
+chroot = true
+command = ["sh", "-c", "while [ ! -e /var/tmp/go-on ]; do sleep 0.1; done"]
+
+[[step]]
 id = "switch-sources"
 kind = "apt-sources"
 phase = "cutover"
 origins = ["Debian"]
 keyrings = ["/usr/share/keyrings/debian-archive-keyring.gpg"]
-
-[[step]]
-id = "hold"
-kind = "command"
-phase = "cutover"
-chroot = true
-command = ["sh", "-c", "touch /var/tmp/waiting; while [ ! -e /var/tmp/go-on ]; do sleep 0.1; done"]
 
 [[step]]
 id = "upgrade-packages"
@@ -459,29 +467,19 @@ phase = "cutover"
 "#,
     )
     .unwrap();
-    let mut run = f
-        .migrate()
-        .args(["run", "--image", MIGRATION_IMAGE, "--plan"])
-        .arg(&plan)
-        .arg("--root")
-        .arg(&root.path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !root.join("var/tmp/waiting").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "the run never reached its cutover"
-        );
-        assert!(run.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let plan_arg = plan.to_string_lossy().into_owned();
+    let mut run = LiveRun::start(
+        f,
+        &["run", "--image", MIGRATION_IMAGE, "--plan", &plan_arg],
+        &root.path,
+    )
+    .unwrap();
+    run.until(|e| e["event"] == "step_started" && e["step"] == "hold")
+        .expect("the run reached its last check");
     vendors.republish("b", "trixie", "2.1").unwrap();
     std::fs::write(root.join("var/tmp/go-on"), "").unwrap();
-    let out = run.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let (code, stderr) = run.finish().unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
 
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
     let version = root
@@ -489,6 +487,10 @@ phase = "cutover"
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&version.stdout), "2.1");
     let log = std::fs::read_to_string(root.join("var/log/migrate/migrate.log")).unwrap();
+    assert!(
+        log.contains("apt-get dist-upgrade goes on as this run's checks resolved it"),
+        "the checks' resolution was not held for the cutover:\n{log}"
+    );
     let retry = log
         .lines()
         .find(|l| l.contains("apt-get dist-upgrade stopped before changing anything"))

@@ -210,7 +210,7 @@ fn tool_name(cmd: &Command) -> String {
 /// Calls `f` with each line `reader` produces. A line ends with `\n` or with a
 /// `\r` (progress meters redraw their line with carriage returns; each
 /// redraw is a line). Empty lines from `\r\n` endings are not reported.
-fn for_each_line(reader: impl Read, mut f: impl FnMut(&str)) {
+pub(crate) fn for_each_line(reader: impl Read, mut f: impl FnMut(&str)) {
     let mut reader = BufReader::new(reader);
     let mut line = Vec::new();
     let mut after_cr = false;

@@ -36,6 +36,7 @@ use crate::core::event::{
 use crate::core::exit::{ExitCode, WithExitCode, fail};
 use crate::core::image::ImageDefinition;
 use crate::core::journal::{AppPhase, ImageIdentity, Journal, JournalRun, ServiceChange};
+use crate::core::kinds::Kind;
 use crate::core::lifecycle::{InvalidTransition, State, Transition};
 use crate::core::phase::Phase;
 use crate::core::plan::{Plan, PlanStep};
@@ -217,6 +218,7 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
         findings: RefCell::new(Vec::new()),
         journal: RefCell::new(resumed),
         live: req.live,
+        holds_upgrade: req.verb == Verb::Run,
         manifests: Default::default(),
     };
 
@@ -255,6 +257,11 @@ pub(crate) fn execute(req: Request, def: &ImageDefinition, sink: &EventSink) -> 
                 backups: Vec::new(),
             });
             continue;
+        }
+        // apt held at its prompt since the checks holds dpkg's locks: told
+        // no before a step that might want them.
+        if !holds_apt_held(step) {
+            release_held_upgrade(&run);
         }
         let changes = req.verb.changes_root() && step.phase != Phase::Check;
         if changes {
@@ -462,6 +469,24 @@ fn step_back_app(run: &RunContext, plan: &Plan, app: &str) -> Result<()> {
 
 /// A snapshot-backed migration's second snapshot, once its cutover is
 /// done (not again when a resumed run finishes it).
+/// Whether `step` may run while the checks' `apt-get dist-upgrade` waits at
+/// its prompt holding dpkg's locks: the checks, the prefetch, the safety
+/// backup, the sources and the upgrade itself.
+fn holds_apt_held(step: &PlanStep) -> bool {
+    step.phase == Phase::Check
+        || matches!(
+            step.kind,
+            Kind::Prefetch | Kind::SafetyBackup | Kind::AptSources | Kind::Apt
+        )
+}
+
+/// Tells the held `apt-get dist-upgrade`, if this run has one, no.
+fn release_held_upgrade(run: &RunContext) {
+    if let Some(apt) = run.packages.get().and_then(|p| p.apt()) {
+        apt.release_held();
+    }
+}
+
 fn post_cutover_snapshot(run: &RunContext) -> Result<()> {
     let Some((migration, backup)) = run.journal.borrow().as_ref().and_then(|j| {
         j.backup

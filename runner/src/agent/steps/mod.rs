@@ -140,6 +140,10 @@ pub(crate) struct RunContext {
     pub(crate) journal: RefCell<Option<Journal>>,
     /// Whether the root is the running host (`--root /`).
     pub(crate) live: bool,
+    /// Whether the run goes on from its checks to the cutover (`migrate
+    /// run`): then the checks' resolution of the upgrade may be the
+    /// cutover's own, held at apt's prompt.
+    pub(crate) holds_upgrade: bool,
     /// The manifests of the copies (`rsync` steps) taken in this run.
     pub(crate) manifests: manifest::Manifests,
 }

@@ -19,6 +19,7 @@ use crate::core::kinds::apt::{AptSourcesOptions, VendorFile, VendorRepo};
 use repos::{Decider, Decision, Probe, ReleaseFile, Source};
 
 mod carry;
+mod held;
 mod lists;
 pub(crate) mod repos;
 
@@ -28,6 +29,9 @@ const SCRATCH: &str = "/run/migrate/apt";
 
 /// The root's own archive cache, where `apt-get` keeps what it downloaded.
 const ARCHIVES: &str = "/var/cache/apt/archives/";
+
+/// The gate of the held `apt-get dist-upgrade`, in the scratch area.
+const GATE_FILE: &str = "upgrade-go";
 
 /// The `.deb` files in the root's archive cache: how many, how many bytes.
 fn archives(root: &Path) -> Result<(usize, u64)> {
@@ -101,19 +105,34 @@ impl StepKind for DistUpgrade {
     }
 
     fn run(&self, ctx: &StepContext<'_>) -> Result<StepStatus> {
-        // Finish whatever an interrupted earlier attempt left half done. A
-        // transaction killed mid-way can leave packages half-installed, which
-        // `dpkg --configure -a` refuses ("reinstall it before attempting
-        // configuration"): its failure is what the repair below is for.
-        let configured = ctx
-            .run(&mut apt(ctx.root(), "dpkg", &["--configure", "-a"]))
-            .is_ok();
+        let pm = ctx.run.packages()?.apt();
+        // The upgrade as this run's checks resolved it, apt waiting at its
+        // prompt since then with dpkg's locks ([`held`]).
+        let mut held = pm.and_then(Apt::take_held);
+        // Finish whatever an interrupted earlier attempt left half done
+        // (nothing, if dpkg's audit finds nothing: then `dpkg --configure
+        // -a` would only rewrite dpkg's status, and apt rebuild its cache
+        // of it). A transaction killed mid-way can leave packages
+        // half-installed, which `dpkg --configure -a` refuses ("reinstall it
+        // before attempting configuration"): its failure is what the repair
+        // below is for.
+        let clean = dpkg_audit(ctx.root())?.is_empty();
+        if !clean {
+            held = None;
+        }
+        let configured = clean
+            || ctx
+                .run(&mut apt(ctx.root(), "dpkg", &["--configure", "-a"]))
+                .is_ok();
         // The target's lists this run's checks fetched: used as they are
         // while fresh, else revalidated by apt-get update.
-        let carried = match ctx.run.packages()?.apt() {
+        let carried = match pm {
             Some(pm) => pm.carry_lists()?,
             None => None,
         };
+        if carried.as_ref().is_none_or(|c| c.stale.is_some()) {
+            held = None;
+        }
         match &carried {
             Some(c) if c.stale.is_none() => ctx.say(format!(
                 "{} lists of the target fetched by this run's checks {} s ago copied to /var/lib/apt/lists; apt reads them and its cache of them as they are (no second apt-get update)",
@@ -132,7 +151,7 @@ impl StepKind for DistUpgrade {
         }
         let mut args = vec!["-y", "-o", "Dpkg::Use-Pty=0"];
         args.extend(KEEP_LOCAL_CONFIG);
-        if !configured || !dpkg_audit(ctx.root())?.is_empty() {
+        if !clean && (!configured || !dpkg_audit(ctx.root())?.is_empty()) {
             self.repair(ctx, &args)?;
         }
         let carried_options = carried
@@ -140,12 +159,19 @@ impl StepKind for DistUpgrade {
             .map(CarriedLists::options)
             .unwrap_or_default();
         let before = dpkg_status_stamp(ctx.root());
-        let mut first: Vec<&str> = args.clone();
-        first.extend(carried_options.iter().map(String::as_str));
-        first.push("dist-upgrade");
-        let Err(failed) =
-            ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &first), &apt_progress)
-        else {
+        let first_attempt = match held {
+            Some(held) => {
+                ctx.say("apt-get dist-upgrade goes on as this run's checks resolved it (it waited at its prompt since, holding dpkg's locks): no second resolution");
+                held.proceed(&ctx.run.sink, &ctx.step.id, &apt_progress)
+            }
+            None => {
+                let mut first: Vec<&str> = args.clone();
+                first.extend(carried_options.iter().map(String::as_str));
+                first.push("dist-upgrade");
+                ctx.run_with_progress(&mut apt_get_with_status(ctx.root(), &first), &apt_progress)
+            }
+        };
+        let Err(failed) = first_attempt else {
             return Ok(StepStatus::Succeeded);
         };
         // apt refused before dpkg changed anything: lists that went stale
@@ -378,6 +404,12 @@ pub(crate) struct Apt {
     third_party: bool,
     /// When this run fetched the target's lists into the scratch area.
     fetched_at: std::cell::Cell<Option<std::time::Instant>>,
+    /// Whether the resolution the checks ask for is the cutover's own
+    /// `apt-get dist-upgrade`, held at its prompt ([`held`]): `migrate
+    /// run` with an `apt` step and checks that ask.
+    hold: bool,
+    /// That `apt-get dist-upgrade`, while it waits.
+    held: std::cell::RefCell<Option<held::HeldUpgrade>>,
 }
 
 /// The target's lists this run's checks fetched, copied into the root's
@@ -458,6 +490,7 @@ impl Apt {
             .first_of_kind(&[Kind::CheckThirdParty, Kind::CheckDiskSpace])
             .is_some();
         let third_party = run.plan.first_of_kind(&[Kind::CheckThirdParty]).is_some();
+        let hold = ahead && run.holds_upgrade && run.plan.first_of_kind(&[Kind::Apt]).is_some();
         Ok(Self {
             root: run.root.clone(),
             from: from.to_string(),
@@ -473,6 +506,8 @@ impl Apt {
             root_policy: Background::default(),
             third_party,
             fetched_at: std::cell::Cell::new(None),
+            hold,
+            held: std::cell::RefCell::new(None),
         })
     }
 
@@ -717,9 +752,80 @@ impl Apt {
         }
         self.fetched_at.set(Some(std::time::Instant::now()));
         if self.ahead {
-            self.print_uris.start(self.print_uris_cmd());
+            // Held only with nothing left half done in dpkg (the cutover
+            // would have to finish that first, under apt's lock).
+            let held = if self.hold && dpkg_audit(&self.root).is_ok_and(|a| a.is_empty()) {
+                held::HeldUpgrade::start(self.held_cmd(), self.scratch().join(GATE_FILE)).ok()
+            } else {
+                None
+            };
+            match held {
+                Some(h) => *self.held.borrow_mut() = Some(h),
+                None => self.print_uris.start(self.print_uris_cmd()),
+            }
         }
         Ok(())
+    }
+
+    /// The cutover's `apt-get dist-upgrade`, to be held at its prompt: the
+    /// target's lists and their cache where the checks fetched them, the
+    /// sources as the cutover writes them (the checks' copy), dpkg's options
+    /// as the cutover's, no `-y`, the gate before dpkg, stderr joined to
+    /// stdout.
+    fn held_cmd(&self) -> Command {
+        let mut args: Vec<String> = ["-V", "-o", "Dpkg::Use-Pty=0"]
+            .into_iter()
+            .chain(KEEP_LOCAL_CONFIG)
+            .map(String::from)
+            .collect();
+        args.extend(dir_options(
+            SCRATCH,
+            &[
+                ("Dir::State::Lists", "lists"),
+                ("Dir::Cache::pkgcache", "cache/pkgcache.bin"),
+                ("Dir::Cache::srcpkgcache", "cache/srcpkgcache.bin"),
+                ("Dir::Etc::SourceList", "sources.list"),
+                ("Dir::Etc::SourceParts", "sources.list.d"),
+            ],
+        ));
+        args.extend([
+            "-o".to_string(),
+            held::gate_option(&format!("{SCRATCH}/{GATE_FILE}")),
+            "dist-upgrade".to_string(),
+        ]);
+        let mut cmd = chroot(&self.root, "/bin/sh");
+        cmd.args([
+            "-c",
+            "exec \"$0\" -o APT::Status-Fd=3 \"$@\" 3>&1 2>&1",
+            "apt-get",
+        ])
+        .args(&args)
+        .envs(NONINTERACTIVE);
+        cmd
+    }
+
+    /// The one resolution of the upgrade the checks share: what the held
+    /// `apt-get dist-upgrade` printed before its prompt, else `apt-get -V
+    /// --print-uris dist-upgrade`'s answer.
+    fn resolution(&self) -> Result<String> {
+        if let Some(h) = self.held.borrow_mut().as_mut() {
+            return h.plan();
+        }
+        self.print_uris.get(|| self.print_uris_cmd())
+    }
+
+    /// The held `apt-get dist-upgrade`, for the cutover to answer; `None`
+    /// when there is none or it does not wait at its prompt (then it has
+    /// ended or is told no).
+    pub(crate) fn take_held(&self) -> Option<held::HeldUpgrade> {
+        let mut h = self.held.borrow_mut().take()?;
+        h.at_prompt().then_some(h)
+    }
+
+    /// Tells the held `apt-get dist-upgrade`, if any, no (it ends having
+    /// changed nothing and lets go of dpkg's locks).
+    pub(crate) fn release_held(&self) {
+        drop(self.held.borrow_mut().take());
     }
 
     /// The upgrade resolved against the target's lists, without carrying
@@ -925,12 +1031,18 @@ impl PackageManager for Apt {
                 audit.lines().next().unwrap_or_default()
             ));
         }
-        for lock in [
-            "var/lib/dpkg/lock-frontend",
-            "var/lib/dpkg/lock",
-            "var/lib/apt/lists/lock",
-            "var/cache/apt/archives/lock",
-        ] {
+        // This run's own apt, held at its prompt, holds the locks.
+        let locks: &[&str] = if self.held.borrow().is_some() {
+            &[]
+        } else {
+            &[
+                "var/lib/dpkg/lock-frontend",
+                "var/lib/dpkg/lock",
+                "var/lib/apt/lists/lock",
+                "var/cache/apt/archives/lock",
+            ]
+        };
+        for lock in locks {
             let path = crate::core::rootfs::resolve(&self.root, lock)?;
             if let Some(holder) = crate::core::fsutil::lock_holder(&path)? {
                 problems.push(format!("/{lock} is locked by {holder}"));
@@ -945,10 +1057,7 @@ impl PackageManager for Apt {
 
     fn estimate(&self) -> Result<SpaceEstimate> {
         self.ensure_refreshed()?;
-        let out = self
-            .print_uris
-            .get(|| self.print_uris_cmd())
-            .context("estimating the upgrade")?;
+        let out = self.resolution().context("estimating the upgrade")?;
         Ok(parse_estimate(&out))
     }
 
@@ -1084,7 +1193,7 @@ impl PackageManager for Apt {
             BTreeMap::new()
         } else {
             self.ensure_refreshed()
-                .and_then(|()| self.print_uris.get(|| self.print_uris_cmd()))
+                .and_then(|()| self.resolution())
                 .map(|out| parse_fates(&out))
                 .unwrap_or_default()
         };
@@ -1143,7 +1252,21 @@ impl PackageManager for Apt {
         // (apt lists only what its archive cache lacks): when that is
         // nothing, a second resolution of the upgrade would find nothing
         // either.
-        if self.print_uris.asked()
+        let held = self.held.borrow().is_some();
+        if held {
+            // apt waits at its prompt with nothing left to fetch, or must
+            // let go of the archive cache's lock for the download.
+            match self.resolution() {
+                Ok(plan) if parse_estimate(&plan).download == 0 => {
+                    return Ok(format!(
+                        "{ARCHIVES} holds {} packages ({:.1} MB), every one the upgrade needs: nothing to download",
+                        before.0,
+                        before.1 as f64 / 1e6
+                    ));
+                }
+                _ => self.release_held(),
+            }
+        } else if self.print_uris.asked()
             && let Ok(out) = self.print_uris.get(|| self.print_uris_cmd())
             && uris(&out) == 0
         {
