@@ -236,6 +236,11 @@ deb [{key}] {v}/c-old bookworm main
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // The upgrade as the checks resolved it: apt waited at its prompt.
+    assert!(
+        cutover.contains("apt-get dist-upgrade goes on as this run's checks resolved it"),
+        "the checks' resolution was not held for the cutover"
+    );
     let fetched: Vec<&str> = cutover
         .lines()
         .filter(|l| l.contains("InRelease") || (l.contains("Get:") && l.contains("Packages")))

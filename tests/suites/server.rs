@@ -307,6 +307,7 @@ ports = ["127.0.0.1:80", "127.0.0.1:5432"]
     for said in [
         grub_installed.as_str(),
         "/boot/grub/grub.cfg regenerated",
+        "apt-get dist-upgrade goes on as this run's checks resolved it",
         "cluster 15/main ran on the host: postgresql@15-main.service stopped",
         "cluster 15/main: 2 tables, 1250 rows",
         "cluster 17/main on port 5432: the same 2 tables and 1250 rows as 15/main",
