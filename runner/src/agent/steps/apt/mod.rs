@@ -1179,12 +1179,17 @@ impl PackageManager for Apt {
             let text = apt_query(&self.root, "apt-cache", &["policy"])
                 .args(chunk)
                 .run_get_string()?;
-            for (pkg, files) in parse_installed_sources(&text) {
-                let from_distribution = files
-                    .iter()
-                    .any(|f| origin_of.get(f).is_some_and(|o| ours_file(f, o)));
+            for p in parse_installed_sources(&text) {
+                let ours = |f: &String| origin_of.get(f).is_some_and(|o| ours_file(f, o));
+                // A version no list has any more (a point release replaced
+                // it since the last upgrade) of a package only the
+                // distribution has: the distribution's.
+                let from_distribution = p.installed.iter().any(ours)
+                    || (p.installed.is_empty()
+                        && !p.others.is_empty()
+                        && p.others.iter().all(ours));
                 if !from_distribution {
-                    foreign.push(pkg);
+                    foreign.push(p.name);
                 }
             }
         }
@@ -1640,28 +1645,44 @@ fn release_field<'a>(release: &'a str, key: &str) -> &'a str {
 }
 
 /// `apt-cache policy PKG...`: for each installed package, the package files
-/// its installed version is available from.
-fn parse_installed_sources(text: &str) -> Vec<(String, Vec<String>)> {
-    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+/// its installed version is available from, and those of its other versions.
+fn parse_installed_sources(text: &str) -> Vec<InstalledSources> {
+    let mut out: Vec<InstalledSources> = Vec::new();
     let mut in_installed = false;
     for line in text.lines() {
         if !line.starts_with(' ') && line.ends_with(':') {
-            out.push((line.trim_end_matches(':').to_string(), Vec::new()));
+            out.push(InstalledSources {
+                name: line.trim_end_matches(':').to_string(),
+                ..InstalledSources::default()
+            });
             in_installed = false;
         } else if line.starts_with(" *** ") {
             in_installed = true;
         } else if line.starts_with("     ") && !line.starts_with("        ") {
             // Another version of the table.
             in_installed = false;
-        } else if in_installed && line.starts_with("        ") {
-            if let (Some(last), Some((_, file))) = (out.last_mut(), line.trim().split_once(' ')) {
-                if !file.starts_with('/') {
-                    last.1.push(file.to_string());
-                }
+        } else if line.starts_with("        ")
+            && let (Some(last), Some((_, file))) = (out.last_mut(), line.trim().split_once(' '))
+            && !file.starts_with('/')
+        {
+            if in_installed {
+                last.installed.push(file.to_string());
+            } else {
+                last.others.push(file.to_string());
             }
         }
     }
     out
+}
+
+/// An installed package's package files, as `apt-cache policy` lists them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct InstalledSources {
+    name: String,
+    /// Those that offer the installed version.
+    installed: Vec<String>,
+    /// Those that offer its other versions.
+    others: Vec<String>,
 }
 
 #[cfg(test)]

@@ -89,14 +89,24 @@ tool:
         100 /var/lib/dpkg/status
 ";
     let sources = parse_installed_sources(text);
+    let debian = "http://mirror/debian bookworm/main amd64 Packages".to_string();
     assert_eq!(
         sources[0],
-        (
-            "bash".to_string(),
-            vec!["http://mirror/debian bookworm/main amd64 Packages".to_string()]
-        )
+        InstalledSources {
+            name: "bash".into(),
+            installed: vec![debian.clone()],
+            others: vec![],
+        }
     );
-    assert_eq!(sources[1], ("tool".to_string(), vec![]));
+    // Its installed version in no list any more, a newer one in Debian's.
+    assert_eq!(
+        sources[1],
+        InstalledSources {
+            name: "tool".into(),
+            installed: vec![],
+            others: vec![debian],
+        }
+    );
     let versions = parse_policy_versions(text);
     assert_eq!(
         versions[1],
