@@ -531,6 +531,20 @@ fn third_party_apt_sources_are_classified_and_decided_before_anything_changes() 
             "/etc/apt/sources.list.d/vendor-c.list:1 {v}/c-old bookworm: third-party (origin \"Vendor C\"); mapped by the Vendor C vendor map to {v}/c-new trixie"
         ),
     ];
+    // A Debian package whose installed version a point release replaced
+    // since (no list has it any more): still the distribution's.
+    let status_path = root.join("var/lib/dpkg/status");
+    let status = std::fs::read_to_string(&status_path).unwrap();
+    let at = status.find("Package: hostname\n").unwrap();
+    let version = at + status[at..].find("\nVersion: ").unwrap() + "\nVersion: ".len();
+    let end = version + status[version..].find('\n').unwrap();
+    let older = format!(
+        "{}{}~0{}",
+        &status[..version],
+        &status[version..end],
+        &status[end..]
+    );
+    std::fs::write(&status_path, older).unwrap();
     let before = tree_checksum(&root.path).unwrap();
     let etc_apt = tree_checksum(&root.join("etc/apt")).unwrap();
 
