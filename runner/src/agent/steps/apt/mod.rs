@@ -1269,7 +1269,10 @@ impl PackageManager for Apt {
                         before.1 as f64 / 1e6
                     ));
                 }
-                _ => self.release_held(),
+                _ => {
+                    self.release_held();
+                    ctx.say("apt-get dist-upgrade, held at its prompt since the checks, answered no to let the packages be downloaded now; the cutover resolves the upgrade again");
+                }
             }
         } else if self.print_uris.asked()
             && let Ok(out) = self.print_uris.get(|| self.print_uris_cmd())
