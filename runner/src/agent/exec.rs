@@ -135,15 +135,9 @@ pub(crate) fn run_streaming_with(
                 }
             });
         });
-        for_each_line(stdout, |l| match progress.and_then(|p| p(l)) {
-            Some((percent, message)) => sink.emit(Event::Progress {
-                step: step.to_string(),
-                percent,
-                message,
-            }),
-            None => {
+        for_each_line(stdout, |l| {
+            if stdout_event(sink, step, progress, l) {
                 remember(l);
-                sink.output(step, OutputStream::Stdout, l);
             }
         });
         let status = child.wait();
@@ -180,6 +174,31 @@ pub(crate) fn run_streaming_with(
         }
         Ok(code.unwrap_or(0))
     })
+}
+
+/// Emits a line of a tool's stdout as an event of `step`: a `progress`
+/// event if `progress` recognizes it, else an `output` line. Whether it
+/// was an output line.
+pub(crate) fn stdout_event(
+    sink: &EventSink,
+    step: &str,
+    progress: Option<&ProgressParser>,
+    line: &str,
+) -> bool {
+    match progress.and_then(|p| p(line)) {
+        Some((percent, message)) => {
+            sink.emit(Event::Progress {
+                step: step.to_string(),
+                percent,
+                message,
+            });
+            false
+        }
+        None => {
+            sink.output(step, OutputStream::Stdout, line);
+            true
+        }
+    }
 }
 
 /// The tool a command runs, seen through `chroot ROOT` and

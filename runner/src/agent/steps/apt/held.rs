@@ -27,10 +27,10 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result, bail};
 
-use crate::agent::exec::{ProgressParser, ToolFailed, for_each_line};
+use crate::agent::exec::{ProgressParser, ToolFailed, for_each_line, stdout_event};
 use crate::agent::sink::EventSink;
 use crate::core::cmd::{CommandExt, failure_detail};
-use crate::core::event::{Event, OutputStream};
+use crate::core::event::OutputStream;
 
 /// apt's question before it changes anything.
 const PROMPT: &str = "Do you want to continue? [Y/n] ";
@@ -170,18 +170,12 @@ impl HeldUpgrade {
             _ => bail!("apt-get dist-upgrade is not waiting at its prompt"),
         };
         let mut seen = String::new();
-        let mut show = |l: &str| match progress(l) {
-            Some((percent, message)) => sink.emit(Event::Progress {
-                step: step.to_string(),
-                percent,
-                message,
-            }),
-            None => {
-                if l.starts_with("E: ") || l.starts_with("W: ") {
-                    seen.push_str(l);
-                    seen.push('\n');
-                }
-                sink.output(step, OutputStream::Stdout, l);
+        let mut show = |l: &str| {
+            if stdout_event(sink, step, Some(progress), l)
+                && (l.starts_with("E: ") || l.starts_with("W: "))
+            {
+                seen.push_str(l);
+                seen.push('\n');
             }
         };
         for l in resolved.text.lines() {
@@ -197,12 +191,11 @@ impl HeldUpgrade {
         for_each_line(resolved.rest, &mut show);
         let status = self.child.wait().context("waiting for apt-get")?;
         if !status.success() {
-            let errors: Vec<&str> = seen.lines().filter(|l| l.starts_with("E: ")).collect();
             return Err(ToolFailed {
                 tool: "apt-get".into(),
                 status: status.to_string(),
                 code: status.code(),
-                detail: failure_detail(errors, &seen),
+                detail: why(&seen),
             }
             .into());
         }
@@ -246,6 +239,7 @@ fn why(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::agent::sink::Captured;
+    use crate::core::event::Event;
 
     /// A stand-in for apt at its prompt: prints a plan and the question,
     /// reads the answer; on `y` prints progress and a line, then checks

@@ -336,14 +336,21 @@ fn dependencies_broken(root: &Path) -> Result<bool> {
 /// (base-files.postinst then fails with "echo: I/O error"). So the status
 /// goes to fd 3, a duplicate of stdout made by a shell in the root.
 fn apt_get_with_status(root: &Path, args: &[&str]) -> Command {
+    apt_get_status_wrapped(root, STATUS_TO_STDOUT, args)
+}
+
+/// `sh -c` scripts that run apt-get with its status lines on stdout (and
+/// its stderr there too, for the held upgrade, whose output is read as one
+/// stream).
+const STATUS_TO_STDOUT: &str = "exec \"$0\" -o APT::Status-Fd=3 \"$@\" 3>&1";
+const STATUS_AND_STDERR_TO_STDOUT: &str = "exec \"$0\" -o APT::Status-Fd=3 \"$@\" 3>&1 2>&1";
+
+/// `apt-get ARGS` in the root, run through the `sh -c` `script`.
+fn apt_get_status_wrapped(root: &Path, script: &str, args: &[&str]) -> Command {
     let mut cmd = chroot(root, "/bin/sh");
-    cmd.args([
-        "-c",
-        "exec \"$0\" -o APT::Status-Fd=3 \"$@\" 3>&1",
-        "apt-get",
-    ])
-    .args(args)
-    .envs(NONINTERACTIVE);
+    cmd.args(["-c", script, "apt-get"])
+        .args(args)
+        .envs(NONINTERACTIVE);
     cmd
 }
 
@@ -430,16 +437,17 @@ impl CarriedLists {
         if self.stale.is_some() {
             return Vec::new();
         }
-        dir_options(
-            SCRATCH,
-            &[
-                ("Dir::State::Lists", "lists"),
-                ("Dir::Cache::pkgcache", "cache/pkgcache.bin"),
-                ("Dir::Cache::srcpkgcache", "cache/srcpkgcache.bin"),
-            ],
-        )
+        dir_options(SCRATCH, &CARRIED)
     }
 }
+
+/// Where the checks leave the target's lists and apt's cache of them, in
+/// the scratch area: what the cutover's apt reads while they are fresh.
+const CARRIED: [(&str, &str); 3] = [
+    ("Dir::State::Lists", "lists"),
+    ("Dir::Cache::pkgcache", "cache/pkgcache.bin"),
+    ("Dir::Cache::srcpkgcache", "cache/srcpkgcache.bin"),
+];
 
 /// Where the image keeps its vendor maps (`*.toml`).
 fn image_vendor_dir() -> PathBuf {
@@ -778,12 +786,10 @@ impl Apt {
             .chain(KEEP_LOCAL_CONFIG)
             .map(String::from)
             .collect();
+        args.extend(dir_options(SCRATCH, &CARRIED));
         args.extend(dir_options(
             SCRATCH,
             &[
-                ("Dir::State::Lists", "lists"),
-                ("Dir::Cache::pkgcache", "cache/pkgcache.bin"),
-                ("Dir::Cache::srcpkgcache", "cache/srcpkgcache.bin"),
                 ("Dir::Etc::SourceList", "sources.list"),
                 ("Dir::Etc::SourceParts", "sources.list.d"),
             ],
@@ -793,15 +799,8 @@ impl Apt {
             held::gate_option(&format!("{SCRATCH}/{GATE_FILE}")),
             "dist-upgrade".to_string(),
         ]);
-        let mut cmd = chroot(&self.root, "/bin/sh");
-        cmd.args([
-            "-c",
-            "exec \"$0\" -o APT::Status-Fd=3 \"$@\" 3>&1 2>&1",
-            "apt-get",
-        ])
-        .args(&args)
-        .envs(NONINTERACTIVE);
-        cmd
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        apt_get_status_wrapped(&self.root, STATUS_AND_STDERR_TO_STDOUT, &args)
     }
 
     /// The one resolution of the upgrade the checks share: what the held
@@ -1257,27 +1256,24 @@ impl PackageManager for Apt {
         // (apt lists only what its archive cache lacks): when that is
         // nothing, a second resolution of the upgrade would find nothing
         // either.
-        let held = self.held.borrow().is_some();
-        if held {
+        let nothing_left = if self.held.borrow().is_some() {
             // apt waits at its prompt with nothing left to fetch, or must
             // let go of the archive cache's lock for the download.
-            match self.resolution() {
-                Ok(plan) if parse_estimate(&plan).download == 0 => {
-                    return Ok(format!(
-                        "{ARCHIVES} holds {} packages ({:.1} MB), every one the upgrade needs: nothing to download",
-                        before.0,
-                        before.1 as f64 / 1e6
-                    ));
-                }
-                _ => {
-                    self.release_held();
-                    ctx.say("apt-get dist-upgrade, held at its prompt since the checks, answered no to let the packages be downloaded now; the cutover resolves the upgrade again");
-                }
+            let nothing =
+                matches!(self.resolution(), Ok(plan) if parse_estimate(&plan).download == 0);
+            if !nothing {
+                self.release_held();
+                ctx.say("apt-get dist-upgrade, held at its prompt since the checks, answered no to let the packages be downloaded now; the cutover resolves the upgrade again");
             }
-        } else if self.print_uris.asked()
-            && let Ok(out) = self.print_uris.get(|| self.print_uris_cmd())
-            && uris(&out) == 0
-        {
+            nothing
+        } else {
+            self.print_uris.asked()
+                && self
+                    .print_uris
+                    .get(|| self.print_uris_cmd())
+                    .is_ok_and(|out| uris(&out) == 0)
+        };
+        if nothing_left {
             return Ok(format!(
                 "{ARCHIVES} holds {} packages ({:.1} MB), every one the upgrade needs: nothing to download",
                 before.0,
