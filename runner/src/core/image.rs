@@ -72,9 +72,10 @@ pub(crate) fn check_reference(reference: &str) -> std::result::Result<(), String
         return Err(format!("{reference}: no such file"));
     }
     let name = reference.strip_prefix("docker://").unwrap_or(reference);
-    name.parse::<oci_spec::distribution::Reference>()
-        .map(|_| ())
-        .map_err(|e| format!("image reference {reference:?}: {e}"))
+    match super::reference::invalid(name) {
+        None => Ok(()),
+        Some(why) => Err(format!("image reference {reference:?}: {why}")),
+    }
 }
 
 /// A reference split at its digest pin: `NAME[:TAG]@sha256:HEX` (or an

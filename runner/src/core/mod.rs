@@ -13,6 +13,7 @@ pub(crate) mod kinds;
 pub(crate) mod lifecycle;
 pub(crate) mod phase;
 pub(crate) mod plan;
+pub(crate) mod reference;
 pub(crate) mod release;
 pub(crate) mod report;
 pub(crate) mod root_paths;

@@ -10,8 +10,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 
@@ -32,40 +33,133 @@ pub(crate) fn local_packages(
     installed: &str,
     native: &str,
 ) -> Result<Option<Vec<String>>> {
-    let Some(files) = package_lists(root)? else {
-        return Ok(None);
-    };
     let installed = parse_installed(installed);
     let names: HashSet<&str> = installed.iter().map(|(n, _, _)| n.as_str()).collect();
-    let mut offered: HashSet<Package> = HashSet::new();
-    for path in files {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        if !file.metadata()?.is_file() {
+    let Some(lists) = Lists::read(root, Some(&names))? else {
+        return Ok(None);
+    };
+    Ok(Some(lists.local(installed, native)))
+}
+
+/// What the root's package lists offer, read once: each stanza's name,
+/// architecture and version (of the packages asked for, or all), and the
+/// lists as they were when read.
+pub(crate) struct Lists {
+    files: Vec<ListFile>,
+    offered: HashSet<Package>,
+}
+
+/// A list file as read: path, size, modification time, inode. A list
+/// rewritten since (by `apt-get update`) differs in one of them.
+#[derive(Debug, PartialEq, Eq)]
+struct ListFile {
+    path: PathBuf,
+    len: u64,
+    mtime: (i64, i64),
+    ino: u64,
+}
+
+impl Lists {
+    /// Reads the root's binary package lists for the stanzas of `names`
+    /// (all of them with `None`); `None` when a list is not a plain,
+    /// uncompressed regular file (or there are none).
+    fn read(root: &Path, names: Option<&HashSet<&str>>) -> Result<Option<Self>> {
+        let Some(paths) = package_lists(root)? else {
             return Ok(None);
-        }
-        offered_versions(
-            BufReader::with_capacity(1 << 16, file),
-            &names,
-            &mut offered,
-        )
-        .with_context(|| format!("reading {}", path.display()))?;
-    }
-    let local: BTreeSet<String> = installed
-        .into_iter()
-        .filter(|p| !offered.contains(p))
-        .map(|(name, arch, _)| {
-            if arch == native || arch == "all" {
-                name
-            } else {
-                format!("{name}:{arch}")
+        };
+        let mut lists = Lists {
+            files: Vec::with_capacity(paths.len()),
+            offered: HashSet::new(),
+        };
+        for path in paths {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Ok(None);
             }
-        })
-        .collect();
-    Ok(Some(local.into_iter().collect()))
+            offered_versions(
+                BufReader::with_capacity(1 << 16, file),
+                names,
+                &mut lists.offered,
+            )
+            .with_context(|| format!("reading {}", path.display()))?;
+            lists.files.push(ListFile::of(path, &meta));
+        }
+        Ok(Some(lists))
+    }
+
+    /// Whether the root's lists are still the ones read.
+    fn current(&self, root: &Path) -> bool {
+        let Ok(Some(paths)) = package_lists(root) else {
+            return false;
+        };
+        paths.len() == self.files.len()
+            && paths.into_iter().zip(&self.files).all(|(path, read)| {
+                std::fs::symlink_metadata(&path)
+                    .is_ok_and(|meta| meta.is_file() && ListFile::of(path, &meta) == *read)
+            })
+    }
+
+    /// Which of `installed` no list offers in its installed version, as
+    /// [`local_packages`] names them.
+    fn local(&self, installed: Vec<Package>, native: &str) -> Vec<String> {
+        let local: BTreeSet<String> = installed
+            .into_iter()
+            .filter(|p| !self.offered.contains(p))
+            .map(|(name, arch, _)| {
+                if arch == native || arch == "all" {
+                    name
+                } else {
+                    format!("{name}:{arch}")
+                }
+            })
+            .collect();
+        local.into_iter().collect()
+    }
+}
+
+impl ListFile {
+    fn of(path: PathBuf, meta: &std::fs::Metadata) -> Self {
+        ListFile {
+            path,
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// The root's lists read in a thread of their own while something else
+/// runs (the upgrade, which changes the installed packages but not the
+/// lists), so that [`ReadAhead::local_packages`] afterwards answers without
+/// reading them.
+pub(crate) struct ReadAhead {
+    root: PathBuf,
+    reading: JoinHandle<Result<Option<Lists>>>,
+}
+
+impl ReadAhead {
+    /// Starts reading the root's lists.
+    pub(crate) fn start(root: &Path) -> Self {
+        let owned = root.to_path_buf();
+        ReadAhead {
+            root: root.to_path_buf(),
+            reading: std::thread::spawn(move || Lists::read(&owned, None)),
+        }
+    }
+
+    /// [`local_packages`] from the lists read ahead, if the root's lists are
+    /// still those; `None` if they changed since, or could not be read.
+    pub(crate) fn local_packages(self, installed: &str, native: &str) -> Option<Vec<String>> {
+        let lists = self.reading.join().ok()?.ok()??;
+        lists
+            .current(&self.root)
+            .then(|| lists.local(parse_installed(installed), native))
+    }
 }
 
 /// `dpkg-query -W -f` format of the lines [`local_packages`] reads.
@@ -111,10 +205,10 @@ fn package_lists(root: &Path) -> Result<Option<Vec<PathBuf>>> {
 }
 
 /// Adds to `offered` the (name, architecture, version) of each stanza of a
-/// list whose package is one of `names`.
+/// list whose package is one of `names` (every stanza with `None`).
 fn offered_versions(
     mut list: impl BufRead,
-    names: &HashSet<&str>,
+    names: Option<&HashSet<&str>>,
     offered: &mut HashSet<Package>,
 ) -> Result<()> {
     let (mut name, mut arch, mut version) = (String::new(), String::new(), String::new());
@@ -137,7 +231,7 @@ fn offered_versions(
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
         if text.is_empty() {
-            if !name.is_empty() && names.contains(name.as_str()) {
+            if !name.is_empty() && names.is_none_or(|n| n.contains(name.as_str())) {
                 offered.insert((
                     std::mem::take(&mut name),
                     std::mem::take(&mut arch),
@@ -190,7 +284,7 @@ mod tests {
     fn offered(list: &str, names: &[&str]) -> HashSet<Package> {
         let names: HashSet<&str> = names.iter().copied().collect();
         let mut out = HashSet::new();
-        offered_versions(list.as_bytes(), &names, &mut out).unwrap();
+        offered_versions(list.as_bytes(), Some(&names), &mut out).unwrap();
         out
     }
 
@@ -287,6 +381,52 @@ mod tests {
         assert_eq!(
             local_packages(root.path(), installed, "amd64").unwrap(),
             None
+        );
+    }
+
+    #[test]
+    fn lists_read_ahead_answer_only_while_the_root_still_has_them() {
+        let root = tempfile::tempdir().unwrap();
+        let lists = root.path().join("var/lib/apt/lists");
+        std::fs::create_dir_all(&lists).unwrap();
+        let list = lists.join("mirror_dists_trixie_main_binary-amd64_Packages");
+        std::fs::write(
+            &list,
+            "Package: bash\nVersion: 5.2.37-2\nArchitecture: amd64\n\n\
+             Package: tzdata\nVersion: 2025b-4\nArchitecture: all\n",
+        )
+        .unwrap();
+        // Read before the upgrade; asked with what is installed after it.
+        let installed = "ii \tbash\tamd64\t5.2.37-2\nii \ttzdata\tall\t2025a-1\n";
+        let ahead = ReadAhead::start(root.path());
+        assert_eq!(
+            ahead.local_packages(installed, "amd64"),
+            Some(vec!["tzdata".to_string()])
+        );
+        // A list rewritten after the read: the read-ahead does not answer.
+        let ahead = ReadAhead::start(root.path());
+        while !ahead.reading.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::fs::write(
+            lists.join("new_Packages"),
+            "Package: tzdata\nVersion: 2025a-1\nArchitecture: all\n",
+        )
+        .unwrap();
+        assert_eq!(ahead.local_packages(installed, "amd64"), None);
+        let ahead = ReadAhead::start(root.path());
+        while !ahead.reading.is_finished() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::fs::write(
+            &list,
+            "Package: bash\nVersion: 5.2.37-3\nArchitecture: amd64\n",
+        )
+        .unwrap();
+        assert_eq!(ahead.local_packages(installed, "amd64"), None);
+        assert_eq!(
+            local_packages(root.path(), installed, "amd64").unwrap(),
+            Some(vec!["bash".to_string()])
         );
     }
 }

@@ -159,6 +159,9 @@ impl StepKind for DistUpgrade {
             .map(CarriedLists::options)
             .unwrap_or_default();
         let before = dpkg_status_stamp(ctx.root());
+        if let Some(pm) = pm {
+            pm.read_lists_ahead();
+        }
         let first_attempt = match held {
             Some(held) => {
                 ctx.say("apt-get dist-upgrade goes on as this run's checks resolved it (it waited at its prompt since, holding dpkg's locks): no second resolution");
@@ -417,6 +420,9 @@ pub(crate) struct Apt {
     hold: bool,
     /// That `apt-get dist-upgrade`, while it waits.
     held: std::cell::RefCell<Option<held::HeldUpgrade>>,
+    /// The root's lists, read while the upgrade runs, for the question
+    /// after it ([`PackageManager::obsolete`]).
+    lists_ahead: std::cell::RefCell<Option<lists::ReadAhead>>,
 }
 
 /// The target's lists this run's checks fetched, copied into the root's
@@ -516,6 +522,7 @@ impl Apt {
             fetched_at: std::cell::Cell::new(None),
             hold,
             held: std::cell::RefCell::new(None),
+            lists_ahead: std::cell::RefCell::new(None),
         })
     }
 
@@ -819,6 +826,13 @@ impl Apt {
     pub(crate) fn take_held(&self) -> Option<held::HeldUpgrade> {
         let mut h = self.held.borrow_mut().take()?;
         h.at_prompt().then_some(h)
+    }
+
+    /// Starts reading the root's lists for [`PackageManager::obsolete`],
+    /// while the upgrade about to start runs (it changes the installed
+    /// packages, not the lists; lists changed after all are read again).
+    fn read_lists_ahead(&self) {
+        *self.lists_ahead.borrow_mut() = Some(lists::ReadAhead::start(&self.root));
     }
 
     /// Tells the held `apt-get dist-upgrade`, if any, no (it ends having
@@ -1317,6 +1331,10 @@ impl PackageManager for Apt {
         )
         .run_get_string()?;
         let native = apt(&self.root, "dpkg", &["--print-architecture"]).run_get_string()?;
+        let ahead = self.lists_ahead.borrow_mut().take();
+        if let Some(local) = ahead.and_then(|a| a.local_packages(&installed, native.trim())) {
+            return Ok(local);
+        }
         if let Some(local) = lists::local_packages(&self.root, &installed, native.trim())? {
             return Ok(local);
         }
