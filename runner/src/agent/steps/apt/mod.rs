@@ -728,11 +728,18 @@ impl Apt {
             let target = self.scratch_copy_of(file)?;
             std::fs::write(&target, new).with_context(|| format!("writing {}", target.display()))
         })?;
+        // The root's lists, for apt to ask the mirrors only what changed;
+        // not those of the suites the cutover replaces (`apt-get update`
+        // would only delete them: 50 MB for Debian's main list).
+        let replaced = repos::replaced_lists(self.sources()?);
         let lists = repos::root_lists(&self.root)?;
         if let Ok(entries) = std::fs::read_dir(&lists) {
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name();
-                if name != "lock" && e.file_type().is_ok_and(|t| t.is_file()) {
+                let useless = replaced
+                    .iter()
+                    .any(|prefix| name.to_string_lossy().starts_with(prefix));
+                if name != "lock" && !useless && e.file_type().is_ok_and(|t| t.is_file()) {
                     carry::copy_list(&e.path(), &scratch.join("lists"), &name)?;
                 }
             }

@@ -204,6 +204,37 @@ pub(super) fn root_lists(root: &Path) -> Result<std::path::PathBuf> {
     crate::core::rootfs::resolve(root, ROOT_LISTS.trim_matches('/'))
 }
 
+/// The beginnings of the file names (in the root's lists directory) of the
+/// lists the cutover makes useless: those of the sources it switches, maps
+/// elsewhere or disables, unless a source it keeps has the same lists.
+pub(crate) fn replaced_lists(sources: &[Source]) -> Vec<String> {
+    let name = |s: &Source| {
+        s.list_prefix
+            .as_deref()
+            .and_then(|p| p.rsplit('/').next())
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+    };
+    let kept: Vec<String> = sources
+        .iter()
+        .filter(|s| matches!(s.decision, Decision::Keep(_)))
+        .filter_map(name)
+        .collect();
+    let mut replaced: Vec<String> = sources
+        .iter()
+        .filter(|s| !matches!(s.decision, Decision::Keep(_)))
+        .filter_map(name)
+        .filter(|n| {
+            !kept
+                .iter()
+                .any(|k| k.starts_with(n.as_str()) || n.starts_with(k.as_str()))
+        })
+        .collect();
+    replaced.sort();
+    replaced.dedup();
+    replaced
+}
+
 /// The root's source entries as its apt sees them, enabled ones only; with
 /// `root_cache`, apt may use (and refresh) the root's own cache files.
 pub(crate) fn entries(root: &Path, root_cache: bool) -> Result<Vec<Source>> {
@@ -803,6 +834,58 @@ Components: main
             decision: Decision::Keep(String::new()),
             inhibits: false,
         }
+    }
+
+    #[test]
+    fn the_lists_of_the_suites_the_cutover_replaces_are_named_by_their_beginning() {
+        let with = |uri: &str, suite: &str, prefix: &str, decision: Decision| Source {
+            decision,
+            ..source(uri, suite, Some(prefix))
+        };
+        let lists = "/var/lib/apt/lists/";
+        let sources = [
+            with(
+                "http://deb.example/debian",
+                "bookworm",
+                &format!("{lists}deb.example_debian_dists_bookworm_"),
+                Decision::Switch,
+            ),
+            with(
+                "http://deb.example/debian",
+                "bookworm-updates",
+                &format!("{lists}deb.example_debian_dists_bookworm-updates_"),
+                Decision::Switch,
+            ),
+            with(
+                "http://v.example/a",
+                "bookworm",
+                &format!("{lists}v.example_a_dists_bookworm_"),
+                Decision::Disable("no trixie suite".into()),
+            ),
+            // Kept as it is: its lists are still used.
+            with(
+                "http://v.example/kept",
+                "stable",
+                &format!("{lists}v.example_kept_dists_stable_"),
+                Decision::Keep("its suite stable does not name bookworm".into()),
+            ),
+            // A flat repository disabled, under the kept one's path: the
+            // kept one's lists begin the same way, so none is replaced.
+            with(
+                "http://v.example/kept",
+                "./",
+                &format!("{lists}v.example_kept_"),
+                Decision::Disable("flat".into()),
+            ),
+        ];
+        assert_eq!(
+            replaced_lists(&sources),
+            [
+                "deb.example_debian_dists_bookworm-updates_",
+                "deb.example_debian_dists_bookworm_",
+                "v.example_a_dists_bookworm_",
+            ]
+        );
     }
 
     #[test]
