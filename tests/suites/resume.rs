@@ -51,36 +51,7 @@ fn kill_then_resume(
     );
     after_kill(&root);
 
-    let out = f
-        .migrate()
-        .args(["run", "--output", "json", "--root"])
-        .arg(&root.path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the resumed run: {}",
-        show(&out)
-    );
-    // --output json: every line of a successful run is a JSON event, what
-    // migrate says after the agent's run included.
-    let events = json_lines(&out.stdout);
-    assert!(events.iter().all(|e| e["v"] == 1 && e["event"].is_string()));
-    assert!(
-        events
-            .iter()
-            .any(|e| e["event"] == "run_finished" && e["status"] == "succeeded"),
-        "{events:?}"
-    );
-    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
-    let audit = root.chroot(&["dpkg", "--audit"]).unwrap();
-    assert!(
-        audit.status.success() && audit.stdout.is_empty(),
-        "{}",
-        show(&audit)
-    );
-
+    run_again_to_a_clean_debian_13(f, &root);
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded", "{r:#}");
     assert_eq!(r["resumed"], true);
@@ -110,6 +81,34 @@ fn kill_then_resume(
     assert_eq!(resumed["attempts"], 2, "{state:#}");
     assert_eq!(state["runs"].as_array().unwrap().len(), 2);
     root
+}
+
+/// `migrate run` once more on a root a killed run left: it succeeds, and
+/// the root is a clean Debian 13.
+fn run_again_to_a_clean_debian_13(
+    f: &Fixtures,
+    root: &fixtures::ScratchRoot,
+) -> Vec<serde_json::Value> {
+    let out = f
+        .migrate()
+        .args(["run", "--output", "json", "--root"])
+        .arg(&root.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "the next run: {}", show(&out));
+    // --output json: every line of a successful run is a JSON event, what
+    // migrate says after the agent's run included.
+    let events = json_lines(&out.stdout);
+    assert!(events.iter().all(|e| e["v"] == 1 && e["event"].is_string()));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "run_finished" && e["status"] == "succeeded"),
+        "{events:?}"
+    );
+    assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
+    root.assert_dpkg_consistent();
+    events
 }
 
 /// The root's state journal.
@@ -263,26 +262,13 @@ fn a_migrate_killed_mid_upgrade_is_re_attached_to_by_the_next_run() {
     let run_id = run.run_id().unwrap();
     run.kill_host().unwrap();
 
-    let out = f
-        .migrate()
-        .args(["run", "--output", "json", "--root"])
-        .arg(&root.path)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "the re-attached run: {}",
-        show(&out)
-    );
-    let events = json_lines(&out.stdout);
+    let events = run_again_to_a_clean_debian_13(f, &root);
     assert!(
         events.iter().any(|e| e["event"] == "output"
             && e["line"]
                 .as_str()
                 .is_some_and(|l| l.contains("re-attached to"))),
-        "{}",
-        show(&out)
+        "{events:?}"
     );
     // The run that was killed, completed: one run, one agent.
     let r = report(&root.path).unwrap();
@@ -310,6 +296,75 @@ fn a_migrate_killed_mid_upgrade_is_re_attached_to_by_the_next_run() {
         .output()
         .unwrap();
     assert!(left.stdout.is_empty(), "a container was left behind");
+}
+
+/// `migrate run` resolves the upgrade in its checks with the cutover's own
+/// `apt-get dist-upgrade`, which waits at its prompt holding dpkg's locks
+/// until the cutover answers. The container killed while it waits: the
+/// root is as it was (the checks changed nothing, apt wrote nothing, no
+/// lock is left held) and the next run migrates it.
+#[test]
+fn a_run_killed_while_apt_waits_at_its_prompt_leaves_the_root_as_it_was() {
+    let _serial = serial();
+    let f = Fixtures::get();
+    let root = f.copy_root(&f.bookworm).unwrap();
+    let packages = |root: &fixtures::ScratchRoot| {
+        let out = root
+            .chroot(&[
+                "dpkg-query",
+                "-W",
+                "-f",
+                "${Package} ${Version} ${db:Status-Abbrev}\n",
+            ])
+            .unwrap();
+        assert!(out.status.success(), "{}", show(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let before = packages(&root);
+    let sources = std::fs::read(root.join("etc/apt/sources.list")).unwrap();
+    let archives = || -> Vec<std::ffi::OsString> {
+        let mut debs: Vec<_> = std::fs::read_dir(root.join("var/cache/apt/archives"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".deb"))
+            .collect();
+        debs.sort();
+        debs
+    };
+    let cached = archives();
+    let mut run = LiveRun::start(f, &["run", "--image", MIGRATION_IMAGE], &root.path).unwrap();
+    run.until(|e| e["event"] == "step_finished" && in_step(e, "disk-space"))
+        .expect("the disk-space check finished");
+    let run_id = run.run_id().unwrap();
+    // apt-get dist-upgrade is there, waiting (it printed its plan for the
+    // check and asked).
+    let top = f
+        .podman()
+        .args(["top", &format!("migrate-{run_id}"), "args"])
+        .output()
+        .unwrap();
+    let top = String::from_utf8_lossy(&top.stdout).to_string();
+    assert!(
+        top.lines()
+            .any(|l| l.contains("apt-get") && l.contains("dist-upgrade")),
+        "no apt-get dist-upgrade in the container:\n{top}"
+    );
+    kill_container(f, &run_id).unwrap();
+    let (code, stderr) = run.finish().unwrap();
+    assert_eq!(code, Some(1), "the killed run failed: {stderr}");
+    assert!(stderr.contains("killed by signal 9"), "{stderr}");
+    assert_eq!(packages(&root), before, "a package changed");
+    assert_eq!(
+        std::fs::read(root.join("etc/apt/sources.list")).unwrap(),
+        sources,
+        "the sources changed"
+    );
+    assert_eq!(archives(), cached, "packages were downloaded");
+
+    // The next run finds dpkg's locks free and migrates the root.
+    run_again_to_a_clean_debian_13(f, &root);
+    assert_eq!(report(&root.path).unwrap()["result"], "succeeded");
 }
 
 /// Where in dpkg's work an apt progress event is.
@@ -418,12 +473,7 @@ fn an_upgrade_killed_ten_times_host_and_container_converges_to_a_clean_debian_13
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "the last run: {}", show(&out));
     assert_eq!(root.os_release("VERSION_ID").as_deref(), Some("13"));
-    let audit = root.chroot(&["dpkg", "--audit"]).unwrap();
-    assert!(
-        audit.status.success() && audit.stdout.is_empty(),
-        "{}",
-        show(&audit)
-    );
+    root.assert_dpkg_consistent();
     let r = report(&root.path).unwrap();
     assert_eq!(r["result"], "succeeded", "{r:#}");
     let state = journal(&root.path);
