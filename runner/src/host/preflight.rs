@@ -94,11 +94,20 @@ pub(crate) async fn inspect_image(
     podman: &Podman,
     reference: &str,
 ) -> Result<(ImageDetails, ImageLabels)> {
-    let Some(image) = podman
+    let image = podman
         .image(reference)
         .await
-        .exit_code(ExitCode::Environment)?
-    else {
+        .exit_code(ExitCode::Environment)?;
+    migration_image(reference, image)
+}
+
+/// An image podman has under `reference` (`None`: none), with its labels;
+/// refuses one that is missing or is not a migration image.
+fn migration_image(
+    reference: &str,
+    image: Option<ImageDetails>,
+) -> Result<(ImageDetails, ImageLabels)> {
+    let Some(image) = image else {
         return Err(fail(
             ExitCode::BadInput,
             format!(
@@ -154,7 +163,11 @@ pub(crate) async fn find_or_pull_image(
         None
     };
     if local.is_some() || !pullable(reference) {
-        let (image, labels) = inspect_image(podman, reference).await?;
+        let (image, labels) = if fetch == reference {
+            migration_image(reference, local)?
+        } else {
+            inspect_image(podman, reference).await?
+        };
         return Ok((image, labels, false));
     }
     // What the name was before (listing every image to compare can take

@@ -1,7 +1,10 @@
-//! A minimal HTTP/1.1 POST on podman's unix socket, for the two requests
-//! whose bodies podman-api wants whole in memory or as a directory: an image
-//! build context and an image archive to load. The body is streamed from any
-//! reader; the response body is read chunk by chunk.
+//! A minimal HTTP/1.1 client on podman's unix socket, for the requests
+//! podman-api makes in a way that does not suit us: an image build context
+//! and an image archive to load, whose bodies it wants whole in memory or as
+//! a directory (here the body is streamed from any reader; the response body
+//! is read chunk by chunk), and the attach to a container, which it precedes
+//! with an inspect that has podman compute the container's size (50 ms at
+//! each start of a migration container).
 
 use std::path::Path;
 
@@ -70,6 +73,71 @@ pub(crate) async fn post(
             done: false,
         },
     })
+}
+
+/// `POST path` that podman answers by turning the connection into the
+/// container's multiplexed output ([`Frames`]): libpod's attach.
+pub(crate) async fn attach(socket: &Path, path: &str) -> Result<Frames> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\n\
+         Host: podman\r\n\
+         Content-Length: 0\r\n\
+         Connection: Upgrade\r\n\
+         Upgrade: tcp\r\n\r\n"
+    );
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.write_all(head.as_bytes()).await?;
+    stream.flush().await?;
+    let mut reader = BufReader::new(stream);
+    let (status, chunked) = read_head(&mut reader).await?;
+    if !matches!(status, 101 | 200) {
+        let mut body = Body {
+            reader,
+            chunked,
+            remaining: 0,
+            done: false,
+        };
+        let mut text = Vec::new();
+        while let Some(chunk) = body.next_chunk().await? {
+            text.extend_from_slice(&chunk);
+        }
+        anyhow::bail!("podman answered {status}: {}", api_error(&text));
+    }
+    Ok(Frames { reader })
+}
+
+/// Longest frame accepted (podman sends at most a few kilobytes at once).
+const MAX_FRAME: usize = 16 << 20;
+
+/// A container's output as podman multiplexes it without a terminal: frames
+/// of an 8-byte header (the stream: 1 stdout, 2 stderr; 3 bytes of zeros;
+/// the length, big-endian) and that many bytes.
+pub(crate) struct Frames {
+    reader: BufReader<UnixStream>,
+}
+
+impl Frames {
+    /// The next frame: its stream and its bytes; `None` at the end.
+    pub(crate) async fn next(&mut self) -> Result<Option<(u8, Vec<u8>)>> {
+        let mut header = [0u8; 8];
+        match self.reader.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e).context("reading the container's output"),
+        }
+        let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        if len > MAX_FRAME {
+            anyhow::bail!("the container's output has a frame of {len} bytes");
+        }
+        let mut bytes = vec![0; len];
+        self.reader
+            .read_exact(&mut bytes)
+            .await
+            .context("reading the container's output")?;
+        Ok(Some((header[0], bytes)))
+    }
 }
 
 /// The message of a libpod error body (`{"cause":..,"message":..}`).

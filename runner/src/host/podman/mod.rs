@@ -29,9 +29,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use podman_api::opts::{
-    ContainerAttachOpts, ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter,
-    ContainerListOpts, ContainerLogsOpts, ContainerStopOpts, ImageListFilter, ImageListOpts,
-    ImagesRemoveOpts, PullOpts,
+    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts,
+    ContainerLogsOpts, ContainerStopOpts, ImageListFilter, ImageListOpts, ImagesRemoveOpts,
+    PullOpts,
 };
 use podman_api::{ApiVersion, conn::TtyChunk, models};
 
@@ -446,21 +446,30 @@ impl Podman {
             .with_context(|| format!("creating container {} from {}", spec.name, spec.image))?;
         let container = self.api.containers().get(&created.id);
         let result = async {
-            let attach = container
-                .attach(
-                    &ContainerAttachOpts::builder()
-                        .stdout(true)
-                        .stderr(true)
-                        .build(),
-                )
-                .await
-                .context("attaching to the container")?;
+            let frames = http::attach(
+                &self.endpoint.socket,
+                &format!(
+                    "/v{}/libpod/containers/{}/attach?stdout=true&stderr=true&stream=true",
+                    self.api_version, created.id
+                ),
+            )
+            .await
+            .context("attaching to the container")?;
             container
                 .start(None)
                 .await
                 .context("starting the container")?;
             tracing::debug!(container = %spec.name, "started");
-            let (reader, _writer) = attach.split();
+            let reader = futures_util::stream::unfold(frames, |mut frames| async move {
+                let chunk = match frames.next().await {
+                    Ok(Some((2, bytes))) => Ok(TtyChunk::StdErr(bytes)),
+                    Ok(Some((0, bytes))) => Ok(TtyChunk::StdIn(bytes)),
+                    Ok(Some((_, bytes))) => Ok(TtyChunk::StdOut(bytes)),
+                    Ok(None) => return None,
+                    Err(e) => Err(e),
+                };
+                Some((chunk, frames))
+            });
             self.follow(&container, &spec.name, reader, &mut output, cancel)
                 .await
         }
@@ -561,25 +570,33 @@ impl Podman {
     }
 
     /// The exit code of a container whose output ended: waits (up to a minute)
-    /// for podman to record that it exited, then reads the code from inspect.
-    /// Asked again after 10 ms, then less often (every 100 ms at most): it
-    /// usually exits right after its output ends.
+    /// for podman to record that it exited, then reads the code. Asked again
+    /// after 10 ms, then less often (every 100 ms at most): it usually exits
+    /// right after its output ends. Asked through the container list, which
+    /// has the code: podman-api's inspect has podman compute the container's
+    /// size first (about 50 ms).
     async fn exit_code(&self, container: &podman_api::api::Container) -> Result<i32> {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(10);
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            .filter([ContainerListFilter::Id(container.id().clone())])
+            .build();
         while started.elapsed() < Duration::from_secs(60) {
-            let info = container
-                .inspect()
+            let listed = self
+                .api
+                .containers()
+                .list(&opts)
                 .await
-                .context("inspecting the container")?;
-            if let Some(state) = info.state {
-                let running = state.running.unwrap_or(false);
-                let status = state.status.unwrap_or_default();
-                if !running && status != "created" && status != "initialized" {
-                    return state
-                        .exit_code
-                        .context("podman reported no exit code for the container");
-                }
+                .context("asking podman for the container's state")?;
+            let Some(c) = listed.into_iter().next() else {
+                bail!("podman no longer has the container");
+            };
+            // `stopped`: the process exited; `exited`: and podman cleaned up.
+            if matches!(c.state.as_deref(), Some("exited" | "stopped")) {
+                return c
+                    .exit_code
+                    .context("podman reported no exit code for the container");
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));
