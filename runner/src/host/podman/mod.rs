@@ -1,8 +1,10 @@
 //! The one place that talks to podman. Everything else in the host uses the
 //! small API below; the `podman-api` crate's gaps are handled here:
 //!
-//! - its `wait()` discards the exit code, so the code is read from an inspect
-//!   of the exited container;
+//! - its `wait()` discards the exit code, and its `inspect()` has podman
+//!   compute the container's size first (about 50 ms), so the code is read
+//!   from the container list; its `attach()` makes that inspect too, so the
+//!   attach is a request of our own ([`http::attach`]);
 //! - it targets libpod API 4.x, so the server's version is checked on connect
 //!   and requests use the lower of the two versions;
 //! - its image build takes only a directory, so builds go through
