@@ -76,7 +76,8 @@ run_migrate() { # ROOT [--plan FILE]
   python3 bench/measure.py "$bin/migrate" run --root "$root" --image localhost/migrate/debian-13:latest "$@"
 }
 run_bare() {
-  python3 bench/measure.py bash -c "$(declare -f in_root); in_root '$1' sh -c 'apt-get update && apt-get -y ${dpkg_opts[*]} dist-upgrade'"
+  # (the time apt-get update ends, for the breakdown, in the root's /tmp)
+  python3 bench/measure.py bash -c "$(declare -f in_root); in_root '$1' sh -c 'apt-get update && date +%s.%N >/tmp/bench-updated && apt-get -y ${dpkg_opts[*]} dist-upgrade'"
 }
 
 ratios=()
@@ -93,7 +94,7 @@ for i in $(seq "$pairs"); do
     case $(( (slot + i) % 3 )) in
       0) read -r tm rss cm < <(MEASURE_START_FILE="$work/start" run_migrate "$work/a" --plan "$work/upgrade-only.toml") ;;
       1) read -r tf rssf cf < <(run_migrate "$work/c") ;;
-      2) read -r tb _ cb < <(run_bare "$work/b") ;;
+      2) read -r tb _ cb < <(MEASURE_START_FILE="$work/start-bare" run_bare "$work/b") ;;
     esac
     sync
   done
@@ -111,7 +112,8 @@ for i in $(seq "$pairs"); do
   printf 'round %d: bare %6.2fs  migrate upgrade-only %6.2fs (ratio %s)  migrate default plan %6.2fs (ratio %s)  peak RSS %.1f MB\n' \
     "$i" "$tb" "$tm" "$ratio" "$tf" "$full" "$(python3 -c "print(max($rss, $rssf)/1024)")"
   printf '  upgrade-only, ms: %s\n' \
-    "$(python3 bench/overhead-breakdown.py "$(cat "$work/start")" "$tm" "$work/a/var/log/migrate/migrate.log" "$tb")"
+    "$(python3 bench/overhead-breakdown.py "$(cat "$work/start")" "$tm" "$work/a/var/log/migrate/migrate.log" \
+      "$(cat "$work/start-bare")" "$tb" "$(cat "$work/b/tmp/bench-updated")")"
 done
 
 python3 - "${ratios[*]}" "${full_ratios[*]}" "${peaks[*]}" <<'PY'

@@ -580,9 +580,18 @@ impl Podman {
     async fn exit_code(&self, container: &podman_api::api::Container) -> Result<i32> {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(10);
+        // The container as it was asked for: by id (a new run) or by name
+        // (a re-attached one; podman matches names as patterns, so the
+        // name must be the container's own).
+        let wanted = container.id().to_string();
+        let by_id = wanted.len() == 64 && wanted.bytes().all(|b| b.is_ascii_hexdigit());
         let opts = ContainerListOpts::builder()
             .all(true)
-            .filter([ContainerListFilter::Id(container.id().clone())])
+            .filter([if by_id {
+                ContainerListFilter::Id(container.id().clone())
+            } else {
+                ContainerListFilter::Name(wanted.clone())
+            }])
             .build();
         while started.elapsed() < Duration::from_secs(60) {
             let listed = self
@@ -591,8 +600,11 @@ impl Podman {
                 .list(&opts)
                 .await
                 .context("asking podman for the container's state")?;
-            let Some(c) = listed.into_iter().next() else {
-                bail!("podman no longer has the container");
+            let Some(c) = listed.into_iter().find(|c| {
+                c.id.as_deref() == Some(wanted.as_str())
+                    || c.names.as_ref().is_some_and(|n| n.contains(&wanted))
+            }) else {
+                bail!("podman has no container {wanted} any more");
             };
             // `stopped`: the process exited; `exited`: and podman cleaned up.
             if matches!(c.state.as_deref(), Some("exited" | "stopped")) {
