@@ -175,6 +175,27 @@ fn a_run_killed_between_two_steps_resumes_to_a_clean_debian_13() {
             assert!(out.status.success(), "{}", show(&out));
             let check = root.chroot(&["apt-get", "check"]).unwrap();
             assert!(!check.status.success(), "apt finds nothing broken");
+            // And dpkg killed between writing an entry of its journal and
+            // applying it to its status: `dpkg --audit` finds nothing
+            // wrong, apt says "dpkg was interrupted".
+            let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).unwrap();
+            let stanza = status
+                .split("\n\n")
+                .find(|s| s.starts_with("Package: hostname\n"))
+                .unwrap();
+            std::fs::write(
+                root.join("var/lib/dpkg/updates/0000"),
+                format!("{stanza}\n\n"),
+            )
+            .unwrap();
+            let audit = root.chroot(&["dpkg", "--audit"]).unwrap();
+            assert!(audit.stdout.is_empty(), "{}", show(&audit));
+            let apt = root.chroot(&["apt-get", "check"]).unwrap();
+            assert!(
+                String::from_utf8_lossy(&apt.stderr).contains("dpkg was interrupted"),
+                "{}",
+                show(&apt)
+            );
         },
     );
     // apt refused the upgrade before dpkg changed anything; the rerun

@@ -116,7 +116,7 @@ impl StepKind for DistUpgrade {
         // half-installed, which `dpkg --configure -a` refuses ("reinstall it
         // before attempting configuration"): its failure is what the repair
         // below is for.
-        let clean = dpkg_audit(ctx.root())?.is_empty();
+        let clean = dpkg_audit(ctx.root())?.is_empty() && !dpkg_interrupted(ctx.root());
         if !clean {
             held = None;
         }
@@ -305,6 +305,23 @@ fn dpkg_audit(root: &Path) -> Result<String> {
         bail!("dpkg --audit failed {}", out.failure());
     }
     Ok(report)
+}
+
+/// Whether dpkg's journal (`/var/lib/dpkg/updates`) holds entries it has
+/// not applied to its status yet: dpkg was killed between the two. `dpkg
+/// --audit` reads the journal and may find nothing wrong, but apt refuses
+/// to work ("dpkg was interrupted") until `dpkg --configure -a` applies it.
+fn dpkg_interrupted(root: &Path) -> bool {
+    let Ok(dir) = crate::core::rootfs::resolve(root, "var/lib/dpkg/updates") else {
+        return false;
+    };
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.filter_map(Result::ok).any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())
+        })
+    })
 }
 
 /// `apt-get update` of the root's own lists.
@@ -776,7 +793,10 @@ impl Apt {
         if self.ahead {
             // Held only with nothing left half done in dpkg (the cutover
             // would have to finish that first, under apt's lock).
-            let held = if self.hold && dpkg_audit(&self.root).is_ok_and(|a| a.is_empty()) {
+            let held = if self.hold
+                && dpkg_audit(&self.root).is_ok_and(|a| a.is_empty())
+                && !dpkg_interrupted(&self.root)
+            {
                 held::HeldUpgrade::start(self.held_cmd(), self.scratch().join(GATE_FILE)).ok()
             } else {
                 None

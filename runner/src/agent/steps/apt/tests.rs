@@ -262,3 +262,15 @@ bash:
         ]
     );
 }
+
+#[test]
+fn a_journal_dpkg_has_not_applied_is_an_interruption() {
+    let root = tempfile::tempdir().unwrap();
+    assert!(!dpkg_interrupted(root.path()), "no dpkg at all");
+    let updates = root.path().join("var/lib/dpkg/updates");
+    std::fs::create_dir_all(&updates).unwrap();
+    std::fs::write(updates.join("tmp.i"), "").unwrap();
+    assert!(!dpkg_interrupted(root.path()), "only dpkg's scratch file");
+    std::fs::write(updates.join("0003"), "Package: hostname\n").unwrap();
+    assert!(dpkg_interrupted(root.path()));
+}
