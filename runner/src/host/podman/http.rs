@@ -93,17 +93,16 @@ pub(crate) async fn attach(socket: &Path, path: &str) -> Result<Frames> {
     let mut reader = BufReader::new(stream);
     let (status, chunked) = read_head(&mut reader).await?;
     if !matches!(status, 101 | 200) {
-        let mut body = Body {
-            reader,
-            chunked,
-            remaining: 0,
-            done: false,
+        let mut response = Response {
+            status,
+            body: Body {
+                reader,
+                chunked,
+                remaining: 0,
+                done: false,
+            },
         };
-        let mut text = Vec::new();
-        while let Some(chunk) = body.next_chunk().await? {
-            text.extend_from_slice(&chunk);
-        }
-        anyhow::bail!("podman answered {status}: {}", api_error(&text));
+        anyhow::bail!("podman answered {status}: {}", response.error_text().await?);
     }
     Ok(Frames { reader })
 }

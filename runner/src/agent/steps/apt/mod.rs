@@ -116,7 +116,7 @@ impl StepKind for DistUpgrade {
         // half-installed, which `dpkg --configure -a` refuses ("reinstall it
         // before attempting configuration"): its failure is what the repair
         // below is for.
-        let clean = dpkg_audit(ctx.root())?.is_empty() && !dpkg_interrupted(ctx.root());
+        let clean = dpkg_finished(ctx.root())?;
         if !clean {
             held = None;
         }
@@ -305,6 +305,12 @@ fn dpkg_audit(root: &Path) -> Result<String> {
         bail!("dpkg --audit failed {}", out.failure());
     }
     Ok(report)
+}
+
+/// Whether dpkg has nothing left half done: its audit finds nothing and its
+/// journal holds nothing unapplied.
+fn dpkg_finished(root: &Path) -> Result<bool> {
+    Ok(dpkg_audit(root)?.is_empty() && !dpkg_interrupted(root))
 }
 
 /// Whether dpkg's journal (`/var/lib/dpkg/updates`) holds entries it has
@@ -793,10 +799,7 @@ impl Apt {
         if self.ahead {
             // Held only with nothing left half done in dpkg (the cutover
             // would have to finish that first, under apt's lock).
-            let held = if self.hold
-                && dpkg_audit(&self.root).is_ok_and(|a| a.is_empty())
-                && !dpkg_interrupted(&self.root)
-            {
+            let held = if self.hold && dpkg_finished(&self.root).unwrap_or(false) {
                 held::HeldUpgrade::start(self.held_cmd(), self.scratch().join(GATE_FILE)).ok()
             } else {
                 None
